@@ -1,0 +1,44 @@
+"""Atomic output folders: everything is written to a hidden sibling, then renamed into place.
+
+An interrupted write never leaves a half-written circuit or checkpoint under the real name,
+and an existing output is only replaced when the caller says so (`force`).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from neurosteer.errors import InputError
+
+
+def check_writable(path: Path, *, force: bool) -> None:
+    """Refuse an existing output unless `force`; do it before any expensive work."""
+    if path.exists() and not force:
+        raise InputError(f"'{path}' already exists; choose another path or pass --force")
+    if not path.parent.exists():
+        raise InputError(f"the folder '{path.parent}' does not exist; create it first")
+
+
+@contextmanager
+def atomic_directory(path: str | Path, *, force: bool = False) -> Iterator[Path]:
+    """Yield a temporary folder; on success it replaces `path` in one rename."""
+    target = Path(path)
+    check_writable(target, force=force)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        yield staging
+        if target.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+            os.replace(target, old / target.name)
+            os.replace(staging, target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(staging, target)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)

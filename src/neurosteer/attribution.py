@@ -1,0 +1,98 @@
+"""Stage 4 of the pipeline: score neurons, filter candidates, select the circuit.
+
+Pure tensor functions over [n_layers, d_mlp] tables: no model, no hooks. The score is the
+plain difference of means (method.md §1.4); selection is one global top-k by |δ| over the
+candidate layers, with ties broken by (layer, neuron) order so that equal inputs always give
+the same circuit.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from neurosteer.errors import InputError
+
+UNIVERSAL_THRESHOLD = 0.8
+"""A neuron in the top 0.1% on at least this share of neutral prompts is "universal" (§1.6)."""
+
+
+def neurons_for_fraction(fraction: float, n_neurons: int) -> int:
+    """k for a fraction of all MLP neurons: round(fraction * n), halves up, at least 1.
+
+    Example:
+        >>> neurons_for_fraction(0.001, 16 * 8192)   # Llama-3.2-1B
+        131
+    """
+    if not 0.0 < fraction <= 1.0:
+        raise InputError(f"fraction must be in (0, 1], got {fraction}")
+    return max(1, math.floor(fraction * n_neurons + 0.5))
+
+
+def difference_of_means(positive_mean: torch.Tensor, negative_mean: torch.Tensor) -> torch.Tensor:
+    """δ [n_layers, d_mlp] = mean over positives − mean over negatives."""
+    return positive_mean.float() - negative_mean.float()
+
+
+def universal_mask(frequency: torch.Tensor, threshold: float = UNIVERSAL_THRESHOLD) -> torch.Tensor:
+    """[n_layers, d_mlp] bool: neurons in the top set on at least `threshold` of neutral prompts."""
+    return frequency >= threshold
+
+
+def layer_mask(n_layers: int, d_mlp: int, skip_layers: Sequence[int]) -> torch.Tensor:
+    """[n_layers, d_mlp] bool: True on every neuron of a candidate layer."""
+    bad = [i for i in skip_layers if not -n_layers <= i < n_layers]
+    if bad:
+        raise InputError(
+            f"skip_layers {bad} out of range for a model with {n_layers} layers (0..{n_layers - 1})"
+        )
+    keep = torch.ones(n_layers, dtype=torch.bool)
+    keep[[i % n_layers for i in skip_layers]] = False
+    if not keep.any():
+        raise InputError("skip_layers leaves no candidate layer; skip fewer layers")
+    return keep[:, None].expand(n_layers, d_mlp).clone()
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The chosen neurons in rank order (largest |δ| first)."""
+
+    layers: torch.Tensor  # [k] int64
+    neurons: torch.Tensor  # [k] int64
+    n_candidates: int
+
+
+def select_top_k(
+    delta: torch.Tensor,
+    candidates: torch.Tensor,
+    k: int,
+    *,
+    positive_only: bool = False,
+) -> Selection:
+    """Global top-k of |δ| among candidate neurons.
+
+    Args:
+        delta: [n_layers, d_mlp] scores.
+        candidates: [n_layers, d_mlp] bool, False for skipped layers and universal neurons.
+        k: number of neurons to keep.
+        positive_only: keep only neurons with δ > 0 (more active on the positive set).
+    """
+    if k < 1:
+        raise InputError(f"top_k must be at least 1, got {k}")
+    allowed = candidates & (delta > 0) if positive_only else candidates.clone()
+    allowed &= torch.isfinite(delta)
+    n_candidates = int(allowed.sum())
+    if k > n_candidates:
+        kind = "positive-δ candidate" if positive_only else "candidate"
+        raise InputError(
+            f"asked for {k} neurons but there are only {n_candidates} {kind} neurons; "
+            "lower top_k/fraction or skip fewer layers"
+        )
+    d_mlp = delta.shape[1]
+    score = torch.where(allowed, delta.abs(), torch.full_like(delta, -1.0)).flatten()
+    # A stable sort on −score keeps ties in flat (layer, neuron) order: deterministic output.
+    order = torch.sort(-score, stable=True).indices[:k]
+    return Selection(layers=order // d_mlp, neurons=order % d_mlp, n_candidates=n_candidates)

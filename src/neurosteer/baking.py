@@ -1,0 +1,125 @@
+"""Stage 6 of the pipeline: write a steering multiplier into the weights.
+
+Scaling neuron j by m at every position is the same as scaling column j of the output
+projection's weight [d_model, d_mlp] by m (row j of GPT-2's Conv1D weight [d_mlp, d_model]);
+the bias is added after the product and stays as it is. A baked model is therefore an
+ordinary checkpoint any engine can serve, with no hooks and no overhead.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from neurosteer._io import atomic_directory
+from neurosteer._version import __version__
+from neurosteer.circuit import Circuit
+from neurosteer.errors import InputError
+from neurosteer.layout import ModelLayout, resolve_layout
+
+PROVENANCE_FILE = "neurosteer.json"
+
+
+class BakeHandle:
+    """Undo for an in-place bake: keeps the original weight slices, not a division by m."""
+
+    def __init__(self, saved: list[tuple[torch.Tensor, int, torch.Tensor, torch.Tensor]]) -> None:
+        self._saved = saved  # (weight, neuron axis, neuron indices, original slice)
+
+    @property
+    def active(self) -> bool:
+        return bool(self._saved)
+
+    def undo(self) -> None:
+        """Restore the original weights exactly (idempotent)."""
+        with torch.no_grad():
+            while self._saved:
+                weight, axis, index, original = self._saved.pop()
+                weight.index_copy_(axis, index, original)
+
+
+def bake(
+    model: nn.Module,
+    circuit: Circuit,
+    multiplier: float = 0.0,
+    *,
+    layout: ModelLayout | None = None,
+) -> BakeHandle:
+    """Scale the circuit's neurons by `multiplier` in the weights, in place.
+
+    Equivalent to `steer(model, circuit, multiplier)` at every position, with no hooks.
+
+    Example:
+        >>> handle = bake(model, circuit, multiplier=0.0)
+        >>> model.save_pretrained("steered-model")
+        >>> handle.undo()
+    """
+    if not math.isfinite(multiplier):
+        raise InputError(f"the multiplier must be a finite number, got {multiplier!r}")
+    layout = layout or resolve_layout(model)
+    circuit.check_fits(layout)
+    sites = layout.site_modules(model)
+    axis = 1 if layout.orientation == "columns" else 0
+    saved: list[tuple[torch.Tensor, int, torch.Tensor, torch.Tensor]] = []
+    handle = BakeHandle(saved)
+    try:
+        with torch.no_grad():
+            for layer, neurons in circuit.by_layer().items():
+                weight = sites[layer].weight
+                assert isinstance(weight, torch.Tensor)
+                if weight.device.type == "meta":
+                    raise InputError(
+                        f"layer {layer}'s weights are offloaded (on the meta device); bake them "
+                        "with `neurosteer bake --streaming` or load the model without offload"
+                    )
+                index = neurons.to(weight.device)
+                original = weight.index_select(axis, index).clone()
+                saved.append((weight, axis, index, original))
+                weight.index_copy_(axis, index, original * multiplier)
+    except BaseException:
+        handle.undo()
+        raise
+    return handle
+
+
+def save_baked(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    out_dir: str | Path,
+    *,
+    circuit: Circuit,
+    multiplier: float,
+    force: bool = False,
+    layout: ModelLayout | None = None,
+) -> Path:
+    """Bake, save a standard checkpoint (model + tokenizer), and undo: the model is unchanged.
+
+    The folder loads with plain `AutoModelForCausalLM.from_pretrained`; `neurosteer.json`
+    beside the weights records which circuit and multiplier made it.
+    """
+    out = Path(out_dir)
+    with atomic_directory(out, force=force) as staging:
+        handle = bake(model, circuit, multiplier, layout=layout)
+        try:
+            model.save_pretrained(staging)
+        finally:
+            handle.undo()
+        tokenizer.save_pretrained(staging)
+        provenance = {
+            "library_version": __version__,
+            "multiplier": multiplier,
+            "circuit": {
+                "model": asdict(circuit.model),
+                "settings": asdict(circuit.settings),
+                "prompts": {k: asdict(v) for k, v in sorted(circuit.prompts.items())},
+                "neurons": {str(layer): idx.tolist() for layer, idx in circuit.by_layer().items()},
+            },
+        }
+        (staging / PROVENANCE_FILE).write_text(json.dumps(provenance, indent=2, sort_keys=True))
+    return out

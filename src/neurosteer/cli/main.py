@@ -1,0 +1,322 @@
+"""The `neurosteer` command: parses options, calls the library, prints and writes files.
+
+Errors the user can fix (`NeurosteerError`) become one line on stderr and exit code 2; any
+other exception is reported in one line with exit code 1. `--debug` shows tracebacks.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from neurosteer._io import check_writable
+from neurosteer._version import __version__
+from neurosteer.errors import NeurosteerError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class _Group(click.Group):
+    """A click group that turns our errors into one clear line."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        debug = bool(ctx.params.get("debug"))
+        try:
+            return super().invoke(ctx)
+        except NeurosteerError as err:
+            if debug:
+                raise
+            click.echo(f"error: {err}", err=True)
+            ctx.exit(2)
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            ctx.exit(130)
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise
+        except Exception as err:
+            if debug:
+                raise
+            click.echo(
+                f"error: unexpected {type(err).__name__}: {err} (run with --debug for the "
+                "traceback, and please report it)",
+                err=True,
+            )
+            ctx.exit(1)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="neurosteer")
+@click.option("--debug", is_flag=True, help="Show full tracebacks and debug logs.")
+def cli(debug: bool) -> None:
+    """Contrastive Neuron Attribution: find, steer and bake the MLP neurons behind a behaviour."""
+    logging.basicConfig(
+        level=logging.DEBUG if debug else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+
+
+def model_options(fn: F) -> F:
+    """Options shared by every command that loads a model."""
+    options = [
+        click.argument("model"),
+        click.option(
+            "--dtype", default="auto", show_default=True, help="auto, float32, bfloat16 or float16."
+        ),
+        click.option("--device", default=None, help="cpu, cuda, cuda:N or mps (default: cpu)."),
+        click.option(
+            "--device-map",
+            default=None,
+            help="Spread layers over devices, e.g. 'auto' (accelerate).",
+        ),
+        click.option("--revision", default=None, help="Hub revision of MODEL."),
+        click.option(
+            "--trust-remote-code",
+            is_flag=True,
+            help="Allow custom modelling code from the checkpoint.",
+        ),
+        click.option(
+            "--layers-path",
+            default=None,
+            help="Override: path to the decoder layers, e.g. model.layers.",
+        ),
+        click.option(
+            "--site",
+            "site_path",
+            default=None,
+            help="Override: path from a layer to the MLP output projection.",
+        ),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def load(params: dict[str, Any]) -> tuple[Any, Any, Any]:
+    """Load the model named in the shared options; returns (model, tokenizer, layout)."""
+    from neurosteer.layout import resolve_layout
+    from neurosteer.loading import load_model
+
+    model, tokenizer = load_model(
+        params["model"],
+        dtype=params["dtype"],
+        device=params["device"],
+        device_map=params["device_map"],
+        revision=params["revision"],
+        trust_remote_code=params["trust_remote_code"],
+    )
+    layout = resolve_layout(model, layers_path=params["layers_path"], site_path=params["site_path"])
+    return model, tokenizer, layout
+
+
+def parse_layers(text: str) -> tuple[int, ...]:
+    """'0,1' → (0, 1); '' → ()."""
+    try:
+        return tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated layer numbers, got {text!r}") from None
+
+
+def template_option(fn: F) -> F:
+    return click.option(
+        "--chat-template/--raw",
+        "chat_template",
+        default=None,
+        help="Force the chat template on or off (default: on when the tokenizer has one).",
+    )(fn)
+
+
+@cli.command()
+@model_options
+@click.option(
+    "--positive",
+    "-p",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="Prompts showing the behaviour (.txt, .jsonl, .json, .csv).",
+)
+@click.option(
+    "--negative",
+    "-n",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="Prompts not showing it.",
+)
+@click.option(
+    "--output",
+    "-o",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="Circuit folder to write (e.g. refusal.circuit).",
+)
+@click.option("--top-k", type=int, default=None, help="Number of neurons (overrides --fraction).")
+@click.option(
+    "--fraction",
+    type=float,
+    default=0.001,
+    show_default=True,
+    help="Share of all MLP neurons to keep.",
+)
+@click.option(
+    "--skip-layers",
+    default="0,1",
+    show_default=True,
+    help="Layers that are not candidates; '' for none.",
+)
+@click.option(
+    "--no-universal-filter",
+    is_flag=True,
+    help="Keep neurons that are highly active on most neutral prompts.",
+)
+@click.option(
+    "--neutral",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Neutral prompts for the universal filter (default: built-in set).",
+)
+@click.option("--positive-only", is_flag=True, help="Keep only neurons with δ > 0.")
+@click.option("--batch-size", type=int, default=None, help="Prompts per forward pass.")
+@click.option(
+    "--keep-table",
+    is_flag=True,
+    help="Store the full δ table so k can be changed later without re-recording.",
+)
+@click.option("--force", is_flag=True, help="Replace OUTPUT if it exists.")
+@template_option
+def discover(**params: Any) -> None:
+    """Find the neurons that separate POSITIVE from NEGATIVE prompts in MODEL."""
+    from neurosteer.cli.render import print_circuit_summary
+    from neurosteer.discovery import discover as run_discover
+    from neurosteer.prompts import load_prompts
+
+    check_writable(params["output"], force=params["force"])
+    positive, negative = load_prompts(params["positive"]), load_prompts(params["negative"])
+    neutral = load_prompts(params["neutral"]) if params["neutral"] else None
+    model, tokenizer, layout = load(params)
+    circuit = run_discover(
+        model,
+        tokenizer,
+        positive,
+        negative,
+        top_k=params["top_k"],
+        fraction=params["fraction"],
+        skip_layers=parse_layers(params["skip_layers"]),
+        universal_filter=not params["no_universal_filter"],
+        neutral=neutral,
+        positive_only=params["positive_only"],
+        batch_size=params["batch_size"],
+        chat_template=params["chat_template"],
+        keep_table=params["keep_table"],
+        layout=layout,
+        progress=True,
+    )
+    circuit.save(params["output"], force=params["force"])
+    print_circuit_summary(circuit, top=10)
+    click.echo(f"wrote {params['output']}")
+
+
+@cli.command()
+@click.argument("circuit", type=click.Path(path_type=Path))
+@click.option("--top", type=int, default=20, show_default=True, help="Top neurons to list.")
+def inspect(circuit: Path, top: int) -> None:
+    """Show where a circuit's neurons sit, its strongest neurons and its settings."""
+    from neurosteer.circuit import Circuit
+    from neurosteer.cli.render import print_circuit_summary
+
+    print_circuit_summary(Circuit.load(circuit), top=top, settings=True)
+
+
+@cli.command()
+@model_options
+@click.argument("prompts", nargs=-1, required=True)
+@click.option(
+    "--circuit",
+    "circuit_path",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Steer with this circuit and show unsteered and steered side by side.",
+)
+@click.option(
+    "--multiplier",
+    "-m",
+    type=float,
+    default=0.0,
+    show_default=True,
+    help="0 ablates, 1 is unchanged, 2 amplifies.",
+)
+@click.option(
+    "--positions",
+    type=click.Choice(["all", "generated"]),
+    default="all",
+    show_default=True,
+    help="Steer every token or generated tokens only.",
+)
+@click.option("--max-new-tokens", type=int, default=64, show_default=True)
+@template_option
+def generate(**params: Any) -> None:
+    """Greedy completions of PROMPTS, unsteered and (with --circuit) steered."""
+    from neurosteer.circuit import Circuit
+    from neurosteer.cli.render import print_side_by_side
+    from neurosteer.generation import generate as run_generate
+    from neurosteer.steering import steer
+
+    circuit = Circuit.load(params["circuit_path"]) if params["circuit_path"] else None
+    model, tokenizer, layout = load(params)
+    prompts = list(params["prompts"])
+    kwargs = {"max_new_tokens": params["max_new_tokens"], "chat_template": params["chat_template"]}
+    plain = run_generate(model, tokenizer, prompts, **kwargs)
+    if circuit is None:
+        for prompt, answer in zip(prompts, plain, strict=True):
+            click.echo(f"> {prompt}\n{answer}\n")
+        return
+    with steer(model, circuit, params["multiplier"], positions=params["positions"], layout=layout):
+        steered = run_generate(model, tokenizer, prompts, **kwargs)
+    print_side_by_side(prompts, plain, steered, multiplier=params["multiplier"])
+
+
+@cli.command()
+@model_options
+@click.option("--circuit", "circuit_path", type=click.Path(path_type=Path), required=True)
+@click.option("--multiplier", "-m", type=float, default=0.0, show_default=True)
+@click.option(
+    "--output",
+    "-o",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="Folder for the steered checkpoint (model + tokenizer).",
+)
+@click.option("--force", is_flag=True, help="Replace OUTPUT if it exists.")
+def bake(**params: Any) -> None:
+    """Write MODEL with the circuit's neurons scaled into the weights, as a plain checkpoint."""
+    from neurosteer.baking import save_baked
+    from neurosteer.circuit import Circuit
+
+    check_writable(params["output"], force=params["force"])
+    circuit = Circuit.load(params["circuit_path"])
+    model, tokenizer, layout = load(params)
+    circuit.check_fits(layout)
+    save_baked(
+        model,
+        tokenizer,
+        params["output"],
+        circuit=circuit,
+        multiplier=params["multiplier"],
+        force=params["force"],
+        layout=layout,
+    )
+    click.echo(
+        f"wrote {params['output']}: {len(circuit)} neurons scaled by {params['multiplier']:g}; "
+        "it loads with plain transformers"
+    )
+
+
+def main() -> None:
+    """Console-script entry point."""
+    cli(prog_name="neurosteer")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,73 @@
+"""Terminal output of the CLI (rich tables). Reads circuits and strings; never a model."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from rich.console import Console
+from rich.table import Table
+
+from neurosteer.circuit import Circuit
+
+console = Console()
+
+
+def print_circuit_summary(circuit: Circuit, *, top: int, settings: bool = False) -> None:
+    """Where the circuit sits (neurons per layer, as bars) and its strongest neurons."""
+    info = circuit.model
+    console.print(
+        f"[bold]{len(circuit)} neurons[/bold] of {info.n_layers} x {info.d_mlp} "
+        f"({100 * len(circuit) / (info.n_layers * info.d_mlp):.3g}% of all MLP neurons) "
+        f"in {info.name_or_path or info.architecture} ({info.model_type}, {info.site_path})"
+    )
+    per_layer = circuit.neurons_per_layer()
+    widest = max(per_layer.values(), default=1)
+    layers = Table(title="neurons per layer", show_edge=False)
+    layers.add_column("layer", justify="right")
+    layers.add_column("neurons", justify="right")
+    layers.add_column("")
+    for layer, n in per_layer.items():
+        layers.add_row(str(layer), str(n), "█" * max(1, round(30 * n / widest)))
+    console.print(layers)
+
+    best = Table(title=f"top {min(top, len(circuit))} neurons by |δ|", show_edge=False)
+    for name in ("rank", "layer", "neuron", "δ", "mean +", "mean −"):
+        best.add_column(name, justify="right")
+    for rank in range(min(top, len(circuit))):
+        best.add_row(
+            str(rank + 1),
+            str(int(circuit.layers[rank])),
+            str(int(circuit.neurons[rank])),
+            f"{float(circuit.delta[rank]):+.4g}",
+            f"{float(circuit.positive_mean[rank]):.4g}",
+            f"{float(circuit.negative_mean[rank]):.4g}",
+        )
+    console.print(best)
+    if settings:
+        s = circuit.settings
+        console.print(
+            f"method {s.method}, k={s.k} (top_k={s.top_k}, fraction={s.fraction:g}), "
+            f"skip layers {list(s.skip_layers)}, universal filter "
+            f"{'on' if s.universal_filter else 'off'} (removed {s.universal_removed}), "
+            f"positive only {s.positive_only}, chat template {s.chat_template}, "
+            f"{s.n_candidates} candidates"
+        )
+        for name, p in circuit.prompts.items():
+            console.print(f"{name} prompts: {p.count} (sha256 {p.sha256[:12]})")
+        console.print(
+            f"config sha256 {info.config_hash[:12]}, neurosteer {circuit.library_version}, "
+            f"full table {'kept' if circuit.table is not None else 'not kept'}"
+        )
+
+
+def print_side_by_side(
+    prompts: Sequence[str], plain: Sequence[str], steered: Sequence[str], *, multiplier: float
+) -> None:
+    """One table row per prompt: the unsteered and the steered completion next to each other."""
+    table = Table(show_lines=True)
+    table.add_column("prompt", ratio=1)
+    table.add_column("unsteered", ratio=2)
+    table.add_column(f"steered (m = {multiplier:g})", ratio=2)
+    for row in zip(prompts, plain, steered, strict=True):
+        table.add_row(*row)
+    console.print(table)

@@ -1,0 +1,174 @@
+"""Stage 1 of the pipeline: load a causal LM and its tokenizer, ready for batched work.
+
+Local folders and hub ids both go through `transformers`; every way this commonly fails
+(not cached while offline, not a causal LM, a bad dtype or device) becomes one
+`ModelLoadError`/`InputError` that says what to do. The tokenizer always pads on the left and
+has a pad token, so that the last real token of every prompt in a batch sits at position -1.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+
+from neurosteer.errors import InputError, ModelLoadError
+
+logger = logging.getLogger(__name__)
+
+DTYPES: dict[str, torch.dtype | str] = {
+    "auto": "auto",
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+}
+
+
+def parse_dtype(dtype: str | torch.dtype) -> torch.dtype | str:
+    """Map a dtype name ("auto", "bf16", "float32", ...) to what `from_pretrained` takes."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in DTYPES:
+        raise InputError(f"unknown dtype '{dtype}'; use one of: {', '.join(DTYPES)}")
+    return DTYPES[dtype]
+
+
+def parse_device(device: str) -> torch.device:
+    """Check that a device string names a device this machine has."""
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise InputError(
+            f"unknown device '{device}'; use cpu, cuda, cuda:N or mps (or --device-map auto)"
+        ) from None
+    if parsed.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"device '{device}' was asked for but CUDA is not available; use cpu")
+    if parsed.type == "mps" and not torch.backends.mps.is_available():
+        raise InputError(f"device '{device}' was asked for but MPS is not available; use cpu")
+    return parsed
+
+
+def load_model(
+    name_or_path: str | Path,
+    *,
+    dtype: str | torch.dtype = "auto",
+    device_map: str | dict[str, Any] | None = None,
+    device: str | None = None,
+    revision: str | None = None,
+    trust_remote_code: bool = False,
+    max_memory: dict[Any, Any] | None = None,
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load a causal LM and its tokenizer from a local folder or a hub id.
+
+    Args:
+        name_or_path: a folder written by `save_pretrained`, or a hub id such as
+            "meta-llama/Llama-3.2-1B-Instruct" (must be in the local cache when offline).
+        dtype: "auto" (the checkpoint's dtype), "float32", "bfloat16", "float16" or a torch dtype.
+        device_map: passed to `from_pretrained` (e.g. "auto" to spread layers over devices).
+        device: a single device to move the model to ("cpu", "cuda:0"); not with `device_map`.
+        revision: hub revision (branch, tag or commit).
+        trust_remote_code: allow custom modelling code shipped with the checkpoint.
+        max_memory: per-device memory caps for `device_map="auto"` (accelerate's format).
+
+    Returns:
+        The model in eval mode, and its tokenizer with a pad token and left padding.
+
+    Example:
+        >>> model, tokenizer = load_model("path/to/folder", dtype="bfloat16")
+    """
+    torch_dtype = parse_dtype(dtype)
+    if device is not None and device_map is not None:
+        raise InputError("give either a device or a device map, not both")
+    target = parse_device(device) if device is not None else None
+    source = str(name_or_path)
+    local = Path(source).expanduser()
+    if local.exists():
+        _check_local_folder(local)
+        source = str(local)
+    elif source.startswith((".", "/", "~")) or source.count("/") > 1:
+        raise InputError(f"model folder '{source}' does not exist")
+
+    common: dict[str, Any] = {"revision": revision, "trust_remote_code": trust_remote_code}
+    try:
+        config = AutoConfig.from_pretrained(source, **common)
+    except OSError as err:
+        raise _not_available(source, err) from None
+    except ValueError as err:
+        raise ModelLoadError(f"cannot read the model config of '{source}': {err}") from None
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            source,
+            config=config,
+            dtype=torch_dtype,
+            device_map=device_map,
+            max_memory=max_memory,
+            **common,
+        )
+    except ValueError as err:
+        if "Unrecognized configuration class" in str(err):
+            raise ModelLoadError(
+                f"'{source}' is not a causal language model (model_type "
+                f"'{config.model_type}'); neurosteer needs a decoder-only LM"
+            ) from None
+        raise ModelLoadError(f"cannot load '{source}': {err}") from None
+    except OSError as err:
+        raise _not_available(source, err) from None
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, **common)
+    except (OSError, ValueError) as err:
+        raise ModelLoadError(f"cannot load the tokenizer of '{source}': {err}") from None
+    if target is not None:
+        model.to(target)  # type: ignore[arg-type]
+    model.eval()
+    prepare_tokenizer(tokenizer)
+    return model, tokenizer
+
+
+def prepare_tokenizer(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
+    """Give the tokenizer a pad token (its EOS or UNK) if it has none, and pad on the left."""
+    if tokenizer.pad_token is None:
+        fallback = tokenizer.eos_token or tokenizer.unk_token
+        if fallback is None:
+            raise ModelLoadError("the tokenizer has no pad, eos or unk token to pad batches with")
+        tokenizer.pad_token = fallback
+        logger.info("tokenizer has no pad token; using %r", fallback)
+    tokenizer.padding_side = "left"
+    return tokenizer
+
+
+def _check_local_folder(folder: Path) -> None:
+    if not folder.is_dir():
+        raise InputError(f"'{folder}' is a file; give the model's folder (with config.json)")
+    if not (folder / "config.json").is_file():
+        raise InputError(f"'{folder}' has no config.json; give a folder written by save_pretrained")
+
+
+def _not_available(source: str, err: Exception) -> ModelLoadError:
+    text = str(err)
+    if (
+        "offline" in text.lower()
+        or "cannot find the requested files" in text.lower()
+        or ("couldn't connect" in text.lower())
+    ):
+        return ModelLoadError(
+            f"'{source}' is not in the local Hugging Face cache and the hub cannot be reached; "
+            "download it on a connected machine (`hf download "
+            f"{source}`) or pass the path of a local folder"
+        )
+    first_line = text.strip().splitlines()[0] if text.strip() else type(err).__name__
+    return ModelLoadError(
+        f"cannot load '{source}': {first_line}; if it is a hub id, check the spelling and that it "
+        "is cached (or pass a local folder)"
+    )

@@ -1,0 +1,133 @@
+"""Stage 6 of the pipeline: steer a live model by scaling circuit neurons at inference.
+
+`steer()` registers forward pre-hooks on the neuron sites (through `hooks.py`) and returns a
+handle that is also a context manager. The multiplier m is read at every call, so it can be
+changed inside the block; m = 1 leaves the model bit-identical; several handles compose
+(their multipliers multiply on shared neurons).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from types import TracebackType
+from typing import Literal
+
+from torch import nn
+
+from neurosteer.circuit import Circuit
+from neurosteer.errors import InputError
+from neurosteer.hooks import HookSet, PositionTracker, add_neuron_scalers
+from neurosteer.layout import ModelLayout, resolve_layout
+
+Positions = Literal["all", "generated"]
+
+
+class SteeringHandle:
+    """Live steering hooks on one model; remove them with `remove()` or by leaving `with`.
+
+    Attributes:
+        multiplier: the scale applied to every circuit neuron (settable at any time).
+        positions: "all" (prompt and generated tokens) or "generated" (new tokens only).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        circuits: Sequence[Circuit],
+        multiplier: float,
+        positions: Positions,
+        prompt_length: int | None,
+        layout: ModelLayout,
+    ) -> None:
+        if positions not in ("all", "generated"):
+            raise InputError(f"positions must be 'all' or 'generated', got {positions!r}")
+        if prompt_length is not None and prompt_length < 0:
+            raise InputError(f"prompt_length must be >= 0, got {prompt_length}")
+        self.multiplier = multiplier
+        self.positions: Positions = positions
+        self._tracker = PositionTracker(prompt_length)
+        self._hooks = HookSet()
+        try:
+            sites = layout.site_modules(model)
+            if positions == "generated":
+                self._hooks.pre_with_kwargs(model, self._tracker.on_forward)
+            for circuit in circuits:
+                add_neuron_scalers(self._hooks, sites, circuit.by_layer(), self)
+        except BaseException:
+            self._hooks.remove()
+            raise
+
+    @property
+    def multiplier(self) -> float:
+        return self._multiplier
+
+    @multiplier.setter
+    def multiplier(self, value: float) -> None:
+        if not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise InputError(f"the multiplier must be a finite number, got {value!r}")
+        self._multiplier = float(value)
+
+    @property
+    def active(self) -> bool:
+        return len(self._hooks) > 0
+
+    def first_steered_position(self, seq_len: int) -> int:
+        """Index in the current chunk from which tokens are steered (0 = all of them)."""
+        if self.positions == "all":
+            return 0
+        return self._tracker.first_position(seq_len)
+
+    def remove(self) -> None:
+        """Remove this handle's hooks (idempotent); the model is unchanged afterwards."""
+        self._hooks.remove()
+
+    def __enter__(self) -> SteeringHandle:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.remove()
+
+
+def steer(
+    model: nn.Module,
+    circuit: Circuit | Sequence[Circuit],
+    multiplier: float = 0.0,
+    *,
+    positions: Positions = "all",
+    prompt_length: int | None = None,
+    layout: ModelLayout | None = None,
+) -> SteeringHandle:
+    """Scale a circuit's neurons by `multiplier` in every forward pass of `model`.
+
+    Args:
+        model: the model the circuit was found on (or one of the same shape).
+        circuit: a circuit, or several (each scaled by the same multiplier).
+        multiplier: 0 ablates, 1 is the unchanged model, 2 doubles, negative flips.
+        positions: "all" steers prompt and generated tokens; "generated" only new tokens.
+            "generated" tells prompt from new tokens by the KV cache; without a cache
+            (`use_cache=False`) give `prompt_length` (the padded prompt width).
+        prompt_length: fixed prompt length for positions="generated".
+        layout: a `ModelLayout` to use instead of resolving one.
+
+    Returns:
+        A handle, already active; use it in `with` or call `remove()`.
+
+    Example:
+        >>> with steer(model, circuit, multiplier=0.0) as handle:
+        ...     ablated = model.generate(**inputs, max_new_tokens=50)
+        ...     handle.multiplier = 2.0
+        ...     amplified = model.generate(**inputs, max_new_tokens=50)
+    """
+    circuits = [circuit] if isinstance(circuit, Circuit) else list(circuit)
+    if not circuits:
+        raise InputError("steer() needs at least one circuit")
+    layout = layout or resolve_layout(model)
+    for c in circuits:
+        c.check_fits(layout)
+    return SteeringHandle(model, circuits, multiplier, positions, prompt_length, layout)
