@@ -9,9 +9,12 @@ has a pad token, so that the last real token of every prompt in a batch sits at 
 from __future__ import annotations
 
 import logging
+import socket
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
+import huggingface_hub.constants
 import torch
 from transformers import (
     AutoConfig,
@@ -20,6 +23,7 @@ from transformers import (
     PreTrainedModel,
     PreTrainedTokenizerBase,
 )
+from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
 from neurosteer.errors import InputError, ModelLoadError
 
@@ -101,12 +105,8 @@ def load_model(
         raise InputError(f"model folder '{source}' does not exist")
 
     common: dict[str, Any] = {"revision": revision, "trust_remote_code": trust_remote_code}
-    try:
-        config = AutoConfig.from_pretrained(source, **common)
-    except OSError as err:
-        raise _not_available(source, err) from None
-    except ValueError as err:
-        raise ModelLoadError(f"cannot read the model config of '{source}': {err}") from None
+    config = _load_config(source, local=local.exists(), common=common)
+    _check_causal(source, config)
     try:
         model = AutoModelForCausalLM.from_pretrained(
             source,
@@ -146,6 +146,46 @@ def prepare_tokenizer(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizer
         logger.info("tokenizer has no pad token; using %r", fallback)
     tokenizer.padding_side = "left"
     return tokenizer
+
+
+def _load_config(source: str, *, local: bool, common: dict[str, Any]) -> Any:
+    """The config, from the folder, the local cache, or (when reachable) the hub, in that order.
+
+    Trying the cache first and checking that the hub answers at all avoids minutes of
+    retries on a machine without a network.
+    """
+    try:
+        try:
+            return AutoConfig.from_pretrained(source, local_files_only=True, **common)
+        except OSError:
+            if local or huggingface_hub.constants.HF_HUB_OFFLINE or not _hub_reachable():
+                raise
+            return AutoConfig.from_pretrained(source, **common)
+    except OSError as err:
+        raise _not_available(source, err) from None
+    except ValueError as err:
+        raise ModelLoadError(f"cannot read the model config of '{source}': {err}") from None
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    endpoint = urlparse(huggingface_hub.constants.ENDPOINT)
+    port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
+    try:
+        socket.create_connection((endpoint.hostname or "", port), timeout=timeout).close()
+    except OSError:
+        return False
+    return True
+
+
+def _check_causal(source: str, config: Any) -> None:
+    """Refuse checkpoints saved as something other than a causal LM (e.g. `BertModel`)."""
+    saved = list(getattr(config, "architectures", None) or [])
+    causal = set(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values())
+    if saved and not any(name in causal or name.endswith("ForCausalLM") for name in saved):
+        raise ModelLoadError(
+            f"'{source}' is not a causal language model (it was saved as {', '.join(saved)}); "
+            "neurosteer needs a decoder-only LM such as a *ForCausalLM checkpoint"
+        )
 
 
 def _check_local_folder(folder: Path) -> None:
