@@ -1,0 +1,98 @@
+"""Stage 6: baking equals hooking, touches only the circuit's weight slices, undoes exactly, and
+writes a plain checkpoint that transformers loads on its own."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerFast
+
+from neurosteer import bake, discover, render_prompts, resolve_layout, save_baked, steer
+from neurosteer.errors import InputError
+
+Pair = tuple[PreTrainedModel, PreTrainedTokenizerFast]
+
+
+def _logits(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast, prompts: list[str]
+) -> torch.Tensor:
+    rendered = render_prompts(tokenizer, prompts)
+    batch = tokenizer(rendered, return_tensors="pt", padding=True, add_special_tokens=False)
+    with torch.no_grad():
+        return model(**batch).logits
+
+
+@pytest.mark.parametrize("multiplier", [0.0, 2.5, -1.0])
+def test_baked_logits_equal_hooked_logits(
+    tiny_model: Pair, positive_prompts: list[str], negative_prompts: list[str], multiplier: float
+) -> None:
+    model, tokenizer = copy.deepcopy(tiny_model[0]), tiny_model[1]
+    circuit = discover(model, tokenizer, positive_prompts, negative_prompts, top_k=10)
+    prompts = positive_prompts[:3] + negative_prompts[:2]
+    base = _logits(model, tokenizer, prompts)
+    with steer(model, circuit, multiplier):
+        hooked = _logits(model, tokenizer, prompts)
+    handle = bake(model, circuit, multiplier)
+    baked = _logits(model, tokenizer, prompts)
+    handle.undo()
+    torch.testing.assert_close(baked, hooked, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(hooked, base, atol=1e-3)
+    assert torch.equal(_logits(model, tokenizer, prompts), base)
+
+
+def test_bake_touches_only_circuit_slices_and_undo_is_exact(
+    tiny_model: Pair, positive_prompts: list[str], negative_prompts: list[str]
+) -> None:
+    model, tokenizer = copy.deepcopy(tiny_model[0]), tiny_model[1]
+    layout = resolve_layout(model)
+    circuit = discover(model, tokenizer, positive_prompts, negative_prompts, top_k=6)
+    original = {k: v.clone() for k, v in model.state_dict().items()}
+    handle = bake(model, circuit, 0.0)
+    changed = {k for k, v in model.state_dict().items() if not torch.equal(v, original[k])}
+    site_keys = {
+        f"{layout.layers_path}.{layer}.{layout.site_path}.weight"
+        for layer in circuit.neurons_per_layer()
+    }
+    assert changed == site_keys
+    axis = 1 if layout.orientation == "columns" else 0
+    for layer, neurons in circuit.by_layer().items():
+        weight = model.get_submodule(f"{layout.layers_path}.{layer}.{layout.site_path}").weight
+        assert torch.count_nonzero(weight.index_select(axis, neurons)) == 0
+        kept = torch.ones(layout.d_mlp, dtype=torch.bool)
+        kept[neurons] = False
+        assert torch.count_nonzero(weight.index_select(axis, kept.nonzero().flatten())) > 0
+    handle.undo()
+    handle.undo()  # idempotent
+    assert all(torch.equal(v, original[k]) for k, v in model.state_dict().items())
+
+
+def test_save_baked_writes_a_plain_checkpoint(
+    tiny_llama: Pair, positive_prompts: list[str], negative_prompts: list[str], tmp_path: Path
+) -> None:
+    model, tokenizer = copy.deepcopy(tiny_llama[0]), tiny_llama[1]
+    circuit = discover(model, tokenizer, positive_prompts, negative_prompts, top_k=6)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    out = save_baked(model, tokenizer, tmp_path / "baked", circuit=circuit, multiplier=0.0)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    assert not list(out.glob("*.py"))
+    assert json.loads((out / "neurosteer.json").read_text())["multiplier"] == 0.0
+    reloaded = AutoModelForCausalLM.from_pretrained(out).eval()
+    with steer(model, circuit, 0.0):
+        hooked = _logits(model, tokenizer, positive_prompts[:3])
+    torch.testing.assert_close(_logits(reloaded, tokenizer, positive_prompts[:3]), hooked)
+    with pytest.raises(InputError, match="already exists"):
+        save_baked(model, tokenizer, out, circuit=circuit, multiplier=0.0)
+    assert [p.name for p in tmp_path.iterdir()] == ["baked"]  # no temp folders left
+
+
+def test_bake_rejects_a_non_finite_multiplier(
+    tiny_llama: Pair, positive_prompts: list[str], negative_prompts: list[str]
+) -> None:
+    model, tokenizer = tiny_llama
+    circuit = discover(model, tokenizer, positive_prompts, negative_prompts, top_k=3)
+    with pytest.raises(InputError, match="finite"):
+        bake(model, circuit, float("nan"))
