@@ -75,8 +75,8 @@ def bake(
                 assert isinstance(weight, torch.Tensor)
                 if weight.device.type == "meta":
                     raise InputError(
-                        f"layer {layer}'s weights are offloaded (on the meta device); bake them "
-                        "with `neurosteer bake --streaming` or load the model without offload"
+                        f"layer {layer}'s weights are offloaded (on the meta device); load the "
+                        "model without offload (e.g. on the CPU) to bake it"
                     )
                 index = neurons.to(weight.device)
                 original = weight.index_select(axis, index).clone()
