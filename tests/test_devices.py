@@ -33,7 +33,8 @@ def test_discovery_and_steering_match_on_an_offloaded_model(
     model, tokenizer = tiny_llama
     here = discover(model, tokenizer, positive_prompts, negative_prompts, top_k=6)
     there = discover(offloaded, tokenizer, positive_prompts, negative_prompts, top_k=6)
-    assert torch.equal(here.layers, there.layers) and torch.equal(here.neurons, there.neurons)
+    assert torch.equal(here.layers, there.layers)
+    assert torch.equal(here.neurons, there.neurons)
     torch.testing.assert_close(here.delta, there.delta)
 
     rendered = render_prompts(tokenizer, positive_prompts[:3])
