@@ -177,22 +177,27 @@ class Circuit:
         return from_table(self, chosen.layers, chosen.neurons, settings)
 
     def random_like(self, seed: int = 0, *, per_layer: bool = True) -> Circuit:
-        """A control circuit of the same size: random neurons, same count per layer by default.
+        """A control circuit of the same size, drawn from neurons outside this circuit.
 
-        With `per_layer=False` the neurons are drawn uniformly from the candidate layers.
+        By default each layer gets as many random neurons as this circuit has there; with
+        `per_layer=False` they are drawn uniformly from the candidate layers.
         """
         gen = torch.Generator().manual_seed(seed)
-        d_mlp = self.model.d_mlp
+        n_layers, d_mlp = self.model.n_layers, self.model.d_mlp
+        free = torch.ones(n_layers, d_mlp, dtype=torch.bool)
+        free[self.layers, self.neurons] = False
         if per_layer:
-            picks = [
-                (layer, torch.randperm(d_mlp, generator=gen)[:n])
-                for layer, n in self.neurons_per_layer().items()
-            ]
+            picks = []
+            for layer, n in self.neurons_per_layer().items():
+                pool = free[layer].nonzero().flatten()
+                if pool.numel() < n:  # a layer the circuit nearly fills: allow overlap
+                    pool = torch.arange(d_mlp)
+                picks.append((layer, pool[torch.randperm(pool.numel(), generator=gen)[:n]]))
             layers = torch.cat([torch.full((len(idx),), layer) for layer, idx in picks])
             neurons = torch.cat([idx for _, idx in picks])
         else:
-            allowed = layer_mask(self.model.n_layers, d_mlp, self.settings.skip_layers).flatten()
-            pool = allowed.nonzero().flatten()
+            allowed = layer_mask(n_layers, d_mlp, self.settings.skip_layers) & free
+            pool = allowed.flatten().nonzero().flatten()
             flat = pool[torch.randperm(pool.numel(), generator=gen)[: len(self)]]
             layers, neurons = flat // d_mlp, flat % d_mlp
         zeros = torch.zeros(len(layers), dtype=torch.float32)

@@ -221,7 +221,7 @@ def discover(**params: Any) -> None:
         progress=True,
     )
     circuit.save(params["output"], force=params["force"])
-    print_circuit_summary(circuit, top=10)
+    print_circuit_summary(circuit, top=10, settings=True)
     click.echo(f"wrote {params['output']}")
 
 
