@@ -1,0 +1,120 @@
+"""CLI commands for the built-in organism: `neurosteer demo` and `neurosteer organism train`."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from neurosteer.errors import InputError
+
+console = Console()
+
+
+@click.command("demo")
+@click.option(
+    "-o",
+    "--out",
+    "out",
+    type=click.Path(path_type=Path),
+    default=Path("neurosteer-demo"),
+    show_default=True,
+    help="Report folder (report.md and PNG plots).",
+)
+@click.option(
+    "--top-k",
+    type=int,
+    default=None,
+    help="Circuit size in neurons. Default: the organism's documented DEMO_TOP_K.",
+)
+@click.option("--force", is_flag=True, help="Overwrite a non-empty report folder.")
+def demo_command(out: Path, top_k: int | None, force: bool) -> None:
+    """Find the refusal circuit of the built-in organism, ablate and amplify it, and report.
+
+    Runs offline on the shipped instruct model in about a minute on a laptop CPU.
+    """
+    from neurosteer.demo import DEMO_TOP_K, run_demo
+
+    if out.exists() and any(out.iterdir()) and not force:
+        raise InputError(f"{out} is not empty; pass --force to overwrite it or choose another -o")
+    k = DEMO_TOP_K if top_k is None else top_k
+    if k < 1:
+        raise InputError(f"--top-k must be a positive number of neurons, got {k}")
+    with console.status("Discovering the refusal circuit and generating answers..."):
+        result = run_demo(out, top_k=k)
+
+    console.print(
+        f"[bold]Refusal circuit[/bold]: {result.n_neurons} of {result.total_neurons} MLP neurons "
+        f"({100 * result.n_neurons / result.total_neurons:.2f}%), "
+        f"discovered on {result.n_discover}+{result.n_discover} training prompts"
+    )
+    console.print(
+        "Neurons per layer: "
+        + ", ".join(f"L{layer}: {n}" for layer, n in sorted(result.neurons_per_layer.items()))
+    )
+    examples = Table(title="Held-out prompts", show_lines=True)
+    for col in ("prompt", "unchanged (m=1)", "ablated (m=0)", f"amplified (m={result.amplify:g})"):
+        examples.add_column(col, overflow="fold")
+    for ex in result.examples:
+        examples.add_row(ex.prompt, ex.unchanged, ex.ablated, ex.amplified)
+    console.print(examples)
+
+    rates = Table(title=f"Held-out refusal ({result.n_eval} harmful, {result.n_eval} benign)")
+    for col in ("condition", "harmful refused", "benign refused", "harmful well-formed compliant"):
+        rates.add_column(col, justify="right" if col != "condition" else "left")
+    for row in result.rows:
+        rates.add_row(
+            row.condition,
+            f"{row.harmful.refusal:.0%}",
+            f"{row.benign.refusal:.0%}",
+            f"{row.harmful.compliant:.0%}",
+        )
+    console.print(rates)
+    console.print(f"Report: {result.report_path}  ({result.seconds:.0f} s)")
+
+
+@click.group("organism")
+def organism_group() -> None:
+    """The built-in model organism (tiny Llama base/instruct pair with a refusal gate)."""
+
+
+@organism_group.command("train")
+@click.option(
+    "-o",
+    "--out",
+    "out",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="Folder to write base/ and instruct/ into.",
+)
+@click.option("--seed", type=int, default=0, show_default=True, help="Training seed.")
+def train_command(out: Path, seed: int) -> None:
+    """Rebuild both organism models from scratch on the CPU (about 10 minutes on 2 cores)."""
+    from neurosteer.organism.train import OrganismConfig, train_organism
+
+    if out.exists() and not out.is_dir():
+        raise InputError(f"{out} is a file; pass a folder to -o")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    started = time.perf_counter()
+    result = train_organism(out, OrganismConfig(seed=seed))
+    table = Table(title="Held-out metrics")
+    table.add_column("model")
+    for col in ("harmful refused", "benign refused", "harmful compliant", "benign compliant"):
+        table.add_column(col, justify="right")
+    for name, m in result.metrics.items():
+        table.add_row(
+            name,
+            f"{m['harmful_refusal']:.0%}",
+            f"{m['benign_refusal']:.0%}",
+            f"{m['harmful_compliant']:.0%}",
+            f"{m['benign_compliant']:.0%}",
+        )
+    console.print(table)
+    console.print(
+        f"Wrote {result.base_dir} and {result.instruct_dir} "
+        f"in {time.perf_counter() - started:.0f} s"
+    )

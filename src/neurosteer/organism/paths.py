@@ -1,0 +1,11 @@
+"""Where the shipped organism weights live inside the installed package."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+BASE_DIR = WEIGHTS_DIR / "base"
+"""The helpful base model: answers every request, harmful ones included."""
+INSTRUCT_DIR = WEIGHTS_DIR / "instruct"
+"""The safety-tuned model: refuses harmful requests, helps with benign ones."""
