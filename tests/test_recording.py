@@ -125,3 +125,55 @@ def test_running_stats_match_torch_mean_and_var(batch_sizes: tuple[int, ...]) ->
     result = stats.result()
     torch.testing.assert_close(result.mean, data.mean(0), rtol=1e-6, atol=1e-3)
     torch.testing.assert_close(result.var, data.var(0), rtol=1e-4, atol=1e-2)
+
+
+def test_out_of_memory_halves_the_batch_without_losing_or_repeating_prompts(
+    tiny_llama: tuple[PreTrainedModel, PreTrainedTokenizerFast],
+    positive_prompts: list[str],
+) -> None:
+    model = copy.deepcopy(tiny_llama[0])
+    layout = resolve_layout(model)
+    ids = _token_ids(tiny_llama[1], positive_prompts)
+    expected = record_stats(model, layout, ids, batch_size=1, pad_id=0)
+    seen: list[int] = []
+
+    def fake_oom(_module: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+        # fails in the middle of the model, after some layers were already recorded
+        seen.append(args[0].shape[0])
+        if args[0].shape[0] > 2:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+
+    handle = layout.layer_modules(model)[2].register_forward_pre_hook(fake_oom)
+    stats = RunningStats(layout.n_layers)
+    try:
+        final = run_last_token_pass(
+            model, layout, ids, batch_size=8, pad_id=0, on_layer=stats.update
+        )
+    finally:
+        handle.remove()
+    assert final == 2
+    assert seen[:3] == [8, 4, 2]
+    result = stats.result()
+    assert result.count == len(ids)
+    torch.testing.assert_close(result.mean, expected.mean, rtol=1e-4, atol=1e-5)
+
+
+def test_errors_other_than_out_of_memory_are_not_retried(
+    tiny_llama: tuple[PreTrainedModel, PreTrainedTokenizerFast],
+    positive_prompts: list[str],
+) -> None:
+    model = copy.deepcopy(tiny_llama[0])
+    layout = resolve_layout(model)
+
+    def broken(_module: nn.Module, _args: tuple[torch.Tensor, ...]) -> None:
+        raise RuntimeError("shape mismatch")
+
+    handle = layout.layer_modules(model)[1].register_forward_pre_hook(broken)
+    try:
+        with pytest.raises(RuntimeError, match="shape mismatch"):
+            record_stats(
+                model, layout, _token_ids(tiny_llama[1], positive_prompts), batch_size=8, pad_id=0
+            )
+    finally:
+        handle.remove()
+    assert all(not m._forward_pre_hooks for m in model.modules())

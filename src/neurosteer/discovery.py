@@ -30,7 +30,7 @@ from neurosteer.layout import ModelLayout, resolve_layout
 from neurosteer.prompts import prompt_hash, render_prompts, tokenize_rendered, uses_chat_template
 from neurosteer.recording import (
     ActivationStats,
-    default_batch_size,
+    auto_batch_size,
     record_stats,
     top_activation_frequency,
 )
@@ -77,7 +77,8 @@ def discover(
         universal_filter: drop neurons that are in the top 0.1% by |activation| on at least
             80% of neutral prompts before selecting.
         positive_only: keep only neurons more active on the positive set (δ > 0).
-        batch_size: prompts per forward pass (default: 16 on CPU, 32 on GPU).
+        batch_size: prompts per forward pass (default: chosen from free accelerator
+            memory, 16 on the CPU; halved automatically on out-of-memory errors).
         chat_template: True/False to force the chat template on or off; None: use it if the
             tokenizer has one.
         neutral: prompts for the universal filter (default: the built-in set).
@@ -102,7 +103,6 @@ def discover(
             f"asked for {k} neurons but the candidate layers hold only {int(layers_ok.sum())}; "
             "lower top_k/fraction or skip fewer layers"
         )
-    batch_size = batch_size or default_batch_size(model)
     templated = uses_chat_template(tokenizer, chat_template)
     pad_id = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0)
 
@@ -111,18 +111,22 @@ def discover(
             tokenizer, render_prompts(tokenizer, prompts, templated), templated
         )
 
-    def stats(prompts: Sequence[str], desc: str) -> ActivationStats:
+    pos_ids, neg_ids = tokens(positive), tokens(negative)
+    if batch_size is None:
+        batch_size = auto_batch_size(model, layout, max(map(len, pos_ids + neg_ids)))
+
+    def stats(token_ids: list[list[int]], desc: str) -> ActivationStats:
         return record_stats(
             model,
             layout,
-            tokens(prompts),
+            token_ids,
             batch_size=batch_size,
             pad_id=pad_id,
             progress=progress,
             desc=desc,
         )
 
-    pos, neg = stats(positive, "positive prompts"), stats(negative, "negative prompts")
+    pos, neg = stats(pos_ids, "positive prompts"), stats(neg_ids, "negative prompts")
     prompts = {"positive": _info(positive), "negative": _info(negative)}
     universal = layers_ok.new_zeros(layers_ok.shape)
     if universal_filter:

@@ -126,23 +126,32 @@ def tokenize_rendered(
     return ids
 
 
+def length_order(token_ids: Sequence[Sequence[int]]) -> list[int]:
+    """Prompt indices, longest first (memory peaks early; ties keep the input order)."""
+    return sorted(range(len(token_ids)), key=lambda i: (-len(token_ids[i]), i))
+
+
+def make_batch(token_ids: Sequence[Sequence[int]], rows: Sequence[int], pad_id: int) -> Batch:
+    """Left-pad the prompts `rows` of `token_ids` into one batch."""
+    width = max(len(token_ids[i]) for i in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for r, i in enumerate(rows):
+        seq = token_ids[i]
+        ids[r, width - len(seq) :] = torch.tensor(seq, dtype=torch.long)
+        mask[r, width - len(seq) :] = 1
+    return Batch(ids, mask, torch.tensor(list(rows), dtype=torch.long))
+
+
 def iter_batches(
     token_ids: Sequence[Sequence[int]], batch_size: int, pad_id: int
 ) -> Iterator[Batch]:
-    """Left-padded batches of prompts sorted by length (longest first: memory peaks early)."""
+    """Left-padded batches of prompts sorted by length."""
     if batch_size < 1:
         raise InputError(f"batch size must be at least 1, got {batch_size}")
-    order = sorted(range(len(token_ids)), key=lambda i: (-len(token_ids[i]), i))
+    order = length_order(token_ids)
     for start in range(0, len(order), batch_size):
-        rows = order[start : start + batch_size]
-        width = max(len(token_ids[i]) for i in rows)
-        ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for r, i in enumerate(rows):
-            seq = token_ids[i]
-            ids[r, width - len(seq) :] = torch.tensor(seq, dtype=torch.long)
-            mask[r, width - len(seq) :] = 1
-        yield Batch(ids, mask, torch.tensor(rows, dtype=torch.long))
+        yield make_batch(token_ids, order[start : start + batch_size], pad_id)
 
 
 def _parse_json(text: str, file: Path) -> Any:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -17,9 +18,12 @@ import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel
 
+from neurosteer.errors import InputError
 from neurosteer.hooks import HookSet, StopForward, add_last_token_recorders
 from neurosteer.layout import ModelLayout
-from neurosteer.prompts import Batch, iter_batches
+from neurosteer.prompts import Batch, length_order, make_batch
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -124,12 +128,25 @@ def run_last_token_pass(
     on_batch_end: Callable[[], None] | None = None,
     progress: bool = False,
     desc: str = "recording",
-) -> None:
-    """Run every prompt once and hand each layer's last-token site input to `on_layer`."""
+) -> int:
+    """Run every prompt once and hand each layer's last-token site input to `on_layer`.
+
+    A batch's activations are handed over only once its forward pass has finished, so when
+    the accelerator runs out of memory the batch is retried at half the size and nothing
+    already counted is lost or counted twice.
+
+    Returns:
+        The batch size in use at the end (smaller than asked if memory ran out).
+    """
+    if batch_size < 1:
+        raise InputError(f"batch size must be at least 1, got {batch_size}")
+    pending: dict[int, torch.Tensor] = {}
     current: list[Batch] = []
     device = input_device(model)
     takes_positions = "position_ids" in inspect.signature(model.forward).parameters
-    bar = tqdm(total=len(token_ids), desc=desc, unit="prompt", disable=not progress, leave=False)
+    order = length_order(token_ids)
+    done = 0
+    bar = tqdm(total=len(order), desc=desc, unit="prompt", disable=not progress, leave=False)
     try:
         with HookSet() as hooks, torch.inference_mode():
             # Left padding puts every prompt's last real token at -1; taking the index from the
@@ -138,24 +155,55 @@ def run_last_token_pass(
                 hooks,
                 layout.site_modules(model),
                 lambda: last_token_index(current[0].attention_mask),
-                on_layer,
+                pending.__setitem__,
                 stop_after_last=True,
             )
-            for batch in iter_batches(token_ids, batch_size, pad_id):
+            while done < len(order):
+                batch = make_batch(token_ids, order[done : done + batch_size], pad_id)
                 current[:] = [batch]
+                pending.clear()
                 inputs = {
                     "input_ids": batch.input_ids.to(device),
                     "attention_mask": batch.attention_mask.to(device),
                 }
                 if takes_positions:
                     inputs["position_ids"] = positions_from_mask(batch.attention_mask).to(device)
-                with contextlib.suppress(StopForward):
-                    model(**inputs, use_cache=False)
+                try:
+                    with contextlib.suppress(StopForward):
+                        model(**inputs, use_cache=False)
+                except Exception as err:
+                    if not is_out_of_memory(err) or batch_size == 1:
+                        raise
+                    pending.clear()
+                    del inputs
+                    free_accelerator_memory(device)
+                    batch_size //= 2
+                    logger.warning("out of memory; retrying with batch size %d", batch_size)
+                    continue
+                for layer in sorted(pending):
+                    on_layer(layer, pending[layer])
+                pending.clear()
                 if on_batch_end is not None:
                     on_batch_end()
+                done += batch.input_ids.shape[0]
                 bar.update(batch.input_ids.shape[0])
     finally:
         bar.close()
+    return batch_size
+
+
+def is_out_of_memory(err: BaseException) -> bool:
+    """An accelerator (or allocator) out-of-memory error, which a smaller batch may avoid."""
+    if isinstance(err, torch.cuda.OutOfMemoryError):
+        return True
+    return isinstance(err, RuntimeError) and "out of memory" in str(err).lower()
+
+
+def free_accelerator_memory(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    elif device.type == "mps":
+        torch.mps.empty_cache()
 
 
 def record_stats(
@@ -228,6 +276,17 @@ def input_device(model: PreTrainedModel) -> torch.device:
     return torch.device("cpu") if weight.device.type == "meta" else weight.device
 
 
-def default_batch_size(model: PreTrainedModel) -> int:
-    """A conservative batch size: larger on accelerators, whose memory we do not probe yet."""
-    return 32 if input_device(model).type == "cuda" else 16
+def auto_batch_size(model: PreTrainedModel, layout: ModelLayout, longest: int) -> int:
+    """A batch size that should fit: 16 on the CPU; on CUDA, half the free memory over a
+    rough per-prompt activation footprint (one layer is live at a time under inference mode).
+
+    The estimate need not be exact: an out-of-memory error halves the batch and retries.
+    """
+    device = input_device(model)
+    if device.type != "cuda":
+        return 16
+    free, _total = torch.cuda.mem_get_info(device)
+    itemsize = next(model.parameters()).element_size()
+    heads = int(getattr(model.config.get_text_config(), "num_attention_heads", 32) or 32)
+    per_prompt = itemsize * longest * (8 * layout.d_model + 3 * layout.d_mlp + heads * longest)
+    return int(max(1, min(256, free // 2 // max(per_prompt, 1))))
