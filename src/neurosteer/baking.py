@@ -12,6 +12,7 @@ import json
 import math
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -111,15 +112,20 @@ def save_baked(
         finally:
             handle.undo()
         tokenizer.save_pretrained(staging)
-        provenance = {
-            "library_version": __version__,
-            "multiplier": multiplier,
-            "circuit": {
-                "model": asdict(circuit.model),
-                "settings": asdict(circuit.settings),
-                "prompts": {k: asdict(v) for k, v in sorted(circuit.prompts.items())},
-                "neurons": {str(layer): idx.tolist() for layer, idx in circuit.by_layer().items()},
-            },
-        }
-        (staging / PROVENANCE_FILE).write_text(json.dumps(provenance, indent=2, sort_keys=True))
+        record = provenance(circuit, multiplier)
+        (staging / PROVENANCE_FILE).write_text(json.dumps(record, indent=2, sort_keys=True))
     return out
+
+
+def provenance(circuit: Circuit, multiplier: float) -> dict[str, Any]:
+    """What a baked checkpoint records about how it was made (`neurosteer.json`)."""
+    return {
+        "library_version": __version__,
+        "multiplier": multiplier,
+        "circuit": {
+            "model": asdict(circuit.model),
+            "settings": asdict(circuit.settings),
+            "prompts": {k: asdict(v) for k, v in sorted(circuit.prompts.items())},
+            "neurons": {str(layer): idx.tolist() for layer, idx in circuit.by_layer().items()},
+        },
+    }

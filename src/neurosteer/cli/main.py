@@ -296,6 +296,11 @@ def generate(**params: Any) -> None:
     help="Folder for the steered checkpoint (model + tokenizer).",
 )
 @click.option("--force", is_flag=True, help="Replace OUTPUT if it exists.")
+@click.option(
+    "--streaming",
+    is_flag=True,
+    help="Edit a local safetensors checkpoint shard by shard, never loading the model.",
+)
 def bake(**params: Any) -> None:
     """Write MODEL with the circuit's neurons scaled into the weights, as a plain checkpoint."""
     from neurosteer.baking import save_baked
@@ -303,6 +308,26 @@ def bake(**params: Any) -> None:
 
     check_writable(params["output"], force=params["force"])
     circuit = Circuit.load(params["circuit_path"])
+    if params["streaming"]:
+        from neurosteer.streaming import bake_streaming, layout_from_config
+
+        layout = layout_from_config(
+            params["model"], layers_path=params["layers_path"], site_path=params["site_path"]
+        )
+        report = bake_streaming(
+            params["model"],
+            circuit,
+            params["multiplier"],
+            params["output"],
+            force=params["force"],
+            layout=layout,
+        )
+        click.echo(
+            f"wrote {params['output']}: {len(report.tensors)} tensors scaled in "
+            f"{len(report.rewritten)} of {report.shards} shards (peak "
+            f"{report.peak_bytes / 2**20:.1f} MiB of tensors in memory)"
+        )
+        return
     model, tokenizer, layout = load(params)
     circuit.check_fits(layout)
     save_baked(

@@ -1,0 +1,169 @@
+"""Stage 6, for big checkpoints: bake a circuit into safetensors shards without loading the model.
+
+The layout comes from the config alone (the model is built on the meta device, no weights);
+then each shard is handled on its own: shards without an output projection of the circuit are
+copied byte for byte, the others are read, the circuit's columns (rows for Conv1D) scaled, and
+written back with their metadata. Peak memory is about one shard. Config, tokenizer and index
+files are copied unchanged, so the result is a plain checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from transformers import AutoConfig, AutoModelForCausalLM
+
+from neurosteer._io import atomic_directory
+from neurosteer.baking import PROVENANCE_FILE, provenance
+from neurosteer.circuit import Circuit
+from neurosteer.errors import InputError
+from neurosteer.layout import ModelLayout, resolve_layout
+
+logger = logging.getLogger(__name__)
+
+SINGLE_FILE = "model.safetensors"
+INDEX_FILE = "model.safetensors.index.json"
+
+
+@dataclass(frozen=True)
+class StreamingReport:
+    """What a streaming bake did.
+
+    Attributes:
+        shards: number of weight files.
+        rewritten: the shards that held a circuit tensor (the rest were copied as they are).
+        tensors: the names of the scaled tensors.
+        peak_bytes: the most tensor bytes held in memory at once (about one shard).
+    """
+
+    shards: int
+    rewritten: tuple[str, ...]
+    tensors: tuple[str, ...]
+    peak_bytes: int
+
+
+def bake_streaming(
+    checkpoint: str | Path,
+    circuit: Circuit,
+    multiplier: float,
+    out_dir: str | Path,
+    *,
+    force: bool = False,
+    layout: ModelLayout | None = None,
+) -> StreamingReport:
+    """Write a copy of a local safetensors checkpoint with the circuit baked in, shard by shard.
+
+    Args:
+        checkpoint: a local folder written by `save_pretrained` (single or sharded safetensors).
+        circuit: the circuit to bake; it must fit the checkpoint's shape.
+        multiplier: the scale written into the weights (0 ablates).
+        out_dir: the folder to write; refused if it exists unless `force`.
+        layout: a `ModelLayout` to use instead of resolving one from the config.
+
+    Example:
+        >>> bake_streaming("Llama-3.1-70B-Instruct", circuit, 0.0, "llama-70b-no-refusal")
+    """
+    source = Path(checkpoint)
+    shard_of = _weight_map(source)
+    layout = layout or layout_from_config(source)
+    circuit.check_fits(layout)
+    targets = _target_names(layout, circuit, set(shard_of))
+    axis = 1 if layout.orientation == "columns" else 0
+    by_shard: dict[str, dict[str, torch.Tensor]] = {}
+    for name, neurons in targets.items():
+        by_shard.setdefault(shard_of[name], {})[name] = neurons
+
+    peak = 0
+    with atomic_directory(out_dir, force=force) as staging:
+        for item in sorted(source.iterdir()):
+            if item.name in by_shard:
+                peak = max(
+                    peak,
+                    _rewrite_shard(
+                        item, staging / item.name, by_shard[item.name], axis, multiplier
+                    ),
+                )
+            elif item.is_dir():
+                shutil.copytree(item, staging / item.name)
+            elif item.name != PROVENANCE_FILE:
+                shutil.copyfile(item, staging / item.name)
+        record = provenance(circuit, multiplier) | {"streaming": True}
+        (staging / PROVENANCE_FILE).write_text(json.dumps(record, indent=2, sort_keys=True))
+    return StreamingReport(
+        shards=len(set(shard_of.values())),
+        rewritten=tuple(sorted(by_shard)),
+        tensors=tuple(sorted(targets)),
+        peak_bytes=peak,
+    )
+
+
+def _weight_map(folder: Path) -> dict[str, str]:
+    """{tensor name: shard file name} of a local safetensors checkpoint."""
+    if not (folder / "config.json").is_file():
+        raise InputError(f"'{folder}' is not a local checkpoint folder (no config.json)")
+    if (folder / INDEX_FILE).is_file():
+        index = json.loads((folder / INDEX_FILE).read_text())
+        return {str(k): str(v) for k, v in index["weight_map"].items()}
+    if (folder / SINGLE_FILE).is_file():
+        with safe_open(str(folder / SINGLE_FILE), framework="pt") as f:
+            return dict.fromkeys(f.keys(), SINGLE_FILE)
+    raise InputError(
+        f"'{folder}' has no safetensors weights ({SINGLE_FILE} or {INDEX_FILE}); "
+        "streaming bake needs them (convert the checkpoint, or bake without --streaming)"
+    )
+
+
+def layout_from_config(
+    folder: str | Path, *, layers_path: str | None = None, site_path: str | None = None
+) -> ModelLayout:
+    """Resolve the layout on a weightless copy of the model built on the meta device."""
+    config = AutoConfig.from_pretrained(folder)
+    with torch.device("meta"):
+        skeleton = AutoModelForCausalLM.from_config(config)
+    return resolve_layout(skeleton, layers_path=layers_path, site_path=site_path)
+
+
+def _target_names(
+    layout: ModelLayout, circuit: Circuit, names: set[str]
+) -> dict[str, torch.Tensor]:
+    """{checkpoint tensor name: neuron indices} of every output-projection weight to scale."""
+    targets = {}
+    for layer, neurons in circuit.by_layer().items():
+        module_name = f"{layout.layers_path}.{layer}.{layout.site_path}.weight"
+        # Some checkpoints (e.g. the original GPT-2) store names without the base-model prefix.
+        candidates = [module_name, module_name.split(".", 1)[1]]
+        found = next((c for c in candidates if c in names), None)
+        if found is None:
+            raise InputError(
+                f"the checkpoint has no tensor '{module_name}'; its names do not follow the "
+                "model's modules, so bake it in memory instead (without --streaming)"
+            )
+        targets[found] = neurons
+    return targets
+
+
+def _rewrite_shard(
+    source: Path,
+    target: Path,
+    scaled: dict[str, torch.Tensor],
+    axis: int,
+    multiplier: float,
+) -> int:
+    """Copy one shard with the given tensors' neuron slices scaled; returns the bytes held."""
+    with safe_open(str(source), framework="pt") as f:
+        metadata = f.metadata()
+        tensors = {name: f.get_tensor(name) for name in f.keys()}  # noqa: SIM118 - not a dict
+    for name, neurons in scaled.items():
+        weight = tensors[name]
+        # The same operation as the in-memory bake, so both give the same bits in any dtype.
+        weight.index_copy_(axis, neurons, weight.index_select(axis, neurons) * multiplier)
+    save_file(tensors, str(target), metadata=metadata)
+    logger.info("rewrote %s (%d tensors scaled)", source.name, len(scaled))
+    return sum(t.numel() * t.element_size() for t in tensors.values())
