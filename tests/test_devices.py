@@ -4,13 +4,14 @@ parameters): discovery and steering give the same results; in-memory baking refu
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import pytest
 import torch
 from accelerate import cpu_offload
 from transformers import PreTrainedModel, PreTrainedTokenizerFast
 
-from neurosteer import InputError, bake, discover, render_prompts, steer
+from neurosteer import InputError, bake, discover, generate, load_model, render_prompts, steer
 from neurosteer.hooks import count_hooks
 
 Pair = tuple[PreTrainedModel, PreTrainedTokenizerFast]
@@ -59,3 +60,27 @@ def test_in_memory_bake_refuses_offloaded_weights(
     circuit = discover(model, tokenizer, positive_prompts, negative_prompts, top_k=6)
     with pytest.raises(InputError, match="offloaded"):
         bake(offloaded, circuit, 0.0)
+
+
+def test_device_map_auto_with_disk_offload(
+    tiny_llama_dir: Path,
+    positive_prompts: list[str],
+    negative_prompts: list[str],
+    tmp_path: Path,
+) -> None:
+    model, tokenizer = load_model(tiny_llama_dir)
+    split, _ = load_model(
+        tiny_llama_dir, device_map="auto", max_memory={"cpu": "40KB"}, offload_folder=tmp_path
+    )
+    assert "disk" in set(split.hf_device_map.values())
+    here = discover(model, tokenizer, positive_prompts, negative_prompts, top_k=6)
+    there = discover(split, tokenizer, positive_prompts, negative_prompts, top_k=6)
+    assert torch.equal(here.neurons, there.neurons)
+    torch.testing.assert_close(here.delta, there.delta)
+    with steer(model, here, 0.0):
+        expected = generate(model, tokenizer, positive_prompts[:2], max_new_tokens=5)
+    with steer(split, here, 0.0):
+        got = generate(split, tokenizer, positive_prompts[:2], max_new_tokens=5)
+    assert got == expected
+    with pytest.raises(InputError, match="need a device map"):
+        load_model(tiny_llama_dir, max_memory={"cpu": "1GB"})

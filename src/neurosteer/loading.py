@@ -73,6 +73,7 @@ def load_model(
     revision: str | None = None,
     trust_remote_code: bool = False,
     max_memory: dict[Any, Any] | None = None,
+    offload_folder: str | Path | None = None,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load a causal LM and its tokenizer from a local folder or a hub id.
 
@@ -84,7 +85,9 @@ def load_model(
         device: a single device to move the model to ("cpu", "cuda:0"); not with `device_map`.
         revision: hub revision (branch, tag or commit).
         trust_remote_code: allow custom modelling code shipped with the checkpoint.
-        max_memory: per-device memory caps for `device_map="auto"` (accelerate's format).
+        max_memory: per-device memory caps for `device_map="auto"` (accelerate's format,
+            e.g. {0: "70GiB", 1: "70GiB", "cpu": "200GiB"}).
+        offload_folder: where layers that fit nowhere else are offloaded to disk.
 
     Returns:
         The model in eval mode, and its tokenizer with a pad token and left padding.
@@ -93,6 +96,8 @@ def load_model(
         >>> model, tokenizer = load_model("path/to/folder", dtype="bfloat16")
     """
     torch_dtype = parse_dtype(dtype)
+    if (max_memory or offload_folder) and device_map is None:
+        raise InputError("max_memory and offload_folder need a device map (e.g. 'auto')")
     if device is not None and device_map is not None:
         raise InputError("give either a device or a device map, not both")
     target = parse_device(device) if device is not None else None
@@ -114,6 +119,7 @@ def load_model(
             dtype=torch_dtype,
             device_map=device_map,
             max_memory=max_memory,
+            offload_folder=str(offload_folder) if offload_folder is not None else None,
             **common,
         )
     except ValueError as err:

@@ -79,6 +79,18 @@ def model_options(fn: F) -> F:
             default=None,
             help="Spread layers over devices, e.g. 'auto' (accelerate).",
         ),
+        click.option(
+            "--max-memory",
+            default=None,
+            callback=_parse_memory,
+            help="Per-device caps for --device-map auto, e.g. '0=70GiB,1=70GiB,cpu=200GiB'.",
+        ),
+        click.option(
+            "--offload-folder",
+            type=click.Path(path_type=Path),
+            default=None,
+            help="Offload layers that fit nowhere else to this folder.",
+        ),
         click.option("--revision", default=None, help="Hub revision of MODEL."),
         click.option(
             "--trust-remote-code",
@@ -112,11 +124,29 @@ def load(params: dict[str, Any]) -> tuple[Any, Any, Any]:
         dtype=params["dtype"],
         device=params["device"],
         device_map=params["device_map"],
+        max_memory=params["max_memory"],
+        offload_folder=params["offload_folder"],
         revision=params["revision"],
         trust_remote_code=params["trust_remote_code"],
     )
     layout = resolve_layout(model, layers_path=params["layers_path"], site_path=params["site_path"])
     return model, tokenizer, layout
+
+
+def _parse_memory(
+    _ctx: click.Context, _param: click.Parameter, text: str | None
+) -> dict[int | str, str] | None:
+    """'0=70GiB,cpu=200GiB' → {0: '70GiB', 'cpu': '200GiB'} (accelerate's max_memory)."""
+    if not text:
+        return None
+    caps: dict[int | str, str] = {}
+    for part in text.split(","):
+        device, sep, amount = part.partition("=")
+        if not sep or not amount.strip():
+            raise click.BadParameter(f"expected DEVICE=AMOUNT pairs, got {part!r}")
+        device = device.strip()
+        caps[int(device) if device.isdigit() else device] = amount.strip()
+    return caps
 
 
 def parse_layers(text: str) -> tuple[int, ...]:
