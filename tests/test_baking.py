@@ -79,6 +79,15 @@ def test_save_baked_writes_a_plain_checkpoint(
     out = save_baked(model, tokenizer, tmp_path / "baked", circuit=circuit, multiplier=0.0)
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
     assert not list(out.glob("*.py"))
+    model.save_pretrained(tmp_path / "original")
+    tokenizer.save_pretrained(tmp_path / "original")
+    for name in (
+        "config.json",
+        "generation_config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+    ):
+        assert (out / name).read_bytes() == (tmp_path / "original" / name).read_bytes(), name
     assert json.loads((out / "neurosteer.json").read_text())["multiplier"] == 0.0
     # eager attention like the fixture: SDPA differs from eager on fully padded query rows
     reloaded = AutoModelForCausalLM.from_pretrained(out, attn_implementation="eager").eval()
@@ -87,7 +96,7 @@ def test_save_baked_writes_a_plain_checkpoint(
     torch.testing.assert_close(_logits(reloaded, tokenizer, positive_prompts[:3]), hooked)
     with pytest.raises(InputError, match="already exists"):
         save_baked(model, tokenizer, out, circuit=circuit, multiplier=0.0)
-    assert [p.name for p in tmp_path.iterdir()] == ["baked"]  # no temp folders left
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["baked", "original"]  # no temp left
 
 
 def test_bake_rejects_a_non_finite_multiplier(

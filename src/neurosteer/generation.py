@@ -7,6 +7,7 @@ back in the order of the prompts.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 
 import torch
@@ -14,8 +15,16 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from neurosteer.errors import InputError
-from neurosteer.prompts import iter_batches, render_prompts, tokenize_rendered, uses_chat_template
-from neurosteer.recording import input_device
+from neurosteer.prompts import (
+    length_order,
+    make_batch,
+    render_prompts,
+    tokenize_rendered,
+    uses_chat_template,
+)
+from neurosteer.recording import free_accelerator_memory, input_device, is_out_of_memory
+
+logger = logging.getLogger(__name__)
 
 
 def generate(
@@ -30,12 +39,17 @@ def generate(
 ) -> list[str]:
     """Greedy completions (new text only, special tokens dropped), one per prompt.
 
+    Prompts are batched by length; an out-of-memory error halves the batch and retries it,
+    keeping the completions already made.
+
     Example:
         >>> with steer(model, circuit, 0.0):
         ...     answers = generate(model, tokenizer, ["How do I pick a lock?"], max_new_tokens=40)
     """
     if max_new_tokens < 1:
         raise InputError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
+    if batch_size < 1:
+        raise InputError(f"batch size must be at least 1, got {batch_size}")
     if not prompts:
         return []
     templated = uses_chat_template(tokenizer, chat_template)
@@ -45,21 +59,33 @@ def generate(
     pad_id = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0)
     device = input_device(model)
     answers: list[str] = [""] * len(prompts)
+    order = length_order(token_ids)
+    done = 0
     with (
         torch.inference_mode(),
         tqdm(total=len(prompts), desc="generating", disable=not progress, leave=False) as bar,
     ):
-        for batch in iter_batches(token_ids, batch_size, pad_id):
-            output = model.generate(  # type: ignore[operator]
-                input_ids=batch.input_ids.to(device),
-                attention_mask=batch.attention_mask.to(device),
-                max_new_tokens=max_new_tokens,
-                do_sample=False,
-                pad_token_id=pad_id,
-            )
+        while done < len(order):
+            batch = make_batch(token_ids, order[done : done + batch_size], pad_id)
+            try:
+                output = model.generate(  # type: ignore[operator]
+                    input_ids=batch.input_ids.to(device),
+                    attention_mask=batch.attention_mask.to(device),
+                    max_new_tokens=max_new_tokens,
+                    do_sample=False,
+                    pad_token_id=pad_id,
+                )
+            except Exception as err:
+                if not is_out_of_memory(err) or batch_size == 1:
+                    raise
+                free_accelerator_memory(device)
+                batch_size //= 2
+                logger.warning("out of memory; generating with batch size %d", batch_size)
+                continue
             new_tokens = output[:, batch.input_ids.shape[1] :].cpu()
             texts = tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
             for row, text in zip(batch.index.tolist(), texts, strict=True):
                 answers[row] = text.strip()
+            done += len(texts)
             bar.update(len(texts))
     return answers
