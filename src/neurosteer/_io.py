@@ -24,6 +24,12 @@ def check_writable(path: Path, *, force: bool) -> None:
         raise InputError(f"the folder '{path.parent}' does not exist; create it first")
 
 
+def _umask() -> int:
+    current = os.umask(0)
+    os.umask(current)
+    return current
+
+
 @contextmanager
 def atomic_directory(path: str | Path, *, force: bool = False) -> Iterator[Path]:
     """Yield a temporary folder; on success it replaces `path` in one rename."""
@@ -32,6 +38,8 @@ def atomic_directory(path: str | Path, *, force: bool = False) -> Iterator[Path]
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
         yield staging
+        # mkdtemp makes the folder private (0700); give the result the usual permissions.
+        staging.chmod(0o777 & ~_umask())
         if target.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
             os.replace(target, old / target.name)

@@ -14,20 +14,18 @@ No timestamps: the same inputs give the same files, byte for byte. Writes are at
 from __future__ import annotations
 
 import json
-import logging
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from neurosteer._io import atomic_directory
 from neurosteer.attribution import layer_mask, neurons_for_fraction, select_top_k
 from neurosteer.errors import CircuitFormatError, CircuitMismatchError, InputError
 from neurosteer.layout import ModelLayout
-
-logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 METADATA_FILE = "circuit.json"
@@ -141,10 +139,10 @@ class Circuit:
         ):
             raise CircuitMismatchError("this circuit holds neuron indices outside the model")
         if layout.model_type != self.model.model_type:
-            logger.warning(
-                "circuit found on a %s model, applied to a %s model of the same shape",
-                self.model.model_type,
-                layout.model_type,
+            raise CircuitMismatchError(
+                f"this circuit was found on a {self.model.model_type} model "
+                f"({self.model.name_or_path}) and this is a {layout.model_type} model; neuron "
+                "indices do not carry over between families, so discover a circuit on this model"
             )
 
     def reselect(
@@ -200,14 +198,17 @@ class Circuit:
             pool = allowed.flatten().nonzero().flatten()
             flat = pool[torch.randperm(pool.numel(), generator=gen)[: len(self)]]
             layers, neurons = flat // d_mlp, flat % d_mlp
-        zeros = torch.zeros(len(layers), dtype=torch.float32)
+
+        def zeros() -> torch.Tensor:  # one tensor each: safetensors refuses shared storage
+            return torch.zeros(len(layers), dtype=torch.float32)
+
         return replace(
             self,
             layers=layers.long(),
             neurons=neurons.long(),
-            delta=zeros,
-            positive_mean=zeros,
-            negative_mean=zeros,
+            delta=zeros(),
+            positive_mean=zeros(),
+            negative_mean=zeros(),
             settings=replace(self.settings, method="random", seed=seed),
             table=None,
         )
@@ -252,7 +253,7 @@ class Circuit:
         try:
             meta: dict[str, Any] = json.loads(meta_file.read_text())
             tensors = load_file(str(tensor_file))
-        except (json.JSONDecodeError, OSError, RuntimeError) as err:
+        except (json.JSONDecodeError, OSError, RuntimeError, SafetensorError) as err:
             raise CircuitFormatError(f"'{folder}' is corrupt: {err}") from None
         version = meta.get("format_version")
         if version != FORMAT_VERSION:

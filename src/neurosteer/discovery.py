@@ -95,6 +95,8 @@ def discover(
     positive, negative = _check_prompts(positive, "positive"), _check_prompts(negative, "negative")
     if top_k is not None and top_k < 1:
         raise InputError(f"top_k must be at least 1, got {top_k}")
+    if not 0.0 < fraction <= 1.0:
+        raise InputError(f"fraction must be in (0, 1], got {fraction}")
     layout = layout or resolve_layout(model)
     k = top_k if top_k is not None else neurons_for_fraction(fraction, layout.n_neurons)
     layers_ok = layer_mask(layout.n_layers, layout.d_mlp, skip_layers)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -39,7 +40,7 @@ def load_prompts(path: str | Path) -> list[str]:
     if not file.is_file():
         raise InputError(f"prompt file '{file}' does not exist")
     suffix = file.suffix.lower()
-    text = file.read_text(encoding="utf-8")
+    text = file.read_text(encoding="utf-8-sig")  # spreadsheet exports often start with a BOM
     if suffix == ".txt":
         prompts = [line.strip() for line in text.splitlines()]
     elif suffix == ".jsonl":
@@ -177,7 +178,7 @@ def _from_record(item: Any, file: Path) -> str:
 
 
 def _from_csv(text: str, file: Path) -> list[str]:
-    reader = csv.DictReader(text.splitlines())
+    reader = csv.DictReader(io.StringIO(text, newline=""))  # keeps quoted line breaks
     columns = {c.strip().lower(): c for c in reader.fieldnames or []}
     column = next((columns[f] for f in PROMPT_FIELDS if f in columns), None)
     if column is None:
