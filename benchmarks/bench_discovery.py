@@ -12,11 +12,10 @@
 from __future__ import annotations
 
 import argparse
-import json
 from typing import Any
 
 import torch
-from common import char_tokenizer, prompts, random_model, side_by_side, timed
+from common import char_tokenizer, emit, prompts, random_model, side_by_side, timed
 
 import neurosteer
 from neurosteer.hooks import HookSet
@@ -113,10 +112,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     result = run(args.shape, args.prompts, args.batch_size, args.repeats, args.reference)
-    print(json.dumps(result, indent=2))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=2)
+    emit(result, args.json)
 
 
 if __name__ == "__main__":

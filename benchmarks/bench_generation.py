@@ -8,11 +8,10 @@ Targets: hooked ≤ 1.03× plain; baked = plain.
 from __future__ import annotations
 
 import argparse
-import json
 from typing import Any
 
 import torch
-from common import char_tokenizer, prompts, random_model, side_by_side
+from common import char_tokenizer, emit, prompts, random_model, side_by_side
 
 import neurosteer
 from neurosteer.prompts import render_prompts
@@ -78,10 +77,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     sizes = [int(b) for b in args.batch_sizes.split(",")]
     result = run(args.shape, sizes, args.new_tokens, args.repeats)
-    print(json.dumps(result, indent=2))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=2)
+    emit(result, args.json)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ import sys
 from typing import Any
 
 import torch
-from common import PeakRSS, char_tokenizer, prompts, random_model
+from common import PeakRSS, char_tokenizer, emit, prompts, random_model
 
 import neurosteer
 from neurosteer.prompts import iter_batches, render_prompts, tokenize_rendered
@@ -99,10 +99,7 @@ def main() -> None:
             max(r["discovery_extra_peak_bytes"] / r["bound_bytes"] for r in runs), 3
         ),
     }
-    print(json.dumps(result, indent=2))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=2)
+    emit(result, args.json)
 
 
 if __name__ == "__main__":

@@ -6,11 +6,13 @@ Random weights measure speed and memory, not behaviour.
 
 from __future__ import annotations
 
+import json
 import statistics
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
@@ -96,6 +98,14 @@ def prompts(n: int, offset: int = 0) -> list[str]:
     return [
         f"{base[(i + offset) % len(base)]} (variant {(i + offset) // len(base)})" for i in range(n)
     ]
+
+
+def emit(result: dict[str, Any], path: str | None) -> None:
+    """Print a result as JSON, and write it to `path` when one is given."""
+    text = json.dumps(result, indent=2)
+    print(text)
+    if path:
+        Path(path).write_text(text + "\n")
 
 
 def timed(fn: Callable[[], object]) -> float:
