@@ -375,6 +375,16 @@ def bake(**params: Any) -> None:
     )
 
 
+def _register_organism_commands() -> None:
+    from neurosteer.cli.organism_cmds import demo_command, organism_group
+
+    cli.add_command(demo_command)
+    cli.add_command(organism_group)
+
+
+_register_organism_commands()
+
+
 def main() -> None:
     """Console-script entry point."""
     cli(prog_name="neurosteer")
