@@ -14,23 +14,38 @@ The package follows the pipeline: layout → loading → prompts → recording �
 circuit → steering / baking → generation; `hooks` is the only module that registers hooks.
 """
 
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from neurosteer._version import __version__
-from neurosteer.baking import BakeHandle, bake, save_baked
-from neurosteer.circuit import Circuit
-from neurosteer.discovery import discover, neutral_prompts
-from neurosteer.errors import (
-    CircuitFormatError,
-    CircuitMismatchError,
-    InputError,
-    ModelLoadError,
-    NeurosteerError,
-    UnsupportedModelError,
-)
-from neurosteer.generation import generate
-from neurosteer.layout import ModelLayout, resolve_layout
-from neurosteer.loading import load_model
-from neurosteer.prompts import load_prompts, render_prompts
-from neurosteer.steering import SteeringHandle, steer
+
+# Public name -> the module that defines it. Imported on first use, so that `neurosteer --help`
+# and `import neurosteer.errors` do not pay for torch and transformers.
+_EXPORTS = {
+    "BakeHandle": "neurosteer.baking",
+    "bake": "neurosteer.baking",
+    "save_baked": "neurosteer.baking",
+    "Circuit": "neurosteer.circuit",
+    "discover": "neurosteer.discovery",
+    "neutral_prompts": "neurosteer.discovery",
+    "CircuitFormatError": "neurosteer.errors",
+    "CircuitMismatchError": "neurosteer.errors",
+    "InputError": "neurosteer.errors",
+    "ModelLoadError": "neurosteer.errors",
+    "NeurosteerError": "neurosteer.errors",
+    "UnsupportedModelError": "neurosteer.errors",
+    "generate": "neurosteer.generation",
+    "ModelLayout": "neurosteer.layout",
+    "resolve_layout": "neurosteer.layout",
+    "load_model": "neurosteer.loading",
+    "load_prompts": "neurosteer.prompts",
+    "render_prompts": "neurosteer.prompts",
+    "SteeringHandle": "neurosteer.steering",
+    "steer": "neurosteer.steering",
+    "bake_streaming": "neurosteer.streaming",
+}
 
 __all__ = [
     "BakeHandle",
@@ -45,6 +60,7 @@ __all__ = [
     "UnsupportedModelError",
     "__version__",
     "bake",
+    "bake_streaming",
     "discover",
     "generate",
     "load_model",
@@ -55,3 +71,35 @@ __all__ = [
     "save_baked",
     "steer",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'neurosteer' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__
+
+
+if TYPE_CHECKING:
+    from neurosteer.baking import BakeHandle, bake, save_baked
+    from neurosteer.circuit import Circuit
+    from neurosteer.discovery import discover, neutral_prompts
+    from neurosteer.errors import (
+        CircuitFormatError,
+        CircuitMismatchError,
+        InputError,
+        ModelLoadError,
+        NeurosteerError,
+        UnsupportedModelError,
+    )
+    from neurosteer.generation import generate
+    from neurosteer.layout import ModelLayout, resolve_layout
+    from neurosteer.loading import load_model
+    from neurosteer.prompts import load_prompts, render_prompts
+    from neurosteer.steering import SteeringHandle, steer
+    from neurosteer.streaming import bake_streaming

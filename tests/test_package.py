@@ -1,0 +1,22 @@
+"""The package surface: lazy public names, all importable, and a fast command line."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import neurosteer
+
+
+def test_every_public_name_resolves_and_is_listed() -> None:
+    exported = set(neurosteer._EXPORTS)
+    assert set(neurosteer.__all__) == exported | {"__version__"}
+    for name in exported:
+        assert getattr(neurosteer, name) is not None
+    assert neurosteer.Circuit.__module__ == "neurosteer.circuit"
+
+
+def test_cli_help_does_not_import_torch() -> None:
+    code = "import sys, neurosteer.cli.main; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
