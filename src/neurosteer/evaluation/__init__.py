@@ -1,0 +1,67 @@
+"""Stage 8 of the pipeline: evaluation of a steered model.
+
+    quality       distinct-4 per answer and averaged, and the degeneration flag
+    phrases       refusal phrase lists: built in ("strict", "sweep", "patterns") or from JSON
+    judges        the `Judge` interface, the phrase judge, refusal rates, `get_judge` for the CLI
+    model_judge   a local causal LM as a yes/no judge; judge prompts from JSON
+    kl            KL(unsteered || steered) on the unsteered model's own continuations
+    datasets      benchmark prompt sets (JailbreakBench, AdvBench, HarmBench, JSON splits, .txt)
+
+Every judge labels each answer "refusal", "compliance" or "degenerate"; degenerate text is
+never counted as compliance.
+
+    answers = neurosteer.generate(model, tokenizer, harmful, max_new_tokens=150)
+    labels = PhraseJudge()(harmful, answers)
+    refusal_rates(labels), quality(answers).mean_distinct4
+"""
+
+from neurosteer.evaluation.datasets import load_dataset_prompts
+from neurosteer.evaluation.judges import (
+    LABELS,
+    Judge,
+    Label,
+    PhraseJudge,
+    get_judge,
+    refusal_rates,
+)
+from neurosteer.evaluation.kl import Intervention, KLReport, kl_to_reference
+from neurosteer.evaluation.model_judge import (
+    JudgePrompt,
+    ModelJudge,
+    answer_token_ids,
+    load_judge_prompt,
+)
+from neurosteer.evaluation.phrases import (
+    BUILTIN_LISTS,
+    PhraseList,
+    builtin_list,
+    load_phrase_list,
+    load_phrase_lists,
+)
+from neurosteer.evaluation.quality import QualityReport, distinct_n, is_degenerate, quality
+
+__all__ = [
+    "BUILTIN_LISTS",
+    "LABELS",
+    "Intervention",
+    "Judge",
+    "JudgePrompt",
+    "KLReport",
+    "Label",
+    "ModelJudge",
+    "PhraseJudge",
+    "PhraseList",
+    "QualityReport",
+    "answer_token_ids",
+    "builtin_list",
+    "distinct_n",
+    "get_judge",
+    "is_degenerate",
+    "kl_to_reference",
+    "load_dataset_prompts",
+    "load_judge_prompt",
+    "load_phrase_list",
+    "load_phrase_lists",
+    "quality",
+    "refusal_rates",
+]
