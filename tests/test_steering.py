@@ -197,6 +197,27 @@ def test_generated_only_leaves_the_prompt_untouched(
     assert not torch.allclose(cached.scores[-1], plain.scores[-1], atol=1e-4)
 
 
+def test_prompt_only_steers_the_prompt_pass_and_not_the_new_tokens(
+    tiny_model: Pair, positive_prompts: list[str], negative_prompts: list[str]
+) -> None:
+    model, tokenizer = tiny_model
+    circuit = _circuit(tiny_model, positive_prompts, negative_prompts)
+    batch = _batch(tokenizer, positive_prompts[:2])
+    with steer(model, circuit, 0.0):
+        everywhere = _logits(model, batch)
+    with steer(model, circuit, 0.0, positions="prompt"):
+        assert torch.equal(_logits(model, batch), everywhere)  # a prompt pass is all prompt
+        cached = _greedy(model, batch)
+    width = batch["input_ids"].shape[1]
+    with steer(model, circuit, 0.0, positions="prompt", prompt_length=width):
+        uncached = _greedy(model, batch, use_cache=False)
+    with steer(model, circuit, 0.0):
+        steered_everywhere = _greedy(model, batch)
+    assert _same(cached, uncached)
+    torch.testing.assert_close(cached.scores[0], steered_everywhere.scores[0], rtol=0, atol=0)
+    assert not torch.allclose(cached.scores[-1], steered_everywhere.scores[-1], atol=1e-4)
+
+
 def test_bad_steering_arguments_are_input_errors(
     tiny_llama: Pair, positive_prompts: list[str], negative_prompts: list[str]
 ) -> None:
@@ -204,7 +225,7 @@ def test_bad_steering_arguments_are_input_errors(
     circuit = _circuit(tiny_llama, positive_prompts, negative_prompts)
     before = count_hooks(model)
     with pytest.raises(InputError, match="positions"):
-        steer(model, circuit, 0.0, positions="prompt")  # type: ignore[arg-type]
+        steer(model, circuit, 0.0, positions="middle")  # type: ignore[arg-type]
     with pytest.raises(InputError, match="finite"):
         steer(model, circuit, float("inf"))
     with pytest.raises(InputError, match="at least one circuit"):

@@ -13,8 +13,10 @@ import inspect
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
+from torch import nn
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel
 
@@ -128,8 +130,13 @@ def run_last_token_pass(
     on_batch_end: Callable[[], None] | None = None,
     progress: bool = False,
     desc: str = "recording",
+    points: Sequence[nn.Module] | None = None,
+    capture: Literal["input", "output"] = "input",
 ) -> int:
     """Run every prompt once and hand each layer's last-token site input to `on_layer`.
+
+    `points` and `capture` record elsewhere instead: e.g. the decoder layers' outputs (the
+    residual stream) or the sites' outputs (what each MLP adds to it).
 
     A batch's activations are handed over only once its forward pass has finished, so when
     the accelerator runs out of memory the batch is retried at half the size and nothing
@@ -153,9 +160,10 @@ def run_last_token_pass(
             # mask keeps this right for right-padded batches too.
             add_last_token_recorders(
                 hooks,
-                layout.site_modules(model),
+                layout.site_modules(model) if points is None else points,
                 lambda: last_token_index(current[0].attention_mask),
                 pending.__setitem__,
+                capture=capture,
                 stop_after_last=True,
             )
             while done < len(order):

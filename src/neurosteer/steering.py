@@ -9,7 +9,7 @@ changed inside the block; m = 1 leaves the model bit-identical; several handles 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import Literal
 
@@ -17,31 +17,37 @@ from torch import nn
 
 from neurosteer.circuit import Circuit
 from neurosteer.errors import InputError
-from neurosteer.hooks import HookSet, PositionTracker, add_neuron_scalers
+from neurosteer.hooks import EditState, HookSet, PositionTracker, add_neuron_scalers
 from neurosteer.layout import ModelLayout, resolve_layout
 
-Positions = Literal["all", "generated"]
+Positions = Literal["all", "prompt", "generated"]
+Installer = Callable[[HookSet, EditState], None]
 
 
 class SteeringHandle:
-    """Live steering hooks on one model; remove them with `remove()` or by leaving `with`.
+    """Live editing hooks on one model; remove them with `remove()` or by leaving `with`.
+
+    Used for neuron steering and for every baseline intervention: what is edited comes from an
+    installer, how strongly from `multiplier` (read at every call, so it may change inside a
+    block), and where from `positions`.
 
     Attributes:
-        multiplier: the scale applied to every circuit neuron (settable at any time).
-        positions: "all" (prompt and generated tokens) or "generated" (new tokens only).
+        multiplier: the strength (a neuron scale for circuits, α for added vectors, the
+            removed share for directional ablation).
+        positions: "all" (prompt and generated tokens), "prompt" (prompt tokens only) or
+            "generated" (new tokens only).
     """
 
     def __init__(
         self,
         model: nn.Module,
-        circuits: Sequence[Circuit],
+        install: Installer,
         multiplier: float,
-        positions: Positions,
-        prompt_length: int | None,
-        layout: ModelLayout,
+        positions: Positions = "all",
+        prompt_length: int | None = None,
     ) -> None:
-        if positions not in ("all", "generated"):
-            raise InputError(f"positions must be 'all' or 'generated', got {positions!r}")
+        if positions not in ("all", "prompt", "generated"):
+            raise InputError(f"positions must be 'all', 'prompt' or 'generated', got {positions!r}")
         if prompt_length is not None and prompt_length < 0:
             raise InputError(f"prompt_length must be >= 0, got {prompt_length}")
         self.multiplier = multiplier
@@ -49,11 +55,9 @@ class SteeringHandle:
         self._tracker = PositionTracker(prompt_length)
         self._hooks = HookSet()
         try:
-            sites = layout.site_modules(model)
-            if positions == "generated":
+            if positions != "all":
                 self._hooks.pre_with_kwargs(model, self._tracker.on_forward)
-            for circuit in circuits:
-                add_neuron_scalers(self._hooks, sites, circuit.by_layer(), self)
+            install(self._hooks, self)
         except BaseException:
             self._hooks.remove()
             raise
@@ -72,11 +76,12 @@ class SteeringHandle:
     def active(self) -> bool:
         return len(self._hooks) > 0
 
-    def first_steered_position(self, seq_len: int) -> int:
-        """Index in the current chunk from which tokens are steered (0 = all of them)."""
+    def steered_range(self, seq_len: int) -> tuple[int, int]:
+        """[start, end) of the current chunk's positions that are edited."""
         if self.positions == "all":
-            return 0
-        return self._tracker.first_position(seq_len)
+            return 0, seq_len
+        split = self._tracker.first_generated(seq_len)
+        return (0, split) if self.positions == "prompt" else (split, seq_len)
 
     def remove(self) -> None:
         """Remove this handle's hooks (idempotent); the model is unchanged afterwards."""
@@ -109,10 +114,10 @@ def steer(
         model: the model the circuit was found on (or one of the same shape).
         circuit: a circuit, or several (each scaled by the same multiplier).
         multiplier: 0 ablates, 1 is the unchanged model, 2 doubles, negative flips.
-        positions: "all" steers prompt and generated tokens; "generated" only new tokens.
-            "generated" tells prompt from new tokens by the KV cache; without a cache
-            (`use_cache=False`) give `prompt_length` (the padded prompt width).
-        prompt_length: fixed prompt length for positions="generated".
+        positions: "all" steers prompt and generated tokens; "prompt" only the prompt;
+            "generated" only new tokens. Prompt and new tokens are told apart by the KV cache;
+            without a cache (`use_cache=False`) give `prompt_length` (the padded prompt width).
+        prompt_length: fixed prompt length for positions="prompt" or "generated".
         layout: a `ModelLayout` to use instead of resolving one.
 
     Returns:
@@ -130,4 +135,10 @@ def steer(
     layout = layout or resolve_layout(model)
     for c in circuits:
         c.check_fits(layout)
-    return SteeringHandle(model, circuits, multiplier, positions, prompt_length, layout)
+    sites = layout.site_modules(model)
+
+    def install(hooks: HookSet, state: EditState) -> None:
+        for c in circuits:
+            add_neuron_scalers(hooks, sites, c.by_layer(), state)
+
+    return SteeringHandle(model, install, multiplier, positions, prompt_length)

@@ -1,0 +1,123 @@
+"""Editing hooks: scale neurons, add a vector, project out a direction.
+
+Each reads its strength from an `EditState` at call time and edits only the positions
+`state.steered_range` allows. At the identity strength (1 for scaling, 0 for adding and
+projecting) a hook returns nothing, so the model is bit-identical to an unhooked one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from neurosteer.hooks.hookset import HookSet
+from neurosteer.hooks.positions import EditState
+from neurosteer.hooks.recorders import first_tensor
+
+
+def _edit_range(
+    x: torch.Tensor, state: EditState, edit: Callable[[torch.Tensor], torch.Tensor]
+) -> torch.Tensor | None:
+    """`edit` applied to the steered positions of x [batch, seq, width]; None if none."""
+    seq = x.shape[-2]
+    start, end = state.steered_range(seq)
+    if start >= end:
+        return None
+    if (start, end) == (0, seq):
+        return edit(x)
+    return torch.cat([x[..., :start, :], edit(x[..., start:end, :]), x[..., end:, :]], dim=-2)
+
+
+def _replace_output(output: Any, new: torch.Tensor) -> Any:
+    return (new, *output[1:]) if isinstance(output, tuple) else new
+
+
+def add_neuron_scalers(
+    hooks: HookSet,
+    sites: Sequence[nn.Module],
+    neurons_by_layer: dict[int, torch.Tensor],
+    state: EditState,
+) -> None:
+    """Multiply the given neurons of each layer's site input by `state.multiplier`."""
+    for layer, neurons in sorted(neurons_by_layer.items()):
+        hooks.pre(sites[layer], _scaler(neurons, state))
+
+
+def _scaler(
+    neurons: torch.Tensor, state: EditState
+) -> Callable[[nn.Module, tuple[Any, ...]], tuple[Any, ...] | None]:
+    cache: dict[tuple[torch.device, torch.dtype, float], torch.Tensor] = {}
+
+    def hook(_module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...] | None:
+        m = float(state.multiplier)
+        if m == 1.0:
+            return None
+        x = args[0]  # [batch, seq, d_mlp]
+        key = (x.device, x.dtype, m)
+        scale = cache.get(key)
+        if scale is None:
+            cache.clear()  # one live multiplier at a time; a sweep re-fills it
+            scale = torch.ones(x.shape[-1], device=x.device, dtype=x.dtype)
+            scale[neurons.to(x.device)] = m
+            cache[key] = scale
+        scaled = _edit_range(x, state, lambda part: part * scale)
+        return None if scaled is None else (scaled, *args[1:])
+
+    return hook
+
+
+def add_vector_adders(
+    hooks: HookSet,
+    modules: Sequence[nn.Module],
+    vectors: Sequence[torch.Tensor],
+    state: EditState,
+) -> None:
+    """Add `state.multiplier * vectors[i]` [width] to the output of `modules[i]`."""
+    for module, vector in zip(modules, vectors, strict=True):
+        hooks.post(module, _adder(vector, state))
+
+
+def _adder(
+    vector: torch.Tensor, state: EditState
+) -> Callable[[nn.Module, tuple[Any, ...], Any], Any]:
+    def hook(_module: nn.Module, _args: tuple[Any, ...], output: Any) -> Any:
+        alpha = float(state.multiplier)
+        if alpha == 0.0:
+            return None
+        x = first_tensor(output)
+        shift = (alpha * vector.to(device=x.device, dtype=torch.float32)).to(x.dtype)
+        new = _edit_range(x, state, lambda part: part + shift)
+        return None if new is None else _replace_output(output, new)
+
+    return hook
+
+
+def add_direction_projectors(
+    hooks: HookSet, modules: Sequence[nn.Module], direction: torch.Tensor, state: EditState
+) -> None:
+    """Remove `state.multiplier` times the component along a unit `direction` from the output
+    of every module (x ← x − s (x·r̂) r̂); s = 1 ablates the direction."""
+    for module in modules:
+        hooks.post(module, _projector(direction, state))
+
+
+def _projector(
+    direction: torch.Tensor, state: EditState
+) -> Callable[[nn.Module, tuple[Any, ...], Any], Any]:
+    def hook(_module: nn.Module, _args: tuple[Any, ...], output: Any) -> Any:
+        strength = float(state.multiplier)
+        if strength == 0.0:
+            return None
+        x = first_tensor(output)
+        r = direction.to(device=x.device, dtype=x.dtype)
+
+        def project(part: torch.Tensor) -> torch.Tensor:
+            return part - strength * (part @ r)[..., None] * r
+
+        new = _edit_range(x, state, project)
+        return None if new is None else _replace_output(output, new)
+
+    return hook

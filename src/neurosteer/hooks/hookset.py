@@ -1,0 +1,70 @@
+"""`HookSet`: hooks registered together and removed together."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from types import TracebackType
+from typing import Any
+
+from torch import nn
+from torch.utils.hooks import RemovableHandle
+
+
+class StopForward(Exception):  # a control-flow signal, not an error
+    """Raised by a recording hook to end a forward pass once every point has been seen."""
+
+
+class HookSet:
+    """Hooks registered together and removed together.
+
+    Use as a context manager; registration happens inside the `with` block, so a failure
+    half-way still removes what was registered.
+
+    Example:
+        >>> with HookSet() as hooks:
+        ...     hooks.pre(model.model.layers[3].mlp.down_proj, my_pre_hook)
+        ...     model(**batch)
+    """
+
+    def __init__(self) -> None:
+        self._handles: list[RemovableHandle] = []
+
+    def __len__(self) -> int:
+        return len(self._handles)
+
+    def pre(self, module: nn.Module, fn: Callable[[nn.Module, tuple[Any, ...]], Any]) -> None:
+        """Register a forward pre-hook `fn(module, args) -> new args | None`."""
+        self._handles.append(module.register_forward_pre_hook(fn))
+
+    def pre_with_kwargs(
+        self,
+        module: nn.Module,
+        fn: Callable[[nn.Module, tuple[Any, ...], dict[str, Any]], Any],
+    ) -> None:
+        """Register a forward pre-hook that also sees keyword arguments."""
+        self._handles.append(module.register_forward_pre_hook(fn, with_kwargs=True))
+
+    def post(self, module: nn.Module, fn: Callable[[nn.Module, tuple[Any, ...], Any], Any]) -> None:
+        """Register a forward hook `fn(module, args, output) -> new output | None`."""
+        self._handles.append(module.register_forward_hook(fn))
+
+    def remove(self) -> None:
+        """Remove every hook of this set (idempotent)."""
+        while self._handles:
+            self._handles.pop().remove()
+
+    def __enter__(self) -> HookSet:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.remove()
+
+
+def count_hooks(model: nn.Module) -> int:
+    """All forward and forward-pre hooks on the model's modules (for tests and sanity checks)."""
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
