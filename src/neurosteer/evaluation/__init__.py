@@ -6,6 +6,7 @@
     model_judge   a local causal LM as a yes/no judge; judge prompts from JSON
     kl            KL(unsteered || steered) on the unsteered model's own continuations
     datasets      benchmark prompt sets (JailbreakBench, AdvBench, HarmBench, JSON splits, .txt)
+    mmlu          MMLU accuracy through lm-eval (extra `neurosteer[eval]`) from local csv files
 
 Every judge labels each answer "refusal", "compliance" or "degenerate"; degenerate text is
 never counted as compliance.
@@ -25,6 +26,15 @@ from neurosteer.evaluation.judges import (
     refusal_rates,
 )
 from neurosteer.evaluation.kl import Intervention, KLReport, kl_to_reference
+from neurosteer.evaluation.mmlu import (
+    MMLUData,
+    MMLUQuestion,
+    MMLUResult,
+    MMLUSweep,
+    load_mmlu,
+    mmlu_accuracy,
+    mmlu_sweep,
+)
 from neurosteer.evaluation.model_judge import (
     JudgePrompt,
     ModelJudge,
@@ -48,6 +58,10 @@ __all__ = [
     "JudgePrompt",
     "KLReport",
     "Label",
+    "MMLUData",
+    "MMLUQuestion",
+    "MMLUResult",
+    "MMLUSweep",
     "ModelJudge",
     "PhraseJudge",
     "PhraseList",
@@ -60,8 +74,11 @@ __all__ = [
     "kl_to_reference",
     "load_dataset_prompts",
     "load_judge_prompt",
+    "load_mmlu",
     "load_phrase_list",
     "load_phrase_lists",
+    "mmlu_accuracy",
+    "mmlu_sweep",
     "quality",
     "refusal_rates",
 ]

@@ -1,0 +1,503 @@
+"""Stage 8 of the pipeline (evaluation): MMLU accuracy of the live, possibly steered, model.
+
+The paper reports that MMLU stays within a point of baseline at every steering strength; this
+module measures that through lm-evaluation-harness (the optional extra `neurosteer[eval]`),
+from local files only.
+
+Data: a folder in either of two layouts, detected by `load_mmlu`:
+
+    per-subject   `<subject>_dev.csv` and `<subject>_test.csv` (or `_val`), in the folder or in
+                  its `dev/` and `test/` subfolders (the original MMLU tarball); no header;
+                  columns question, A, B, C, D, answer letter
+    combined      `dev.csv` and `test.csv` (or one `test_*.csv`, e.g. `test_subset.csv`) with a
+                  header naming at least subject, question, A, B, C, D, answer; a combined
+                  test file may also be given directly, its `dev.csv` read from beside it
+
+Route through lm-eval: each subject becomes an lm-eval `ConfigurableTask` built in memory
+(its documents handed over as `datasets.Dataset`s, so nothing touches the hub or the datasets
+cache) with the fields of lm-eval's own MMLU task: the description "The following are multiple
+choice questions (with answers) about {subject}.", the question, "A. .." to "D. .." and
+"Answer:", choices " A" to " D" scored by loglikelihood, the first n dev questions as shots,
+metric `acc`. `lm_eval.evaluator.evaluate` then renders the prompts, batches the requests
+through `HFLM` wrapped around the live model object and scores them. Going through the task
+machinery rather than building `Instance`s by hand keeps the prompt, few-shot and scoring rules
+lm-eval's; calling `evaluate` rather than `simple_evaluate` avoids the task registry (which
+indexes every bundled task) and leaves the global random seeds alone.
+
+    result = mmlu_accuracy(model, tokenizer, "data/mmlu", n_shot=5, limit=20)
+    sweep = mmlu_sweep(model, tokenizer, "data/mmlu", [0.5, 1.0], lambda s: steer(model, c, 1 - s))
+    sweep.deltas
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import csv
+import functools
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from neurosteer.errors import InputError
+from neurosteer.evaluation.kl import Intervention
+
+logger = logging.getLogger(__name__)
+
+LETTERS = ("A", "B", "C", "D")
+EXTRA_HINT = "MMLU needs the optional extra: pip install 'neurosteer[eval]'"
+Layout = Literal["per_subject", "combined"]
+#: Builds the context manager of one steering strength, e.g. `lambda s: steer(model, c, 1 - s)`.
+StrengthIntervention = Callable[[float], contextlib.AbstractContextManager[Any]]
+
+# The fields of lm-eval's MMLU task (tasks/mmlu/default); the target delimiter " " makes the
+# scored continuations " A" .. " D".
+_DOC_TO_TEXT = (
+    "{{question.strip()}}\nA. {{choices[0]}}\nB. {{choices[1]}}\nC. {{choices[2]}}\n"
+    "D. {{choices[3]}}\nAnswer:"
+)
+_DESCRIPTION = "The following are multiple choice questions (with answers) about {}.\n\n"
+_PER_SUBJECT_HEADER = ["question", "a", "b", "c", "d", "answer"]
+_COMBINED_COLUMNS = ("subject", "question", "a", "b", "c", "d", "answer")
+
+
+@dataclass(frozen=True)
+class MMLUQuestion:
+    """One question: its text, four choices and the index (0-3) of the right one."""
+
+    question: str
+    choices: tuple[str, str, str, str]
+    answer: int
+
+
+@dataclass(frozen=True)
+class MMLUData:
+    """MMLU questions per subject, read from local files by `load_mmlu`.
+
+    Attributes:
+        dev: {subject: few-shot questions, in file order} (may lack subjects when n_shot is 0).
+        test: {subject: evaluated questions, in file order}.
+        layout: "per_subject" or "combined".
+        source: the folder or file read.
+        split: the evaluated split's name ("test", "val", ...).
+    """
+
+    dev: dict[str, tuple[MMLUQuestion, ...]]
+    test: dict[str, tuple[MMLUQuestion, ...]]
+    layout: Layout
+    source: str
+    split: str
+
+    @property
+    def subjects(self) -> tuple[str, ...]:
+        """Subjects that have evaluated questions, sorted."""
+        return tuple(sorted(self.test))
+
+
+@dataclass(frozen=True)
+class MMLUResult:
+    """MMLU accuracy of one model state.
+
+    Attributes:
+        accuracy: share of all scored questions answered right (subjects weighted by size, as
+            lm-eval's MMLU group does).
+        per_subject: {subject: accuracy}.
+        per_subject_n: {subject: questions scored}.
+        correct: {subject: whether each scored question was right, in file order}.
+        n: questions scored in all.
+        n_shot: dev questions shown before each question.
+        settings: layout, source, split, limit, batch size and lm-eval version.
+    """
+
+    accuracy: float
+    per_subject: dict[str, float]
+    per_subject_n: dict[str, int]
+    correct: dict[str, tuple[bool, ...]]
+    n: int
+    n_shot: int
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def macro_accuracy(self) -> float:
+        """Mean of the per-subject accuracies (every subject weighted alike)."""
+        return sum(self.per_subject.values()) / len(self.per_subject)
+
+
+@dataclass(frozen=True)
+class MMLUSweep:
+    """MMLU accuracy unsteered and at each strength of one intervention.
+
+    Attributes:
+        baseline: the model with no intervention.
+        strengths: the strengths, in the order given.
+        results: the result at each strength.
+    """
+
+    baseline: MMLUResult
+    strengths: tuple[float, ...]
+    results: tuple[MMLUResult, ...]
+
+    @property
+    def accuracies(self) -> tuple[float, ...]:
+        return tuple(r.accuracy for r in self.results)
+
+    @property
+    def deltas(self) -> tuple[float, ...]:
+        """Accuracy at each strength minus the unsteered accuracy (fractions, not points)."""
+        return tuple(r.accuracy - self.baseline.accuracy for r in self.results)
+
+    def rows(self) -> list[dict[str, float | int]]:
+        """One plain row per strength: strength, accuracy, delta, n (for tables and JSON)."""
+        return [
+            {"strength": s, "accuracy": r.accuracy, "delta": d, "n": r.n}
+            for s, r, d in zip(self.strengths, self.results, self.deltas, strict=True)
+        ]
+
+
+def load_mmlu(path: str | Path, *, split: str = "test") -> MMLUData:
+    """Read MMLU-format questions from a folder (either layout) or a combined test file.
+
+    Args:
+        path: a folder of per-subject files, a folder with combined files, or a combined
+            test file (its `dev.csv` is read from the same folder when present).
+        split: the evaluated split ("test", or "val" for the original tarball's validation).
+
+    Example:
+        >>> data = load_mmlu("data/mmlu")  # dev.csv + test_subset.csv
+        >>> data.layout, len(data.subjects)
+    """
+    root = Path(path)
+    if not root.exists():
+        raise InputError(f"MMLU data not found: {root}; give a folder of MMLU csv files")
+    if root.is_file():
+        dev_file = root.parent / "dev.csv"
+        return _load_combined(root, dev_file if dev_file.is_file() else None, split)
+    per_subject = _per_subject_files(root, split)
+    combined = _combined_file(root, split)
+    if per_subject and combined is not None:
+        raise InputError(
+            f"{root} holds both per-subject *_{split}.csv files and {combined.name}; "
+            "give the combined file itself or a folder with one layout"
+        )
+    if per_subject:
+        return _load_per_subject(root, per_subject, split)
+    if combined is not None:
+        dev_file = root / "dev.csv"
+        return _load_combined(combined, dev_file if dev_file.is_file() else None, split)
+    raise InputError(
+        f"{root} holds no MMLU files: expected <subject>_{split}.csv files (no header) or a "
+        f"combined {split}.csv with a subject column"
+    )
+
+
+def mmlu_accuracy(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    data: MMLUData | str | Path,
+    *,
+    n_shot: int = 5,
+    subjects: Sequence[str] | None = None,
+    limit: int | None = None,
+    batch_size: int = 8,
+    intervention: Intervention | None = None,
+) -> MMLUResult:
+    """MMLU accuracy of the live model, scored by lm-eval, optionally under an intervention.
+
+    Args:
+        model, tokenizer: the model as it is now (hooks and baked weights included). A
+            tokenizer without a pad token is copied first, since lm-eval would set one on it.
+        data: `MMLUData` or a path for `load_mmlu`.
+        n_shot: dev questions shown before each question (each subject needs that many).
+        subjects: subjects to score (default: all in `data`).
+        limit: score only the first `limit` questions of each subject.
+        batch_size: requests per forward pass.
+        intervention: a factory of context managers, entered once around the scoring, e.g.
+            `lambda: steer(model, circuit, 0.0)`.
+
+    Example:
+        >>> mmlu_accuracy(model, tokenizer, "data/mmlu", n_shot=0, limit=10).accuracy
+    """
+    if not isinstance(n_shot, int) or n_shot < 0:
+        raise InputError(f"n_shot must be a whole number >= 0, got {n_shot!r}")
+    if limit is not None and (not isinstance(limit, int) or limit < 1):
+        raise InputError(f"limit must be a whole number >= 1 or None, got {limit!r}")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise InputError(f"batch_size must be a whole number >= 1, got {batch_size!r}")
+    if not isinstance(data, MMLUData):
+        data = load_mmlu(data)
+    chosen = _choose_subjects(data, subjects)
+    for subject in chosen:
+        have = len(data.dev.get(subject, ()))
+        if have < n_shot:
+            raise InputError(
+                f"subject {subject!r} has {have} dev questions but n_shot={n_shot}; "
+                "lower n_shot or add dev questions"
+            )
+    lm_eval, task_class, evaluate, hflm = _import_lm_eval()
+    if tokenizer.pad_token_id is None:
+        tokenizer = copy.deepcopy(tokenizer)
+    lm = hflm(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
+    tasks = {
+        _task_name(s): _subject_task(task_class, s, data.dev.get(s, ()), data.test[s], n_shot)
+        for s in chosen
+    }
+    logger.info(
+        "MMLU: %d subjects, n_shot=%d, limit=%s, intervention=%s",
+        len(chosen),
+        n_shot,
+        limit,
+        intervention is not None,
+    )
+    scope = intervention() if intervention is not None else contextlib.nullcontext()
+    with scope:
+        output = evaluate(
+            lm=lm,
+            task_dict={"tasks": tasks, "groups": {}},
+            limit=limit,
+            bootstrap_iters=0,
+            log_samples=True,
+        )
+    correct: dict[str, tuple[bool, ...]] = {}
+    for subject in chosen:
+        samples = sorted(output["samples"][_task_name(subject)], key=lambda x: x["doc_id"])
+        correct[subject] = tuple(bool(x["acc"]) for x in samples)
+    n = sum(len(c) for c in correct.values())
+    return MMLUResult(
+        accuracy=sum(sum(c) for c in correct.values()) / n,
+        per_subject={s: sum(c) / len(c) for s, c in correct.items()},
+        per_subject_n={s: len(c) for s, c in correct.items()},
+        correct=correct,
+        n=n,
+        n_shot=n_shot,
+        settings={
+            "layout": data.layout,
+            "source": data.source,
+            "split": data.split,
+            "limit": limit,
+            "batch_size": batch_size,
+            "lm_eval_version": str(getattr(lm_eval, "__version__", "unknown")),
+        },
+    )
+
+
+def mmlu_sweep(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    data: MMLUData | str | Path,
+    strengths: Sequence[float],
+    intervention: StrengthIntervention,
+    *,
+    n_shot: int = 5,
+    subjects: Sequence[str] | None = None,
+    limit: int | None = None,
+    batch_size: int = 8,
+) -> MMLUSweep:
+    """MMLU accuracy unsteered once, then under `intervention(s)` for each strength s.
+
+    Example:
+        >>> by_strength = lambda s: steer(model, circuit, 1 - s)  # CNA: m = 1 - s
+        >>> sweep = mmlu_sweep(model, tok, "data/mmlu", [0.5, 1.0], by_strength)
+        >>> sweep.rows()  # strength, accuracy, delta vs unsteered, n
+    """
+    if isinstance(strengths, (str, bytes)) or not strengths:
+        raise InputError("mmlu_sweep() needs a non-empty list of strengths")
+    if not isinstance(data, MMLUData):
+        data = load_mmlu(data)
+    options: dict[str, Any] = {
+        "n_shot": n_shot,
+        "subjects": subjects,
+        "limit": limit,
+        "batch_size": batch_size,
+    }
+    baseline = mmlu_accuracy(model, tokenizer, data, **options)
+    results = []
+    for strength in strengths:
+        scoped = functools.partial(intervention, strength)
+        result = mmlu_accuracy(model, tokenizer, data, intervention=scoped, **options)
+        logger.info(
+            "MMLU at strength %s: %.4f (%+.4f)",
+            strength,
+            result.accuracy,
+            result.accuracy - baseline.accuracy,
+        )
+        results.append(result)
+    return MMLUSweep(
+        baseline=baseline, strengths=tuple(float(s) for s in strengths), results=tuple(results)
+    )
+
+
+def _import_lm_eval() -> tuple[Any, Any, Any, Any]:
+    """(lm_eval, ConfigurableTask, evaluate, HFLM), or the InputError that names the extra."""
+    try:
+        import lm_eval
+        from lm_eval.api.task import ConfigurableTask
+        from lm_eval.evaluator import evaluate
+        from lm_eval.models.huggingface import HFLM
+    except ImportError as err:
+        raise InputError(EXTRA_HINT) from err
+    return lm_eval, ConfigurableTask, evaluate, HFLM
+
+
+def _task_name(subject: str) -> str:
+    return f"mmlu_{subject}"
+
+
+def _subject_task(
+    task_class: Any,
+    subject: str,
+    dev: Sequence[MMLUQuestion],
+    test: Sequence[MMLUQuestion],
+    n_shot: int,
+) -> Any:
+    """An lm-eval task scoring `test` with lm-eval's MMLU fields; shots are the first dev rows."""
+    import datasets
+
+    features = datasets.Features(
+        {
+            "question": datasets.Value("string"),
+            "choices": datasets.Sequence(datasets.Value("string")),
+            "answer": datasets.Value("int64"),
+        }
+    )
+
+    def as_dataset(rows: Sequence[MMLUQuestion]) -> Any:
+        records = [
+            {"question": q.question, "choices": list(q.choices), "answer": q.answer} for q in rows
+        ]
+        return datasets.Dataset.from_list(records, features=features)
+
+    splits = datasets.DatasetDict({"dev": as_dataset(dev), "test": as_dataset(test)})
+
+    class LocalTask(task_class):
+        # lm-eval's own download() would call load_dataset() or warn about custom kwargs;
+        # the documents are already in memory.
+        def download(self, dataset_kwargs: Any = None, **kwargs: Any) -> None:
+            self.dataset = splits
+
+    task = LocalTask(
+        config={
+            "task": _task_name(subject),
+            "test_split": "test",
+            "fewshot_split": "dev",
+            "fewshot_config": {"sampler": "first_n"},
+            "output_type": "multiple_choice",
+            "description": _DESCRIPTION.format(subject.replace("_", " ")),
+            "doc_to_text": _DOC_TO_TEXT,
+            "doc_to_choice": list(LETTERS),
+            "doc_to_target": "answer",
+            "metric_list": [{"metric": "acc", "aggregation": "mean", "higher_is_better": True}],
+            "metadata": {"version": 1.0},
+        }
+    )
+    task.set_config(key="num_fewshot", value=n_shot)
+    task.set_fewshot_seed(seed=1234)  # first_n ignores it; set so no sampler is left unseeded
+    return task
+
+
+def _choose_subjects(data: MMLUData, subjects: Sequence[str] | None) -> tuple[str, ...]:
+    if subjects is None:
+        if not data.test:
+            raise InputError(f"{data.source} holds no {data.split} questions")
+        return data.subjects
+    if isinstance(subjects, str) or not subjects:
+        raise InputError("subjects must be a non-empty list of subject names, or None for all")
+    unknown = [s for s in subjects if s not in data.test]
+    if unknown:
+        known = ", ".join(data.subjects[:8]) + (", ..." if len(data.subjects) > 8 else "")
+        raise InputError(f"unknown MMLU subjects {unknown}; {data.source} has: {known}")
+    return tuple(dict.fromkeys(subjects))
+
+
+def _per_subject_files(root: Path, split: str) -> dict[str, Path]:
+    """{subject: <subject>_<split>.csv} found in `root` or `root/<split>`."""
+    suffix = f"_{split}.csv"
+    found: dict[str, Path] = {}
+    for folder in (root, root / split):
+        for file in sorted(folder.glob(f"*{suffix}")) if folder.is_dir() else ():
+            found.setdefault(file.name[: -len(suffix)], file)
+    return found
+
+
+def _combined_file(root: Path, split: str) -> Path | None:
+    """`<split>.csv`, else the one `<split>_*.csv` in `root`."""
+    exact = root / f"{split}.csv"
+    if exact.is_file():
+        return exact
+    candidates = sorted(root.glob(f"{split}_*.csv"))
+    if len(candidates) > 1:
+        names = ", ".join(c.name for c in candidates)
+        raise InputError(f"{root} has several {split} files ({names}); give one file as the path")
+    return candidates[0] if candidates else None
+
+
+def _load_per_subject(root: Path, files: Mapping[str, Path], split: str) -> MMLUData:
+    test = {subject: _read_per_subject(file) for subject, file in files.items()}
+    dev: dict[str, tuple[MMLUQuestion, ...]] = {}
+    for subject in files:
+        for folder in (root, root / "dev"):
+            file = folder / f"{subject}_dev.csv"
+            if file.is_file():
+                dev[subject] = _read_per_subject(file)
+                break
+    return MMLUData(dev=dev, test=test, layout="per_subject", source=str(root), split=split)
+
+
+def _read_per_subject(file: Path) -> tuple[MMLUQuestion, ...]:
+    """Rows question, A, B, C, D, answer letter; no header (a literal header row is skipped)."""
+    questions = []
+    with file.open(newline="", encoding="utf-8") as handle:
+        for line, row in enumerate(csv.reader(handle), start=1):
+            if not row:
+                continue
+            if line == 1 and [c.strip().lower() for c in row] == _PER_SUBJECT_HEADER:
+                continue
+            if len(row) != 6:
+                raise InputError(
+                    f"{file}:{line} has {len(row)} columns; MMLU per-subject files have 6 "
+                    "(question, A, B, C, D, answer) and no header"
+                )
+            questions.append(_question(row[0], row[1:5], row[5], f"{file}:{line}"))
+    return tuple(questions)
+
+
+def _load_combined(test_file: Path, dev_file: Path | None, split: str) -> MMLUData:
+    test = _read_combined(test_file)
+    dev = _read_combined(dev_file) if dev_file is not None else {}
+    return MMLUData(dev=dev, test=test, layout="combined", source=str(test_file), split=split)
+
+
+def _read_combined(file: Path) -> dict[str, tuple[MMLUQuestion, ...]]:
+    """{subject: questions} from a csv whose header names subject, question, A-D, answer."""
+    by_subject: dict[str, list[MMLUQuestion]] = {}
+    with file.open(newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle)
+        columns = {name.strip().lower(): name for name in reader.fieldnames or ()}
+        missing = [c for c in _COMBINED_COLUMNS if c not in columns]
+        if missing:
+            raise InputError(
+                f"{file} lacks the columns {missing} in its header; a combined MMLU file needs "
+                "subject, question, A, B, C, D, answer (per-subject files go in a folder)"
+            )
+        for line, row in enumerate(reader, start=2):
+            choices = [row[columns[c]] or "" for c in ("a", "b", "c", "d")]
+            where = f"{file}:{line}"
+            question = _question(
+                row[columns["question"]] or "", choices, row[columns["answer"]], where
+            )
+            subject = (row[columns["subject"]] or "").strip()
+            if not subject:
+                raise InputError(f"{where} has an empty subject")
+            by_subject.setdefault(subject, []).append(question)
+    return {subject: tuple(rows) for subject, rows in by_subject.items()}
+
+
+def _question(text: str, choices: Sequence[str], answer: str | None, where: str) -> MMLUQuestion:
+    letter = (answer or "").strip().upper()
+    if letter not in LETTERS:
+        raise InputError(f"{where}: the answer must be one of A, B, C, D, got {answer!r}")
+    a, b, c, d = choices
+    return MMLUQuestion(question=text, choices=(a, b, c, d), answer=LETTERS.index(letter))
