@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -28,21 +29,34 @@ PROVENANCE_FILE = "neurosteer.json"
 
 
 class BakeHandle:
-    """Undo for an in-place bake: keeps the original weight slices, not a division by m."""
+    """Undo for in-place weight edits: it keeps what was there, never divides by m."""
 
-    def __init__(self, saved: list[tuple[torch.Tensor, int, torch.Tensor, torch.Tensor]]) -> None:
-        self._saved = saved  # (weight, neuron axis, neuron indices, original slice)
+    def __init__(self) -> None:
+        self._steps: list[Callable[[], None]] = []
 
     @property
     def active(self) -> bool:
-        return bool(self._saved)
+        return bool(self._steps)
+
+    def on_undo(self, step: Callable[[], None]) -> None:
+        """Register a restoring step; steps run in reverse order of registration."""
+        self._steps.append(step)
+
+    def keep_slice(self, weight: torch.Tensor, axis: int, index: torch.Tensor) -> torch.Tensor:
+        """Save `weight`'s slices `index` along `axis` for undo; returns a copy of them."""
+        original = weight.index_select(axis, index).clone()
+
+        def restore() -> None:
+            weight.index_copy_(axis, index, original)
+
+        self.on_undo(restore)
+        return original
 
     def undo(self) -> None:
         """Restore the original weights exactly (idempotent)."""
         with torch.no_grad():
-            while self._saved:
-                weight, axis, index, original = self._saved.pop()
-                weight.index_copy_(axis, index, original)
+            while self._steps:
+                self._steps.pop()()
 
 
 def bake(
@@ -67,8 +81,7 @@ def bake(
     circuit.check_fits(layout)
     sites = layout.site_modules(model)
     axis = 1 if layout.orientation == "columns" else 0
-    saved: list[tuple[torch.Tensor, int, torch.Tensor, torch.Tensor]] = []
-    handle = BakeHandle(saved)
+    handle = BakeHandle()
     try:
         with torch.no_grad():
             for layer, neurons in circuit.by_layer().items():
@@ -80,8 +93,7 @@ def bake(
                         "model without offload (e.g. on the CPU) to bake it"
                     )
                 index = neurons.to(weight.device)
-                original = weight.index_select(axis, index).clone()
-                saved.append((weight, axis, index, original))
+                original = handle.keep_slice(weight, axis, index)
                 weight.index_copy_(axis, index, original * multiplier)
     except BaseException:
         handle.undo()

@@ -27,7 +27,7 @@ from neurosteer.attribution import (
 from neurosteer.circuit import Circuit, DeltaTable, ModelInfo, PromptInfo, Settings, from_table
 from neurosteer.errors import InputError
 from neurosteer.layout import ModelLayout, resolve_layout
-from neurosteer.prompts import prompt_hash, render_prompts, tokenize_rendered, uses_chat_template
+from neurosteer.prompts import encode_prompts, prompt_hash, uses_chat_template
 from neurosteer.recording import (
     ActivationStats,
     auto_batch_size,
@@ -109,9 +109,7 @@ def discover(
     pad_id = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0)
 
     def tokens(prompts: Sequence[str]) -> list[list[int]]:
-        return tokenize_rendered(
-            tokenizer, render_prompts(tokenizer, prompts, templated), templated
-        )
+        return encode_prompts(tokenizer, prompts, templated)
 
     pos_ids, neg_ids = tokens(positive), tokens(negative)
     if batch_size is None:

@@ -15,13 +15,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from neurosteer.errors import InputError
-from neurosteer.prompts import (
-    length_order,
-    make_batch,
-    render_prompts,
-    tokenize_rendered,
-    uses_chat_template,
-)
+from neurosteer.prompts import encode_prompts, length_order, make_batch
 from neurosteer.recording import free_accelerator_memory, input_device, is_out_of_memory
 
 logger = logging.getLogger(__name__)
@@ -52,10 +46,7 @@ def generate(
         raise InputError(f"batch size must be at least 1, got {batch_size}")
     if not prompts:
         return []
-    templated = uses_chat_template(tokenizer, chat_template)
-    token_ids = tokenize_rendered(
-        tokenizer, render_prompts(tokenizer, prompts, templated), templated
-    )
+    token_ids = encode_prompts(tokenizer, prompts, chat_template)
     pad_id = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0)
     device = input_device(model)
     answers: list[str] = [""] * len(prompts)

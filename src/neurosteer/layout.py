@@ -213,3 +213,73 @@ def _site_shape(site: nn.Module, model_type: str, path: str) -> tuple[int, int, 
         f"'{path}' in this {model_type} model is a {type(site).__name__}, not a linear "
         "projection; " + _OVERRIDE_HINT
     )
+
+
+_ATTN_NAME = re.compile(r"^(self_attn|attn|attention|self_attention)$", re.IGNORECASE)
+
+
+@dataclass(frozen=True, eq=False)
+class ResidualWriters:
+    """The modules whose outputs are added into the residual stream.
+
+    Attributes:
+        embeddings: the token (and learned position) embeddings.
+        blocks: per layer, (what the attention adds, what the MLP adds).
+        linear: True when every writer is a linear map (embedding, Linear, Conv1D), so that a
+            direction can be projected out of the weights exactly; False for families that
+            normalise each sublayer's output before adding it (Gemma 2/3, OLMo 2).
+    """
+
+    embeddings: tuple[nn.Module, ...]
+    blocks: tuple[tuple[nn.Module, nn.Module], ...]
+    linear: bool
+
+    def all(self) -> list[nn.Module]:
+        return [*self.embeddings, *(m for pair in self.blocks for m in pair)]
+
+
+def residual_writers(model: nn.Module, layout: ModelLayout) -> ResidualWriters:
+    """Find the residual-stream writers of a decoder-only model (for directional ablation)."""
+    layers = layout.layer_modules(model)
+    post_norm = hasattr(layers[0], "post_feedforward_layernorm")
+    blocks: list[tuple[nn.Module, nn.Module]] = []
+    for layer in layers:
+        if post_norm:  # the sublayer outputs pass through these norms before the residual add
+            blocks.append(
+                (
+                    layer.get_submodule("post_attention_layernorm"),
+                    layer.get_submodule("post_feedforward_layernorm"),
+                )
+            )
+            continue
+        attn_name = next((n for n, _ in layer.named_children() if _ATTN_NAME.match(n)), None)
+        if attn_name is None:
+            raise UnsupportedModelError(
+                f"could not find the attention module of a {layout.model_type} layer"
+            )
+        attn = layer.get_submodule(attn_name)
+        outs = [
+            child
+            for name, child in attn.named_children()
+            if isinstance(child, (nn.Linear, Conv1D))
+            and _site_shape(child, layout.model_type, name)[1] == layout.d_model
+        ]
+        if not outs:
+            raise UnsupportedModelError(
+                f"could not find the attention output projection of a {layout.model_type} layer"
+            )
+        blocks.append((outs[-1], _get(layer, layout.site_path)))
+    inputs = model.get_input_embeddings()  # type: ignore[operator]
+    assert isinstance(inputs, nn.Module)
+    inside = {id(m) for layer in layers for m in layer.modules()}
+    positions = [
+        m
+        for m in model.modules()
+        if isinstance(m, nn.Embedding)
+        and m is not inputs
+        and id(m) not in inside
+        and m.embedding_dim == layout.d_model
+    ]
+    return ResidualWriters(
+        embeddings=(inputs, *positions), blocks=tuple(blocks), linear=not post_norm
+    )

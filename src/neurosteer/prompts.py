@@ -97,6 +97,14 @@ def render_prompts(
     ]
 
 
+def encode_prompts(
+    tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str], chat_template: bool | None = None
+) -> list[list[int]]:
+    """Render and tokenize prompts as the model sees them (see `render_prompts`)."""
+    templated = uses_chat_template(tokenizer, chat_template)
+    return tokenize_rendered(tokenizer, render_prompts(tokenizer, prompts, templated), templated)
+
+
 @dataclass(frozen=True)
 class Batch:
     """One left-padded batch and where its rows come from.
