@@ -26,15 +26,8 @@ from neurosteer.evaluation.judges import (
     refusal_rates,
 )
 from neurosteer.evaluation.kl import Intervention, KLReport, kl_to_reference
-from neurosteer.evaluation.mmlu import (
-    MMLUData,
-    MMLUQuestion,
-    MMLUResult,
-    MMLUSweep,
-    load_mmlu,
-    mmlu_accuracy,
-    mmlu_sweep,
-)
+from neurosteer.evaluation.mmlu import MMLUResult, MMLUSweep, mmlu_accuracy, mmlu_sweep
+from neurosteer.evaluation.mmlu_data import MMLUData, MMLUQuestion, load_mmlu
 from neurosteer.evaluation.model_judge import (
     JudgePrompt,
     ModelJudge,
