@@ -1,0 +1,341 @@
+"""CLI commands for sweeps and analyses: `neurosteer sweep`, `report` and `compare`.
+
+They parse options, call `neurosteer.sweep`, `neurosteer.report` and `neurosteer.analysis`, and
+print rich tables; bad input raises `InputError`, which the group prints as one line.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from neurosteer.cli.main import load, model_options, parse_layers, template_option
+from neurosteer.errors import InputError
+
+console = Console()
+
+
+def _floats(text: str, option: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise InputError(f"{option} takes comma-separated numbers, got {text!r}") from None
+
+
+def _ints(text: str, option: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise InputError(f"{option} takes comma-separated whole numbers, got {text!r}") from None
+
+
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+@click.command("sweep")
+@model_options
+@click.option(
+    "--positive",
+    "-p",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="Prompts showing the behaviour (fit the circuit and baselines).",
+)
+@click.option(
+    "--negative",
+    "-n",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="Prompts not showing it.",
+)
+@click.option(
+    "--eval-harmful",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="Harmful evaluation prompts (JailbreakBench/AdvBench/HarmBench csv, .txt, ...).",
+)
+@click.option(
+    "--eval-harmless",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="Harmless evaluation prompts (refusal should stay low; KL is measured here).",
+)
+@click.option(
+    "--methods",
+    default="cna,caa,direction,random",
+    show_default=True,
+    help="Comma-separated: cna, caa, mlp_output, direction, random.",
+)
+@click.option(
+    "--strengths",
+    default="0,0.25,0.5,0.75,1",
+    show_default=True,
+    help="Strengths s: CNA m = 1 - s, CAA α = -s, direction removes a share s.",
+)
+@click.option(
+    "--output",
+    "-o",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="Run folder (created, or resumed when it holds the same sweep).",
+)
+@click.option(
+    "--judge",
+    default="sweep",
+    show_default=True,
+    help="Refusal judge: strict, sweep, patterns, a phrase-list .json, or model:PATH.",
+)
+@click.option("--max-new-tokens", type=int, default=150, show_default=True)
+@click.option("--batch-size", type=int, default=8, show_default=True)
+@click.option(
+    "--mmlu",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="MMLU folder or csv (local files) to score at every point.",
+)
+@click.option("--mmlu-shots", type=int, default=5, show_default=True)
+@click.option("--mmlu-limit", type=int, default=None, help="Questions per MMLU subject.")
+@click.option(
+    "--kl-limit",
+    type=int,
+    default=32,
+    show_default=True,
+    help="Harmless prompts the KL is measured on.",
+)
+@click.option(
+    "--kl-tokens",
+    type=int,
+    default=32,
+    show_default=True,
+    help="Length of the unsteered continuation scored for KL.",
+)
+@click.option(
+    "--eval-limit",
+    type=int,
+    default=None,
+    help="Use only the first N harmful and N harmless evaluation prompts.",
+)
+@click.option("--top-k", type=int, default=None, help="Circuit size (default 0.1% of neurons).")
+@click.option(
+    "--skip-layers",
+    default="0,1",
+    show_default=True,
+    help="Layers that are not circuit candidates; '' for none.",
+)
+@click.option("--no-universal-filter", is_flag=True, help="Skip the universal-neuron filter.")
+@click.option(
+    "--caa-layer",
+    type=int,
+    default=None,
+    help="Layer of the CAA vector and the ablated direction (default: heuristic).",
+)
+@click.option(
+    "--caa-normalize", is_flag=True, help="Scale the CAA vector to the layer's mean residual norm."
+)
+@click.option(
+    "--seeds",
+    default="0,1,2",
+    show_default=True,
+    help="Seeds of the random control circuits (one set of points each).",
+)
+@template_option
+def sweep_command(**params: Any) -> None:
+    """Sweep CNA and its baselines over strengths on MODEL; resumable into OUTPUT."""
+    from neurosteer.evaluation.datasets import load_dataset_prompts
+    from neurosteer.prompts import load_prompts
+    from neurosteer.report import plots, summarise
+    from neurosteer.sweep import SweepConfig, run_sweep
+
+    config = SweepConfig(
+        methods=_names(params["methods"]),
+        strengths=_floats(params["strengths"], "--strengths"),
+        max_new_tokens=params["max_new_tokens"],
+        batch_size=params["batch_size"],
+        judge=params["judge"],
+        chat_template=params["chat_template"],
+        eval_limit=params["eval_limit"],
+        kl_limit=params["kl_limit"],
+        kl_max_new_tokens=params["kl_tokens"],
+        mmlu=str(params["mmlu"]) if params["mmlu"] else None,
+        mmlu_shots=params["mmlu_shots"],
+        mmlu_limit=params["mmlu_limit"],
+        top_k=params["top_k"],
+        skip_layers=parse_layers(params["skip_layers"]),
+        universal_filter=not params["no_universal_filter"],
+        caa_layer=params["caa_layer"],
+        caa_normalize=params["caa_normalize"],
+        random_seeds=_ints(params["seeds"], "--seeds"),
+    )
+    positive, negative = load_prompts(params["positive"]), load_prompts(params["negative"])
+    harmful = load_dataset_prompts(params["eval_harmful"])
+    harmless = load_dataset_prompts(params["eval_harmless"])
+    model, tokenizer, layout = load(params)
+    run_sweep(
+        model,
+        tokenizer,
+        config,
+        positive,
+        negative,
+        harmful,
+        harmless,
+        params["output"],
+        layout=layout,
+        progress=True,
+    )
+    rows = summarise(params["output"])
+    figures = plots(params["output"], rows)
+    print_summary(rows)
+    click.echo(
+        f"wrote {params['output']}/results.jsonl, summary.csv and {len(figures)} figures; "
+        f"`neurosteer report {params['output']}` writes the HTML and Markdown report"
+    )
+
+
+@click.command("report")
+@click.argument("run", type=click.Path(path_type=Path))
+def report_command(run: Path) -> None:
+    """Write RUN/report.html (self-contained) and RUN/report.md from a sweep folder."""
+    from neurosteer.report import write_report
+
+    if not run.is_dir():
+        raise InputError(f"'{run}' is not a folder; give the output folder of `neurosteer sweep`")
+    html_path, md_path = write_report(run)
+    click.echo(str(html_path))
+    click.echo(str(md_path))
+
+
+@click.command("compare")
+@click.argument("circuit_a", type=click.Path(path_type=Path))
+@click.argument("circuit_b", type=click.Path(path_type=Path))
+@click.option(
+    "--ks",
+    default=None,
+    help="k values for the sparsity sweep of circuits with a kept table "
+    "(default: k/4, k/2, k, 2k, 4k).",
+)
+@click.option(
+    "--json",
+    "json_path",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Also write the numbers to this JSON file.",
+)
+def compare_command(
+    circuit_a: Path, circuit_b: Path, ks: str | None, json_path: Path | None
+) -> None:
+    """Overlap, layer localisation and sparsity of two circuits (e.g. base vs instruct)."""
+    from neurosteer.analysis import compare_circuits, localisation, sparsity_sweep
+    from neurosteer.circuit import Circuit
+
+    a, b = Circuit.load(circuit_a), Circuit.load(circuit_b)
+    comparison = compare_circuits(a, b)
+    console.print(
+        f"[bold]{comparison.overlap}[/bold] neurons in both: "
+        f"{comparison.share_a:.1%} of A ({comparison.n_a}), {comparison.share_b:.1%} of B "
+        f"({comparison.n_b}), Jaccard {comparison.jaccard:.3f}"
+    )
+    layers = Table(title="neurons per layer", show_edge=False)
+    for name in ("layer", "A", "B", "both"):
+        layers.add_column(name, justify="right")
+    for layer, counts in comparison.per_layer.items():
+        layers.add_row(str(layer), *map(str, counts))
+    console.print(layers)
+
+    where = Table(title="layer localisation", show_edge=False)
+    for name in ("circuit", "neurons", "last 3 layers", "last quarter", "mean depth"):
+        where.add_column(name, justify="right")
+    places = {"A": localisation(a), "B": localisation(b)}
+    for name, loc in places.items():
+        where.add_row(
+            name,
+            str(loc["n"]),
+            f"{loc['last_three']:.1%}",
+            f"{loc['last_quarter']:.1%}",
+            f"{loc['mean_depth']:.2f}",
+        )
+    console.print(where)
+
+    sweeps: dict[str, list[dict[str, Any]]] = {}
+    for name, circuit in (("A", a), ("B", b)):
+        if circuit.table is None:
+            console.print(f"circuit {name} has no kept table: no sparsity sweep (--keep-table)")
+            continue
+        chosen = (
+            _ints(ks, "--ks") if ks else _default_ks(len(circuit), circuit.settings.n_candidates)
+        )
+        points = sparsity_sweep(circuit, chosen)
+        table = Table(title=f"sparsity sweep, circuit {name}", show_edge=False)
+        for col in ("k", "|δ| mass", "min |δ|", "last 3 layers", "last quarter"):
+            table.add_column(col, justify="right")
+        for p in points:
+            table.add_row(
+                str(p.k),
+                f"{p.delta_mass:.1%}",
+                f"{p.min_abs_delta:.4g}",
+                f"{p.last_three:.1%}",
+                f"{p.last_quarter:.1%}",
+            )
+        console.print(table)
+        sweeps[name] = [asdict(p) for p in points]
+    if json_path is not None:
+        data = {
+            "a": str(circuit_a),
+            "b": str(circuit_b),
+            "comparison": asdict(comparison),
+            "localisation": places,
+            "sparsity": sweeps,
+        }
+        json_path.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
+        click.echo(f"wrote {json_path}")
+
+
+def _default_ks(k: int, n_candidates: int) -> list[int]:
+    wanted = [max(1, k // 4), max(1, k // 2), k, 2 * k, 4 * k]
+    limit = n_candidates or 4 * k
+    return sorted({min(x, limit) for x in wanted})
+
+
+def print_summary(rows: Sequence[dict[str, Any]]) -> None:
+    """The sweep summary as a rich table (rates as percentages)."""
+    table = Table(title="sweep summary", show_edge=False)
+    columns = [
+        ("method", "method"),
+        ("s", "strength"),
+        ("knob", "knob"),
+        ("harmful refused", "harmful_refusal"),
+        ("harmful degenerate", "harmful_degenerate"),
+        ("harmless refused", "harmless_refusal"),
+        ("distinct-4", "harmful_distinct4"),
+        ("KL first", "kl_first"),
+        ("KL mean", "kl_mean"),
+        ("MMLU", "mmlu_acc"),
+        ("MMLU Δ", "mmlu_delta"),
+    ]
+    for title, _ in columns:
+        table.add_column(title, justify="left" if title == "method" else "right")
+    for row in rows:
+        cells = []
+        for _, key in columns:
+            value = row.get(key)
+            if value is None:
+                cells.append("")
+            elif key == "strength":
+                cells.append(f"{value:g}")
+            elif key.endswith(("_refusal", "_degenerate", "_acc", "_delta")):
+                cells.append(f"{100 * value:+.1f}" if key == "mmlu_delta" else f"{value:.0%}")
+            elif isinstance(value, float):
+                cells.append(f"{value:.3f}")
+            else:
+                cells.append(str(value))
+        if row.get("n_seeds"):
+            cells[0] += f" ({row['n_seeds']} seeds)"
+        table.add_row(*cells)
+    console.print(table)

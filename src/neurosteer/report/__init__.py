@@ -1,0 +1,26 @@
+"""Stage 10 of the pipeline: reports of a sweep folder, from its files alone (never a model).
+
+summary   summarise(RUN) -> rows (one per method and strength), RUN/summary.csv
+plots     plots(RUN, rows) -> PNGs in RUN/figures/
+page      write_report(RUN) -> (RUN/report.html, RUN/report.md)
+
+html_path, md_path = write_report("runs/llama-1b")
+"""
+
+from neurosteer.report.page import HTML_FILE, MARKDOWN_FILE, format_cell, write_report
+from neurosteer.report.plots import FIGURES_DIR, plots
+from neurosteer.report.summary import COLUMNS, SUMMARY_FILE, curves, summarise, to_csv
+
+__all__ = [
+    "COLUMNS",
+    "FIGURES_DIR",
+    "HTML_FILE",
+    "MARKDOWN_FILE",
+    "SUMMARY_FILE",
+    "curves",
+    "format_cell",
+    "plots",
+    "summarise",
+    "to_csv",
+    "write_report",
+]

@@ -1,0 +1,262 @@
+"""Stage 9 (sweeps), the loop: every (method, strength) point measured once, saved at once.
+
+For each point not yet in RUN/results.jsonl: greedy answers to the harmful and harmless
+evaluation prompts under the intervention, refusal labels from the judge, distinct-4, KL to
+the unsteered model on harmless prompts, and optionally MMLU; then the answers file and one
+result line are written before the next point starts. Rerunning on the same folder reads the
+finished points and computes only the rest.
+
+The unsteered model (s = 0) is one shared point, method "baseline", computed first in every
+run; a method's s = 0 is that point, never recomputed per method.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from neurosteer._version import __version__
+from neurosteer.discovery import model_info
+from neurosteer.errors import InputError
+from neurosteer.evaluation.judges import Judge, get_judge, refusal_rates
+from neurosteer.evaluation.kl import Intervention, kl_to_reference
+from neurosteer.evaluation.mmlu import mmlu_accuracy
+from neurosteer.evaluation.mmlu_data import MMLUData, load_mmlu
+from neurosteer.evaluation.quality import quality
+from neurosteer.generation import generate
+from neurosteer.layout import ModelLayout, resolve_layout
+from neurosteer.prompts import prompt_hash
+from neurosteer.sweep.config import BASELINE, SweepConfig, knob
+from neurosteer.sweep.methods import Fitted, fit_methods
+from neurosteer.sweep.store import (
+    CONFIG_FILE,
+    PointKey,
+    answers_name,
+    append_result,
+    check_or_write_config,
+    point_key,
+    point_label,
+    read_results,
+    write_answers,
+)
+
+logger = logging.getLogger(__name__)
+
+RECORD_SCHEMA = 1
+
+
+def planned_points(config: SweepConfig) -> list[PointKey]:
+    """Every point of the sweep, baseline first, then method by method in config order."""
+    points: list[PointKey] = [(BASELINE, 0.0, None)]
+    for method in config.methods:
+        seeds: Sequence[int | None] = config.random_seeds if method == "random" else (None,)
+        for strength in config.steered_strengths:
+            points.extend((method, strength, seed) for seed in seeds)
+    return points
+
+
+def run_sweep(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    config: SweepConfig,
+    positive: Sequence[str],
+    negative: Sequence[str],
+    eval_harmful: Sequence[str],
+    eval_harmless: Sequence[str],
+    out_dir: str | Path,
+    *,
+    layout: ModelLayout | None = None,
+    progress: bool = False,
+) -> list[dict[str, Any]]:
+    """Run (or resume) a strength sweep into `out_dir`; returns every finished point's record.
+
+    Args:
+        model, tokenizer: the unsteered model (nothing active on it).
+        config: methods, strengths and evaluation settings.
+        positive, negative: the prompt sets the circuit and the baselines are fitted from.
+        eval_harmful, eval_harmless: evaluation prompts (refusal should fall on the first and
+            stay low on the second); `config.eval_limit` keeps the first n of each.
+        out_dir: the run folder; created if missing, resumed if it holds the same sweep.
+        layout: a resolved `ModelLayout` (default: resolved from the model).
+        progress: progress bars on stderr.
+
+    Returns:
+        The records of results.jsonl (see `neurosteer.sweep` for the schema).
+
+    Example:
+        >>> config = SweepConfig(methods=("cna", "caa"), strengths=(0, 0.5, 1))
+        >>> run_sweep(model, tok, config, harmful, benign, jbb, alpaca, "runs/llama-1b")
+    """
+    run_dir = Path(out_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise InputError(f"'{run_dir}' is a file; give a folder for the sweep")
+    if run_dir.is_dir() and any(run_dir.iterdir()) and not (run_dir / CONFIG_FILE).is_file():
+        raise InputError(
+            f"'{run_dir}' exists and is not a sweep folder (no {CONFIG_FILE}); choose a new or "
+            "empty folder"
+        )
+    if not run_dir.parent.exists():
+        raise InputError(f"the folder '{run_dir.parent}' does not exist; create it first")
+    harmful = _prompts(eval_harmful, config.eval_limit, "harmful evaluation")
+    harmless = _prompts(eval_harmless, config.eval_limit, "harmless evaluation")
+    positive = _prompts(positive, None, "positive")
+    negative = _prompts(negative, None, "negative")
+    kl_prompts = harmless[: config.kl_limit] if config.kl_limit else harmless
+    judge = get_judge(config.judge)
+    mmlu_data = load_mmlu(config.mmlu) if config.mmlu else None
+    layout = layout or resolve_layout(model)
+    info = model_info(model, layout)
+    sets = {"positive": positive, "negative": negative, "harmful": harmful, "harmless": harmless}
+    meta: dict[str, Any] = {
+        "identity": config.identity(),
+        "prompts": {k: {"count": len(v), "sha256": prompt_hash(v)} for k, v in sets.items()},
+        "model": {"name_or_path": info.name_or_path, "config_hash": info.config_hash},
+        "settings": config.to_dict(),
+        "library_version": __version__,
+    }
+    run_dir.mkdir(exist_ok=True)
+    check_or_write_config(run_dir, meta)  # refuse a different run before any model work
+
+    fitted = fit_methods(
+        model, tokenizer, config, positive, negative, run_dir, layout=layout, progress=progress
+    )
+    check_or_write_config(run_dir, {**meta, "fitted": fitted.settings()})
+
+    done = {point_key(r) for r in read_results(run_dir)}
+    todo = [p for p in planned_points(config) if p not in done]
+    logger.info("sweep: %d points done, %d to go", len(done), len(todo))
+    evaluator = _Evaluator(
+        model, tokenizer, config, judge, harmful, harmless, kl_prompts, mmlu_data
+    )
+    with tqdm(total=len(todo), desc="sweep", disable=not progress) as bar:
+        for method, strength, seed in todo:
+            bar.set_postfix_str(f"{point_label(method, seed)} s={strength:g}")
+            record, answers = evaluator.point(fitted, layout, method, strength, seed)
+            write_answers(run_dir, record["answers_file"], answers)
+            append_result(run_dir, record)
+            logger.info("finished %s at s=%g", point_label(method, seed), strength)
+            bar.update(1)
+    return read_results(run_dir)
+
+
+class _Evaluator:
+    """Measures one point: the evaluation sets and settings shared by every point."""
+
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        config: SweepConfig,
+        judge: Judge,
+        harmful: list[str],
+        harmless: list[str],
+        kl_prompts: list[str],
+        mmlu_data: MMLUData | None,
+    ) -> None:
+        self.model, self.tokenizer, self.config, self.judge = model, tokenizer, config, judge
+        self.harmful, self.harmless, self.kl_prompts = harmful, harmless, kl_prompts
+        self.mmlu_data = mmlu_data
+
+    def point(
+        self, fitted: Fitted, layout: ModelLayout, method: str, strength: float, seed: int | None
+    ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """(result record, answer rows) of one point."""
+        config, started = self.config, time.perf_counter()
+        baseline = method == BASELINE
+        factory: Intervention = (
+            contextlib.nullcontext
+            if baseline
+            else fitted.intervention(self.model, method, strength, seed, layout=layout)
+        )
+        sets: dict[str, dict[str, Any]] = {}
+        rows: list[dict[str, Any]] = []
+        for name, prompts in (("harmful", self.harmful), ("harmless", self.harmless)):
+            with factory():
+                answers = generate(
+                    self.model,
+                    self.tokenizer,
+                    prompts,
+                    max_new_tokens=config.max_new_tokens,
+                    batch_size=config.batch_size,
+                    chat_template=config.chat_template,
+                )
+            labels = self.judge(prompts, answers)
+            report = quality(answers)
+            sets[name] = {"n": len(prompts)}
+            sets[name].update({str(k): v for k, v in refusal_rates(labels).items()})
+            sets[name]["distinct4"] = report.mean_distinct4
+            rows += [
+                {"set": name, "prompt": p, "answer": a, "label": lab, "distinct4": d}
+                for p, a, lab, d in zip(prompts, answers, labels, report.distinct4, strict=True)
+            ]
+        name, value = knob(method, strength)
+        return {
+            "schema": RECORD_SCHEMA,
+            "method": method,
+            "strength": strength,
+            "seed": seed,
+            "knob": {"name": name, "value": value},
+            "harmful": sets["harmful"],
+            "harmless": sets["harmless"],
+            "kl": self._kl(None if baseline else factory),
+            "mmlu": self._mmlu(None if baseline else factory),
+            "answers_file": answers_name(method, strength, seed),
+            "seconds": round(time.perf_counter() - started, 3),
+        }, rows
+
+    def _kl(self, factory: Intervention | None) -> dict[str, Any]:
+        n, tokens = len(self.kl_prompts), self.config.kl_max_new_tokens
+        if factory is None:  # the unsteered model is its own reference: exactly 0
+            return {"first_token": 0.0, "mean": 0.0, "n_prompts": n, "max_new_tokens": tokens}
+        report = kl_to_reference(
+            self.model,
+            self.tokenizer,
+            self.kl_prompts,
+            intervention=factory,
+            max_new_tokens=tokens,
+            batch_size=self.config.batch_size,
+            chat_template=self.config.chat_template,
+        )
+        return {
+            "first_token": report.first_token,
+            "mean": report.mean,
+            "n_prompts": n,
+            "max_new_tokens": tokens,
+        }
+
+    def _mmlu(self, factory: Intervention | None) -> dict[str, Any] | None:
+        if self.mmlu_data is None:
+            return None
+        result = mmlu_accuracy(
+            self.model,
+            self.tokenizer,
+            self.mmlu_data,
+            n_shot=self.config.mmlu_shots,
+            limit=self.config.mmlu_limit,
+            batch_size=self.config.batch_size,
+            intervention=factory,
+        )
+        return {
+            "accuracy": result.accuracy,
+            "n": result.n,
+            "n_shot": result.n_shot,
+            "per_subject": result.per_subject,
+        }
+
+
+def _prompts(prompts: Sequence[str], limit: int | None, name: str) -> list[str]:
+    if isinstance(prompts, str):
+        raise InputError(f"the {name} prompts must be a list of strings, not one string")
+    kept = [p for p in prompts if isinstance(p, str) and p.strip()]
+    if len(kept) != len(prompts):
+        raise InputError(f"the {name} prompts contain empty or non-text entries; remove them")
+    if not kept:
+        raise InputError(f"the {name} prompt set is empty; give at least one prompt")
+    return kept[:limit] if limit is not None else kept

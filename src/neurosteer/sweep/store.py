@@ -1,0 +1,173 @@
+"""Stage 9 (sweeps), the run folder: what a sweep writes, and how it is read back to resume.
+
+    RUN/
+        config.json            settings, prompt-set hashes and model provenance
+        circuit.circuit/       the CNA circuit with its full δ table (fitted once)
+        vectors.safetensors    the contrast vectors of the CAA / direction baselines
+        results.jsonl          one JSON line per finished point, appended as each finishes
+        answers/<label>_<s>.jsonl   the prompts and answers of each point
+
+Durability: a point's answers file is written atomically before its result line, and the line
+is written in one call, flushed and fsynced. A run killed mid-point loses that point only; a
+torn last line (a kill during the write itself) is dropped when the file is read again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from neurosteer.errors import InputError
+
+logger = logging.getLogger(__name__)
+
+FORMAT = "neurosteer.sweep"
+FORMAT_VERSION = 1
+CONFIG_FILE = "config.json"
+RESULTS_FILE = "results.jsonl"
+ANSWERS_DIR = "answers"
+CIRCUIT_DIR = "circuit.circuit"
+VECTORS_FILE = "vectors.safetensors"
+
+PointKey = tuple[str, float, int | None]
+"""(method, strength, seed): what identifies one point of a sweep."""
+
+
+def point_key(record: dict[str, Any]) -> PointKey:
+    seed = record.get("seed")
+    return str(record["method"]), float(record["strength"]), None if seed is None else int(seed)
+
+
+def point_label(method: str, seed: int | None) -> str:
+    """ "cna", or "random-seed3" for the random control of seed 3."""
+    return method if seed is None else f"{method}-seed{seed}"
+
+
+def answers_name(method: str, strength: float, seed: int | None) -> str:
+    """Path of a point's answers file, relative to the run folder."""
+    return f"{ANSWERS_DIR}/{point_label(method, seed)}_{strength:g}.jsonl"
+
+
+def read_results(run_dir: str | Path) -> list[dict[str, Any]]:
+    """The finished points of a run, in the order they finished (a torn last line is skipped)."""
+    file = Path(run_dir) / RESULTS_FILE
+    if not file.is_file():
+        return []
+    records = []
+    lines = file.read_text(encoding="utf-8").split("\n")
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            if number == len(lines):  # no newline after it: the write was cut off
+                logger.warning("%s: ignoring a torn last line (an interrupted write)", file)
+                continue
+            raise InputError(
+                f"{file}:{number} is not valid JSON; fix or remove that line"
+            ) from None
+    return records
+
+
+def append_result(run_dir: str | Path, record: dict[str, Any]) -> None:
+    """Append one point to results.jsonl and make it durable before returning."""
+    file = Path(run_dir) / RESULTS_FILE
+    _drop_torn_tail(file)
+    line = json.dumps(record, sort_keys=True, ensure_ascii=False) + "\n"
+    with file.open("a", encoding="utf-8") as handle:
+        handle.write(line)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def write_answers(run_dir: str | Path, name: str, rows: Sequence[dict[str, Any]]) -> None:
+    """Write a point's answers (one JSON object per line) atomically."""
+    text = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+    write_atomic(Path(run_dir) / name, text)
+
+
+def read_answers(run_dir: str | Path, name: str) -> list[dict[str, Any]]:
+    file = Path(run_dir) / name
+    if not file.is_file():
+        return []
+    return [json.loads(line) for line in file.read_text(encoding="utf-8").splitlines() if line]
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write `text` to a hidden sibling, fsync it, then rename it over `path`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def read_config(run_dir: str | Path) -> dict[str, Any] | None:
+    file = Path(run_dir) / CONFIG_FILE
+    if not file.is_file():
+        return None
+    try:
+        data: dict[str, Any] = json.loads(file.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise InputError(f"{file} is not valid JSON ({err.msg}); is this a sweep folder?") from None
+    return data
+
+
+def check_or_write_config(run_dir: str | Path, meta: dict[str, Any]) -> None:
+    """Write config.json, or refuse when the folder holds a run with other settings.
+
+    `meta` holds "identity" (settings that change numbers), "prompts" (hashes), "model"
+    (provenance) and "settings" (everything, for the report). Only the first three must match
+    an existing run; "settings" is rewritten so the report shows the latest grid.
+    """
+    folder = Path(run_dir)
+    old = read_config(folder)
+    if old is not None:
+        if old.get("format") != FORMAT:
+            raise InputError(f"{folder / CONFIG_FILE} is not a neurosteer sweep config")
+        differences = []
+        for section in ("identity", "prompts", "model"):
+            before, after = old.get(section, {}), meta.get(section, {})
+            for key in sorted(set(before) | set(after)):
+                if before.get(key) != after.get(key):
+                    differences.append(
+                        f"{section}.{key}: {_short(before.get(key))} -> {_short(after.get(key))}"
+                    )
+        if differences:
+            raise InputError(
+                f"'{folder}' holds a sweep with other settings ({'; '.join(differences)}); "
+                "use a new output folder, or rerun with the original settings to resume"
+            )
+    full = {"format": FORMAT, "format_version": FORMAT_VERSION, **meta}
+    write_atomic(folder / CONFIG_FILE, json.dumps(full, indent=2, sort_keys=True) + "\n")
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _drop_torn_tail(file: Path) -> None:
+    """Cut a last line that has no newline (an interrupted append) so the next line is whole."""
+    if not file.is_file() or file.stat().st_size == 0:
+        return
+    with file.open("rb+") as handle:
+        data = handle.read()
+        if data.endswith(b"\n"):
+            return
+        keep = data.rfind(b"\n") + 1
+        logger.warning("%s: dropping a torn last line before appending", file)
+        handle.truncate(keep)
