@@ -297,3 +297,18 @@ def test_dev_questions_are_read_per_subject(per_subject_dir: Path) -> None:
     assert isinstance(data, MMLUData)
     assert data.split == "test"
     assert {s: len(q) for s, q in data.dev.items()} == {"toy_colours": 4, "toy_sums": 4}
+
+
+def test_zero_shot_works_without_dev_questions(
+    tiny_llama: tuple[PreTrainedModel, PreTrainedTokenizerFast], tmp_path: Path
+) -> None:
+    model, tokenizer = tiny_llama
+    rows = [
+        "subject,question,A,B,C,D,answer",
+        "toy_sums,One plus one?,2,3,4,5,A",
+        "toy_sums,Two plus two?,3,4,5,6,B",
+    ]
+    (tmp_path / "test.csv").write_text("\n".join(rows) + "\n")
+    result = mmlu_accuracy(model, tokenizer, tmp_path / "test.csv", n_shot=0)
+    assert result.n == 2
+    assert 0.0 <= result.accuracy <= 1.0

@@ -16,7 +16,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from neurosteer.cli.main import load, model_options, parse_layers, template_option
+from neurosteer.cli.options import load, model_options, parse_layers, template_option
 from neurosteer.errors import InputError
 
 console = Console()

@@ -7,17 +7,15 @@ other exception is reported in one line with exit code 1. `--debug` shows traceb
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import click
 
 from neurosteer._io import check_writable
 from neurosteer._version import __version__
+from neurosteer.cli.options import load, model_options, parse_layers, template_option
 from neurosteer.errors import NeurosteerError
-
-F = TypeVar("F", bound=Callable[..., Any])
 
 
 class _Group(click.Group):
@@ -64,106 +62,6 @@ def cli(debug: bool) -> None:
         transformers.utils.logging.set_verbosity_error()
         transformers.utils.logging.disable_progress_bar()
         logging.getLogger("huggingface_hub").setLevel(logging.ERROR)
-
-
-def model_options(fn: F) -> F:
-    """Options shared by every command that loads a model."""
-    options = [
-        click.argument("model"),
-        click.option(
-            "--dtype", default="auto", show_default=True, help="auto, float32, bfloat16 or float16."
-        ),
-        click.option("--device", default=None, help="cpu, cuda, cuda:N or mps (default: cpu)."),
-        click.option(
-            "--device-map",
-            default=None,
-            help="Spread layers over devices, e.g. 'auto' (accelerate).",
-        ),
-        click.option(
-            "--max-memory",
-            default=None,
-            callback=_parse_memory,
-            help="Per-device caps for --device-map auto, e.g. '0=70GiB,1=70GiB,cpu=200GiB'.",
-        ),
-        click.option(
-            "--offload-folder",
-            type=click.Path(path_type=Path),
-            default=None,
-            help="Offload layers that fit nowhere else to this folder.",
-        ),
-        click.option("--revision", default=None, help="Hub revision of MODEL."),
-        click.option(
-            "--trust-remote-code",
-            is_flag=True,
-            help="Allow custom modelling code from the checkpoint.",
-        ),
-        click.option(
-            "--layers-path",
-            default=None,
-            help="Override: path to the decoder layers, e.g. model.layers.",
-        ),
-        click.option(
-            "--site",
-            "site_path",
-            default=None,
-            help="Override: path from a layer to the MLP output projection.",
-        ),
-    ]
-    for option in reversed(options):
-        fn = option(fn)
-    return fn
-
-
-def load(params: dict[str, Any]) -> tuple[Any, Any, Any]:
-    """Load the model named in the shared options; returns (model, tokenizer, layout)."""
-    from neurosteer.layout import resolve_layout
-    from neurosteer.loading import load_model
-
-    model, tokenizer = load_model(
-        params["model"],
-        dtype=params["dtype"],
-        device=params["device"],
-        device_map=params["device_map"],
-        max_memory=params["max_memory"],
-        offload_folder=params["offload_folder"],
-        revision=params["revision"],
-        trust_remote_code=params["trust_remote_code"],
-    )
-    layout = resolve_layout(model, layers_path=params["layers_path"], site_path=params["site_path"])
-    return model, tokenizer, layout
-
-
-def _parse_memory(
-    _ctx: click.Context, _param: click.Parameter, text: str | None
-) -> dict[int | str, str] | None:
-    """'0=70GiB,cpu=200GiB' → {0: '70GiB', 'cpu': '200GiB'} (accelerate's max_memory)."""
-    if not text:
-        return None
-    caps: dict[int | str, str] = {}
-    for part in text.split(","):
-        device, sep, amount = part.partition("=")
-        if not sep or not amount.strip():
-            raise click.BadParameter(f"expected DEVICE=AMOUNT pairs, got {part!r}")
-        device = device.strip()
-        caps[int(device) if device.isdigit() else device] = amount.strip()
-    return caps
-
-
-def parse_layers(text: str) -> tuple[int, ...]:
-    """'0,1' → (0, 1); '' → ()."""
-    try:
-        return tuple(int(part) for part in text.split(",") if part.strip())
-    except ValueError:
-        raise click.BadParameter(f"expected comma-separated layer numbers, got {text!r}") from None
-
-
-def template_option(fn: F) -> F:
-    return click.option(
-        "--chat-template/--raw",
-        "chat_template",
-        default=None,
-        help="Force the chat template on or off (default: on when the tokenizer has one).",
-    )(fn)
 
 
 @cli.command()
@@ -375,14 +273,16 @@ def bake(**params: Any) -> None:
     )
 
 
-def _register_organism_commands() -> None:
+def _register_commands() -> None:
+    """Commands defined in their own files (they import the shared options, not this file)."""
+    from neurosteer.cli.analysis_cmds import compare_command, report_command, sweep_command
     from neurosteer.cli.organism_cmds import demo_command, organism_group
 
-    cli.add_command(demo_command)
-    cli.add_command(organism_group)
+    for command in (sweep_command, report_command, compare_command, demo_command, organism_group):
+        cli.add_command(command)
 
 
-_register_organism_commands()
+_register_commands()
 
 
 def main() -> None:

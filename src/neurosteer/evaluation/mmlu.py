@@ -288,6 +288,8 @@ def _subject_task(
         records = [
             {"question": q.question, "choices": list(q.choices), "answer": q.answer} for q in rows
         ]
+        if not records:  # from_list cannot take an empty list with features
+            return datasets.Dataset.from_dict({name: [] for name in features}, features=features)
         return datasets.Dataset.from_list(records, features=features)
 
     splits = datasets.DatasetDict({"dev": as_dataset(dev), "test": as_dataset(test)})

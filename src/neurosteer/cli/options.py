@@ -1,0 +1,112 @@
+"""Options and helpers shared by the CLI's commands: model loading options, layer lists,
+the chat-template switch. Parsing only; the library does the work."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def model_options(fn: F) -> F:
+    """Options shared by every command that loads a model."""
+    options = [
+        click.argument("model"),
+        click.option(
+            "--dtype", default="auto", show_default=True, help="auto, float32, bfloat16 or float16."
+        ),
+        click.option("--device", default=None, help="cpu, cuda, cuda:N or mps (default: cpu)."),
+        click.option(
+            "--device-map",
+            default=None,
+            help="Spread layers over devices, e.g. 'auto' (accelerate).",
+        ),
+        click.option(
+            "--max-memory",
+            default=None,
+            callback=_parse_memory,
+            help="Per-device caps for --device-map auto, e.g. '0=70GiB,1=70GiB,cpu=200GiB'.",
+        ),
+        click.option(
+            "--offload-folder",
+            type=click.Path(path_type=Path),
+            default=None,
+            help="Offload layers that fit nowhere else to this folder.",
+        ),
+        click.option("--revision", default=None, help="Hub revision of MODEL."),
+        click.option(
+            "--trust-remote-code",
+            is_flag=True,
+            help="Allow custom modelling code from the checkpoint.",
+        ),
+        click.option(
+            "--layers-path",
+            default=None,
+            help="Override: path to the decoder layers, e.g. model.layers.",
+        ),
+        click.option(
+            "--site",
+            "site_path",
+            default=None,
+            help="Override: path from a layer to the MLP output projection.",
+        ),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def load(params: dict[str, Any]) -> tuple[Any, Any, Any]:
+    """Load the model named in the shared options; returns (model, tokenizer, layout)."""
+    from neurosteer.layout import resolve_layout
+    from neurosteer.loading import load_model
+
+    model, tokenizer = load_model(
+        params["model"],
+        dtype=params["dtype"],
+        device=params["device"],
+        device_map=params["device_map"],
+        max_memory=params["max_memory"],
+        offload_folder=params["offload_folder"],
+        revision=params["revision"],
+        trust_remote_code=params["trust_remote_code"],
+    )
+    layout = resolve_layout(model, layers_path=params["layers_path"], site_path=params["site_path"])
+    return model, tokenizer, layout
+
+
+def _parse_memory(
+    _ctx: click.Context, _param: click.Parameter, text: str | None
+) -> dict[int | str, str] | None:
+    """'0=70GiB,cpu=200GiB' → {0: '70GiB', 'cpu': '200GiB'} (accelerate's max_memory)."""
+    if not text:
+        return None
+    caps: dict[int | str, str] = {}
+    for part in text.split(","):
+        device, sep, amount = part.partition("=")
+        if not sep or not amount.strip():
+            raise click.BadParameter(f"expected DEVICE=AMOUNT pairs, got {part!r}")
+        device = device.strip()
+        caps[int(device) if device.isdigit() else device] = amount.strip()
+    return caps
+
+
+def parse_layers(text: str) -> tuple[int, ...]:
+    """'0,1' → (0, 1); '' → ()."""
+    try:
+        return tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated layer numbers, got {text!r}") from None
+
+
+def template_option(fn: F) -> F:
+    return click.option(
+        "--chat-template/--raw",
+        "chat_template",
+        default=None,
+        help="Force the chat template on or off (default: on when the tokenizer has one).",
+    )(fn)
