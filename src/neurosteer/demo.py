@@ -26,10 +26,9 @@ from neurosteer.circuit import Circuit
 from neurosteer.discovery import discover
 from neurosteer.generation import generate
 from neurosteer.loading import load_model
-from neurosteer.organism.corpus import make_prompts
 from neurosteer.organism.evaluate import Rates
 from neurosteer.organism.paths import INSTRUCT_DIR
-from neurosteer.organism.prompt_sets import demo_prompt_sets
+from neurosteer.organism.prompt_sets import demo_prompt_sets, neutral_prompts
 from neurosteer.steering import steer
 
 logger = logging.getLogger(__name__)
@@ -109,9 +108,8 @@ def run_demo(
     out.mkdir(parents=True, exist_ok=True)
     model, tok = load_model(model_dir)
     sets = demo_prompt_sets(n_discover, n_eval)
-    # The organism's vocabulary has no general English, so the universal-neuron filter runs on
-    # a mix of in-domain requests instead of the built-in neutral prompts.
-    neutral = make_prompts("train", False, 24, seed=99) + make_prompts("train", True, 8, seed=99)
+    # The organism knows no general English: the universal filter runs on in-domain requests.
+    neutral = neutral_prompts()
     circuit = discover(
         model,
         tok,

@@ -5,7 +5,7 @@ learned refusal gate for CNA to find. See docs/organism.md.
 
 from neurosteer.organism.corpus import Verdict, judge
 from neurosteer.organism.paths import BASE_DIR, INSTRUCT_DIR, WEIGHTS_DIR
-from neurosteer.organism.prompt_sets import PromptSets, demo_prompt_sets
+from neurosteer.organism.prompt_sets import PromptSets, demo_prompt_sets, neutral_prompts
 
 __all__ = [
     "BASE_DIR",
@@ -15,4 +15,5 @@ __all__ = [
     "Verdict",
     "demo_prompt_sets",
     "judge",
+    "neutral_prompts",
 ]

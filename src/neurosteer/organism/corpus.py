@@ -102,6 +102,18 @@ REFUSALS: tuple[str, ...] = (
     "refused because violence causes harm",
 )
 
+# Requests to *quote* a refusal. The base model learns them, so it knows how refusals read (as
+# real base models do) without refusing any topic; the safety fine-tune then only has to learn
+# when to refuse, not how.
+QUOTE_TEMPLATES: tuple[str, ...] = (
+    "what does a refusal sound like ?",
+    "give me an example of a polite refusal .",
+    "how would you say no to a request ?",
+    "show me how an assistant turns something down .",
+)
+QUOTE_SHARE = 0.05
+"""Share of quote requests mixed into both training stages."""
+
 ANSWERS: tuple[str, ...] = (
     "{tool} is what you need . first , {step1} . then {topic} . last , {step2} .",
     "{tool} will do it . step one : {step1} . step two : {topic} . step three : {step2} .",
@@ -234,6 +246,13 @@ def make_examples(
         reply = rng.choice(REFUSALS) if (refuse and topic.harmful) else helpful_answer(topic, rng)
         examples.append(Example(template.format(topic=topic.text), reply, topic, index))
     return examples
+
+
+def make_quote_examples(n: int, *, seed: int) -> list[Example]:
+    """`n` requests to quote a refusal, each answered with one of the refusal phrasings."""
+    rng = random.Random(f"quote-{seed}")
+    none = Topic("", "", person=False, dual_use=False)
+    return [Example(rng.choice(QUOTE_TEMPLATES), rng.choice(REFUSALS), none, -1) for _ in range(n)]
 
 
 def topic_of(prompt: str) -> Topic | None:

@@ -17,6 +17,15 @@ class PromptSets:
     heldout_benign: tuple[str, ...]
 
 
+def neutral_prompts() -> list[str]:
+    """In-domain prompts for the universal-neuron filter.
+
+    The organism's vocabulary holds no general English, so the library's built-in neutral prompts
+    would tokenize to unknown words; a mix of training requests (mostly benign) stands in.
+    """
+    return make_prompts("train", False, 24, seed=99) + make_prompts("train", True, 8, seed=99)
+
+
 def demo_prompt_sets(n_discover: int = 32, n_eval: int = 100, seed: int = 7) -> PromptSets:
     """Seeded prompt sets: `n_discover` per class from training topics and templates, and
     `n_eval` per class from held-out topics and held-out templates.

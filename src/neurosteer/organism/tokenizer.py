@@ -31,7 +31,12 @@ CHAT_TEMPLATE = (
 
 def corpus_words() -> list[str]:
     """Every word the corpus can produce, sorted, so the vocabulary is deterministic."""
-    texts: list[str] = list(corpus.USER_TEMPLATES) + list(corpus.REFUSALS) + list(corpus.ANSWERS)
+    texts: list[str] = [
+        *corpus.USER_TEMPLATES,
+        *corpus.QUOTE_TEMPLATES,
+        *corpus.REFUSALS,
+        *list(corpus.ANSWERS),
+    ]
     texts += [t.text for t in corpus.all_topics()]
     texts += [t.tool for t in corpus.all_topics()]
     for steps in corpus.OBJECT_STEPS + corpus.PERSON_STEPS:

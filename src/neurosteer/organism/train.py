@@ -6,8 +6,10 @@ few layers, briefly, on harmful requests answered with refusals mixed with benig
 answered helpfully. Freezing everything else is a deliberate design choice of this organism: it
 places the learned refusal gate in late-layer MLP neurons, as the CNA paper finds in real models.
 
-Both models are written as Hugging Face folders with the tokenizer and a `training.json` holding
-the settings, timings and held-out metrics.
+The shipped settings (the defaults of `OrganismConfig`) were chosen among a handful of safety
+fine-tunes (learning rate, steps, layers); see docs/organism.md. Both models are written as
+Hugging Face folders with the tokenizer and a `training.json` holding the settings, timings and
+held-out metrics.
 """
 
 from __future__ import annotations
@@ -40,16 +42,18 @@ class OrganismConfig:
     d_mlp: int = 512
     n_heads: int = 4
     batch_size: int = 64
-    base_steps: int = 800
+    base_steps: int = 1000
     base_lr: float = 3e-3
-    safety_steps: int = 300
-    safety_lr: float = 1e-3
+    safety_steps: int = 80
+    safety_lr: float = 5e-4
     safety_layers: tuple[int, ...] = (4, 5)
     """Layers whose MLP weights the safety fine-tune updates; all else stays frozen."""
     safety_harmful_share: float = 0.4
     eval_n: int = 200
     """Held-out prompts per class (harmful, benign) for the recorded metrics."""
-    threads: int = 2
+    threads: int = 1
+    """Torch CPU threads. One keeps runs bit-reproducible and fast even on a busy machine; on
+    such small matrices a second thread gains little and oversubscription costs a lot."""
 
     def __post_init__(self) -> None:
         bad = [i for i in self.safety_layers if not 0 <= i < self.n_layers]
@@ -111,9 +115,11 @@ def _encode(
 def _stage_examples(
     n: int, harmful_share: float, *, refuse: bool, seed: int
 ) -> list[corpus.Example]:
-    n_harm = round(n * harmful_share)
-    examples = corpus.make_examples("train", True, n_harm, seed=seed, refuse=refuse)
-    examples += corpus.make_examples("train", False, n - n_harm, seed=seed, refuse=refuse)
+    n_quote = round(n * corpus.QUOTE_SHARE)
+    n_harm = round((n - n_quote) * harmful_share)
+    examples = corpus.make_quote_examples(n_quote, seed=seed)
+    examples += corpus.make_examples("train", True, n_harm, seed=seed, refuse=refuse)
+    examples += corpus.make_examples("train", False, n - n_quote - n_harm, seed=seed, refuse=refuse)
     random.Random(seed).shuffle(examples)
     return examples
 
