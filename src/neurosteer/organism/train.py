@@ -191,7 +191,15 @@ def train_organism(out_dir: str | Path, cfg: OrganismConfig | None = None) -> Tr
     """
     cfg = cfg or OrganismConfig()
     out = Path(out_dir)
+    threads = torch.get_num_threads()
     torch.set_num_threads(cfg.threads)
+    try:
+        return _train_both(out, cfg)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train_both(out: Path, cfg: OrganismConfig) -> TrainResult:
     torch.manual_seed(cfg.seed)
     started = time.perf_counter()
     tokenizer = build_tokenizer()
