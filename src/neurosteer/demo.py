@@ -190,7 +190,7 @@ def _write_report(result: DemoResult, n_layers: int, out: Path) -> None:
     )
     ax.set_xticks(list(xs), [r.condition for r in result.rows])
     ax.set(ylabel="refused (%)", ylim=(0, 100), title="Held-out refusal by intervention")
-    ax.legend()
+    ax.legend(loc="upper center")
     fig.tight_layout()
     fig.savefig(out / "refusal_rates.png", dpi=100)
     plt.close(fig)

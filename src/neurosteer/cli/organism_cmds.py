@@ -93,7 +93,7 @@ def organism_group() -> None:
 )
 @click.option("--seed", type=int, default=0, show_default=True, help="Training seed.")
 def train_command(out: Path, seed: int) -> None:
-    """Rebuild both organism models from scratch on the CPU (about 10 minutes on 2 cores)."""
+    """Rebuild both organism models from scratch on the CPU (about 8 minutes, one thread)."""
     from neurosteer.organism.train import OrganismConfig, train_organism
 
     if out.exists() and not out.is_dir():
