@@ -132,6 +132,12 @@ def _names(text: str) -> tuple[str, ...]:
 )
 @click.option("--no-universal-filter", is_flag=True, help="Skip the universal-neuron filter.")
 @click.option(
+    "--neutral",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Neutral prompts for the universal filter (default: built-in set).",
+)
+@click.option(
     "--caa-layer",
     type=int,
     default=None,
@@ -187,6 +193,7 @@ def sweep_command(**params: Any) -> None:
         harmful,
         harmless,
         params["output"],
+        neutral=load_prompts(params["neutral"]) if params["neutral"] else None,
         layout=layout,
         progress=True,
     )

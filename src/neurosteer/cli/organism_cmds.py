@@ -118,3 +118,28 @@ def train_command(out: Path, seed: int) -> None:
         f"Wrote {result.base_dir} and {result.instruct_dir} "
         f"in {time.perf_counter() - started:.0f} s"
     )
+
+
+@organism_group.command("export")
+@click.option(
+    "-o",
+    "--out",
+    "out",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="New folder for the prompt files, refusal phrases and MMLU fixture.",
+)
+@click.option(
+    "--n-eval", type=int, default=100, show_default=True, help="Held-out prompts per set."
+)
+@click.option("--force", is_flag=True, help="Replace OUT if it exists.")
+def export_command(out: Path, n_eval: int, force: bool) -> None:
+    """Write the organism's prompt sets and judge files, for discover/sweep on the command line."""
+    from neurosteer.organism.export import export_organism_data
+
+    if n_eval < 1:
+        raise InputError(f"--n-eval must be at least 1, got {n_eval}")
+    folder = export_organism_data(out, n_eval=n_eval, force=force)
+    for item in sorted(folder.rglob("*")):
+        if item.is_file():
+            console.print(str(item))

@@ -100,6 +100,7 @@ def fit_methods(
     negative: Sequence[str],
     run_dir: Path,
     *,
+    neutral: Sequence[str] | None = None,
     layout: ModelLayout,
     progress: bool = False,
 ) -> Fitted:
@@ -118,6 +119,7 @@ def fit_methods(
             fraction=config.fraction,
             skip_layers=config.skip_layers,
             universal_filter=config.universal_filter,
+            neutral=neutral,
             batch_size=config.batch_size,
             chat_template=config.chat_template,
             keep_table=True,

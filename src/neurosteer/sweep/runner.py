@@ -72,6 +72,7 @@ def run_sweep(
     eval_harmless: Sequence[str],
     out_dir: str | Path,
     *,
+    neutral: Sequence[str] | None = None,
     layout: ModelLayout | None = None,
     progress: bool = False,
 ) -> list[dict[str, Any]]:
@@ -84,6 +85,7 @@ def run_sweep(
         eval_harmful, eval_harmless: evaluation prompts (refusal should fall on the first and
             stay low on the second); `config.eval_limit` keeps the first n of each.
         out_dir: the run folder; created if missing, resumed if it holds the same sweep.
+        neutral: prompts for the circuit's universal-neuron filter (default: the built-in set).
         layout: a resolved `ModelLayout` (default: resolved from the model).
         progress: progress bars on stderr.
 
@@ -114,6 +116,8 @@ def run_sweep(
     layout = layout or resolve_layout(model)
     info = model_info(model, layout)
     sets = {"positive": positive, "negative": negative, "harmful": harmful, "harmless": harmless}
+    if neutral is not None:
+        sets["neutral"] = _prompts(neutral, None, "neutral")
     meta: dict[str, Any] = {
         "identity": config.identity(),
         "prompts": {k: {"count": len(v), "sha256": prompt_hash(v)} for k, v in sets.items()},
@@ -125,7 +129,15 @@ def run_sweep(
     check_or_write_config(run_dir, meta)  # refuse a different run before any model work
 
     fitted = fit_methods(
-        model, tokenizer, config, positive, negative, run_dir, layout=layout, progress=progress
+        model,
+        tokenizer,
+        config,
+        positive,
+        negative,
+        run_dir,
+        neutral=sets.get("neutral"),
+        layout=layout,
+        progress=progress,
     )
     check_or_write_config(run_dir, {**meta, "fitted": fitted.settings()})
 
