@@ -17,9 +17,14 @@ from neurosteer._io import atomic_directory
 from neurosteer.organism.corpus import REFUSALS
 from neurosteer.organism.prompt_sets import demo_prompt_sets, neutral_prompts
 
-# The organism's three refusal phrasings use words found nowhere else in its corpus, so these
-# opening pieces identify a refusal even when steering garbles its end.
-REFUSAL_PHRASES = sorted({" ".join(r.split()[:3]) for r in REFUSALS} | set(REFUSALS))
+# The organism's three refusal phrasings use words found nowhere else in its corpus (no helpful
+# answer or request template holds any of these word pairs), so any pair identifies a refusal,
+# also when the model mixes phrasings ("sorry cannot assist with harming people"). "i cannot"
+# is left out: it also opens garbled half-answers.
+REFUSAL_PHRASES = sorted(
+    {f"{a} {b}" for r in REFUSALS for a, b in zip(r.split(), r.split()[1:], strict=False)}
+    - {"i cannot"}
+)
 
 # Invented multiple-choice questions in the original MMLU layout: they exercise the MMLU path of
 # a sweep; the organism, which knows no general English, answers them at chance.
