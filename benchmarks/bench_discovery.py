@@ -20,7 +20,7 @@ from common import char_tokenizer, emit, prompts, random_model, side_by_side, ti
 import neurosteer
 from neurosteer.hooks import HookSet
 from neurosteer.prompts import iter_batches, render_prompts, tokenize_rendered
-from neurosteer.recording import positions_from_mask
+from neurosteer.recording import auto_batch_size, positions_from_mask
 
 
 def reference_discovery(
@@ -46,24 +46,34 @@ def reference_discovery(
 
 
 def run(
-    shape: str, n_prompts: int, batch_size: int, repeats: int, reference: bool
+    shape: str,
+    n_prompts: int,
+    batch_size: int,
+    repeats: int,
+    reference: bool,
+    *,
+    device: str = "cpu",
+    dtype: str = "float32",
 ) -> dict[str, Any]:
-    model = random_model(shape)
+    model = random_model(shape, getattr(torch, dtype), device)
+    layout = neurosteer.resolve_layout(model)
     tokenizer = char_tokenizer()
     half = n_prompts // 2
     positive, negative = prompts(half), prompts(n_prompts - half, offset=half)
     ids = tokenize_rendered(
         tokenizer, render_prompts(tokenizer, positive + negative), templated=True
     )
+    if batch_size == 0:  # what discovery would choose on this device
+        batch_size = auto_batch_size(model, layout, max(map(len, ids)))
 
     def plain_forward() -> None:
         with torch.inference_mode():
             for group in (ids[:half], ids[half:]):
                 for batch in iter_batches(group, batch_size, 0):
                     model(
-                        input_ids=batch.input_ids,
-                        attention_mask=batch.attention_mask,
-                        position_ids=positions_from_mask(batch.attention_mask),
+                        input_ids=batch.input_ids.to(device),
+                        attention_mask=batch.attention_mask.to(device),
+                        position_ids=positions_from_mask(batch.attention_mask).to(device),
                     )
 
     def discovery() -> None:
@@ -88,6 +98,8 @@ def run(
         "tokens": sum(map(len, ids)),
         "batch_size": batch_size,
         "threads": torch.get_num_threads(),
+        "device": device,
+        "dtype": dtype,
         "plain_forward_s": round(times["plain_forward"], 3),
         "discovery_s": round(times["discovery"], 3),
         "discovery_over_forward": round(times["discovery"] / times["plain_forward"], 3),
@@ -104,14 +116,24 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shape", default="100m")
     parser.add_argument("--prompts", type=int, default=64)
-    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--batch-size", type=int, default=16, help="0: choose automatically.")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="float32")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--reference", action="store_true", help="Also time the reference way.")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    result = run(args.shape, args.prompts, args.batch_size, args.repeats, args.reference)
+    result = run(
+        args.shape,
+        args.prompts,
+        args.batch_size,
+        args.repeats,
+        args.reference,
+        device=args.device,
+        dtype=args.dtype,
+    )
     emit(result, args.json)
 
 
