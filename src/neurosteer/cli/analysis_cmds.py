@@ -16,7 +16,13 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from neurosteer.cli.options import load, model_options, parse_layers, template_option
+from neurosteer.cli.options import (
+    contrast_options,
+    load,
+    model_options,
+    parse_layers,
+    template_option,
+)
 from neurosteer.errors import InputError
 
 console = Console()
@@ -42,20 +48,7 @@ def _names(text: str) -> tuple[str, ...]:
 
 @click.command("sweep")
 @model_options
-@click.option(
-    "--positive",
-    "-p",
-    type=click.Path(path_type=Path),
-    required=True,
-    help="Prompts showing the behaviour (fit the circuit and baselines).",
-)
-@click.option(
-    "--negative",
-    "-n",
-    type=click.Path(path_type=Path),
-    required=True,
-    help="Prompts not showing it.",
-)
+@contrast_options
 @click.option(
     "--eval-harmful",
     type=click.Path(path_type=Path),

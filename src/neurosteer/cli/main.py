@@ -14,7 +14,13 @@ import click
 
 from neurosteer._io import check_writable
 from neurosteer._version import __version__
-from neurosteer.cli.options import load, model_options, parse_layers, template_option
+from neurosteer.cli.options import (
+    contrast_options,
+    load,
+    model_options,
+    parse_layers,
+    template_option,
+)
 from neurosteer.errors import NeurosteerError
 
 
@@ -66,20 +72,7 @@ def cli(debug: bool) -> None:
 
 @cli.command()
 @model_options
-@click.option(
-    "--positive",
-    "-p",
-    type=click.Path(path_type=Path),
-    required=True,
-    help="Prompts showing the behaviour (.txt, .jsonl, .json, .csv).",
-)
-@click.option(
-    "--negative",
-    "-n",
-    type=click.Path(path_type=Path),
-    required=True,
-    help="Prompts not showing it.",
-)
+@contrast_options
 @click.option(
     "--output",
     "-o",

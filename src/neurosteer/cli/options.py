@@ -110,3 +110,21 @@ def template_option(fn: F) -> F:
         default=None,
         help="Force the chat template on or off (default: on when the tokenizer has one).",
     )(fn)
+
+
+def contrast_options(fn: F) -> F:
+    """The two prompt sets a circuit (and the baselines) are found from."""
+    fn = click.option(
+        "--negative",
+        "-n",
+        type=click.Path(path_type=Path),
+        required=True,
+        help="Prompts not showing the behaviour.",
+    )(fn)
+    return click.option(
+        "--positive",
+        "-p",
+        type=click.Path(path_type=Path),
+        required=True,
+        help="Prompts showing the behaviour (.txt, .jsonl, .json, .csv).",
+    )(fn)
