@@ -15,9 +15,11 @@ from transformers import PreTrainedModel, PreTrainedTokenizerFast
 
 import neurosteer.cli.main  # before analysis_cmds: main registers it at its end
 import neurosteer.sweep.runner as runner
+from neurosteer.baselines import CAA, contrast_vectors
 from neurosteer.cli.analysis_cmds import sweep_command
 from neurosteer.errors import InputError
 from neurosteer.hooks import count_hooks
+from neurosteer.layout import resolve_layout
 from neurosteer.report import summarise
 from neurosteer.sweep import (
     METHODS,
@@ -27,6 +29,7 @@ from neurosteer.sweep import (
     read_results,
     run_sweep,
 )
+from neurosteer.sweep.methods import scan_caa_layer
 from neurosteer.sweep.store import append_result
 
 Pair = tuple[PreTrainedModel, PreTrainedTokenizerFast]
@@ -248,12 +251,30 @@ def test_the_sweep_command(tiny_llama_dir: Path, tmp_path: Path) -> None:
     group = neurosteer.cli.main._Group(name="t")
     group.add_command(sweep_command)
     base = [
-        "sweep", str(tiny_llama_dir), "-p", str(tmp_path / "pos.txt"), "-n",
-        str(tmp_path / "neg.txt"), "--eval-harmful", str(tmp_path / "pos.txt"),
-        "--eval-harmless", str(tmp_path / "neg.txt"), "-o", str(tmp_path / "run"),
-        "--max-new-tokens", "4", "--kl-limit", "1", "--kl-tokens", "2", "--top-k", "4",
-        "--no-universal-filter", "--seeds", "0",
-    ]  # fmt: skip
+        "sweep",
+        str(tiny_llama_dir),
+        "-p",
+        str(tmp_path / "pos.txt"),
+        "-n",
+        str(tmp_path / "neg.txt"),
+        "--eval-harmful",
+        str(tmp_path / "pos.txt"),
+        "--eval-harmless",
+        str(tmp_path / "neg.txt"),
+        "-o",
+        str(tmp_path / "run"),
+        "--max-new-tokens",
+        "4",
+        "--kl-limit",
+        "1",
+        "--kl-tokens",
+        "2",
+        "--top-k",
+        "4",
+        "--no-universal-filter",
+        "--seeds",
+        "0",
+    ]
     ok = CliRunner().invoke(group, [*base, "--methods", "cna,random", "--strengths", "0,1"])
     assert ok.exit_code == 0, ok.output
     assert "sweep summary" in ok.output
@@ -266,3 +287,39 @@ def test_the_sweep_command(tiny_llama_dir: Path, tmp_path: Path) -> None:
     assert bad.output.strip().splitlines() == [
         "error: --strengths takes comma-separated numbers, got '0,x'"
     ]
+
+
+def test_caa_layer_scan_picks_the_layer_with_least_refusal(
+    tiny_llama: tuple[PreTrainedModel, PreTrainedTokenizerFast],
+    positive_prompts: list[str],
+    negative_prompts: list[str],
+) -> None:
+    model, tokenizer = tiny_llama
+    vectors = contrast_vectors(model, tokenizer, positive_prompts, negative_prompts)
+    config = SweepConfig(methods=("caa",), strengths=(0.0, 1.0), max_new_tokens=6)
+    seen: list[int] = []
+
+    def judge(prompts: list[str], answers: list[str]) -> list[str]:
+        # a stand-in judge: "refusal" unless CAA sits at layer 2, so the scan must pick 2
+        layer = seen[-1]
+        return ["compliance" if layer == 2 else "refusal" for _ in answers]
+
+    real_fit = CAA.fit
+
+    def spy_fit(residual: Any, **kw: Any) -> CAA:
+        seen.append(kw["layer"])
+        return real_fit(residual, **kw)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(CAA, "fit", spy_fit)
+        layer = scan_caa_layer(
+            model,
+            tokenizer,
+            vectors,
+            positive_prompts[:3],
+            judge,  # type: ignore[arg-type]
+            config=config,
+            layout=resolve_layout(model),
+        )
+    assert layer == 2
+    assert seen == [1, 2, 3]  # 4 layers: candidates 1 .. 80% of depth (ceil 3.2)

@@ -134,7 +134,14 @@ def _names(text: str) -> tuple[str, ...]:
     "--caa-layer",
     type=int,
     default=None,
-    help="Layer of the CAA vector and the ablated direction (default: heuristic).",
+    help="Layer of the CAA vector and the ablated direction (default: scanned).",
+)
+@click.option(
+    "--layer-scan-prompts",
+    type=int,
+    default=16,
+    show_default=True,
+    help="Positive prompts the CAA layer scan judges (0: a cheap heuristic instead).",
 )
 @click.option(
     "--caa-normalize", is_flag=True, help="Scale the CAA vector to the layer's mean residual norm."
@@ -170,6 +177,7 @@ def sweep_command(**params: Any) -> None:
         skip_layers=parse_layers(params["skip_layers"]),
         universal_filter=not params["no_universal_filter"],
         caa_layer=params["caa_layer"],
+        layer_scan_prompts=params["layer_scan_prompts"],
         caa_normalize=params["caa_normalize"],
         random_seeds=_ints(params["seeds"], "--seeds"),
     )

@@ -50,7 +50,11 @@ class SweepConfig:
         top_k, fraction: circuit size (top_k wins; default 0.1% of all MLP neurons).
         skip_layers: layers that are not circuit candidates.
         universal_filter: apply the universal-neuron filter when discovering the circuit.
-        caa_layer: CAA / direction layer (None: `ContrastVectors.default_layer()`).
+        caa_layer: CAA / direction layer (None: scanned, see `layer_scan_prompts`).
+        layer_scan_prompts: when `caa_layer` is None, choose it by a small scan: CAA at full
+            strength at up to 8 candidate layers on this many positive (fitting) prompts, the
+            layer with the least judged refusal wins; 0 uses the cheap heuristic
+            `ContrastVectors.default_layer()` instead.
         caa_positions: "all" or "prompt" for CAA.
         caa_normalize: rescale the CAA vector to the layer's mean residual norm.
         random_seeds: one random control circuit per seed (each its own points).
@@ -73,6 +77,7 @@ class SweepConfig:
     skip_layers: tuple[int, ...] = (0, 1)
     universal_filter: bool = True
     caa_layer: int | None = None
+    layer_scan_prompts: int = 16
     caa_positions: str = "all"
     caa_normalize: bool = False
     random_seeds: tuple[int, ...] = field(default=(0, 1, 2))
@@ -98,7 +103,7 @@ class SweepConfig:
         object.__setattr__(self, "skip_layers", tuple(int(i) for i in self.skip_layers))
         object.__setattr__(self, "random_seeds", tuple(int(i) for i in self.random_seeds))
         _at_least(1, max_new_tokens=self.max_new_tokens, batch_size=self.batch_size)
-        _at_least(0, mmlu_shots=self.mmlu_shots)
+        _at_least(0, mmlu_shots=self.mmlu_shots, layer_scan_prompts=self.layer_scan_prompts)
         _at_least(1, kl_max_new_tokens=self.kl_max_new_tokens)
         for name in ("eval_limit", "kl_limit", "mmlu_limit", "top_k"):
             value = getattr(self, name)

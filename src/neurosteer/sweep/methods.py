@@ -10,6 +10,7 @@ mapping of `config.knob`.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,11 +24,13 @@ from neurosteer.baselines import CAA, ContrastVectors, DirectionAblation, MLPOut
 from neurosteer.baselines import contrast_vectors as record_vectors
 from neurosteer.circuit import Circuit
 from neurosteer.discovery import discover
+from neurosteer.evaluation.judges import Judge, refusal_rates
 from neurosteer.evaluation.kl import Intervention
+from neurosteer.generation import generate
 from neurosteer.layout import ModelLayout
 from neurosteer.steering import steer
 from neurosteer.sweep.config import SweepConfig, knob
-from neurosteer.sweep.store import CIRCUIT_DIR, VECTORS_FILE
+from neurosteer.sweep.store import CIRCUIT_DIR, VECTORS_FILE, read_config
 
 logger = logging.getLogger(__name__)
 
@@ -100,6 +103,7 @@ def fit_methods(
     negative: Sequence[str],
     run_dir: Path,
     *,
+    judge: Judge,
     neutral: Sequence[str] | None = None,
     layout: ModelLayout,
     progress: bool = False,
@@ -153,13 +157,27 @@ def fit_methods(
 
     methods = set(config.methods)
     residual = vectors.get("residual")
+    layer = config.caa_layer
+    if residual is not None and layer is None:
+        fitted_before = (read_config(run_dir) or {}).get("fitted", {})
+        layer = fitted_before.get("caa_layer") or fitted_before.get("direction_layer")
+        if layer is None and config.layer_scan_prompts > 0:
+            layer = scan_caa_layer(
+                model,
+                tokenizer,
+                residual,
+                positive[: config.layer_scan_prompts],
+                judge,
+                config=config,
+                layout=layout,
+            )
     return Fitted(
         circuit=circuit,
         vectors=vectors,
         caa=(
             CAA.fit(
                 residual,
-                layer=config.caa_layer,
+                layer=layer,
                 positions="prompt" if config.caa_positions == "prompt" else "all",
                 normalize=config.caa_normalize,
             )
@@ -167,7 +185,7 @@ def fit_methods(
             else None
         ),
         direction=(
-            DirectionAblation.fit(residual, layer=config.caa_layer)
+            DirectionAblation.fit(residual, layer=layer)
             if "direction" in methods and residual is not None
             else None
         ),
@@ -191,6 +209,44 @@ def _save_vectors(file: Path, vectors: dict[str, ContrastVectors]) -> None:
     tmp = file.with_name(f".{file.name}.tmp")
     save_file(tensors, str(tmp))
     tmp.replace(file)
+
+
+def scan_caa_layer(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    residual: ContrastVectors,
+    prompts: Sequence[str],
+    judge: Judge,
+    *,
+    config: SweepConfig,
+    layout: ModelLayout,
+) -> int:
+    """The CAA layer that removes the most judged refusal at full strength (α = −1).
+
+    Candidates: up to 8 layers spread over 1 .. 80% of depth. Ties go to fewer degenerate
+    answers, then to the earlier layer. Uses the fitting prompts, never the evaluation sets.
+    """
+    n_layers = residual.delta.shape[0]
+    top = max(2, math.ceil(0.8 * n_layers))
+    steps = min(8, top - 1)
+    candidates = sorted({round(x) for x in torch.linspace(1, top - 1, steps=steps).tolist()})
+    scores = {}
+    for candidate in candidates:
+        caa = CAA.fit(residual, layer=candidate, normalize=config.caa_normalize)
+        with caa.steer(model, -1.0, layout=layout):
+            answers = generate(
+                model,
+                tokenizer,
+                prompts,
+                max_new_tokens=min(32, config.max_new_tokens),
+                batch_size=config.batch_size,
+                chat_template=config.chat_template,
+            )
+        rates = refusal_rates(judge(list(prompts), answers))
+        scores[candidate] = (rates["refusal"], rates["degenerate"], candidate)
+    best = min(scores.values())[2]
+    logger.info("CAA layer scan (refusal, degenerate): %s -> layer %d", scores, best)
+    return best
 
 
 def _load_vectors(file: Path) -> dict[str, ContrastVectors]:

@@ -135,6 +135,7 @@ def run_sweep(
         positive,
         negative,
         run_dir,
+        judge=judge,
         neutral=sets.get("neutral"),
         layout=layout,
         progress=progress,
