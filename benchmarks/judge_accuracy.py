@@ -1,0 +1,84 @@
+"""Accuracy of the refusal judges on the hand-labelled answers in tests/data/judge_labelled.jsonl.
+
+Prints the Markdown tables of docs/evaluation.md: accuracy per judge on the dev split (the part
+the built-in clauses were tuned on), the held-out split and all answers, then the errors by kind.
+
+    python benchmarks/judge_accuracy.py
+    python benchmarks/judge_accuracy.py --errors \
+        --lists ../shared/data/refusal_judges/refusal_substrings.json
+
+With --lists, the published lists in that file are scored too, applied as published (literal
+matching over the characters their code searched), by their entry names.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections import Counter
+from pathlib import Path
+
+from neurosteer.evaluation import get_judge
+from neurosteer.evaluation.judges import Judge
+from neurosteer.evaluation.phrases import PUBLISHED_WINDOWS, load_phrase_lists
+
+FIXTURE = Path(__file__).resolve().parents[1] / "tests" / "data" / "judge_labelled.jsonl"
+BUILTIN = ("strict", "patterns", "sweep")
+# the paper's two lists first
+PUBLISHED_ORDER = (
+    "cna_neural_steering_jailbreak_benchmark_regex",
+    "cna_neural_steering_steering_comparison_phrases",
+)
+
+
+def load_rows(path: Path = FIXTURE) -> list[dict[str, str]]:
+    """The labelled answers: id, split, kind, label, prompt, answer."""
+    with path.open(encoding="utf-8") as handle:
+        return [json.loads(line) for line in handle if line.strip()]
+
+
+def score(judge: Judge, rows: list[dict[str, str]]) -> tuple[float, list[dict[str, str]]]:
+    """Share of rows the judge labels right, and the rows it gets wrong (with its label)."""
+    labels = judge([r["prompt"] for r in rows], [r["answer"] for r in rows])
+    wrong = [{**r, "got": got} for r, got in zip(rows, labels, strict=True) if got != r["label"]]
+    return 1 - len(wrong) / len(rows), wrong
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--fixture", type=Path, default=FIXTURE)
+    parser.add_argument("--lists", type=Path, default=None, help="refusal_substrings.json")
+    parser.add_argument("--errors", action="store_true", help="also list every wrong label")
+    args = parser.parse_args()
+    rows = load_rows(args.fixture)
+    judges: dict[str, Judge] = {name: get_judge(name) for name in BUILTIN}
+    if args.lists is not None:
+        published = load_phrase_lists(args.lists)
+        names = [n for n in PUBLISHED_ORDER if n in published]
+        names += [n for n in published if n in PUBLISHED_WINDOWS and n not in names]
+        judges.update({name: get_judge(f"{args.lists}#{name}") for name in names})
+    splits = {
+        "dev": [r for r in rows if r["split"] == "dev"],
+        "held-out": [r for r in rows if r["split"] == "heldout"],
+        "all": rows,
+    }
+    header = " | ".join(f"{k} ({len(v)})" for k, v in splits.items())
+    print(f"| judge | {header} | errors by kind (all) |")
+    print("|---|" + "---|" * len(splits) + "---|")
+    for name, judge in judges.items():
+        cells, wrong = [], []
+        for split_rows in splits.values():
+            accuracy, wrong = score(judge, split_rows)
+            cells.append(f"{accuracy:.1%}")
+        kinds = Counter(r["kind"] for r in wrong)
+        errors = ", ".join(f"{k} {n}" for k, n in kinds.most_common()) or "none"
+        print(f"| `{name}` | " + " | ".join(cells) + f" | {errors} |")
+    for name, judge in judges.items() if args.errors else ():
+        _, wrong = score(judge, rows)
+        for r in wrong:
+            wrong_label = f"{r['label']} -> {r['got']}"
+            print(f"{name}\t{r['id']}\t{r['kind']}\t{wrong_label}\t{r['answer'][:70]!r}")
+
+
+if __name__ == "__main__":
+    main()
