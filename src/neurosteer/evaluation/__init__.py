@@ -1,6 +1,8 @@
 """Stage 8 of the pipeline: evaluation of a steered model.
 
     quality       distinct-4 per answer and averaged, and the degeneration flag
+    answer_text   what a judge reads: the final answer after reasoning, without quoted speech
+    refusal_clauses  the built-in refusal clauses (first-person declines) and their exceptions
     phrases       refusal phrase lists: built in ("strict", "sweep", "patterns") or from JSON
     judges        the `Judge` interface, the phrase judge, refusal rates, `get_judge` for the CLI
     model_judge   a local causal LM as a yes/no judge; judge prompts from JSON
