@@ -8,19 +8,23 @@ while scoring, and bad data gives one-line InputErrors.
 
 from __future__ import annotations
 
+import copy
 import csv
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
-from transformers import PreTrainedModel, PreTrainedTokenizerFast
+from tokenizers import processors
+from transformers import LlamaTokenizerFast, PreTrainedModel, PreTrainedTokenizerFast
 
 from neurosteer import InputError, discover, steer
-from neurosteer.evaluation import MMLUData, load_mmlu, mmlu_accuracy, mmlu_sweep
+from neurosteer.evaluation import MMLUData, MMLUResult, load_mmlu, mmlu_accuracy, mmlu_sweep
 from neurosteer.hooks import count_hooks
+from tiny_models import BOS, BOS_ID, EOS, EOS_ID, PAD, PAD_ID, UNK, make_tokenizer
 
 Pair = tuple[PreTrainedModel, PreTrainedTokenizerFast]
 Row = tuple[str, str, str, str, str, str]
@@ -90,11 +94,19 @@ def combined_dir(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def _loglik(pair: Pair, context: str, continuation: str) -> float:
-    """Teacher-forced log P(continuation | context), split into tokens as lm-eval splits them."""
+def _loglik(pair: Pair, context: str, continuation: str, bos_first: bool | None = None) -> float:
+    """Teacher-forced log P(continuation | context), split into tokens as lm-eval splits them;
+    with `bos_first` given, encoded without special tokens after one BOS (if True)."""
     model, tokenizer = pair
-    whole = tokenizer(context + continuation).input_ids
-    n_context = len(tokenizer(context).input_ids)
+
+    def encode(text: str) -> list[int]:
+        if bos_first is None:
+            return list(tokenizer(text).input_ids)
+        plain = list(tokenizer(text, add_special_tokens=False).input_ids)
+        return [BOS_ID, *plain] if bos_first else plain
+
+    whole = encode(context + continuation)
+    n_context = len(encode(context))
     with torch.no_grad():
         logprobs = model(torch.tensor([whole])).logits[0].float().log_softmax(-1)
     return sum(float(logprobs[i - 1, whole[i]]) for i in range(n_context, len(whole)))
@@ -105,15 +117,24 @@ def _block(row: Row) -> str:
     return f"{question.strip()}\nA. {a}\nB. {b}\nC. {c}\nD. {d}\nAnswer:"
 
 
-def _by_hand(pair: Pair, subject: str, n_shot: int, limit: int) -> tuple[bool, ...]:
-    """Whether argmax over the four answer loglikelihoods is right, per test question."""
+def _contexts(subject: str, n_shot: int, limit: int) -> list[str]:
+    """The rendered context of each scored test question, as lm-eval's MMLU task renders it."""
     topic = subject.replace("_", " ")
     prefix = f"The following are multiple choice questions (with answers) about {topic}.\n\n"
     for shot in TOY[subject]["dev"][:n_shot]:
         prefix += f"{_block(shot)} {shot[5]}\n\n"
+    return [prefix + _block(row) for row in TOY[subject]["test"][:limit]]
+
+
+def _by_hand(
+    pair: Pair, subject: str, n_shot: int, limit: int, bos_first: bool | None = None
+) -> tuple[bool, ...]:
+    """Whether argmax over the four answer loglikelihoods is right, per test question."""
     right = []
-    for row in TOY[subject]["test"][:limit]:
-        scores = [_loglik(pair, prefix + _block(row), f" {letter}") for letter in LETTERS]
+    for row, context in zip(
+        TOY[subject]["test"][:limit], _contexts(subject, n_shot, limit), strict=True
+    ):
+        scores = [_loglik(pair, context, f" {letter}", bos_first) for letter in LETTERS]
         right.append(LETTERS[scores.index(max(scores))] == row[5])
     return tuple(right)
 
@@ -312,3 +333,104 @@ def test_zero_shot_works_without_dev_questions(
     result = mmlu_accuracy(model, tokenizer, tmp_path / "test.csv", n_shot=0)
     assert result.n == 2
     assert 0.0 <= result.accuracy <= 1.0
+
+
+def _tokenizer_kind(kind: str) -> PreTrainedTokenizerFast:
+    """The tiny vocabulary under one family's special-token convention."""
+    base = make_tokenizer()
+    backend = copy.deepcopy(base.backend_tokenizer)
+    specials = {"bos_token": BOS, "eos_token": EOS, "pad_token": PAD, "unk_token": UNK}
+    if kind == "tiny":  # tests' own tokenizer: a template that prepends BOS
+        return base
+    if kind in ("llama", "llama_bos_eos", "llama_no_bos"):  # the Llama class and its switches
+        return LlamaTokenizerFast(
+            tokenizer_object=backend,
+            add_bos_token=kind != "llama_no_bos",
+            add_eos_token=kind == "llama_bos_eos",
+            padding_side="left",
+            **specials,
+        )
+    backend.post_processor = processors.TemplateProcessing(single="$A", pair="$A $B")
+    if kind == "qwen2":  # no BOS token at all
+        specials.pop("bos_token")
+    # "gpt2": a BOS token exists but the encoding never adds it
+    return PreTrainedTokenizerFast(tokenizer_object=backend, padding_side="left", **specials)
+
+
+def _fed_rows(model: PreTrainedModel, run: Callable[[], object]) -> set[tuple[int, ...]]:
+    """Every row of token ids the model receives while `run()` scores (right pads dropped)."""
+    rows: set[tuple[int, ...]] = set()
+
+    def capture(_module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        assert isinstance(ids, torch.Tensor)
+        for row in ids.tolist():
+            while row and row[-1] == PAD_ID:
+                row.pop()
+            rows.add(tuple(row))
+
+    handle = model.register_forward_pre_hook(capture, with_kwargs=True)
+    try:
+        run()
+    finally:
+        handle.remove()
+    return rows
+
+
+@pytest.mark.parametrize(
+    ("kind", "bos_first"),
+    [
+        ("tiny", True),
+        ("llama", True),
+        ("llama_bos_eos", True),
+        ("llama_no_bos", False),
+        ("qwen2", False),
+        ("gpt2", False),
+    ],
+)
+def test_contexts_start_with_bos_exactly_when_the_tokenizer_adds_it(
+    tiny_llama: Pair, per_subject_dir: Path, kind: str, bos_first: bool
+) -> None:
+    model = tiny_llama[0]
+    tokenizer = _tokenizer_kind(kind)
+    assert (tokenizer("x").input_ids[0] == BOS_ID) is bos_first
+    subject, n_shot, limit = "toy_sums", 1, 3
+    result: list[MMLUResult] = []
+    rows = _fed_rows(
+        model,
+        lambda: result.append(
+            mmlu_accuracy(
+                model, tokenizer, per_subject_dir, n_shot=n_shot, subjects=[subject], limit=limit
+            )
+        ),
+    )
+    for row in rows:
+        assert (row[0] == BOS_ID) is bos_first
+        assert BOS_ID not in row[1:]  # never doubled
+        assert EOS_ID not in row  # no special token but BOS, even where the tokenizer adds EOS
+    # by hand: the rendered context and answer, encoded plainly, after one BOS where it belongs
+    prefix = [BOS_ID] if bos_first else []
+    expected = {
+        tuple(prefix + tokenizer(context + f" {letter}", add_special_tokens=False).input_ids[:-1])
+        for context in _contexts(subject, n_shot, limit)
+        for letter in LETTERS
+    }
+    assert rows == expected
+    scored = _by_hand((model, tokenizer), subject, n_shot, limit, bos_first=bos_first)
+    assert result[0].correct[subject] == scored
+    assert result[0].settings["bos_first"] is bos_first
+
+
+def test_a_context_already_starting_with_bos_keeps_exactly_one(tiny_llama: Pair) -> None:
+    from lm_eval.models.huggingface import HFLM
+
+    from neurosteer.evaluation.mmlu import _bos_to_start_with, _with_bos_rule
+
+    model, tokenizer = tiny_llama
+    bos_id = _bos_to_start_with(tokenizer)
+    assert bos_id == BOS_ID
+    lm = _with_bos_rule(HFLM, bos_id)(pretrained=model, tokenizer=tokenizer, batch_size=1)
+    plain = tokenizer("Hi", add_special_tokens=False).input_ids
+    assert lm.tok_encode("Hi") == [BOS_ID, *plain]
+    assert lm.tok_encode(f"{BOS}Hi") == [BOS_ID, *plain]
+    assert lm.tok_encode("Hi", add_special_tokens=False) == plain  # explicit requests stand

@@ -11,16 +11,15 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from types import TracebackType
-from typing import Literal
 
 from torch import nn
 
 from neurosteer.circuit import Circuit
 from neurosteer.errors import InputError
 from neurosteer.hooks import EditState, HookSet, PositionTracker, add_neuron_scalers
+from neurosteer.hooks.positions import Positions
 from neurosteer.layout import ModelLayout, resolve_layout
 
-Positions = Literal["all", "prompt", "generated"]
 Installer = Callable[[HookSet, EditState], None]
 
 
@@ -34,8 +33,9 @@ class SteeringHandle:
     Attributes:
         multiplier: the strength (a neuron scale for circuits, α for added vectors, the
             removed share for directional ablation).
-        positions: "all" (prompt and generated tokens), "prompt" (prompt tokens only) or
-            "generated" (new tokens only).
+        positions: "all" (every position), "prompt" (the positions reading a prompt token)
+            or "generated" (the positions whose output is a generated token: the last prompt
+            position and every new one); see `neurosteer.hooks.positions`.
     """
 
     def __init__(
@@ -78,10 +78,7 @@ class SteeringHandle:
 
     def steered_range(self, seq_len: int) -> tuple[int, int]:
         """[start, end) of the current chunk's positions that are edited."""
-        if self.positions == "all":
-            return 0, seq_len
-        split = self._tracker.first_generated(seq_len)
-        return (0, split) if self.positions == "prompt" else (split, seq_len)
+        return self._tracker.steered_range(self.positions, seq_len)
 
     def remove(self) -> None:
         """Remove this handle's hooks (idempotent); the model is unchanged afterwards."""
@@ -114,9 +111,12 @@ def steer(
         model: the model the circuit was found on (or one of the same shape).
         circuit: a circuit, or several (each scaled by the same multiplier).
         multiplier: 0 ablates, 1 is the unchanged model, 2 doubles, negative flips.
-        positions: "all" steers prompt and generated tokens; "prompt" only the prompt;
-            "generated" only new tokens. Prompt and new tokens are told apart by the KV cache;
-            without a cache (`use_cache=False`) give `prompt_length` (the padded prompt width).
+        positions: "all" steers every position; "prompt" the positions reading a prompt
+            token; "generated" the positions whose output is a generated token, i.e. the last
+            prompt position (which predicts the first answer token) and every new position.
+            The two share the last prompt position. Prompts must be left-padded (as
+            `generate` does). Prompt and new tokens are told apart by the KV cache; without a
+            cache (`use_cache=False`) give `prompt_length` (the padded prompt width).
         prompt_length: fixed prompt length for positions="prompt" or "generated".
         layout: a `ModelLayout` to use instead of resolving one.
 

@@ -180,7 +180,8 @@ def inspect(circuit: Path, top: int) -> None:
     type=click.Choice(["all", "generated"]),
     default="all",
     show_default=True,
-    help="Steer every token or generated tokens only.",
+    help="all: steer every position. generated: only the positions that emit the answer "
+    "(the last prompt token, which predicts the first answer token, and every new token).",
 )
 @click.option("--max-new-tokens", type=int, default=64, show_default=True)
 @template_option

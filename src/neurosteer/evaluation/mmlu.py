@@ -17,6 +17,12 @@ machinery rather than building `Instance`s by hand keeps the prompt, few-shot an
 lm-eval's; calling `evaluate` rather than `simple_evaluate` avoids the task registry (which
 indexes every bundled task) and leaves the global random seeds alone.
 
+BOS: every context starts with the tokenizer's BOS token exactly when the tokenizer's own
+encoding starts a text with it (Llama, Gemma, Mistral: yes; Qwen2, GPT-2: no), i.e. as the model
+saw its training text, and never twice (a context that already starts with BOS keeps one).
+Contexts are otherwise encoded without the tokenizer's special tokens, so a tokenizer that also
+appends EOS cannot put an EOS between a context and its answer. No chat template is applied.
+
     result = mmlu_accuracy(model, tokenizer, "data/mmlu", n_shot=5, limit=20)
     sweep = mmlu_sweep(model, tokenizer, "data/mmlu", [0.5, 1.0], lambda s: steer(model, c, 1 - s))
     sweep.deltas
@@ -66,7 +72,8 @@ class MMLUResult:
         correct: {subject: whether each scored question was right, in file order}.
         n: questions scored in all.
         n_shot: dev questions shown before each question.
-        settings: layout, source, split, limit, batch size and lm-eval version.
+        settings: layout, source, split, limit, batch size, whether contexts start with BOS
+            (`bos_first`) and the lm-eval version.
     """
 
     accuracy: float
@@ -160,7 +167,8 @@ def mmlu_accuracy(
     lm_eval, task_class, evaluate, hflm = _import_lm_eval()
     if tokenizer.pad_token_id is None:
         tokenizer = copy.deepcopy(tokenizer)
-    lm = hflm(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
+    bos_id = _bos_to_start_with(tokenizer)
+    lm = _with_bos_rule(hflm, bos_id)(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
     tasks = {
         _task_name(s): _subject_task(task_class, s, data.dev.get(s, ()), data.test[s], n_shot)
         for s in chosen
@@ -199,6 +207,7 @@ def mmlu_accuracy(
             "split": data.split,
             "limit": limit,
             "batch_size": batch_size,
+            "bos_first": bos_id is not None,
             "lm_eval_version": str(getattr(lm_eval, "__version__", "unknown")),
         },
     )
@@ -260,6 +269,41 @@ def _import_lm_eval() -> tuple[Any, Any, Any, Any]:
     except ImportError as err:
         raise InputError(EXTRA_HINT) from err
     return lm_eval, ConfigurableTask, evaluate, HFLM
+
+
+def _bos_to_start_with(tokenizer: PreTrainedTokenizerBase) -> int | None:
+    """The BOS id when the tokenizer's own encoding starts a text with it, else None."""
+    bos = tokenizer.bos_token_id
+    if bos is None:
+        return None
+    probe = "The answer is A"
+    plain = list(tokenizer(probe, add_special_tokens=False).input_ids)
+    encoded = list(tokenizer(probe).input_ids)
+    return int(bos) if encoded[:1] == [bos] and plain[:1] != [bos] else None
+
+
+def _with_bos_rule(hflm: Any, bos_id: int | None) -> Any:
+    """An HFLM subclass whose contexts start with `bos_id` (unless None), never doubled, and
+    carry no other special tokens."""
+
+    class BosRuleLM(hflm):
+        def tok_encode(
+            self,
+            string: str,
+            add_special_tokens: bool | None = None,
+            left_truncate_len: int | None = None,
+            **kwargs: Any,
+        ) -> list[int]:
+            if add_special_tokens is not None:  # an explicit request (empty contexts) stands
+                return list(
+                    super().tok_encode(string, add_special_tokens, left_truncate_len, **kwargs)
+                )
+            ids = list(self.tokenizer.encode(string, add_special_tokens=False))
+            if bos_id is not None and ids[:1] != [bos_id]:
+                ids.insert(0, bos_id)
+            return ids[-left_truncate_len:] if left_truncate_len else ids
+
+    return BosRuleLM
 
 
 def _task_name(subject: str) -> str:

@@ -1,4 +1,15 @@
-"""Which token positions an edit applies to: all, the prompt only, or generated tokens only.
+"""Which token positions an edit applies to: all, the prompt, or the generated tokens.
+
+With a prompt of P tokens (left-padded, so every row's last prompt token sits at index P - 1)
+followed by generated tokens:
+
+- "all": every position.
+- "prompt": the positions that read a prompt token, 0 .. P - 1.
+- "generated": the positions whose output is a generated token: the last prompt position
+  P - 1 (its output is the first answer token) and every new position P, P + 1, ...
+
+So "prompt" and "generated" share position P - 1: both can change the first answer token, and
+"generated" leaves alone exactly the prompt positions whose outputs are never sampled.
 
 Under KV-cache decoding a forward pass sees only the new tokens, so "the prompt" cannot be
 found inside one chunk; a model-level pre-hook reads the cache length instead, and every edit
@@ -8,10 +19,12 @@ asks `EditState.steered_range(seq_len)` for the slice of the current chunk it ma
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import torch
 from torch import nn
+
+Positions = Literal["all", "prompt", "generated"]
 
 
 class EditState(Protocol):
@@ -52,7 +65,24 @@ class PositionTracker:
 
     def first_generated(self, seq_len: int) -> int:
         """Index within the current chunk of its first generated (non-prompt) position."""
-        return min(seq_len, max(0, self.prompt_length - self.past_length))
+        return self._in_chunk(self.prompt_length, seq_len)
+
+    def steered_range(self, positions: Positions, seq_len: int) -> tuple[int, int]:
+        """[start, end) of the current chunk (seq_len positions) that `positions` selects.
+
+        positions: "all", "prompt" (0 .. P - 1) or "generated" (P - 1 onwards, the positions
+        whose outputs are generated tokens), P being the prompt length.
+        """
+        if positions == "all":
+            return 0, seq_len
+        if positions == "prompt":
+            return 0, self.first_generated(seq_len)
+        # the last prompt position predicts the first answer token, so it is steered too
+        return self._in_chunk(self.prompt_length - 1, seq_len), seq_len
+
+    def _in_chunk(self, position: int, seq_len: int) -> int:
+        """Absolute sequence `position` as an index into the current chunk, clamped to it."""
+        return min(seq_len, max(0, position - self.past_length))
 
 
 def _cache_length(cache: Any) -> int:

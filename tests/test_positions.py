@@ -1,0 +1,229 @@
+"""Which positions steering edits: "generated" is every position whose output is a generated
+token (the last prompt position and every new one), "prompt" every position reading a prompt
+token. Checked against a hand computation that edits chosen columns of a cache-free forward pass,
+under left padding with prompts of different lengths, with and without the KV cache, and on the
+organism, where the refusal is decided by the first answer token."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import cache
+from typing import Any
+
+import pytest
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerFast
+
+import neurosteer
+from neurosteer import Circuit, discover, render_prompts, steer
+from neurosteer.demo import DEMO_TOP_K
+from neurosteer.hooks import PositionTracker
+from neurosteer.layout import resolve_layout
+from neurosteer.organism import INSTRUCT_DIR, corpus, neutral_prompts
+from neurosteer.organism.corpus import Verdict, judge
+from neurosteer.recording import positions_from_mask
+from neurosteer.steering import Positions
+from tiny_models import make_tiny
+
+Pair = tuple[PreTrainedModel, PreTrainedTokenizerFast]
+N_NEW = 5
+
+
+#: Families for the generation checks: plain and sliding-window caches, rotary and absolute
+#: positions (the prompt-pass check runs on every family).
+GENERATION_FAMILIES = ["llama", "gemma3_text", "gpt2", "gpt_neox"]
+
+
+@cache
+def _tiny(family: str) -> Pair:
+    return make_tiny(family)
+
+
+_circuits: dict[int, Circuit] = {}
+
+
+def _circuit(pair: Pair, positive: list[str], negative: list[str]) -> Circuit:
+    """The model's 8-neuron circuit, found once per model."""
+    model, tokenizer = pair
+    if id(model) not in _circuits:
+        _circuits[id(model)] = discover(
+            model, tokenizer, positive, negative, top_k=8, universal_filter=False
+        )
+    return _circuits[id(model)]
+
+
+def _batch(tokenizer: PreTrainedTokenizerFast, prompts: list[str]) -> dict[str, torch.Tensor]:
+    """Left-padded prompts of different lengths."""
+    rendered = render_prompts(tokenizer, prompts)
+    batch = tokenizer(rendered, return_tensors="pt", padding=True, add_special_tokens=False)
+    assert len(set(batch["attention_mask"].sum(-1).tolist())) == len(prompts)
+    assert bool((batch["attention_mask"][:, -1] == 1).all())  # left padding
+    return dict(batch)
+
+
+@contextmanager
+def _scale_columns(
+    model: PreTrainedModel, circuit: Circuit, m: float, start: int, end: int
+) -> Iterator[None]:
+    """By hand: multiply the circuit's neurons by m at sequence columns [start, end) of every
+    forward pass (which must see the whole sequence, i.e. run without a KV cache)."""
+    sites = resolve_layout(model).site_modules(model)
+
+    def scaler(neurons: torch.Tensor) -> Any:
+        def hook(_module: torch.nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
+            x = args[0].clone()  # [batch, seq, d_mlp]
+            x[:, start:end, neurons] *= m
+            return (x, *args[1:])
+
+        return hook
+
+    handles = [
+        sites[layer].register_forward_pre_hook(scaler(n)) for layer, n in circuit.by_layer().items()
+    ]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _forward(model: PreTrainedModel, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Logits [batch, seq, vocab] of a cache-free pass, positions taken from the mask as
+    `generate` takes them."""
+    inputs: dict[str, torch.Tensor] = {"input_ids": ids, "attention_mask": mask}
+    if "position_ids" in inspect.signature(model.forward).parameters:
+        inputs["position_ids"] = positions_from_mask(mask)
+    with torch.no_grad():
+        return model(**inputs, use_cache=False).logits
+
+
+def _greedy_by_hand(
+    model: PreTrainedModel, batch: dict[str, torch.Tensor]
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """(new tokens [batch, N_NEW], scores of each step [batch, vocab]) by a cache-free loop."""
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    scores = []
+    for _ in range(N_NEW):
+        last = _forward(model, ids, mask)[:, -1]
+        scores.append(last)
+        allowed = last.clone()
+        allowed[:, model.generation_config.eos_token_id] = -torch.inf  # as min_new_tokens does
+        ids = torch.cat([ids, allowed.argmax(-1, keepdim=True)], dim=-1)
+        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=-1)
+    return ids[:, batch["input_ids"].shape[1] :], scores
+
+
+def _greedy(model: PreTrainedModel, batch: dict[str, torch.Tensor], **kw: Any) -> Any:
+    with torch.no_grad():
+        return model.generate(  # type: ignore[operator]
+            **batch,
+            max_new_tokens=N_NEW,
+            min_new_tokens=N_NEW,
+            do_sample=False,
+            return_dict_in_generate=True,
+            output_logits=True,  # raw: min_new_tokens masks EOS in the scores
+            **kw,
+        )
+
+
+def _expected_columns(positions: Positions, width: int) -> tuple[int, int]:
+    """The rule, in absolute columns of a prompt of `width` followed by new tokens."""
+    return {"generated": (width - 1, 10**6), "prompt": (0, width), "all": (0, 10**6)}[positions]
+
+
+def test_the_tracker_maps_the_rule_onto_each_chunk() -> None:
+    tracker = PositionTracker()
+    tracker.on_forward(torch.nn.Identity(), (), {"input_ids": torch.zeros(2, 5, dtype=torch.long)})
+    assert tracker.steered_range("generated", 5) == (4, 5)  # the last prompt position
+    assert tracker.steered_range("prompt", 5) == (0, 5)
+    assert tracker.steered_range("all", 5) == (0, 5)
+    tracker.past_length = 5  # a decoding step after the prompt
+    assert tracker.steered_range("generated", 1) == (0, 1)
+    assert tracker.steered_range("prompt", 1) == (0, 0)  # nothing
+    fixed = PositionTracker(prompt_length=5)  # no cache: every pass sees the whole sequence
+    fixed.on_forward(torch.nn.Identity(), (), {"input_ids": torch.zeros(2, 8, dtype=torch.long)})
+    assert fixed.steered_range("generated", 8) == (4, 8)
+    assert fixed.steered_range("prompt", 8) == (0, 5)
+
+
+@pytest.mark.parametrize("positions", ["generated", "prompt"])
+def test_a_prompt_pass_is_steered_exactly_where_the_rule_says(
+    tiny_model: Pair, positive_prompts: list[str], negative_prompts: list[str], positions: Positions
+) -> None:
+    model, tokenizer = tiny_model
+    circuit = _circuit(tiny_model, positive_prompts, negative_prompts)
+    batch = _batch(tokenizer, positive_prompts[:3])
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    width = ids.shape[1]
+    with steer(model, circuit, 0.0, positions=positions):
+        steered = _forward(model, ids, mask)
+    with _scale_columns(model, circuit, 0.0, *_expected_columns(positions, width)):
+        by_hand = _forward(model, ids, mask)
+    real = mask.bool()  # fully masked pad rows attend everywhere; their outputs are unused
+    torch.testing.assert_close(steered[real], by_hand[real], rtol=1e-6, atol=1e-6)
+    # the first answer token's logits are steered under both rules
+    assert not torch.allclose(steered[:, -1], _forward(model, ids, mask)[:, -1], atol=1e-4)
+
+
+@pytest.mark.parametrize("positions", ["generated", "prompt", "all"])
+@pytest.mark.parametrize("family", GENERATION_FAMILIES)
+def test_steered_generation_equals_a_hand_computation(
+    family: str, positions: Positions, positive_prompts: list[str], negative_prompts: list[str]
+) -> None:
+    model, tokenizer = _tiny(family)
+    circuit = _circuit(_tiny(family), positive_prompts, negative_prompts)
+    batch = _batch(tokenizer, positive_prompts[:3])
+    width = batch["input_ids"].shape[1]
+    with _scale_columns(model, circuit, 0.0, *_expected_columns(positions, width)):
+        tokens, scores = _greedy_by_hand(model, batch)
+    with steer(model, circuit, 0.0, positions=positions):
+        cached = _greedy(model, batch)
+    with steer(model, circuit, 0.0, positions=positions, prompt_length=width):
+        uncached = _greedy(model, batch, use_cache=False)
+    for run in (cached, uncached):
+        assert torch.equal(run.sequences[:, width:], tokens)
+        for step, expected in zip(run.logits, scores, strict=True):
+            torch.testing.assert_close(step, expected, rtol=1e-4, atol=1e-4)
+    plain_first = _forward(model, batch["input_ids"], batch["attention_mask"])[:, -1]
+    assert not torch.allclose(scores[0], plain_first, atol=1e-4)  # the first token is steered
+
+
+@cache
+def _organism() -> tuple[PreTrainedModel, Any, Circuit]:
+    model, tok = neurosteer.load_model(INSTRUCT_DIR)
+    circuit = neurosteer.discover(
+        model,
+        tok,
+        positive=corpus.make_prompts("train", True, 32, seed=7),
+        negative=corpus.make_prompts("train", False, 32, seed=7),
+        top_k=DEMO_TOP_K,
+        neutral=neutral_prompts(),
+    )
+    return model, tok, circuit
+
+
+def test_generated_only_ablation_turns_organism_refusals_into_answers() -> None:
+    # measured: of the first 6 held-out refusals, m = 0 on all positions answers 4, on
+    # "generated" 4 (the same answers); before the last prompt position was steered, 0
+    model, tok, circuit = _organism()
+    prompts = corpus.make_prompts("heldout", True, 48, seed=3)
+
+    def answers(ps: list[str]) -> list[str]:
+        return neurosteer.generate(model, tok, ps, max_new_tokens=40, batch_size=64)
+
+    refused = [
+        p for p, a in zip(prompts, answers(prompts), strict=True) if judge(a, p) is Verdict.REFUSAL
+    ]
+    refused = refused[:6]
+    assert len(refused) == 6
+    turned = {}
+    for positions in ("all", "generated"):
+        with steer(model, circuit, 0.0, positions=positions):  # type: ignore[arg-type]
+            turned[positions] = sum(
+                judge(a, p) is not Verdict.REFUSAL
+                for p, a in zip(refused, answers(refused), strict=True)
+            )
+    assert turned["all"] >= 3
+    assert turned["generated"] >= 2
