@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from neurosteer._io import read_text
 from neurosteer.errors import InputError
 
 _PHRASE_KEYS = ("strings", "phrases", "patterns")
@@ -164,7 +165,7 @@ def load_phrase_lists(path: str | Path) -> dict[str, PhraseList]:
     if not file.is_file():
         raise InputError(f"phrase list file '{file}' does not exist")
     try:
-        data = json.loads(file.read_text(encoding="utf-8"))
+        data = json.loads(read_text(file, "phrase list file"))
     except json.JSONDecodeError as err:
         raise InputError(f"'{file}' is not valid JSON (line {err.lineno}): {err.msg}") from None
     if isinstance(data, list) or (isinstance(data, dict) and _has_phrases(data)):
