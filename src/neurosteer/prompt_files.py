@@ -36,7 +36,9 @@ import csv
 import io
 import json
 import logging
+import re
 from collections.abc import Iterable, Mapping, Sequence
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -174,7 +176,7 @@ def _collect(
     prompts: list[SourcedPrompt] = []
     skipped = 0
     for origin, row, field in entries:
-        by_name = {_normal(k): k for k in row}
+        by_name = _names(tuple(row))
         category = by_name.get(CATEGORY_COLUMN)
         if category is not None and str(row[category] or "").strip().lower() in SKIPPED_CATEGORIES:
             skipped += 1
@@ -195,7 +197,15 @@ def _collect(
     return prompts
 
 
+@lru_cache(maxsize=256)
+def _names(keys: tuple[str, ...]) -> dict[str, str]:
+    """{normalised name: name} of a row's keys (rows of one file share their keys)."""
+    return {_normal(k): k for k in keys}
+
+
+@lru_cache(maxsize=1024)
 def _normal(name: object) -> str:
+    """A column name as the rule compares it (files repeat the same few names)."""
     return _clean(name).lower()
 
 
@@ -251,7 +261,7 @@ def _from_json(
 
 
 def _record_field(record: Mapping[str, Any], origin: str) -> str:
-    by_name = {_normal(k): str(k) for k in record}
+    by_name = _names(tuple(record))
     for name in PROMPT_FIELDS:
         key = by_name.get(name)
         if key is not None and (record[key] is None or isinstance(record[key], str)):
@@ -273,7 +283,7 @@ def _jsonl_items(text: str, file: Path) -> list[tuple[int, Any]]:
     return items
 
 
-_JSON_SPACE = " \t\n\r"
+_JSON_SPACE = re.compile(r"[ \t\n\r]*")
 
 
 def _json_items(text: str, file: Path) -> list[tuple[int, Any]]:
@@ -310,9 +320,8 @@ def _json_items(text: str, file: Path) -> list[tuple[int, Any]]:
 
 
 def _skip_space(text: str, i: int) -> int:
-    while i < len(text) and text[i] in _JSON_SPACE:
-        i += 1
-    return i
+    match = _JSON_SPACE.match(text, i)
+    return match.end() if match else i
 
 
 class _LineCounter:

@@ -6,7 +6,8 @@ the template's default system text kept, or `system=` as a system turn); models 
 template get the raw text. A template that fails (one that needs a system turn, one that
 refuses it) is an `InputError` that says which option fixes it.
 Context: `encode_for_model` refuses, before any forward pass, a prompt whose rendered tokens
-(plus the one position a generated token needs) exceed the model's context (`context_limit`).
+(plus the one position a generated token needs) exceed the model's context (see
+`neurosteer.context`).
 Generation keeps prompt + answer inside the context by capping the new tokens of the prompts
 that would overflow it (`new_token_budgets`, with a logged warning) rather than refusing them.
 Batching: prompts sorted by token length so that padding is small, padded on the left.
@@ -16,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from neurosteer.context import check_context, context_limit, describe_prompt, new_token_budgets
 from neurosteer.errors import InputError
 from neurosteer.prompt_files import PROMPT_FIELDS, SourcedPrompt, load_prompts
 
@@ -42,12 +43,6 @@ __all__ = [
     "render_prompts",
 ]
 
-logger = logging.getLogger(__name__)
-
-#: Config fields that hold a model's context length, by family (the first one set wins).
-CONTEXT_FIELDS = ("max_position_embeddings", "n_positions", "n_ctx", "seq_length", "max_seq_len")
-#: tokenizer.model_max_length at or above this means "not set" (transformers stores 1e30).
-_UNSET_LENGTH = 10**9
 #: A stand-in system text, used only to tell why a template failed.
 _PROBE_SYSTEM = "You are a helpful assistant."
 
@@ -202,81 +197,6 @@ def encode_for_model(
         templated=templated,
     )
     return token_ids
-
-
-def context_limit(model: Any, tokenizer: PreTrainedTokenizerBase | None = None) -> int | None:
-    """Positions the model can attend over: its config's context length (`CONTEXT_FIELDS`),
-    else the tokenizer's `model_max_length` when that is set; None when neither says."""
-    config = getattr(model, "config", None)
-    text_config = getattr(config, "get_text_config", None)
-    for source in (text_config() if callable(text_config) else None, config):
-        for name in CONTEXT_FIELDS:
-            value = getattr(source, name, None)
-            if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-                return value
-    length = getattr(tokenizer, "model_max_length", None)
-    if isinstance(length, int) and 0 < length < _UNSET_LENGTH:
-        return length
-    return None
-
-
-def describe_prompt(prompts: Sequence[str], i: int, what: str = "prompt") -> str:
-    """How errors name a prompt: "prompt FILE:LINE" when it was read from a file, else
-    "prompt N ('its first words...')"."""
-    origin = getattr(prompts[i], "origin", "")
-    if origin:
-        return f"{what} {origin}"
-    text = " ".join(str(prompts[i]).split())
-    return f"{what} {i + 1} ({text[:40] + '...' if len(text) > 40 else text!r})"
-
-
-def check_context(
-    token_ids: Sequence[Sequence[int]],
-    prompts: Sequence[str],
-    limit: int | None,
-    *,
-    reserve: int = 0,
-    what: str = "prompt",
-    hint: str = "shorten or remove it",
-    templated: bool = False,
-) -> None:
-    """Raise `InputError` for the first prompt with len + reserve > limit (see
-    `encode_for_model`); nothing when the limit is unknown."""
-    if limit is None:
-        return
-    over = [i for i, ids in enumerate(token_ids) if len(ids) + reserve > limit]
-    if not over:
-        return
-    i, n = over[0], len(token_ids[over[0]])
-    name = describe_prompt(prompts, i, what)
-    rendered = " with the chat template" if templated else ""
-    room = "" if n > limit else ", leaving no room for a generated token"
-    more = f" ({len(over) - 1} more do not fit either)" if len(over) > 1 else ""
-    raise InputError(
-        f"{name} is {n} tokens long{rendered} and the model's context holds {limit} "
-        f"positions{room}; {hint}{more}"
-    )
-
-
-def new_token_budgets(
-    token_ids: Sequence[Sequence[int]], max_new_tokens: int, limit: int | None
-) -> list[int]:
-    """New tokens each prompt may generate: `max_new_tokens`, capped so that prompt + answer
-    stay inside the context (a warning says how many prompts are capped)."""
-    if limit is None:
-        return [max_new_tokens] * len(token_ids)
-    budgets = [max(0, min(max_new_tokens, limit - len(ids))) for ids in token_ids]
-    capped = sum(b < max_new_tokens for b in budgets)
-    if capped:
-        logger.warning(
-            "%d of %d prompts leave fewer than %d positions for new tokens in the model's "
-            "%d-token context; their answers stop at the context limit",
-            capped,
-            len(budgets),
-            max_new_tokens,
-            limit,
-        )
-    return budgets
 
 
 @dataclass(frozen=True)
