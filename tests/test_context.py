@@ -14,7 +14,7 @@ import torch
 from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerFast
 
 import neurosteer
-from neurosteer import InputError
+from neurosteer import InputError, context
 from neurosteer.baselines import contrast_vectors
 from neurosteer.evaluation.kl import kl_to_reference
 from neurosteer.evaluation.model_judge import JudgePrompt, ModelJudge
@@ -126,8 +126,9 @@ def test_a_prompt_that_fills_the_context_is_read_but_not_continued(gpt2_32: Pair
 
 
 def test_generation_is_capped_at_the_context(
-    gpt2_32: Pair, caplog: pytest.LogCaptureFixture
+    gpt2_32: Pair, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(context, "_WARNED", set())
     model, tokenizer = gpt2_32
     prompts = [_of_length(29), *SHORT]
     with caplog.at_level("WARNING", logger="neurosteer"):

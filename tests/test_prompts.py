@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 import torch
 
+from neurosteer import context
 from neurosteer.errors import InputError
 from neurosteer.prompts import (
     SourcedPrompt,
@@ -528,12 +529,16 @@ def test_system_turn_needs_a_template() -> None:
 # --- context budgets and batching by budget --------------------------------------------------
 
 
-def test_new_token_budgets_cap_at_the_context(caplog: pytest.LogCaptureFixture) -> None:
+def test_new_token_budgets_cap_at_the_context(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(context, "_WARNED", set())
     ids = [[1] * n for n in (5, 28, 30, 10)]
     assert new_token_budgets(ids, 8, None) == [8, 8, 8, 8]
     with caplog.at_level(logging.WARNING, logger="neurosteer"):
         assert new_token_budgets(ids, 8, 32) == [8, 4, 2, 8]
-    assert "2 of 4 prompts" in caplog.text
+        assert new_token_budgets(ids, 8, 32) == [8, 4, 2, 8]  # warned once, not per call
+    assert caplog.text.count("2 of 4 prompts leave fewer than 8 positions") == 1
 
 
 def test_capped_prompts_are_batched_only_with_their_own_length() -> None:

@@ -21,6 +21,8 @@ logger = logging.getLogger(__name__)
 CONTEXT_FIELDS = ("max_position_embeddings", "n_positions", "n_ctx", "seq_length", "max_seq_len")
 #: tokenizer.model_max_length at or above this means "not set" (transformers stores 1e30).
 _UNSET_LENGTH = 10**9
+#: (limit, max_new_tokens) pairs whose capping was already a warning in this process.
+_WARNED: set[tuple[int, int]] = set()
 
 
 def context_limit(model: Any, tokenizer: Any = None) -> int | None:
@@ -81,13 +83,18 @@ def new_token_budgets(
     token_ids: Sequence[Sequence[int]], max_new_tokens: int, limit: int | None
 ) -> list[int]:
     """New tokens each prompt may generate: `max_new_tokens`, capped so that prompt + answer
-    stay inside the context (a warning says how many prompts are capped)."""
+    stay inside the context. The first capping for a (limit, max_new_tokens) pair is a
+    warning, later ones are debug notes (a sweep generates the same sets many times)."""
     if limit is None:
         return [max_new_tokens] * len(token_ids)
     budgets = [max(0, min(max_new_tokens, limit - len(ids))) for ids in token_ids]
     capped = sum(b < max_new_tokens for b in budgets)
     if capped:
-        logger.warning(
+        key = (limit, max_new_tokens)
+        level = logging.DEBUG if key in _WARNED else logging.WARNING
+        _WARNED.add(key)
+        logger.log(
+            level,
             "%d of %d prompts leave fewer than %d positions for new tokens in the model's "
             "%d-token context; their answers stop at the context limit",
             capped,
