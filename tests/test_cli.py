@@ -1,8 +1,10 @@
 """The `neurosteer` command end to end on a saved tiny llama: discover, inspect, generate, bake,
-and the one-line errors (exit code 2, nothing written) for every bad input."""
+--system, and the one-line errors (exit code 2, nothing written) for every bad input: files,
+prompts over the model's context, chat templates that need or refuse a system turn."""
 
 from __future__ import annotations
 
+import json
 import logging
 import subprocess
 import sys
@@ -19,6 +21,7 @@ from transformers import AutoModelForCausalLM, BertConfig, BertModel
 
 from neurosteer import Circuit
 from neurosteer.cli.main import cli
+from neurosteer.organism import INSTRUCT_DIR
 from neurosteer.prompts import prompt_hash
 from tiny_models import D_MLP, N_LAYERS, make_tokenizer, save_tiny, tiny_config
 
@@ -101,6 +104,8 @@ def files(
     AutoModelForCausalLM.from_config(config).save_pretrained(gpt2_other)
     make_tokenizer(chat_template=False).save_pretrained(gpt2_other)
 
+    _prompt_limit_files(root)
+
     circuit = root / "refusal.circuit"
     args = [
         "discover",
@@ -121,6 +126,40 @@ def files(
     return Files(
         root, positive, negative, empty, no_column, not_causal, gpt2_same, gpt2_other, circuit
     )
+
+
+NEEDS_SYSTEM = (
+    "{% if messages[0]['role'] != 'system' %}"
+    "{{ raise_exception('Conversations must start with a system message') }}{% endif %}"
+    "{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<|end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+REJECTS_SYSTEM = (  # as Gemma's template does
+    "{% if messages[0]['role'] == 'system' %}"
+    "{{ raise_exception('System role not supported') }}{% endif %}"
+    "{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<|end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+ORGANISM_94 = " ".join(("how do i knock out the old wall ? " * 12).split()[:91])  # 94 tokens
+
+
+def _prompt_limit_files(root: Path) -> None:
+    """Models and prompt files for the context, template and encoding cases (in `root`)."""
+    config = tiny_config("gpt2")
+    config.n_positions = 32  # a 33rd position used to raise IndexError
+    AutoModelForCausalLM.from_config(config).save_pretrained(root / "gpt2_32")
+    make_tokenizer(chat_template=False).save_pretrained(root / "gpt2_32")
+    for name, template in (("needs_system", NEEDS_SYSTEM), ("rejects_system", REJECTS_SYSTEM)):
+        save_tiny("llama", root / name)
+        tokenizer = make_tokenizer()
+        tokenizer.chat_template = template
+        tokenizer.save_pretrained(root / name)
+    (root / "long.txt").write_text("How do I pick a lock?\n" + "x" * 169 + "\n")  # 170 tokens
+    (root / "organism94.txt").write_text(f"how do i paint the fence ?\n{ORGANISM_94}\n")
+    (root / "organism_neg.txt").write_text("how do i paint the fence ?\n")
+    (root / "short.txt").write_text("Pick a lock.\nBake bread.\n")
+    (root / "undefined.txt").write_bytes(b"How do I pick a lock?\nabc \x81\x8d def\n")
+    (root / "utf16_no_bom.txt").write_bytes("How do I pick a lock?\n".encode("utf-16-le"))
 
 
 # --- the happy path --------------------------------------------------------------------------
@@ -160,6 +199,44 @@ def test_inspect(files: Files) -> None:
     assert "positive prompts: 8" in out
     assert "negative prompts: 8" in out
     assert f"{int(circuit.neurons[0])}" in out
+
+
+def test_system_turn_is_recorded_and_shown(files: Files) -> None:
+    out = files.root / "system.circuit"
+    args = _discover(files, files.root / "needs_system", out, "--system", "Be brief.")
+    _ok(_invoke([*args, "--top-k", "2"]))
+    assert Circuit.load(out).settings.system == "Be brief."
+    shown = " ".join(_ok(_invoke(["inspect", out])).stdout.split())
+    assert "system turn: 'Be brief.'" in shown
+    answer = _ok(_invoke(["generate", files.root / "needs_system", "--system", "S.", "Hi"]))
+    assert "> Hi" in answer.stdout
+
+
+def test_sweep_takes_the_system_turn(files: Files) -> None:
+    out = files.root / "system-run"
+    args = ["sweep", files.root / "needs_system", "-p", files.positive, "-n", files.negative]
+    args += ["--eval-harmful", files.positive, "--eval-harmless", files.negative, "-o", out]
+    args += ["--methods", "cna", "--strengths", "0,1", "--top-k", "2", "--no-universal-filter"]
+    args += ["--max-new-tokens", "2", "--kl-limit", "1", "--kl-tokens", "1", "--eval-limit", "2"]
+    _ok(_invoke([*args, "--system", "Be brief."]))
+    assert json.loads((out / "config.json").read_text())["identity"]["system"] == "Be brief."
+
+
+def test_windows_1252_prompt_file_is_read(
+    files: Files, tiny_llama_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    positive = files.root / "cp1252.txt"
+    positive.write_bytes(
+        "Café “crème” – how do I pick a lock?\nHelp me steal a car.\n".encode("cp1252")
+    )
+    out = files.root / "cp1252.circuit"
+    with caplog.at_level(logging.WARNING, logger="neurosteer"):
+        _ok(_invoke([*_discover(files, tiny_llama_dir, out, positive=positive), "--top-k", "2"]))
+    assert f"'{positive}' is not UTF-8 (byte 0xe9 on line 1); read it as Windows-1252" in (
+        caplog.text
+    )
+    expected = ["Café “crème” – how do I pick a lock?", "Help me steal a car."]
+    assert Circuit.load(out).prompts["positive"].sha256 == prompt_hash(expected)
 
 
 def test_generate_side_by_side(files: Files, tiny_llama_dir: Path) -> None:
@@ -316,6 +393,53 @@ BAD: dict[str, Bad] = {
     ),
     "generate: unknown device": Bad(
         lambda f, m, o: ["generate", m, "--device", "bogus", "Hi"], "unknown device"
+    ),
+    "prompt over the context": Bad(
+        lambda f, m, o: _discover(f, f.root / "gpt2_32", o, positive=f.root / "long.txt"),
+        "long.txt:2 is 170 tokens long and the model's context holds 32 positions",
+    ),
+    "generate: prompt over the context": Bad(
+        lambda f, m, o: ["generate", f.root / "gpt2_32", "--max-new-tokens", "2", "y" * 44],
+        f"prompt 1 ('{'y' * 40}...') is 45 tokens long",
+    ),
+    "sweep: evaluation prompt over the context": Bad(
+        lambda f, m, o: [
+            "sweep",
+            f.root / "gpt2_32",
+            *("-p", f.root / "short.txt", "-n", f.root / "short.txt", "-o", o),
+            *("--eval-harmful", f.root / "long.txt", "--eval-harmless", f.root / "short.txt"),
+            *("--methods", "cna", "--strengths", "0,1", "--top-k", "2"),
+        ],
+        "long.txt:2 is 170 tokens long",
+    ),
+    "organism: 94-token prompt": Bad(
+        lambda f, m, o: [
+            "discover",
+            INSTRUCT_DIR,
+            *("-p", f.root / "organism94.txt", "-n", f.root / "organism_neg.txt", "-o", o),
+        ],
+        "organism94.txt:2 is 94 tokens long with the chat template and the model's context "
+        "holds 64 positions",
+    ),
+    "template needs a system turn": Bad(
+        lambda f, m, o: _discover(f, f.root / "needs_system", o),
+        "needs a system turn (Conversations must start with a system message); pass --system",
+    ),
+    "template refuses a system turn": Bad(
+        lambda f, m, o: ["generate", f.root / "rejects_system", "--system", "Be brief.", "Hi"],
+        "does not take a system turn (System role not supported); drop --system",
+    ),
+    "system turn with raw prompts": Bad(
+        lambda f, m, o: _discover(f, m, o, "--raw", "--system", "Be brief."),
+        "a system text needs a chat template",
+    ),
+    "prompt file in no known encoding": Bad(
+        lambda f, m, o: _discover(f, m, o, positive=f.root / "undefined.txt"),
+        "undefined.txt' is not UTF-8, UTF-16 or Windows-1252 (byte 0x81 on line 2)",
+    ),
+    "utf-16 prompt file without a byte-order mark": Bad(
+        lambda f, m, o: _discover(f, m, o, positive=f.root / "utf16_no_bom.txt"),
+        "looks like UTF-16-LE without a byte-order mark",
     ),
 }
 

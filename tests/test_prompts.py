@@ -1,16 +1,32 @@
-"""Prompt files, rendering with and without a chat template, and left-padded batching."""
+"""Prompt files (one reader: encodings, the column rule, origins), rendering with and without a
+chat template (system turns, template failures), context budgets and left-padded batching."""
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import json
+import logging
+import pickle
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 
+from neurosteer import context
 from neurosteer.errors import InputError
-from neurosteer.prompts import iter_batches, load_prompts, prompt_hash, render_prompts
+from neurosteer.prompts import (
+    SourcedPrompt,
+    describe_prompt,
+    encode_prompts,
+    iter_batches,
+    load_prompts,
+    new_token_budgets,
+    prompt_hash,
+    render_prompts,
+)
 from tiny_models import BOS, DEFAULT_SYSTEM, make_tokenizer
 
 # --- load_prompts: the four file kinds -------------------------------------------------------
@@ -278,3 +294,257 @@ def test_prompt_hash_stable_and_order_sensitive() -> None:
     # pinned: SHA-256 of the JSON list, so hashes in saved circuits stay comparable
     assert first == hashlib.sha256(b'["a", "b", "c"]').hexdigest()
     assert prompt_hash(["é"]) == hashlib.sha256('["é"]'.encode()).hexdigest()
+
+
+# --- one reader: encodings -------------------------------------------------------------------
+
+ACCENTED = ["Café “quoted” – naïve", "Ünïcödé résumé, 10 €"]  # all in Windows-1252 too
+KINDS: dict[str, Callable[[list[str]], str]] = {
+    ".txt": lambda ps: "\n".join(ps) + "\n",
+    ".csv": lambda ps: "Goal,Target\n" + "".join(f'"{p}",x\n' for p in ps),
+    ".tsv": lambda ps: "id\tprompt\n" + "".join(f"{i}\t{p}\n" for i, p in enumerate(ps)),
+    ".json": lambda ps: json.dumps([{"instruction": p} for p in ps], ensure_ascii=False),
+    ".jsonl": lambda ps: "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in ps),
+}
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+@pytest.mark.parametrize(
+    "encoding", ["utf-8", "utf-8-sig", "utf-16", "utf-16-be-bom", "utf-32", "cp1252"]
+)
+def test_every_kind_reads_in_every_accepted_encoding(
+    tmp_path: Path, kind: str, encoding: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    text = KINDS[kind](ACCENTED)
+    if encoding == "utf-16-be-bom":
+        data = codecs.BOM_UTF16_BE + text.encode("utf-16-be")
+    else:
+        data = text.encode(encoding)  # utf-16 / utf-32 write their byte-order mark
+    file = tmp_path / f"p{kind}"
+    file.write_bytes(data)
+    with caplog.at_level(logging.WARNING, logger="neurosteer"):
+        assert load_prompts(file) == ACCENTED
+    # only the guess (Windows-1252) is announced, with the file's name
+    warned = [r.getMessage() for r in caplog.records]
+    assert bool(warned) == (encoding == "cp1252")
+    assert all("Windows-1252" in m and str(file) in m for m in warned)
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        # 0x81 is undefined in Windows-1252: neither UTF-8 nor Windows-1252
+        (b"Goal\nabc\x81def\n", r"is not UTF-8, UTF-16 or Windows-1252 \(byte 0x81 on line 2\)"),
+        # UTF-16 written without its byte-order mark
+        ("Goal\nhello\n".encode("utf-16-le"), "looks like UTF-16-LE without a byte-order mark"),
+        ("Goal\nhello\n".encode("utf-16-be"), "looks like UTF-16-BE without a byte-order mark"),
+        # UTF-8 with one damaged byte: not silently read as Windows-1252 mojibake
+        ("Goal\ncafé\nna\xefve\n".encode().replace(b"\xc3\xaf", b"\xef"), "line 3"),
+        # a UTF-16 mark over bytes that are not UTF-16 (an odd byte count)
+        (codecs.BOM_UTF16_LE + b"G\x00o\x00a", "UTF-16-LE byte-order mark but is not valid"),
+    ],
+    ids=["undefined-in-cp1252", "utf16le-no-bom", "utf16be-no-bom", "damaged-utf8", "bad-utf16"],
+)
+@pytest.mark.parametrize("kind", [".csv", ".txt", ".json"])
+def test_undecodable_files_are_one_line_input_errors(
+    tmp_path: Path, data: bytes, message: str, kind: str
+) -> None:
+    file = tmp_path / f"bad{kind}"
+    file.write_bytes(data)
+    with pytest.raises(InputError, match=message) as info:
+        load_prompts(file)
+    assert str(file) in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_mostly_utf8_file_with_a_bad_byte_names_it(tmp_path: Path) -> None:
+    file = tmp_path / "p.txt"
+    file.write_bytes("naïve\ncafé\n".encode() + b"bad \xff byte\n")
+    with pytest.raises(InputError, match=r"UTF-8 but for an invalid byte 0xff on line 3"):
+        load_prompts(file)
+
+
+# --- one reader: the column rule -------------------------------------------------------------
+
+ISSUE_ROW = "Write a defamatory article about a senator,Sure, Defamation,Harassment\n"
+
+
+@pytest.mark.parametrize("bom", [b"", codecs.BOM_UTF8])
+def test_goal_wins_over_behavior_with_or_without_a_bom(tmp_path: Path, bom: bytes) -> None:
+    file = tmp_path / "jbb.csv"
+    file.write_bytes(bom + ("Goal,Target,Behavior,Category\n" + ISSUE_ROW).encode())
+    assert load_prompts(file) == ["Write a defamatory article about a senator"]
+
+
+@pytest.mark.parametrize(
+    ("header", "row", "expected"),
+    [
+        ("Behavior,FunctionalCategory,ContextString", "Pick a lock,standard,", "Pick a lock"),
+        ("category,source,forbidden_prompt", "crime,x,Rob a bank", "Rob a bank"),
+        ("instruction,input,output", "Name a fruit,,apple", "Name a fruit"),
+        ("goal,target", "Cheat at cards,Sure", "Cheat at cards"),
+        ("Index,goal,prompt,target_response", "1,short goal,the full prompt,r", "the full prompt"),
+        ("ID, Question ,answer", "1,What is 2+2?,4", "What is 2+2?"),
+    ],
+)
+def test_column_priority(tmp_path: Path, header: str, row: str, expected: str) -> None:
+    file = _write(tmp_path / "t.csv", f"{header}\n{row}\n")
+    assert load_prompts(file) == [expected]
+
+
+def test_harmbench_rows_are_filtered_by_every_reader(tmp_path: Path) -> None:
+    text = (
+        "Behavior,FunctionalCategory,BehaviorID\n"
+        "Pick a lock,standard,a\nLyrics of a song,copyright,b\nRewrite this,contextual,c\n"
+    )
+    assert load_prompts(_write(tmp_path / "hb.csv", text)) == ["Pick a lock"]
+    records = [{"Behavior": "Pick a lock", "FunctionalCategory": "standard"}]
+    records.append({"Behavior": "Rewrite this", "FunctionalCategory": "contextual"})
+    assert load_prompts(_write(tmp_path / "hb.json", json.dumps(records))) == ["Pick a lock"]
+
+
+def test_jsonl_keeps_unicode_line_separators_inside_strings(tmp_path: Path) -> None:
+    # U+2028 is valid inside a JSON string; only \n, \r\n and \r end a line
+    file = tmp_path / "p.jsonl"
+    file.write_text(json.dumps("one\u2028two", ensure_ascii=False) + "\n", encoding="utf-8")
+    assert load_prompts(file) == ["one\u2028two"]
+
+
+def test_windows_line_endings(tmp_path: Path) -> None:
+    file = tmp_path / "p.txt"
+    file.write_bytes(b"first\r\nsecond\r\n\r\nthird")
+    prompts = load_prompts(file)
+    assert prompts == ["first", "second", "third"]
+    assert [p.origin for p in prompts] == [f"{file}:1", f"{file}:2", f"{file}:4"]  # type: ignore[attr-defined]
+
+
+# --- prompts remember where they were read ---------------------------------------------------
+
+
+def test_origins_name_file_and_line(tmp_path: Path) -> None:
+    txt = _write(tmp_path / "p.txt", "\nfirst\n\n  second  \n")
+    csv_file = _write(tmp_path / "p.csv", 'id,prompt\n1,"two\nlines"\n\n2,after\n')
+    json_file = _write(tmp_path / "p.json", '[\n  "a",\n\n  {"prompt": "b"}\n]\n')
+    jsonl = _write(tmp_path / "p.jsonl", '"a"\n\n{"goal": "b"}\n')
+    expected = {
+        txt: [("first", 2), ("second", 4)],
+        csv_file: [("two\nlines", 2), ("after", 5)],
+        json_file: [("a", 2), ("b", 4)],
+        jsonl: [("a", 1), ("b", 3)],
+    }
+    for file, rows in expected.items():
+        prompts = load_prompts(file)
+        assert [(str(p), p.origin) for p in prompts] == [  # type: ignore[attr-defined]
+            (text, f"{file}:{line}") for text, line in rows
+        ]
+
+
+def test_sourced_prompts_behave_as_strings() -> None:
+    prompt = SourcedPrompt("How do I bake bread?", "p.txt:3")
+    assert prompt == "How do I bake bread?"
+    assert isinstance(prompt, str)
+    assert prompt_hash([prompt]) == prompt_hash(["How do I bake bread?"])
+    copy = pickle.loads(pickle.dumps(prompt))
+    assert (copy, copy.origin) == (prompt, "p.txt:3")
+    assert describe_prompt([prompt], 0) == "prompt p.txt:3"
+    long = "Write a defamatory article about a senator and more words"
+    assert (
+        describe_prompt(["x", long], 1)
+        == "prompt 2 ('Write a defamatory article about a senat...')"
+    )
+
+
+# --- system turns and template failures ------------------------------------------------------
+
+NEEDS_SYSTEM = (
+    "{% if messages[0]['role'] != 'system' %}"
+    "{{ raise_exception('Conversations must start with a system message') }}{% endif %}"
+    "{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<|end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+REJECTS_SYSTEM = (  # as Gemma's template does
+    "{% if messages[0]['role'] == 'system' %}"
+    "{{ raise_exception('System role not supported') }}{% endif %}"
+    "{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<|end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+DROPS_SYSTEM = (  # renders user and assistant turns only, as the organism's template does
+    "{{ bos_token }}{% for m in messages %}{% if m['role'] == 'user' %}<|user|>{{ m['content'] }}"
+    "{% endif %}{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+ALWAYS_FAILS = "{{ raise_exception('this template is broken') }}"
+
+
+def _tokenizer(template: str) -> Any:
+    tokenizer = make_tokenizer(chat_template=True)
+    tokenizer.chat_template = template
+    return tokenizer
+
+
+def test_system_turn_replaces_the_templates_default() -> None:
+    tokenizer = make_tokenizer(chat_template=True)
+    (rendered,) = render_prompts(tokenizer, ["Hi"], system="Be brief.")
+    assert rendered == f"{BOS}<|system|>Be brief.<|end|>\n<|user|>Hi<|end|>\n<|assistant|>"
+    assert DEFAULT_SYSTEM not in rendered
+    assert encode_prompts(tokenizer, ["Hi"], system="Be brief.") != encode_prompts(
+        tokenizer, ["Hi"]
+    )
+
+
+def test_template_that_needs_a_system_turn() -> None:
+    tokenizer = _tokenizer(NEEDS_SYSTEM)
+    with pytest.raises(InputError, match=r"needs a system turn .*pass --system TEXT"):
+        render_prompts(tokenizer, ["Hi"])
+    assert render_prompts(tokenizer, ["Hi"], system="S.") == [
+        f"{BOS}<|system|>S.<|end|>\n<|user|>Hi<|end|>\n<|assistant|>"
+    ]
+
+
+def test_template_that_rejects_a_system_turn() -> None:
+    tokenizer = _tokenizer(REJECTS_SYSTEM)
+    assert render_prompts(tokenizer, ["Hi"]) == [f"{BOS}<|user|>Hi<|end|>\n<|assistant|>"]
+    with pytest.raises(InputError, match=r"does not take a system turn .*drop --system"):
+        render_prompts(tokenizer, ["Hi"], system="S.")
+
+
+def test_template_that_drops_a_system_turn() -> None:
+    tokenizer = _tokenizer(DROPS_SYSTEM)
+    with pytest.raises(InputError, match="drops the system turn"):
+        render_prompts(tokenizer, ["Hi"], system="Be brief.")
+
+
+def test_template_that_always_fails_names_the_prompt() -> None:
+    prompts = [SourcedPrompt("Hi", "p.txt:7")]
+    with pytest.raises(InputError, match=r"fails on prompt p.txt:7: this template is broken"):
+        render_prompts(_tokenizer(ALWAYS_FAILS), prompts)
+
+
+def test_system_turn_needs_a_template() -> None:
+    with pytest.raises(InputError, match="needs a chat template"):
+        render_prompts(make_tokenizer(chat_template=False), ["Hi"], system="S.")
+    with pytest.raises(InputError, match="needs a chat template"):
+        render_prompts(make_tokenizer(chat_template=True), ["Hi"], False, system="S.")
+
+
+# --- context budgets and batching by budget --------------------------------------------------
+
+
+def test_new_token_budgets_cap_at_the_context(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(context, "_WARNED", set())
+    ids = [[1] * n for n in (5, 28, 30, 10)]
+    assert new_token_budgets(ids, 8, None) == [8, 8, 8, 8]
+    with caplog.at_level(logging.WARNING, logger="neurosteer"):
+        assert new_token_budgets(ids, 8, 32) == [8, 4, 2, 8]
+        assert new_token_budgets(ids, 8, 32) == [8, 4, 2, 8]  # warned once, not per call
+    assert caplog.text.count("2 of 4 prompts leave fewer than 8 positions") == 1
+
+
+def test_capped_prompts_are_batched_only_with_their_own_length() -> None:
+    ids = [[1] * n for n in (30, 30, 28, 5, 10, 29)]
+    budgets = new_token_budgets(ids, 8, 32)
+    batches = [b.index.tolist() for b in iter_batches(ids, 4, 0, budgets)]
+    assert batches == [[0, 1], [5], [2], [4, 3]]
+    for rows in batches:
+        assert len({budgets[i] for i in rows}) == 1

@@ -35,7 +35,7 @@ from neurosteer.hooks import (
     add_vector_adders,
 )
 from neurosteer.layout import ModelLayout, residual_writers, resolve_layout
-from neurosteer.prompts import encode_prompts
+from neurosteer.prompts import encode_for_model
 from neurosteer.recording import RunningStats, auto_batch_size, run_last_token_pass
 from neurosteer.steering import Positions, SteeringHandle
 
@@ -83,18 +83,22 @@ def contrast_vectors(
     point: Point = "residual",
     batch_size: int | None = None,
     chat_template: bool | None = None,
+    system: str | None = None,
     layout: ModelLayout | None = None,
     progress: bool = False,
 ) -> ContrastVectors:
-    """Record last-token means of the residual stream or MLP outputs for two prompt sets."""
+    """Record last-token means of the residual stream or MLP outputs for two prompt sets
+    (rendered as `discover` renders them, `system` included)."""
     if point not in ("residual", "mlp_output"):
         raise InputError(f"point must be 'residual' or 'mlp_output', got {point!r}")
     if not positive or not negative:
         raise InputError("both prompt sets must be non-empty")
     layout = layout or resolve_layout(model)
     modules = layout.layer_modules(model) if point == "residual" else layout.site_modules(model)
-    pos_ids = encode_prompts(tokenizer, positive, chat_template)
-    neg_ids = encode_prompts(tokenizer, negative, chat_template)
+    pos_ids, neg_ids = (
+        encode_for_model(model, tokenizer, p, chat_template=chat_template, system=system)
+        for p in (positive, negative)
+    )
     size = batch_size or auto_batch_size(model, layout, max(map(len, pos_ids + neg_ids)))
     pad_id = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0)
     norms = torch.zeros(layout.n_layers, dtype=torch.float64)

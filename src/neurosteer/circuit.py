@@ -56,7 +56,8 @@ class PromptInfo:
 
 @dataclass(frozen=True)
 class Settings:
-    """How the neurons were chosen (`method` is "cna" or "random")."""
+    """How the neurons were chosen (`method` is "cna" or "random") and how prompts were
+    rendered (`chat_template`, `system`)."""
 
     method: str = "cna"
     k: int = 0
@@ -70,6 +71,9 @@ class Settings:
     chat_template: bool = False
     n_candidates: int = 0
     seed: int | None = None
+    system: str | None = None
+    """The system turn the prompts were rendered with (None: the template's default; circuits
+    written before this field existed read as None)."""
 
 
 @dataclass(frozen=True)
@@ -251,9 +255,9 @@ class Circuit:
                 f"'{folder}' is not a circuit folder (needs {METADATA_FILE} and {TENSORS_FILE})"
             )
         try:
-            meta: dict[str, Any] = json.loads(meta_file.read_text())
+            meta: dict[str, Any] = json.loads(meta_file.read_text(encoding="utf-8"))
             tensors = load_file(str(tensor_file))
-        except (json.JSONDecodeError, OSError, RuntimeError, SafetensorError) as err:
+        except (ValueError, OSError, RuntimeError, SafetensorError) as err:  # JSON, bytes, I/O
             raise CircuitFormatError(f"'{folder}' is corrupt: {err}") from None
         version = meta.get("format_version")
         if version != FORMAT_VERSION:

@@ -27,7 +27,7 @@ from neurosteer.attribution import (
 from neurosteer.circuit import Circuit, DeltaTable, ModelInfo, PromptInfo, Settings, from_table
 from neurosteer.errors import InputError
 from neurosteer.layout import ModelLayout, resolve_layout
-from neurosteer.prompts import encode_prompts, prompt_hash, uses_chat_template
+from neurosteer.prompts import encode_for_model, load_prompts, prompt_hash, uses_chat_template
 from neurosteer.recording import (
     ActivationStats,
     auto_batch_size,
@@ -43,8 +43,8 @@ UNIVERSAL_FRACTION = 0.001
 
 def neutral_prompts() -> list[str]:
     """The built-in diverse neutral prompts used by the universal-neuron filter."""
-    text = resources.files("neurosteer").joinpath("data/neutral_prompts.txt").read_text("utf-8")
-    return [line.strip() for line in text.splitlines() if line.strip()]
+    with resources.as_file(resources.files("neurosteer") / "data" / "neutral_prompts.txt") as file:
+        return load_prompts(file)
 
 
 def discover(
@@ -60,6 +60,7 @@ def discover(
     positive_only: bool = False,
     batch_size: int | None = None,
     chat_template: bool | None = None,
+    system: str | None = None,
     neutral: Sequence[str] | None = None,
     keep_table: bool = False,
     layout: ModelLayout | None = None,
@@ -81,6 +82,8 @@ def discover(
             memory, 16 on the CPU; halved automatically on out-of-memory errors).
         chat_template: True/False to force the chat template on or off; None: use it if the
             tokenizer has one.
+        system: a system turn rendered before every prompt (needs a chat template); None keeps
+            the template's default. Recorded in `circuit.settings.system`.
         neutral: prompts for the universal filter (default: the built-in set).
         keep_table: store the full [n_layers, d_mlp] statistics in the circuit, so that
             `Circuit.reselect` can change k later without re-recording.
@@ -109,9 +112,13 @@ def discover(
     pad_id = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0)
 
     def tokens(prompts: Sequence[str]) -> list[list[int]]:
-        return encode_prompts(tokenizer, prompts, templated)
+        return encode_for_model(model, tokenizer, prompts, chat_template=templated, system=system)
 
+    # every set is rendered and checked against the context before the first forward pass
     pos_ids, neg_ids = tokens(positive), tokens(negative)
+    if universal_filter:
+        neutral = _check_prompts(neutral if neutral is not None else neutral_prompts(), "neutral")
+        neutral_ids = tokens(neutral)
     if batch_size is None:
         batch_size = auto_batch_size(model, layout, max(map(len, pos_ids + neg_ids)))
 
@@ -130,11 +137,11 @@ def discover(
     prompts = {"positive": _info(positive), "negative": _info(negative)}
     universal = layers_ok.new_zeros(layers_ok.shape)
     if universal_filter:
-        neutral = _check_prompts(neutral if neutral is not None else neutral_prompts(), "neutral")
+        assert neutral is not None  # set above
         frequency = top_activation_frequency(
             model,
             layout,
-            tokens(neutral),
+            neutral_ids,
             batch_size=batch_size,
             pad_id=pad_id,
             k=neurons_for_fraction(UNIVERSAL_FRACTION, layout.n_neurons),
@@ -161,6 +168,7 @@ def discover(
         positive_only=positive_only,
         chat_template=templated,
         n_candidates=chosen.n_candidates,
+        system=system,
     )
     base = Circuit(
         layers=chosen.layers,

@@ -15,7 +15,14 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from neurosteer.errors import InputError
-from neurosteer.prompts import encode_prompts, length_order, make_batch
+from neurosteer.prompts import (
+    batch_rows,
+    context_limit,
+    encode_for_model,
+    length_order,
+    make_batch,
+    new_token_budgets,
+)
 from neurosteer.recording import free_accelerator_memory, input_device, is_out_of_memory
 
 logger = logging.getLogger(__name__)
@@ -29,12 +36,18 @@ def generate(
     max_new_tokens: int = 64,
     batch_size: int = 8,
     chat_template: bool | None = None,
+    system: str | None = None,
     progress: bool = False,
 ) -> list[str]:
     """Greedy completions (new text only, special tokens dropped), one per prompt.
 
     Prompts are batched by length; an out-of-memory error halves the batch and retries it,
-    keeping the completions already made.
+    keeping the completions already made. `system` is a system turn (see `render_prompts`).
+
+    Context: a prompt that leaves no position for a new token in the model's context is an
+    `InputError` (before any forward pass); a prompt whose answer would run past the context
+    gets fewer than `max_new_tokens` (a warning is logged), batched only with prompts of its
+    own length so that its answer does not depend on the batch.
 
     Example:
         >>> with steer(model, circuit, 0.0):
@@ -46,7 +59,10 @@ def generate(
         raise InputError(f"batch size must be at least 1, got {batch_size}")
     if not prompts:
         return []
-    token_ids = encode_prompts(tokenizer, prompts, chat_template)
+    token_ids = encode_for_model(
+        model, tokenizer, prompts, chat_template=chat_template, system=system, reserve=1
+    )
+    budgets = new_token_budgets(token_ids, max_new_tokens, context_limit(model, tokenizer))
     pad_id = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0)
     device = input_device(model)
     answers: list[str] = [""] * len(prompts)
@@ -57,12 +73,13 @@ def generate(
         tqdm(total=len(prompts), desc="generating", disable=not progress, leave=False) as bar,
     ):
         while done < len(order):
-            batch = make_batch(token_ids, order[done : done + batch_size], pad_id)
+            rows = batch_rows(order, done, batch_size, budgets)
+            batch = make_batch(token_ids, rows, pad_id)
             try:
                 output = model.generate(  # type: ignore[operator]
                     input_ids=batch.input_ids.to(device),
                     attention_mask=batch.attention_mask.to(device),
-                    max_new_tokens=max_new_tokens,
+                    max_new_tokens=budgets[rows[0]],
                     do_sample=False,
                     pad_token_id=pad_id,
                 )

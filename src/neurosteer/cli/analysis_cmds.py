@@ -167,6 +167,7 @@ def sweep_command(**params: Any) -> None:
         batch_size=params["batch_size"],
         judge=params["judge"],
         chat_template=params["chat_template"],
+        system=params["system"],
         eval_limit=params["eval_limit"],
         kl_limit=params["kl_limit"],
         kl_max_new_tokens=params["kl_tokens"],

@@ -137,6 +137,7 @@ def discover(**params: Any) -> None:
         positive_only=params["positive_only"],
         batch_size=params["batch_size"],
         chat_template=params["chat_template"],
+        system=params["system"],
         keep_table=params["keep_table"],
         layout=layout,
         progress=True,
@@ -195,7 +196,11 @@ def generate(**params: Any) -> None:
     circuit = Circuit.load(params["circuit_path"]) if params["circuit_path"] else None
     model, tokenizer, layout = load(params)
     prompts = list(params["prompts"])
-    kwargs = {"max_new_tokens": params["max_new_tokens"], "chat_template": params["chat_template"]}
+    kwargs = {
+        "max_new_tokens": params["max_new_tokens"],
+        "chat_template": params["chat_template"],
+        "system": params["system"],
+    }
     plain = run_generate(model, tokenizer, prompts, **kwargs)
     if circuit is None:
         for prompt, answer in zip(prompts, plain, strict=True):

@@ -104,6 +104,14 @@ def parse_layers(text: str) -> tuple[int, ...]:
 
 
 def template_option(fn: F) -> F:
+    """How prompts are rendered: the chat-template switch and the system turn."""
+    fn = click.option(
+        "--system",
+        default=None,
+        metavar="TEXT",
+        help="System turn before every prompt (chat templates only; recorded in the circuit). "
+        "Default: the template's own.",
+    )(fn)
     return click.option(
         "--chat-template/--raw",
         "chat_template",

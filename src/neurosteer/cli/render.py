@@ -52,6 +52,8 @@ def print_circuit_summary(circuit: Circuit, *, top: int, settings: bool = False)
             f"positive only {s.positive_only}, chat template {s.chat_template}, "
             f"{s.n_candidates} candidates"
         )
+        if s.system is not None:
+            console.print(f"system turn: {s.system!r}")
         for name, p in circuit.prompts.items():
             console.print(f"{name} prompts: {p.count} (sha256 {p.sha256[:12]})")
         console.print(

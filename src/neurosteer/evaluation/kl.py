@@ -22,7 +22,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from neurosteer.errors import InputError
-from neurosteer.prompts import iter_batches, render_prompts, tokenize_rendered, uses_chat_template
+from neurosteer.prompts import context_limit, encode_for_model, iter_batches, new_token_budgets
 from neurosteer.recording import input_device, positions_from_mask
 
 #: Builds a fresh context manager that applies the intervention while it is entered.
@@ -59,6 +59,7 @@ def kl_to_reference(
     max_new_tokens: int = 32,
     batch_size: int = 8,
     chat_template: bool | None = None,
+    system: str | None = None,
 ) -> KLReport:
     """KL divergence of the intervened model from the unsteered one, on its own continuations.
 
@@ -69,8 +70,10 @@ def kl_to_reference(
         intervention: a factory of context managers, called once per batch, e.g.
             `lambda: steer(model, circuit, 0.0)`. The continuation is scored in one forward pass
             without a KV cache, so steer all positions (positions="generated" needs the cache).
-        max_new_tokens: length of the greedy continuation.
+        max_new_tokens: length of the greedy continuation (capped where prompt + continuation
+            would exceed the model's context, as in `generate`).
         batch_size: prompts per forward pass.
+        chat_template, system: how prompts are rendered (see `render_prompts`).
 
     Example:
         >>> ablate = lambda: steer(model, circuit, 0.0)
@@ -81,10 +84,10 @@ def kl_to_reference(
         raise InputError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
     if isinstance(prompts, str) or not prompts:
         raise InputError("kl_to_reference() needs a non-empty list of prompts")
-    templated = uses_chat_template(tokenizer, chat_template)
-    token_ids = tokenize_rendered(
-        tokenizer, render_prompts(tokenizer, prompts, templated), templated
+    token_ids = encode_for_model(
+        model, tokenizer, prompts, chat_template=chat_template, system=system, reserve=1
     )
+    budgets = new_token_budgets(token_ids, max_new_tokens, context_limit(model, tokenizer))
     pad_id = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0)
     stop_ids = _stop_ids(model, tokenizer)
     device = input_device(model)
@@ -95,13 +98,13 @@ def kl_to_reference(
     mean = [0.0] * len(prompts)
     counts = [0] * len(prompts)
     with torch.inference_mode():
-        for batch in iter_batches(token_ids, batch_size, pad_id):
+        for batch in iter_batches(token_ids, batch_size, pad_id, budgets):
             prompt_ids = batch.input_ids.to(device)
             prompt_mask = batch.attention_mask.to(device)
             full = model.generate(  # type: ignore[operator]
                 input_ids=prompt_ids,
                 attention_mask=prompt_mask,
-                max_new_tokens=max_new_tokens,
+                max_new_tokens=budgets[int(batch.index[0])],
                 do_sample=False,
                 pad_token_id=pad_id,
             )

@@ -13,11 +13,13 @@
 from __future__ import annotations
 
 import csv
+import io
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from neurosteer._io import read_text
 from neurosteer.errors import InputError
 
 LETTERS = ("A", "B", "C", "D")
@@ -137,7 +139,7 @@ def _load_per_subject(root: Path, files: Mapping[str, Path], split: str) -> MMLU
 def _read_per_subject(file: Path) -> tuple[MMLUQuestion, ...]:
     """Rows question, A, B, C, D, answer letter; no header (a literal header row is skipped)."""
     questions = []
-    with file.open(newline="", encoding="utf-8") as handle:
+    with io.StringIO(read_text(file, "MMLU file"), newline="") as handle:
         for line, row in enumerate(csv.reader(handle), start=1):
             if not row:
                 continue
@@ -161,7 +163,7 @@ def _load_combined(test_file: Path, dev_file: Path | None, split: str) -> MMLUDa
 def _read_combined(file: Path) -> dict[str, tuple[MMLUQuestion, ...]]:
     """{subject: questions} from a csv whose header names subject, question, A-D, answer."""
     by_subject: dict[str, list[MMLUQuestion]] = {}
-    with file.open(newline="", encoding="utf-8") as handle:
+    with io.StringIO(read_text(file, "MMLU file"), newline="") as handle:
         reader = csv.DictReader(handle)
         columns = {name.strip().lower(): name for name in reader.fieldnames or ()}
         missing = [c for c in _COMBINED_COLUMNS if c not in columns]

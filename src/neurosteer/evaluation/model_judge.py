@@ -24,11 +24,12 @@ from typing import Any, Literal
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from neurosteer._io import read_text
 from neurosteer.errors import InputError
 from neurosteer.evaluation.judges import Label, check_pairs
 from neurosteer.evaluation.quality import is_degenerate
 from neurosteer.loading import load_model
-from neurosteer.prompts import iter_batches, render_prompts, tokenize_rendered, uses_chat_template
+from neurosteer.prompts import encode_for_model, iter_batches
 from neurosteer.recording import input_device, positions_from_mask
 
 logger = logging.getLogger(__name__)
@@ -113,7 +114,7 @@ def load_judge_prompt(
     if not file.is_file():
         raise InputError(f"judge prompt file '{file}' does not exist")
     try:
-        data = json.loads(file.read_text(encoding="utf-8"))
+        data = json.loads(read_text(file, "judge prompt file"))
     except json.JSONDecodeError as err:
         raise InputError(f"'{file}' is not valid JSON (line {err.lineno}): {err.msg}") from None
     if not isinstance(data, dict):
@@ -226,9 +227,13 @@ class ModelJudge:
             self.prompt.fill(p, a[: self.max_answer_chars])
             for p, a in zip(prompts, answers, strict=True)
         ]
-        templated = uses_chat_template(self.tokenizer, self.prompt.chat_template)
-        token_ids = tokenize_rendered(
-            self.tokenizer, render_prompts(self.tokenizer, texts, templated), templated
+        token_ids = encode_for_model(
+            self.model,
+            self.tokenizer,
+            texts,
+            chat_template=self.prompt.chat_template,
+            what="judge question",
+            hint="lower max_answer_chars or use a judge with a longer context",
         )
         pad = self.tokenizer.pad_token_id
         pad_id = int(pad if pad is not None else 0)

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from neurosteer._io import read_text
 from neurosteer.errors import InputError
 from neurosteer.evaluation.refusal_clauses import (
     PATTERN_CLAUSES,
@@ -124,7 +125,7 @@ def load_phrase_lists(path: str | Path) -> dict[str, PhraseList]:
     if not file.is_file():
         raise InputError(f"phrase list file '{file}' does not exist")
     try:
-        data = json.loads(file.read_text(encoding="utf-8"))
+        data = json.loads(read_text(file, "phrase list file"))
     except json.JSONDecodeError as err:
         raise InputError(f"'{file}' is not valid JSON (line {err.lineno}): {err.msg}") from None
     if isinstance(data, list) or (isinstance(data, dict) and _has_phrases(data)):

@@ -58,12 +58,14 @@ def export_organism_data(out_dir: str | Path, *, n_eval: int = 100, force: bool 
     }
     with atomic_directory(out_dir, force=force) as staging:
         for name, prompts in files.items():
-            (staging / name).write_text("\n".join(prompts) + "\n")
+            (staging / name).write_text("\n".join(prompts) + "\n", encoding="utf-8")
         phrases = {"organism": {"strings": REFUSAL_PHRASES, "case_sensitive": False}}
-        (staging / "refusal-phrases.json").write_text(json.dumps(phrases, indent=2) + "\n")
+        (staging / "refusal-phrases.json").write_text(
+            json.dumps(phrases, indent=2) + "\n", encoding="utf-8"
+        )
         (staging / "mmlu").mkdir()
         for split, rows in (("dev", _MMLU_ROWS[0::3]), ("test", _MMLU_ROWS)):
-            with (staging / "mmlu" / f"{split}.csv").open("w", newline="") as f:
+            with (staging / "mmlu" / f"{split}.csv").open("w", newline="", encoding="utf-8") as f:
                 writer = csv.writer(f)
                 writer.writerow(_MMLU_HEADER)
                 writer.writerows(rows)

@@ -42,6 +42,8 @@ class SweepConfig:
         batch_size: prompts per generation / scoring pass.
         judge: refusal judge name for `evaluation.get_judge` ("sweep", "patterns", a JSON file..).
         chat_template: True/False forces the chat template; None uses it when there is one.
+        system: a system turn rendered before every prompt the steered model sees (discovery,
+            baselines, answers, KL); None keeps the template's default.
         eval_limit: use only the first `eval_limit` harmful and harmless evaluation prompts.
         kl_limit: KL on the first `kl_limit` harmless prompts (None: all of them).
         kl_max_new_tokens: length of the unsteered continuation the KL is measured on.
@@ -66,6 +68,7 @@ class SweepConfig:
     batch_size: int = 8
     judge: str = "sweep"
     chat_template: bool | None = None
+    system: str | None = None
     eval_limit: int | None = None
     kl_limit: int | None = 32
     kl_max_new_tokens: int = 32

@@ -126,6 +126,7 @@ def fit_methods(
             neutral=neutral,
             batch_size=config.batch_size,
             chat_template=config.chat_template,
+            system=config.system,
             keep_table=True,
             layout=layout,
             progress=progress,
@@ -149,6 +150,7 @@ def fit_methods(
             point="residual" if point == "residual" else "mlp_output",
             batch_size=config.batch_size,
             chat_template=config.chat_template,
+            system=config.system,
             layout=layout,
             progress=progress,
         )
@@ -241,6 +243,7 @@ def scan_caa_layer(
                 max_new_tokens=min(32, config.max_new_tokens),
                 batch_size=config.batch_size,
                 chat_template=config.chat_template,
+                system=config.system,
             )
         rates = refusal_rates(judge(list(prompts), answers))
         scores[candidate] = (rates["refusal"], rates["degenerate"], candidate)

@@ -32,7 +32,7 @@ from neurosteer.evaluation.mmlu_data import MMLUData, load_mmlu
 from neurosteer.evaluation.quality import quality
 from neurosteer.generation import generate
 from neurosteer.layout import ModelLayout, resolve_layout
-from neurosteer.prompts import prompt_hash
+from neurosteer.prompts import encode_for_model, prompt_hash
 from neurosteer.sweep.config import BASELINE, SweepConfig, knob
 from neurosteer.sweep.methods import Fitted, fit_methods
 from neurosteer.sweep.store import (
@@ -118,6 +118,7 @@ def run_sweep(
     sets = {"positive": positive, "negative": negative, "harmful": harmful, "harmless": harmless}
     if neutral is not None:
         sets["neutral"] = _prompts(neutral, None, "neutral")
+    _check_fits(model, tokenizer, config, sets)  # before any folder is made or model run
     meta: dict[str, Any] = {
         "identity": config.identity(),
         "prompts": {k: {"count": len(v), "sha256": prompt_hash(v)} for k, v in sets.items()},
@@ -199,6 +200,7 @@ class _Evaluator:
                     max_new_tokens=config.max_new_tokens,
                     batch_size=config.batch_size,
                     chat_template=config.chat_template,
+                    system=config.system,
                 )
             labels = self.judge(prompts, answers)
             report = quality(answers)
@@ -236,6 +238,7 @@ class _Evaluator:
             max_new_tokens=tokens,
             batch_size=self.config.batch_size,
             chat_template=self.config.chat_template,
+            system=self.config.system,
         )
         return {
             "first_token": report.first_token,
@@ -262,6 +265,28 @@ class _Evaluator:
             "n_shot": result.n_shot,
             "per_subject": result.per_subject,
         }
+
+
+def _check_fits(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    config: SweepConfig,
+    sets: dict[str, list[str]],
+) -> None:
+    """Render every prompt set once and refuse prompts too long for the model's context (the
+    sets answered by generation need one more position)."""
+    generated = {"harmful", "harmless"}
+    if {"caa", "direction"} & set(config.methods) and config.layer_scan_prompts:
+        generated.add("positive")  # the CAA layer scan generates from the positive prompts
+    for name, prompts in sets.items():
+        encode_for_model(
+            model,
+            tokenizer,
+            prompts,
+            chat_template=config.chat_template,
+            system=config.system,
+            reserve=1 if name in generated else 0,
+        )
 
 
 def _prompts(prompts: Sequence[str], limit: int | None, name: str) -> list[str]:
