@@ -4,6 +4,7 @@ directional ablation removes the direction (hooks) and equals its baked form."""
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -12,6 +13,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerFast
 from neurosteer import UnsupportedModelError, render_prompts, resolve_layout
 from neurosteer.baselines import CAA, DirectionAblation, MLPOutputSteering, contrast_vectors
 from neurosteer.hooks import count_hooks
+from neurosteer.steering import SteeringHandle
 from tiny_models import make_tiny
 
 Pair = tuple[PreTrainedModel, PreTrainedTokenizerFast]
@@ -156,3 +158,80 @@ def test_post_norm_families_refuse_a_baked_direction_ablation(
     with pytest.raises(UnsupportedModelError, match="use the hooks"):
         ablation.bake(model)
     assert all(torch.equal(v, original[k]) for k, v in model.state_dict().items())
+
+
+def _edited_output(
+    model: PreTrainedModel,
+    module: torch.nn.Module,
+    batch: dict[str, torch.Tensor],
+    intervene: Callable[[], SteeringHandle],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(module output before the edit, after it) in one steered forward pass."""
+    seen: list[torch.Tensor] = []
+
+    def record(_m: torch.nn.Module, _a: tuple, out: torch.Tensor) -> None:  # type: ignore[type-arg]
+        seen.append((out[0] if isinstance(out, tuple) else out).detach())
+
+    before = module.register_forward_hook(record)  # runs before the edit's hook
+    try:
+        with intervene():
+            after = module.register_forward_hook(record)  # runs after it
+            try:
+                _logits(model, batch)
+            finally:
+                after.remove()
+    finally:
+        before.remove()
+    return seen[0], seen[1]
+
+
+def test_bf16_vector_adder_rounds_once(
+    positive_prompts: list[str], negative_prompts: list[str]
+) -> None:
+    """The added vector is computed in float32 and rounded once, the rule the neuron hook and
+    every bake use (not rounded to bfloat16 first and then added)."""
+    model, tokenizer = make_tiny("llama", dtype=torch.bfloat16)
+    layout = resolve_layout(model)
+    vectors = contrast_vectors(model, tokenizer, positive_prompts, negative_prompts)
+    batch = _batch(tokenizer, positive_prompts[:3])
+    caa = CAA.fit(vectors, layer=2)
+    alpha = 0.3
+    raw, got = _edited_output(
+        model, layout.layer_modules(model)[2], batch, lambda: caa.steer(model, alpha)
+    )
+    assert torch.equal(got, (raw.float() + alpha * caa.vector.float()).to(torch.bfloat16))
+
+
+def test_bf16_direction_projector_rounds_once(
+    positive_prompts: list[str], negative_prompts: list[str]
+) -> None:
+    model, tokenizer = make_tiny("llama", dtype=torch.bfloat16)
+    layout = resolve_layout(model)
+    vectors = contrast_vectors(model, tokenizer, positive_prompts, negative_prompts)
+    batch = _batch(tokenizer, positive_prompts[:3])
+    ablation = DirectionAblation.fit(vectors, layer=2)
+    site = layout.site_modules(model)[1]
+    raw, got = _edited_output(model, site, batch, lambda: ablation.steer(model, 0.7))
+    x, r = raw.float(), ablation.direction.float()
+    assert torch.equal(got, (x - 0.7 * (x @ r)[..., None] * r).to(torch.bfloat16))
+
+
+def test_bf16_direction_ablation_hooks_match_the_bake(
+    positive_prompts: list[str], negative_prompts: list[str]
+) -> None:
+    model, tokenizer = make_tiny("llama", dtype=torch.bfloat16)
+    reference = copy.deepcopy(model).float()
+    ablation = DirectionAblation.fit(
+        contrast_vectors(model, tokenizer, positive_prompts, negative_prompts)
+    )
+    batch = _batch(tokenizer, positive_prompts[:4])
+    with ablation.steer(model, 1.0):
+        hooked = _logits(model, batch).float()
+    handle = ablation.bake(model, 1.0)
+    baked = _logits(model, batch).float()
+    handle.undo()
+    with ablation.steer(reference, 1.0):
+        exact = _logits(reference, batch)
+    noise = max((hooked - exact).abs().mean(), (baked - exact).abs().mean())
+    assert (hooked - baked).abs().mean() <= 2.0 * noise
+    assert noise < 0.05 * exact.abs().mean()

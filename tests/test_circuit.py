@@ -58,6 +58,9 @@ def _assert_same(a: Circuit, b: Circuit) -> None:
     assert a.settings == b.settings
     assert a.prompts == b.prompts
     assert a.library_version == b.library_version
+    assert (a.universal is None) == (b.universal is None)
+    if a.universal is not None and b.universal is not None:
+        assert torch.equal(a.universal, b.universal)
     assert (a.table is None) == (b.table is None)
     if a.table is not None and b.table is not None:
         for key, value in asdict(a.table).items():
@@ -375,3 +378,116 @@ def test_random_like_across_candidate_layers(with_table: Circuit) -> None:
 def test_random_like_round_trips(with_table: Circuit, tmp_path: Path) -> None:
     control = with_table.random_like(seed=7)
     _assert_same(control, Circuit.load(control.save(tmp_path / "random.circuit")))
+
+
+# --- random controls: exact size, never universal neurons --------------------------------------
+
+
+def _pairs(c: Circuit) -> set[tuple[int, int]]:
+    return set(zip(c.layers.tolist(), c.neurons.tolist(), strict=True))
+
+
+def test_discovery_records_the_universal_neurons(
+    tiny_llama: Model, positive_prompts: list[str], negative_prompts: list[str], tmp_path: Path
+) -> None:
+    model, tokenizer = tiny_llama
+    # one neutral prompt, repeated: its top neuron is "universal" on every prompt
+    kwargs = {"top_k": 6, "neutral": ["Name a fruit."] * 5}
+    kept = discover(model, tokenizer, positive_prompts, negative_prompts, keep_table=True, **kwargs)
+    circuit = discover(model, tokenizer, positive_prompts, negative_prompts, **kwargs)
+    assert kept.table is not None
+    assert circuit.table is None
+    assert circuit.universal is not None
+    assert circuit.universal.shape == (N_LAYERS, D_MLP)
+    assert torch.equal(circuit.universal, kept.table.universal)
+    assert circuit.universal.any()
+    path = circuit.save(tmp_path / "c")
+    tensors = safetensors.torch.load_file(str(path / TENSORS_FILE))
+    assert "table.universal" not in tensors
+    layers, neurons = tensors["universal.layers"].tolist(), tensors["universal.neurons"].tolist()
+    stored = zip(layers, neurons, strict=True)
+    assert set(stored) == {tuple(ix) for ix in circuit.universal.nonzero().tolist()}
+    loaded = Circuit.load(path)
+    assert loaded.universal is not None
+    assert torch.equal(loaded.universal, circuit.universal)
+    off = discover(
+        model, tokenizer, positive_prompts, negative_prompts, top_k=6, universal_filter=False
+    )
+    assert off.universal is not None
+    assert not off.universal.any()  # recorded as "none", not as "unknown"
+
+
+def test_files_without_universal_neurons_still_load(
+    without_table: Circuit, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = without_table.save(tmp_path / "old")
+    tensor_file = path / TENSORS_FILE
+    tensors = safetensors.torch.load_file(str(tensor_file))
+    kept = {k: v for k, v in tensors.items() if not k.startswith("universal")}
+    safetensors.torch.save_file(kept, str(tensor_file))
+    old = Circuit.load(path)
+    assert old.universal is None
+    assert old.universal_mask() is None
+    with caplog.at_level("WARNING", logger="neurosteer.circuit"):
+        control = old.random_like(seed=0)
+    assert "universal" in caplog.text
+    assert len(control) == len(old)
+
+
+def _every_other_is_universal(circuit: Circuit) -> torch.Tensor:
+    """[n_layers, d_mlp] bool: odd neurons are universal (about half of every layer)."""
+    mask = torch.zeros(N_LAYERS, D_MLP, dtype=torch.bool)
+    mask[:, 1::2] = True
+    mask[circuit.layers, circuit.neurons] = False  # a circuit holds no universal neurons
+    return mask
+
+
+@pytest.mark.parametrize("per_layer", [True, False])
+@pytest.mark.parametrize("source", ["recorded", "table"])
+def test_random_like_never_draws_universal_neurons(
+    with_table: Circuit, per_layer: bool, source: str
+) -> None:
+    assert with_table.table is not None
+    mask = _every_other_is_universal(with_table)
+    if source == "recorded":
+        circuit = replace(with_table, universal=mask, table=None)
+    else:  # an older file with a table and no separate record
+        circuit = replace(
+            with_table, universal=None, table=replace(with_table.table, universal=mask)
+        )
+    for seed in range(5):
+        control = circuit.random_like(seed=seed, per_layer=per_layer)
+        assert len(control) == len(circuit)
+        assert not mask[control.layers, control.neurons].any()
+        assert not _pairs(control) & _pairs(circuit)
+        assert control.universal is not None
+        assert torch.equal(control.universal, mask)  # kept, for controls of controls
+
+
+def test_random_like_takes_the_whole_pool_when_it_is_just_large_enough(
+    with_table: Circuit,
+) -> None:
+    """Exactly len(circuit) free candidates: the control is all of them; one fewer: an error."""
+    candidates = torch.zeros(N_LAYERS, D_MLP, dtype=torch.bool)
+    candidates[2:] = True  # skip_layers = (0, 1)
+    candidates[with_table.layers, with_table.neurons] = False
+    free = candidates.nonzero()[: len(with_table)]
+    universal = candidates.clone()
+    universal[free[:, 0], free[:, 1]] = False
+    circuit = replace(with_table, universal=universal, table=None)
+    control = circuit.random_like(seed=0, per_layer=False)
+    assert _pairs(control) == {tuple(ix) for ix in free.tolist()}
+    universal[free[0, 0], free[0, 1]] = True
+    with pytest.raises(InputError, match=r"only 11 neurons.*random control of 12"):
+        replace(circuit, universal=universal).random_like(seed=0, per_layer=False)
+
+
+@pytest.mark.parametrize("per_layer", [True, False])
+def test_random_like_refuses_a_pool_too_small(with_table: Circuit, per_layer: bool) -> None:
+    """A circuit filling most of its candidate layers leaves too few neurons for a control:
+    an error, never a smaller control (per_layer=False) or one overlapping the circuit."""
+    big = with_table.reselect(top_k=50)  # of 74 candidates in layers 2 and 3
+    assert len(big) == 50
+    assert max(big.neurons_per_layer().values()) > D_MLP // 2
+    with pytest.raises(InputError, match="too few"):
+        big.random_like(seed=0, per_layer=per_layer)

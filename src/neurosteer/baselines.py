@@ -26,7 +26,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from neurosteer.baking import BakeHandle
+from neurosteer.baking import BakeHandle, require_editable
 from neurosteer.errors import InputError, UnsupportedModelError
 from neurosteer.hooks import (
     EditState,
@@ -34,6 +34,7 @@ from neurosteer.hooks import (
     add_direction_projectors,
     add_vector_adders,
 )
+from neurosteer.hooks.edits import edit_dtype, float32_strength
 from neurosteer.layout import ModelLayout, residual_writers, resolve_layout
 from neurosteer.prompts import encode_for_model
 from neurosteer.recording import RunningStats, auto_batch_size, run_last_token_pass
@@ -248,8 +249,15 @@ class DirectionAblation:
     ) -> BakeHandle:
         """Orthogonalise every residual writer's weights (and biases) to the direction.
 
-        Equal to `steer(model, strength)`. Tied input/output embeddings are untied first, so
-        that the LM head keeps its weights (a saved checkpoint then stores both).
+        Equal to `steer(model, strength)`, under the same precision rule (strength rounded to
+        float32, computed in float32, one rounding to the weight dtype). Tied input/output
+        embeddings are untied first, so that the LM head keeps its weights (a saved
+        checkpoint then stores both).
+
+        Raises:
+            UnsupportedModelError: the family normalises sublayer outputs (use `steer`).
+            InputError: a writer's or the LM head's weights are offloaded; nothing is changed
+                (no untying either).
         """
         writers = residual_writers(model, layout or resolve_layout(model))
         if not writers.linear:
@@ -257,6 +265,9 @@ class DirectionAblation:
                 "this family normalises each sublayer's output before the residual add, so a "
                 "direction cannot be removed from its weights exactly; use the hooks (steer)"
             )
+        head = model.get_output_embeddings()  # type: ignore[operator]
+        edited = writers.all() + ([head] if isinstance(head, nn.Module) else [])
+        require_editable(model, edited, "bake the direction ablation")
         handle = BakeHandle()
         try:
             with torch.no_grad():
@@ -295,7 +306,9 @@ def _orthogonalise(
     """W ← W − s r̂ r̂ᵀ W on the output side of a linear writer (in place, with undo)."""
     weight = module.weight
     assert isinstance(weight, torch.Tensor)
-    r = direction.to(device=weight.device, dtype=torch.float32)
+    strength = float32_strength(strength)
+    math_dtype = edit_dtype(weight.dtype)
+    r = direction.to(device=weight.device, dtype=math_dtype)
     # Which axis of the weight is the residual (output) side:
     # Linear [d_model, in] → 0; Embedding [vocab, d_model] and Conv1D [in, d_model] → 1.
     axis = 0 if isinstance(module, nn.Linear) else 1
@@ -308,6 +321,6 @@ def _orthogonalise(
             tensor.copy_(original)
 
         handle.on_undo(restore)
-        w = tensor.float().movedim(t_axis, -1)  # [..., d_model]
+        w = tensor.to(math_dtype).movedim(t_axis, -1)  # [..., d_model]
         w = w - strength * (w @ r)[..., None] * r
         tensor.copy_(w.movedim(-1, t_axis).to(tensor.dtype))

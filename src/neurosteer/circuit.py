@@ -5,8 +5,10 @@ the provenance a reader needs to trust or reproduce it. On disk it is a folder:
 
     refusal.circuit/
         circuit.json          metadata (format version, model, settings, prompt hashes)
-        tensors.safetensors   layers, neurons, delta, positive_mean, negative_mean [k]
-                              and, optionally, the full [n_layers, d_mlp] tables ("table.*")
+        tensors.safetensors   layers, neurons, delta, positive_mean, negative_mean [k];
+                              the universal neurons as "universal.layers", "universal.neurons"
+                              [u] (absent in files of older versions); optionally, the full
+                              [n_layers, d_mlp] tables ("table.*")
 
 No timestamps: the same inputs give the same files, byte for byte. Writes are atomic.
 """
@@ -14,6 +16,7 @@ No timestamps: the same inputs give the same files, byte for byte. Writes are at
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -21,16 +24,27 @@ from typing import Any
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
+from torch import nn
 
 from neurosteer._io import atomic_directory
 from neurosteer.attribution import layer_mask, neurons_for_fraction, select_top_k
-from neurosteer.errors import CircuitFormatError, CircuitMismatchError, InputError
-from neurosteer.layout import ModelLayout
+from neurosteer.errors import (
+    CircuitFormatError,
+    CircuitLayoutError,
+    CircuitMismatchError,
+    InputError,
+    NeurosteerError,
+    UnsupportedModelError,
+)
+from neurosteer.layout import ModelLayout, resolve_layout
+
+logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 METADATA_FILE = "circuit.json"
 TENSORS_FILE = "tensors.safetensors"
 _TABLE_KEYS = ("positive_mean", "negative_mean", "positive_var", "negative_var", "universal")
+_UNIVERSAL_LAYERS, _UNIVERSAL_NEURONS = "universal.layers", "universal.neurons"
 
 
 @dataclass(frozen=True)
@@ -99,8 +113,11 @@ class Circuit:
         layers, neurons: [k] int64, the layer and neuron index of each selected neuron.
         delta: [k] float32, mean(positive) − mean(negative) at the last prompt token.
         positive_mean, negative_mean: [k] float32, the two means.
-        model, settings, prompts: provenance (prompt counts and SHA-256 per set).
+        model, settings, prompts: provenance (prompt counts and SHA-256 per set); `model`
+            also records where the neurons sit (`layers_path`, `site_path`).
         table: the full statistics, if discovery was asked to keep them.
+        universal: [n_layers, d_mlp] bool, the neurons the universal filter marked (all False
+            when it was off); None when unknown (files of older versions without a table).
     """
 
     layers: torch.Tensor
@@ -113,6 +130,7 @@ class Circuit:
     prompts: dict[str, PromptInfo] = field(default_factory=dict)
     library_version: str = ""
     table: DeltaTable | None = None
+    universal: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return int(self.layers.numel())
@@ -129,8 +147,77 @@ class Circuit:
             for layer in self.neurons_per_layer()
         }
 
+    def universal_mask(self) -> torch.Tensor | None:
+        """[n_layers, d_mlp] bool of the universal neurons, or None if not recorded."""
+        if self.universal is not None:
+            return self.universal
+        return self.table.universal if self.table is not None else None
+
+    def layout_on(self, model: nn.Module, layout: ModelLayout | None = None) -> ModelLayout:
+        """The layout that puts this circuit's neurons where they were found, on `model`.
+
+        Without `layout`, the decoder layers and the neuron site are resolved at the paths the
+        circuit recorded (`self.model.layers_path`, `self.model.site_path`), not at the
+        defaults, so a circuit found with `--layers-path`/`--site` is applied where it was
+        found. A given `layout` must use those same paths.
+
+        Raises:
+            CircuitLayoutError: the recorded paths do not resolve on `model`, or `layout` uses
+                other paths (it is both a `CircuitMismatchError` and an `InputError`).
+            CircuitMismatchError: the circuit does not fit the model (see `check_fits`).
+
+        Example:
+            >>> layout = circuit.layout_on(model)
+            >>> layout.site_path
+            'mlp.down_proj'
+        """
+        if layout is None:
+            try:
+                layout = resolve_layout(
+                    model, layers_path=self.model.layers_path, site_path=self.model.site_path
+                )
+            except UnsupportedModelError as err:
+                raise self._unresolved(model, err) from None
+        self.check_fits(layout)
+        return layout
+
+    def _unresolved(self, model: nn.Module, err: UnsupportedModelError) -> NeurosteerError:
+        """The error for recorded paths that do not resolve: a shape or family mismatch if
+        the model's own layout shows one (the clearer reason), else the paths themselves."""
+        try:
+            own = resolve_layout(model)
+        except UnsupportedModelError:
+            own = None
+        if own is not None:
+            try:
+                self._check_shape(own)
+            except CircuitMismatchError as mismatch:
+                return mismatch
+        config = getattr(model, "config", None)
+        model_type = getattr(config, "model_type", None) or type(model).__name__
+        reason = str(err).split(";")[0]
+        return CircuitLayoutError(
+            f"this circuit's neurons sit at '{self._where()}' (found on "
+            f"{self.model.name_or_path or self.model.architecture}), which does not resolve on "
+            f"this {model_type} model ({reason}); apply it to the model it was found on, or "
+            "discover a circuit on this one"
+        )
+
+    def _where(self) -> str:
+        return f"{self.model.layers_path}.<layer>.{self.model.site_path}"
+
     def check_fits(self, layout: ModelLayout) -> None:
-        """Raise `CircuitMismatchError` unless this circuit's indices exist in the model."""
+        """Raise `CircuitMismatchError` unless this circuit's indices exist in the model at
+        the layer and site paths it was found at (`CircuitLayoutError` if the paths differ)."""
+        self._check_shape(layout)
+        if (layout.layers_path, layout.site_path) != (self.model.layers_path, self.model.site_path):
+            raise CircuitLayoutError(
+                f"this circuit's neurons sit at '{self._where()}' but the layout given puts them "
+                f"at '{layout.layers_path}.<layer>.{layout.site_path}'; leave the layout out (or "
+                "--layers-path/--site) to use the circuit's own paths"
+            )
+
+    def _check_shape(self, layout: ModelLayout) -> None:
         if (layout.n_layers, layout.d_mlp) != (self.model.n_layers, self.model.d_mlp):
             raise CircuitMismatchError(
                 f"this circuit was found on {self.model.name_or_path} ({self.model.model_type}, "
@@ -179,27 +266,51 @@ class Circuit:
         return from_table(self, chosen.layers, chosen.neurons, settings)
 
     def random_like(self, seed: int = 0, *, per_layer: bool = True) -> Circuit:
-        """A control circuit of the same size, drawn from neurons outside this circuit.
+        """A control circuit of exactly this circuit's size, drawn from neurons outside it.
 
         By default each layer gets as many random neurons as this circuit has there; with
-        `per_layer=False` they are drawn uniformly from the candidate layers.
+        `per_layer=False` they are drawn uniformly from the candidate layers (those not in
+        `settings.skip_layers`). Neither draw takes this circuit's neurons or the universal
+        neurons (`universal_mask()`; a warning is logged when it was not recorded).
+
+        Raises:
+            InputError: a layer (per_layer=True) or the candidate layers (per_layer=False)
+                hold fewer free neurons than the control needs; no smaller control is made.
         """
         gen = torch.Generator().manual_seed(seed)
         n_layers, d_mlp = self.model.n_layers, self.model.d_mlp
-        free = torch.ones(n_layers, d_mlp, dtype=torch.bool)
+        free = torch.ones(n_layers, d_mlp, dtype=torch.bool)  # [n_layers, d_mlp]
         free[self.layers, self.neurons] = False
+        universal = self.universal_mask()
+        if universal is not None:
+            free &= ~universal.to(torch.bool)
+        elif self.settings.universal_filter:
+            logger.warning(
+                "this circuit does not record its universal neurons (an older file without a "
+                "table); the random control may include some"
+            )
         if per_layer:
             picks = []
             for layer, n in self.neurons_per_layer().items():
                 pool = free[layer].nonzero().flatten()
-                if pool.numel() < n:  # a layer the circuit nearly fills: allow overlap
-                    pool = torch.arange(d_mlp)
+                if pool.numel() < n:
+                    raise InputError(
+                        f"layer {layer} has {n} circuit neurons but only {pool.numel()} others "
+                        "that are not universal, too few for a per-layer random control of the "
+                        "same size; use per_layer=False (or a smaller circuit)"
+                    )
                 picks.append((layer, pool[torch.randperm(pool.numel(), generator=gen)[:n]]))
             layers = torch.cat([torch.full((len(idx),), layer) for layer, idx in picks])
             neurons = torch.cat([idx for _, idx in picks])
         else:
             allowed = layer_mask(n_layers, d_mlp, self.settings.skip_layers) & free
             pool = allowed.flatten().nonzero().flatten()
+            if pool.numel() < len(self):
+                raise InputError(
+                    f"the candidate layers hold only {pool.numel()} neurons outside this circuit "
+                    f"and the universal set, too few for a random control of {len(self)}; "
+                    "skip fewer layers or use a smaller circuit"
+                )
             flat = pool[torch.randperm(pool.numel(), generator=gen)[: len(self)]]
             layers, neurons = flat // d_mlp, flat % d_mlp
 
@@ -215,6 +326,7 @@ class Circuit:
             negative_mean=zeros(),
             settings=replace(self.settings, method="random", seed=seed),
             table=None,
+            universal=universal,
         )
 
     def save(self, path: str | Path, *, force: bool = False) -> Path:
@@ -226,6 +338,10 @@ class Circuit:
             "positive_mean": self.positive_mean.float().contiguous(),
             "negative_mean": self.negative_mean.float().contiguous(),
         }
+        if self.universal is not None:
+            layers, neurons = self.universal.to(torch.bool).nonzero(as_tuple=True)
+            tensors[_UNIVERSAL_LAYERS] = layers.long().contiguous()
+            tensors[_UNIVERSAL_NEURONS] = neurons.long().contiguous()
         if self.table is not None:
             for key in _TABLE_KEYS:
                 tensors[f"table.{key}"] = getattr(self.table, key).contiguous()
@@ -271,19 +387,25 @@ class Circuit:
             table = None
             if meta.get("has_table"):
                 table = DeltaTable(**{key: tensors[f"table.{key}"] for key in _TABLE_KEYS})
+            model = ModelInfo(**meta["model"])
+            universal = None
+            if _UNIVERSAL_LAYERS in tensors:  # older files do not record them
+                universal = torch.zeros(model.n_layers, model.d_mlp, dtype=torch.bool)
+                universal[tensors[_UNIVERSAL_LAYERS], tensors[_UNIVERSAL_NEURONS]] = True
             return cls(
                 layers=tensors["layers"],
                 neurons=tensors["neurons"],
                 delta=tensors["delta"],
                 positive_mean=tensors["positive_mean"],
                 negative_mean=tensors["negative_mean"],
-                model=ModelInfo(**meta["model"]),
+                model=model,
                 settings=Settings(**settings),
                 prompts={k: PromptInfo(**v) for k, v in meta["prompts"].items()},
                 library_version=str(meta.get("library_version", "")),
                 table=table,
+                universal=universal,
             )
-        except (KeyError, TypeError) as err:
+        except (KeyError, TypeError, IndexError) as err:
             raise CircuitFormatError(f"'{folder}' is missing a field: {err}") from None
 
 

@@ -181,6 +181,7 @@ def discover(
         prompts=prompts,
         library_version=__version__,
         table=table,
+        universal=universal,
     )
     circuit = from_table(base, chosen.layers, chosen.neurons, settings)
     return circuit if keep_table else _without_table(circuit)

@@ -29,3 +29,8 @@ class CircuitMismatchError(NeurosteerError):
 
 class CircuitFormatError(NeurosteerError):
     """A circuit file is missing, corrupt or of an unknown format version."""
+
+
+class CircuitLayoutError(CircuitMismatchError, InputError):
+    """A circuit's recorded layer/site paths do not resolve on the model, or a layout given
+    for it uses other paths."""

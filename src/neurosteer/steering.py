@@ -18,7 +18,7 @@ from neurosteer.circuit import Circuit
 from neurosteer.errors import InputError
 from neurosteer.hooks import EditState, HookSet, PositionTracker, add_neuron_scalers
 from neurosteer.hooks.positions import Positions
-from neurosteer.layout import ModelLayout, resolve_layout
+from neurosteer.layout import ModelLayout
 
 Installer = Callable[[HookSet, EditState], None]
 
@@ -118,10 +118,19 @@ def steer(
             `generate` does). Prompt and new tokens are told apart by the KV cache; without a
             cache (`use_cache=False`) give `prompt_length` (the padded prompt width).
         prompt_length: fixed prompt length for positions="prompt" or "generated".
-        layout: a `ModelLayout` to use instead of resolving one.
+        layout: a `ModelLayout` to use; by default each circuit is applied at the layer and
+            site paths it recorded (`Circuit.layout_on`), and a given layout must use them.
+
+    Precision: the steered neurons become `(x.float() * float32(m)).to(x.dtype)`, the rule
+    `bake` applies to the weights, so m = 0.3 means 0.3 in bfloat16 too (not 0.30078125).
 
     Returns:
         A handle, already active; use it in `with` or call `remove()`.
+
+    Raises:
+        InputError: no circuit, a bad multiplier or positions.
+        CircuitMismatchError: a circuit does not fit the model, or its recorded paths do not
+            resolve on it (`CircuitLayoutError`).
 
     Example:
         >>> with steer(model, circuit, multiplier=0.0) as handle:
@@ -132,13 +141,10 @@ def steer(
     circuits = [circuit] if isinstance(circuit, Circuit) else list(circuit)
     if not circuits:
         raise InputError("steer() needs at least one circuit")
-    layout = layout or resolve_layout(model)
-    for c in circuits:
-        c.check_fits(layout)
-    sites = layout.site_modules(model)
+    sites = [c.layout_on(model, layout).site_modules(model) for c in circuits]
 
     def install(hooks: HookSet, state: EditState) -> None:
-        for c in circuits:
-            add_neuron_scalers(hooks, sites, c.by_layer(), state)
+        for c, c_sites in zip(circuits, sites, strict=True):
+            add_neuron_scalers(hooks, c_sites, c.by_layer(), state)
 
     return SteeringHandle(model, install, multiplier, positions, prompt_length)

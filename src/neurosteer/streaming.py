@@ -24,6 +24,7 @@ from neurosteer._io import atomic_directory
 from neurosteer.baking import PROVENANCE_FILE, provenance
 from neurosteer.circuit import Circuit
 from neurosteer.errors import InputError
+from neurosteer.hooks.edits import scale_values
 from neurosteer.layout import ModelLayout, resolve_layout
 
 logger = logging.getLogger(__name__)
@@ -65,15 +66,25 @@ def bake_streaming(
         circuit: the circuit to bake; it must fit the checkpoint's shape.
         multiplier: the scale written into the weights (0 ablates).
         out_dir: the folder to write; refused if it exists unless `force`.
-        layout: a `ModelLayout` to use instead of resolving one from the config.
+        layout: a `ModelLayout` to use; by default the circuit's recorded layer and site
+            paths are resolved on a weightless copy of the model (`Circuit.layout_on`), and a
+            given layout must use the same paths.
+
+    The scaled slices are rounded like the in-memory bake (float32 product, one rounding to
+    the checkpoint's dtype), so both give the same bits.
+
+    Raises:
+        InputError: not a local safetensors checkpoint, tensor names that do not follow the
+            modules, or an existing `out_dir` without `force`.
+        CircuitMismatchError: the circuit does not fit, or its paths do not resolve on the
+            checkpoint's model (`CircuitLayoutError`).
 
     Example:
         >>> bake_streaming("Llama-3.1-70B-Instruct", circuit, 0.0, "llama-70b-no-refusal")
     """
     source = Path(checkpoint)
     shard_of = _weight_map(source)
-    layout = layout or layout_from_config(source)
-    circuit.check_fits(layout)
+    layout = circuit.layout_on(skeleton(source), layout)
     targets = _target_names(layout, circuit, set(shard_of))
     axis = 1 if layout.orientation == "columns" else 0
     by_shard: dict[str, dict[str, torch.Tensor]] = {}
@@ -120,14 +131,21 @@ def _weight_map(folder: Path) -> dict[str, str]:
     )
 
 
+def skeleton(folder: str | Path) -> torch.nn.Module:
+    """A weightless copy of a local checkpoint's model, built on the meta device."""
+    if not (Path(folder) / "config.json").is_file():
+        raise InputError(f"'{folder}' is not a local checkpoint folder (no config.json)")
+    config = AutoConfig.from_pretrained(folder)
+    with torch.device("meta"):
+        model: torch.nn.Module = AutoModelForCausalLM.from_config(config)
+    return model
+
+
 def layout_from_config(
     folder: str | Path, *, layers_path: str | None = None, site_path: str | None = None
 ) -> ModelLayout:
     """Resolve the layout on a weightless copy of the model built on the meta device."""
-    config = AutoConfig.from_pretrained(folder)
-    with torch.device("meta"):
-        skeleton = AutoModelForCausalLM.from_config(config)
-    return resolve_layout(skeleton, layers_path=layers_path, site_path=site_path)
+    return resolve_layout(skeleton(folder), layers_path=layers_path, site_path=site_path)
 
 
 def _target_names(
@@ -163,7 +181,9 @@ def _rewrite_shard(
     for name, neurons in scaled.items():
         weight = tensors[name]
         # The same operation as the in-memory bake, so both give the same bits in any dtype.
-        weight.index_copy_(axis, neurons, weight.index_select(axis, neurons) * multiplier)
+        weight.index_copy_(
+            axis, neurons, scale_values(weight.index_select(axis, neurons), multiplier)
+        )
     save_file(tensors, str(target), metadata=metadata)
     logger.info("rewrote %s (%d tensors scaled)", source.name, len(scaled))
     return sum(t.numel() * t.element_size() for t in tensors.values())

@@ -15,13 +15,14 @@ import click
 from neurosteer._io import check_writable
 from neurosteer._version import __version__
 from neurosteer.cli.options import (
+    circuit_layout,
     contrast_options,
     load,
     model_options,
     parse_layers,
     template_option,
 )
-from neurosteer.errors import NeurosteerError
+from neurosteer.errors import InputError, NeurosteerError
 
 
 class _Group(click.Group):
@@ -194,7 +195,7 @@ def generate(**params: Any) -> None:
     from neurosteer.steering import steer
 
     circuit = Circuit.load(params["circuit_path"]) if params["circuit_path"] else None
-    model, tokenizer, layout = load(params)
+    model, tokenizer, layout = load(params, circuit)
     prompts = list(params["prompts"])
     kwargs = {
         "max_new_tokens": params["max_new_tokens"],
@@ -236,11 +237,10 @@ def bake(**params: Any) -> None:
     check_writable(params["output"], force=params["force"])
     circuit = Circuit.load(params["circuit_path"])
     if params["streaming"]:
-        from neurosteer.streaming import bake_streaming, layout_from_config
+        from neurosteer.streaming import bake_streaming, skeleton
 
-        layout = layout_from_config(
-            params["model"], layers_path=params["layers_path"], site_path=params["site_path"]
-        )
+        _refuse_loading_options(params)
+        layout = circuit_layout(skeleton(params["model"]), circuit, params)
         report = bake_streaming(
             params["model"],
             circuit,
@@ -255,8 +255,7 @@ def bake(**params: Any) -> None:
             f"{report.peak_bytes / 2**20:.1f} MiB of tensors in memory)"
         )
         return
-    model, tokenizer, layout = load(params)
-    circuit.check_fits(layout)
+    model, tokenizer, layout = load(params, circuit)
     save_baked(
         model,
         tokenizer,
@@ -270,6 +269,29 @@ def bake(**params: Any) -> None:
         f"wrote {params['output']}: {len(circuit)} neurons scaled by {params['multiplier']:g}; "
         "it loads with plain transformers"
     )
+
+
+def _refuse_loading_options(params: dict[str, Any]) -> None:
+    """--streaming never loads the model: options about loading it would be silently ignored."""
+    given = [
+        flag
+        for flag, key in [
+            ("--device", "device"),
+            ("--device-map", "device_map"),
+            ("--max-memory", "max_memory"),
+            ("--offload-folder", "offload_folder"),
+            ("--revision", "revision"),
+        ]
+        if params[key] is not None
+    ]
+    if params["dtype"] != "auto":
+        given.append("--dtype")
+    if given:
+        raise InputError(
+            f"--streaming edits the checkpoint's files without loading the model, so "
+            f"{', '.join(given)} would do nothing (the weights keep their dtype); leave "
+            f"{'it' if len(given) == 1 else 'them'} out, or bake in memory without --streaming"
+        )
 
 
 def _register_commands() -> None:

@@ -60,8 +60,11 @@ def model_options(fn: F) -> F:
     return fn
 
 
-def load(params: dict[str, Any]) -> tuple[Any, Any, Any]:
-    """Load the model named in the shared options; returns (model, tokenizer, layout)."""
+def load(params: dict[str, Any], circuit: Any = None) -> tuple[Any, Any, Any]:
+    """Load the model named in the shared options; returns (model, tokenizer, layout).
+
+    With a circuit, the layout is the circuit's own (its recorded paths, see `circuit_layout`).
+    """
     from neurosteer.layout import resolve_layout
     from neurosteer.loading import load_model
 
@@ -75,8 +78,25 @@ def load(params: dict[str, Any]) -> tuple[Any, Any, Any]:
         revision=params["revision"],
         trust_remote_code=params["trust_remote_code"],
     )
+    if circuit is not None:
+        return model, tokenizer, circuit_layout(model, circuit, params)
     layout = resolve_layout(model, layers_path=params["layers_path"], site_path=params["site_path"])
     return model, tokenizer, layout
+
+
+def circuit_layout(model: Any, circuit: Any, params: dict[str, Any]) -> Any:
+    """The circuit's layout on `model`: its recorded paths, or --layers-path/--site if given
+    (a path left out is taken from the circuit), which must then agree with the circuit."""
+    from neurosteer.layout import resolve_layout
+
+    layout = None
+    if params["layers_path"] is not None or params["site_path"] is not None:
+        layout = resolve_layout(
+            model,
+            layers_path=params["layers_path"] or circuit.model.layers_path,
+            site_path=params["site_path"] or circuit.model.site_path,
+        )
+    return circuit.layout_on(model, layout)
 
 
 def _parse_memory(

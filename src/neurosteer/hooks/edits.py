@@ -3,6 +3,12 @@
 Each reads its strength from an `EditState` at call time and edits only the positions
 `state.steered_range` allows. At the identity strength (1 for scaling, 0 for adding and
 projecting) a hook returns nothing, so the model is bit-identical to an unhooked one.
+
+Precision rule, shared with baking (`neurosteer.baking`): the strength is rounded to float32
+once (`float32_strength`), the edit is computed in float32 (or the tensor's own dtype if it is
+wider, `edit_dtype`) and the result is rounded to the tensor's dtype once. A hook therefore
+applies m = 0.3 as 0.3 to bfloat16 activations, exactly like a bake applies it to bfloat16
+weights, and never as bfloat16(0.3) = 0.30078125.
 """
 
 from __future__ import annotations
@@ -16,6 +22,22 @@ from torch import nn
 from neurosteer.hooks.hookset import HookSet
 from neurosteer.hooks.positions import EditState
 from neurosteer.hooks.recorders import first_tensor
+
+
+def float32_strength(value: float) -> float:
+    """`value` rounded to float32 (returned as a Python float): the strength every edit applies."""
+    return float(torch.tensor(float(value), dtype=torch.float32))
+
+
+def edit_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype an edit of a `dtype` tensor is computed in: float32, or `dtype` if wider."""
+    return torch.promote_types(dtype, torch.float32)
+
+
+def scale_values(values: torch.Tensor, multiplier: float) -> torch.Tensor:
+    """`values * multiplier` under the precision rule: one rounding to `values.dtype`."""
+    product = values.to(edit_dtype(values.dtype)) * float32_strength(multiplier)
+    return product.to(values.dtype)
 
 
 def _edit_range(
@@ -52,18 +74,24 @@ def _scaler(
     cache: dict[tuple[torch.device, torch.dtype, float], torch.Tensor] = {}
 
     def hook(_module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...] | None:
-        m = float(state.multiplier)
+        m = float32_strength(state.multiplier)
         if m == 1.0:
             return None
         x = args[0]  # [batch, seq, d_mlp]
-        key = (x.device, x.dtype, m)
+        math = edit_dtype(x.dtype)
+        key = (x.device, math, m)
         scale = cache.get(key)
         if scale is None:
             cache.clear()  # one live multiplier at a time; a sweep re-fills it
-            scale = torch.ones(x.shape[-1], device=x.device, dtype=x.dtype)
+            # [d_mlp] in the edit dtype: 1 (exact) off the circuit, m on it
+            scale = torch.ones(x.shape[-1], device=x.device, dtype=math)
             scale[neurons.to(x.device)] = m
             cache[key] = scale
-        scaled = _edit_range(x, state, lambda part: part * scale)
+
+        def apply(part: torch.Tensor) -> torch.Tensor:
+            return (part.to(math) * scale).to(part.dtype)
+
+        scaled = _edit_range(x, state, apply)
         return None if scaled is None else (scaled, *args[1:])
 
     return hook
@@ -84,12 +112,17 @@ def _adder(
     vector: torch.Tensor, state: EditState
 ) -> Callable[[nn.Module, tuple[Any, ...], Any], Any]:
     def hook(_module: nn.Module, _args: tuple[Any, ...], output: Any) -> Any:
-        alpha = float(state.multiplier)
+        alpha = float32_strength(state.multiplier)
         if alpha == 0.0:
             return None
         x = first_tensor(output)
-        shift = (alpha * vector.to(device=x.device, dtype=torch.float32)).to(x.dtype)
-        new = _edit_range(x, state, lambda part: part + shift)
+        math = edit_dtype(x.dtype)
+        shift = alpha * vector.to(device=x.device, dtype=math)  # [width]
+
+        def add(part: torch.Tensor) -> torch.Tensor:
+            return (part.to(math) + shift).to(part.dtype)
+
+        new = _edit_range(x, state, add)
         return None if new is None else _replace_output(output, new)
 
     return hook
@@ -108,14 +141,16 @@ def _projector(
     direction: torch.Tensor, state: EditState
 ) -> Callable[[nn.Module, tuple[Any, ...], Any], Any]:
     def hook(_module: nn.Module, _args: tuple[Any, ...], output: Any) -> Any:
-        strength = float(state.multiplier)
+        strength = float32_strength(state.multiplier)
         if strength == 0.0:
             return None
         x = first_tensor(output)
-        r = direction.to(device=x.device, dtype=x.dtype)
+        math = edit_dtype(x.dtype)
+        r = direction.to(device=x.device, dtype=math)  # [width], unit
 
         def project(part: torch.Tensor) -> torch.Tensor:
-            return part - strength * (part @ r)[..., None] * r
+            p = part.to(math)
+            return (p - strength * (p @ r)[..., None] * r).to(part.dtype)
 
         new = _edit_range(x, state, project)
         return None if new is None else _replace_output(output, new)
