@@ -134,14 +134,15 @@ def _names(text: str) -> tuple[str, ...]:
     "--caa-layer",
     type=int,
     default=None,
-    help="Layer of the CAA vector and the ablated direction (default: scanned).",
+    help="Layer of the CAA vector and the ablated direction (default: each scanned).",
 )
 @click.option(
     "--layer-scan-prompts",
     type=int,
     default=16,
     show_default=True,
-    help="Positive prompts the CAA layer scan judges (0: a cheap heuristic instead).",
+    help="Positive prompts the layer scans judge; the layer with the most well-formed "
+    "compliance wins (0: a cheap heuristic instead).",
 )
 @click.option(
     "--caa-normalize", is_flag=True, help="Scale the CAA vector to the layer's mean residual norm."
