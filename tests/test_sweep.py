@@ -332,6 +332,7 @@ class _Generations:
     def __init__(self, monkeypatch: pytest.MonkeyPatch, model: Any, out: Path) -> None:
         self.calls: list[tuple[bool, int]] = []
         self.kill_in_point: int | None = None  # raise when measuring the point after n done
+        self.kill_at_call: int | None = None  # raise at this call (1-based)
         self._in_point = False
         real_generate, real_point = model.generate, runner._Evaluator.point
 
@@ -339,6 +340,8 @@ class _Generations:
             done = len(read_results(out))
             self.calls.append((self._in_point, done))
             if self._in_point and done == self.kill_in_point:
+                raise KeyboardInterrupt
+            if len(self.calls) == self.kill_at_call:
                 raise KeyboardInterrupt
             return real_generate(*args, **kwargs)
 
@@ -449,3 +452,29 @@ def test_a_config_rewrite_never_holds_less_than_before(tmp_path: Path) -> None:
         "layer_scans": {"caa": {"chosen": 0}, "direction": {}},
     }
     assert stored["notes"] == {"added by": "a later version"}
+
+
+def test_a_run_killed_during_a_layer_scan_keeps_the_scans_it_finished(
+    tiny_llama: Pair,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    positive_prompts: list[str],
+    negative_prompts: list[str],
+) -> None:
+    out = tmp_path / "run"
+    config = _config(methods=("caa", "direction"), strengths=(1.0,), layer_scan_prompts=3)
+    count = _Generations(monkeypatch, tiny_llama[0], out)
+    count.kill_at_call = 5  # 3 layers x 1 batch for CAA, then the direction scan's 2nd layer
+    with pytest.raises(KeyboardInterrupt):
+        _run(tiny_llama, config, out, positive_prompts, negative_prompts)
+    fitted = json.loads((out / "config.json").read_text())["fitted"]
+    assert set(fitted) == {"caa_layer", "layer_scans"}
+    assert set(fitted["layer_scans"]) == {"caa"}
+
+    count.calls, count.kill_at_call = [], None
+    _run(tiny_llama, config, out, positive_prompts, negative_prompts)
+    assert [c for c in count.calls if not c[0]] == [(False, 0)] * 3  # the direction scan only
+    after = json.loads((out / "config.json").read_text())["fitted"]
+    assert after["caa_layer"] == fitted["caa_layer"]
+    assert after["layer_scans"]["caa"] == fitted["layer_scans"]["caa"]
+    assert set(after["layer_scans"]) == {"caa", "direction"}

@@ -32,7 +32,7 @@ from neurosteer.layout import ModelLayout
 from neurosteer.steering import steer
 from neurosteer.sweep.config import SweepConfig, knob
 from neurosteer.sweep.layers import SCANNED, LayerScan, scan_layer
-from neurosteer.sweep.store import CIRCUIT_DIR, VECTORS_FILE, read_config
+from neurosteer.sweep.store import CIRCUIT_DIR, VECTORS_FILE, read_config, store_fitted
 
 logger = logging.getLogger(__name__)
 
@@ -192,6 +192,10 @@ def fit_methods(
                 progress=progress,
             )
             layers[method], scans[method] = scan.chosen, scan
+            # stored now: a run killed before its first point does not scan this again
+            store_fitted(
+                run_dir, {f"{method}_layer": scan.chosen, "layer_scans": {method: scan.to_dict()}}
+            )
         else:
             layers[method] = residual.default_layer()
     return Fitted(

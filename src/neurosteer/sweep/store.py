@@ -162,6 +162,20 @@ def check_or_write_config(run_dir: str | Path, meta: dict[str, Any]) -> None:
     write_atomic(folder / CONFIG_FILE, json.dumps(full, indent=2, sort_keys=True) + "\n")
 
 
+def store_fitted(run_dir: str | Path, values: dict[str, Any]) -> None:
+    """Merge `values` into config.json's "fitted" section at once (`merge_stored`), so work
+    such as a finished layer scan survives a run killed before its first point.
+
+    A folder without config.json (fitting outside a sweep) is left alone.
+    """
+    folder = Path(run_dir)
+    old = read_config(folder)
+    if old is None:
+        return
+    full = merge_stored(old, {"fitted": values})
+    write_atomic(folder / CONFIG_FILE, json.dumps(full, indent=2, sort_keys=True) + "\n")
+
+
 def merge_stored(old: Any, new: Any) -> Any:
     """`new` laid over `old` without losing anything `old` had.
 
