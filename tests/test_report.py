@@ -4,6 +4,7 @@ the self-contained HTML page, the Markdown file and the `report` command."""
 from __future__ import annotations
 
 import csv
+import io
 import json
 import re
 from pathlib import Path
@@ -12,11 +13,14 @@ from typing import Any
 import pytest
 import torch
 from click.testing import CliRunner
+from rich.console import Console
+from rich.table import Table
 
 import neurosteer.cli.main  # before analysis_cmds: main registers it at its end
-from neurosteer.cli.analysis_cmds import report_command
+from neurosteer.cli.analysis_cmds import print_summary, report_command
+from neurosteer.cli.render import print_table
 from neurosteer.errors import InputError
-from neurosteer.report import COLUMNS, summarise, write_report
+from neurosteer.report import COLUMNS, at_matched_refusal, summarise, write_report
 from test_analysis import make_circuit
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -145,3 +149,126 @@ def test_the_report_command(run_dir: Path, tmp_path: Path) -> None:
     assert len(bad.output.strip().splitlines()) == 1
     with pytest.raises(InputError, match="no finished points"):
         summarise(empty)
+
+
+def test_the_summary_table_is_printed_whole_when_piped(
+    run_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    print_summary(summarise(run_dir))  # capsys: stdout is not a terminal, as in a pipe
+    out = capsys.readouterr().out
+    assert "…" not in out
+    header = next(line for line in out.splitlines() if "method" in line)
+    for title in ("harmful refused", "harmful degenerate", "harmless refused", "distinct-4",
+                  "KL first", "KL mean", "MMLU Δ"):  # fmt: skip
+        assert title in header
+    assert "random (2 seeds)" in out
+    assert max(map(len, out.splitlines())) > 80  # wider than rich's default for a pipe
+
+
+def test_tables_fit_a_terminal_and_are_whole_in_a_file() -> None:
+    table = Table(title="wide")
+    for i in range(12):
+        table.add_column(f"a rather long column title {i}")
+    table.add_row(*[f"value number {i} of the row" for i in range(12)])
+    piped = io.StringIO()
+    print_table(table, to=Console(file=piped))
+    assert "…" not in piped.getvalue()
+    assert "a rather long column title 11" in piped.getvalue()
+    terminal = io.StringIO()
+    print_table(table, to=Console(file=terminal, force_terminal=True, color_system=None, width=100))
+    assert max(map(len, terminal.getvalue().splitlines())) <= 100  # a terminal: it fits
+
+
+def _row(method: str, s: float, refusal: float | None, kl: float | None) -> dict[str, Any]:
+    return {"method": method, "strength": s, "harmful_refusal": refusal, "kl_mean": kl,
+            "n_seeds": None}  # fmt: skip
+
+
+def _picked(rows: list[dict[str, Any]]) -> tuple[float | None, list[tuple[str, float, bool]]]:
+    matched = at_matched_refusal(rows)
+    return matched.target, [(r["method"], r["strength"], ok) for r, ok in matched.points]
+
+
+def test_methods_are_matched_at_the_refusal_cna_reaches() -> None:
+    rows = [
+        _row("baseline", 0.0, 0.9, 0.0),
+        _row("cna", 0.5, 0.5, 0.05), _row("cna", 1.0, 0.2, 0.1),
+        # caa gets below CNA's 20% twice: the cheaper of the two is shown, not the strongest
+        _row("caa", 0.5, 0.6, 0.2), _row("caa", 1.0, 0.2, 0.3), _row("caa", 2.0, 0.0, 0.25),
+        # direction never gets that low: its lowest refusal is shown, marked
+        _row("direction", 0.5, 0.4, 0.02), _row("direction", 1.0, 0.3, 0.04),
+    ]  # fmt: skip
+    assert _picked(rows) == (
+        0.2,
+        [("cna", 1.0, True), ("caa", 2.0, True), ("direction", 1.0, False)],
+    )
+    assert at_matched_refusal(rows).baseline == rows[0]
+    assert "CNA reaches (at s = 1)" in at_matched_refusal(rows).reference
+
+
+def test_matched_refusal_variants() -> None:
+    # no CNA: the lowest level every method reaches
+    rows = [
+        _row("caa", 1.0, 0.5, 0.2),
+        _row("caa", 2.0, 0.3, 0.6),
+        _row("direction", 1.0, 0.4, 0.1),
+    ]
+    assert _picked(rows) == (0.4, [("caa", 2.0, True), ("direction", 1.0, True)])
+    # equal KL: the smaller strength; a missing KL counts as the largest
+    rows = [_row("cna", 1.0, 0.0, 0.1), _row("caa", 1.0, 0.0, 0.2), _row("caa", 0.5, 0.0, 0.2),
+            _row("direction", 0.5, 0.0, None), _row("direction", 1.0, 0.0, 0.9)]  # fmt: skip
+    assert _picked(rows)[1] == [("cna", 1.0, True), ("caa", 0.5, True), ("direction", 1.0, True)]
+    # CNA's lowest refusal reached at two strengths: the cheaper one; rates as float noise
+    rows = [_row("cna", 0.5, 0.1, 0.01), _row("cna", 1.0, 0.1, 0.02),
+            _row("random", 1.0, 0.1 + 1e-12, 0.0)]  # fmt: skip
+    assert _picked(rows) == (0.1, [("cna", 0.5, True), ("random", 1.0, True)])
+    # only the baseline
+    assert at_matched_refusal([_row("baseline", 0.0, 0.9, 0.0)]).target is None
+
+
+def test_the_page_leads_with_the_headline(run_dir: Path) -> None:
+    config = json.loads((run_dir / "config.json").read_text())
+    config["prompts"] = {
+        name: {"count": n, "sha256": "0" * 64}
+        for name, n in (("positive", 64), ("negative", 48), ("harmful", 2), ("harmless", 2))
+    }
+    config["settings"].update(
+        judge="patterns",
+        strengths=[0, 0.5, 1],
+        random_seeds=[0, 1],
+        kl_limit=32,
+        caa_layer=None,
+        layer_scan_prompts=16,
+    )
+    config["fitted"] = {"circuit_neurons": 6, "caa_layer": 0, "layer_scans": {"caa": {
+        "chosen": 0, "n_prompts": 16, "rates": {"0": {}, "1": {}}}}}  # fmt: skip
+    (run_dir / "config.json").write_text(json.dumps(config))
+    html_path, md_path = write_report(run_dir)
+    page = html_path.read_text()
+    sections = re.findall(r"<h2>(.*?)</h2>", page)
+    assert sections[:4] == ["At a glance", "Methods at matched refusal", "Figures", "Every point"]
+    glance = page[page.index("At a glance") : page.index("Methods at matched refusal")]
+    for fact in ("toy-model", "6 neurons (7.5% of 80 MLP neurons) in 1 layer: L7 (6)",
+                 "CAA at layer 0 (scanned: most well-formed compliance among layers 0, 1 on 16",
+                 "fitting: 64 positive, 48 negative; evaluation: 2 harmful, 2 harmless "
+                 "(KL on 2 of the harmless)", "patterns", "up to 8 new tokens",
+                 "cna, caa, random at s = 0, 0.5, 1; random = mean of 2 seeds"):  # fmt: skip
+        assert fact in glance
+    matched = page[page.index("Methods at matched refusal") : page.index("<h2>Figures")]
+    assert "at or below 0%, the lowest harmful refusal CNA reaches (at s = 1)" in matched
+    assert "caa (layer 0) *" in matched  # never gets to 0%: marked
+    assert "random (2 seeds) *" in matched
+    full = page[page.index("<h2>Every point") :]
+    assert "<td>75%</td>" in full  # the random mean, as a percentage
+    assert "<td>-10.0 pp</td>" in full  # MMLU Δ in percentage points
+    assert not re.search(r"<td>0\.[0-9]{3}</td><td>0\.[0-9]{3}</td>", full.split("</table>")[0])
+    markdown = md_path.read_text()
+    assert markdown.index("## At a glance") < markdown.index("## Every point")
+    assert "| method | s | knob | harmful refused | harmful complied |" in markdown
+
+
+def test_the_full_table_shows_every_summary_column() -> None:
+    from neurosteer.report.tables import FULL_COLUMNS
+
+    # n_seeds is folded into the method cell ("random (3 seeds)")
+    assert sorted(FULL_COLUMNS) == sorted(c for c in COLUMNS if c != "n_seeds")

@@ -15,7 +15,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerFast
 
 import neurosteer.cli.main  # before analysis_cmds: main registers it at its end
 import neurosteer.sweep.runner as runner
-from neurosteer.baselines import CAA, contrast_vectors
+from neurosteer.baselines import CAA, DirectionAblation, contrast_vectors
 from neurosteer.cli.analysis_cmds import sweep_command
 from neurosteer.errors import InputError
 from neurosteer.hooks import count_hooks
@@ -29,8 +29,8 @@ from neurosteer.sweep import (
     read_results,
     run_sweep,
 )
-from neurosteer.sweep.methods import scan_caa_layer
-from neurosteer.sweep.store import append_result
+from neurosteer.sweep.layers import scan_layer
+from neurosteer.sweep.store import append_result, check_or_write_config
 
 Pair = tuple[PreTrainedModel, PreTrainedTokenizerFast]
 
@@ -312,7 +312,7 @@ def test_caa_layer_scan_picks_the_layer_with_least_refusal(
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(CAA, "fit", spy_fit)
-        layer = scan_caa_layer(
+        layer = scan_layer(
             model,
             tokenizer,
             vectors,
@@ -320,6 +320,161 @@ def test_caa_layer_scan_picks_the_layer_with_least_refusal(
             judge,  # type: ignore[arg-type]
             config=config,
             layout=resolve_layout(model),
-        )
+        ).chosen
     assert layer == 2
     assert seen == [1, 2, 3]  # 4 layers: candidates 1 .. 80% of depth (ceil 3.2)
+
+
+class _Generations:
+    """Counts every `model.generate` call (scans, points and KL references alike), noting the
+    finished points at each and whether a sweep point was being measured."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, model: Any, out: Path) -> None:
+        self.calls: list[tuple[bool, int]] = []
+        self.kill_in_point: int | None = None  # raise when measuring the point after n done
+        self.kill_at_call: int | None = None  # raise at this call (1-based)
+        self._in_point = False
+        real_generate, real_point = model.generate, runner._Evaluator.point
+
+        def generate(*args: Any, **kwargs: Any) -> Any:
+            done = len(read_results(out))
+            self.calls.append((self._in_point, done))
+            if self._in_point and done == self.kill_in_point:
+                raise KeyboardInterrupt
+            if len(self.calls) == self.kill_at_call:
+                raise KeyboardInterrupt
+            return real_generate(*args, **kwargs)
+
+        def point(evaluator: Any, *args: Any, **kwargs: Any) -> Any:
+            self._in_point = True
+            try:
+                return real_point(evaluator, *args, **kwargs)
+            finally:
+                self._in_point = False
+
+        monkeypatch.setattr(model, "generate", generate)
+        monkeypatch.setattr(runner._Evaluator, "point", point)
+
+
+@pytest.mark.parametrize("first_layer", [0, 2])
+def test_a_resumed_sweep_keeps_its_fitted_layers_and_generates_nothing_before_its_points(
+    tiny_llama: Pair,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    positive_prompts: list[str],
+    negative_prompts: list[str],
+    first_layer: int,
+) -> None:
+    import dataclasses
+
+    import neurosteer.sweep.methods as methods
+    from neurosteer.sweep.layers import scan_layer as real_scan
+
+    out = tmp_path / "run"
+    config = _config(methods=("cna", "caa", "direction"), strengths=(1.0,), layer_scan_prompts=3)
+    count = _Generations(monkeypatch, tiny_llama[0], out)
+    count.kill_in_point = 1  # killed while measuring the second point
+
+    def scan(*args: Any, **kwargs: Any) -> Any:  # the real scan, then a layer of our choosing
+        return dataclasses.replace(real_scan(*args, **kwargs), chosen=first_layer)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(methods, "scan_layer", scan)
+        with pytest.raises(KeyboardInterrupt):
+            _run(tiny_llama, config, out, positive_prompts, negative_prompts)
+    assert [point_key(r) for r in read_results(out)] == [("baseline", 0.0, None)]
+    scans = [c for c in count.calls if not c[0]]
+    assert len(scans) == 2 * 3  # two scans x three layers (3 prompts, one batch of 4)
+    fitted = json.loads((out / "config.json").read_text())["fitted"]
+    assert fitted["caa_layer"] == fitted["direction_layer"] == first_layer
+    assert set(fitted["layer_scans"]) == {"caa", "direction"}
+
+    # resume with the real scan in place: it must not run, and the stored layers are used
+    used: list[int] = []
+    for cls in (CAA, DirectionAblation):
+        real_fit = cls.fit
+
+        def spy(vectors: Any, real: Any = real_fit, **kw: Any) -> Any:
+            used.append(kw["layer"])
+            return real(vectors, **kw)
+
+        monkeypatch.setattr(cls, "fit", spy)
+    count.calls, count.kill_in_point = [], None
+    records = _run(tiny_llama, config, out, positive_prompts, negative_prompts)
+    assert count.calls, "the missing points generate"
+    assert all(in_point for in_point, _ in count.calls)  # no generation outside the points
+    assert count.calls[0] == (True, 1)  # the first generation is the first missing point's
+    assert used == [first_layer, first_layer]
+    assert {point_key(r) for r in records} == set(planned_points(config))
+    after = json.loads((out / "config.json").read_text())["fitted"]
+    assert after == fitted  # nothing fitted was recomputed or dropped
+
+    # a smaller grid on the same folder keeps what it does not fit; the full grid again
+    # generates nothing at all
+    count.calls = []
+    smaller = _config(methods=("cna",), strengths=(1.0,), layer_scan_prompts=3)
+    _run(tiny_llama, smaller, out, positive_prompts, negative_prompts)
+    stored = json.loads((out / "config.json").read_text())
+    assert stored["fitted"] == fitted
+    assert stored["settings"]["methods"] == ["cna", "caa", "direction"]
+    _run(tiny_llama, config, out, positive_prompts, negative_prompts)
+    assert count.calls == []
+    assert json.loads((out / "config.json").read_text())["fitted"] == fitted
+
+
+def test_a_config_rewrite_never_holds_less_than_before(tmp_path: Path) -> None:
+    meta = {
+        "identity": {"judge": "sweep"},
+        "prompts": {},
+        "model": {"name_or_path": "m"},
+        "settings": {"methods": ["cna", "caa"], "strengths": [0.5, 1.0], "batch_size": 8},
+        "fitted": {"caa_layer": 0, "direction_layer": None, "layer_scans": {"caa": {"chosen": 0}}},
+        "notes": {"added by": "a later version"},
+    }
+    check_or_write_config(tmp_path, meta)
+    later = {
+        "identity": {"judge": "sweep"},
+        "prompts": {},
+        "model": {"name_or_path": "m"},
+        "settings": {"methods": ["direction"], "strengths": [0.25], "batch_size": 2},
+        "fitted": {"caa_layer": None, "direction_layer": 3, "layer_scans": {"direction": {}}},
+    }
+    check_or_write_config(tmp_path, later)
+    stored = json.loads((tmp_path / "config.json").read_text())
+    assert stored["settings"] == {
+        "methods": ["cna", "caa", "direction"],
+        "strengths": [0.25, 0.5, 1.0],
+        "batch_size": 2,
+    }
+    assert stored["fitted"] == {
+        "caa_layer": 0,
+        "direction_layer": 3,
+        "layer_scans": {"caa": {"chosen": 0}, "direction": {}},
+    }
+    assert stored["notes"] == {"added by": "a later version"}
+
+
+def test_a_run_killed_during_a_layer_scan_keeps_the_scans_it_finished(
+    tiny_llama: Pair,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    positive_prompts: list[str],
+    negative_prompts: list[str],
+) -> None:
+    out = tmp_path / "run"
+    config = _config(methods=("caa", "direction"), strengths=(1.0,), layer_scan_prompts=3)
+    count = _Generations(monkeypatch, tiny_llama[0], out)
+    count.kill_at_call = 5  # 3 layers x 1 batch for CAA, then the direction scan's 2nd layer
+    with pytest.raises(KeyboardInterrupt):
+        _run(tiny_llama, config, out, positive_prompts, negative_prompts)
+    fitted = json.loads((out / "config.json").read_text())["fitted"]
+    assert set(fitted) == {"caa_layer", "layer_scans"}
+    assert set(fitted["layer_scans"]) == {"caa"}
+
+    count.calls, count.kill_at_call = [], None
+    _run(tiny_llama, config, out, positive_prompts, negative_prompts)
+    assert [c for c in count.calls if not c[0]] == [(False, 0)] * 3  # the direction scan only
+    after = json.loads((out / "config.json").read_text())["fitted"]
+    assert after["caa_layer"] == fitted["caa_layer"]
+    assert after["layer_scans"]["caa"] == fitted["layer_scans"]["caa"]
+    assert set(after["layer_scans"]) == {"caa", "direction"}

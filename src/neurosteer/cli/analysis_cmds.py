@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import click
-from rich.console import Console
 from rich.table import Table
 
 from neurosteer.cli.options import (
@@ -23,9 +22,8 @@ from neurosteer.cli.options import (
     parse_layers,
     template_option,
 )
+from neurosteer.cli.render import console, print_table
 from neurosteer.errors import InputError
-
-console = Console()
 
 
 def _floats(text: str, option: str) -> tuple[float, ...]:
@@ -134,14 +132,15 @@ def _names(text: str) -> tuple[str, ...]:
     "--caa-layer",
     type=int,
     default=None,
-    help="Layer of the CAA vector and the ablated direction (default: scanned).",
+    help="Layer of the CAA vector and the ablated direction (default: each scanned).",
 )
 @click.option(
     "--layer-scan-prompts",
     type=int,
     default=16,
     show_default=True,
-    help="Positive prompts the CAA layer scan judges (0: a cheap heuristic instead).",
+    help="Positive prompts the layer scans judge; the layer with the most well-formed "
+    "compliance wins (0: a cheap heuristic instead).",
 )
 @click.option(
     "--caa-normalize", is_flag=True, help="Scale the CAA vector to the layer's mean residual norm."
@@ -256,7 +255,7 @@ def compare_command(
         layers.add_column(name, justify="right")
     for layer, counts in comparison.per_layer.items():
         layers.add_row(str(layer), *map(str, counts))
-    console.print(layers)
+    print_table(layers)
 
     where = Table(title="layer localisation", show_edge=False)
     for name in ("circuit", "neurons", "last 3 layers", "last quarter", "mean depth"):
@@ -270,7 +269,7 @@ def compare_command(
             f"{loc['last_quarter']:.1%}",
             f"{loc['mean_depth']:.2f}",
         )
-    console.print(where)
+    print_table(where)
 
     sweeps: dict[str, list[dict[str, Any]]] = {}
     for name, circuit in (("A", a), ("B", b)):
@@ -292,7 +291,7 @@ def compare_command(
                 f"{p.last_three:.1%}",
                 f"{p.last_quarter:.1%}",
             )
-        console.print(table)
+        print_table(table)
         sweeps[name] = [asdict(p) for p in points]
     if json_path is not None:
         data = {
@@ -347,4 +346,4 @@ def print_summary(rows: Sequence[dict[str, Any]]) -> None:
         if row.get("n_seeds"):
             cells[0] += f" ({row['n_seeds']} seeds)"
         table.add_row(*cells)
-    console.print(table)
+    print_table(table)

@@ -1,15 +1,35 @@
-"""Terminal output of the CLI (rich tables). Reads circuits and strings; never a model."""
+"""Terminal output of the CLI (rich tables). Reads circuits and strings; never a model.
+
+Tables go through `print_table`: on a terminal they fit its width; piped or redirected, rich
+would squeeze them to 80 columns ("harm…" headers), so they are printed at full width instead.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-from rich.console import Console
+from rich.console import Console, RenderableType
 from rich.table import Table
 
-from neurosteer.circuit import Circuit
+if TYPE_CHECKING:  # only for annotations: the CLI imports this file at startup
+    from neurosteer.circuit import Circuit
 
 console = Console()
+
+#: Width a table is measured at when nothing limits it (no terminal).
+_UNLIMITED = 1_000_000
+
+
+def print_table(table: RenderableType, *, to: Console | None = None) -> None:
+    """Print `table` whole: at the terminal's width on a terminal, at its own full width
+    (no wrapping, no "…") when the output is a pipe or a file."""
+    out = to or console
+    if out.is_terminal:
+        out.print(table)
+        return
+    natural = out.measure(table, options=out.options.update_width(_UNLIMITED)).maximum
+    Console(file=out.file, width=max(out.width, natural), color_system=None).print(table)
 
 
 def print_circuit_summary(circuit: Circuit, *, top: int, settings: bool = False) -> None:
@@ -28,7 +48,7 @@ def print_circuit_summary(circuit: Circuit, *, top: int, settings: bool = False)
     layers.add_column("")
     for layer, n in per_layer.items():
         layers.add_row(str(layer), str(n), "█" * max(1, round(30 * n / widest)))
-    console.print(layers)
+    print_table(layers)
 
     best = Table(title=f"top {min(top, len(circuit))} neurons by |δ|", show_edge=False)
     for name in ("rank", "layer", "neuron", "δ", "mean +", "mean −"):
@@ -42,7 +62,7 @@ def print_circuit_summary(circuit: Circuit, *, top: int, settings: bool = False)
             f"{float(circuit.positive_mean[rank]):.4g}",
             f"{float(circuit.negative_mean[rank]):.4g}",
         )
-    console.print(best)
+    print_table(best)
     if settings:
         s = circuit.settings
         console.print(

@@ -1,6 +1,8 @@
 """Stage 10 of the pipeline: reports of a sweep folder, from its files alone (never a model).
 
-summary   summarise(RUN) -> rows (one per method and strength), RUN/summary.csv
+summary   summarise(RUN) -> rows (one per method and strength), RUN/summary.csv;
+          at_matched_refusal(rows) -> the headline comparison of methods
+headline  the facts a reader needs first (model, circuit, prompt sets, judge)
 plots     plots(RUN, rows) -> PNGs in RUN/figures/
 page      write_report(RUN) -> (RUN/report.html, RUN/report.md)
 
@@ -9,7 +11,15 @@ html_path, md_path = write_report("runs/llama-1b")
 
 from neurosteer.report.page import HTML_FILE, MARKDOWN_FILE, format_cell, write_report
 from neurosteer.report.plots import FIGURES_DIR, plots
-from neurosteer.report.summary import COLUMNS, SUMMARY_FILE, curves, summarise, to_csv
+from neurosteer.report.summary import (
+    COLUMNS,
+    SUMMARY_FILE,
+    Matched,
+    at_matched_refusal,
+    curves,
+    summarise,
+    to_csv,
+)
 
 __all__ = [
     "COLUMNS",
@@ -17,6 +27,8 @@ __all__ = [
     "HTML_FILE",
     "MARKDOWN_FILE",
     "SUMMARY_FILE",
+    "Matched",
+    "at_matched_refusal",
     "curves",
     "format_cell",
     "plots",

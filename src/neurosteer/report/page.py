@@ -1,7 +1,11 @@
 """Stage 10 (reports), the pages: RUN/report.html (self-contained) and RUN/report.md.
 
-Both hold the summary table, the figures, the strength mapping, the run's settings and a few
-example answers per method at its strongest setting next to the unsteered answers. The HTML
+Both open with what a reader needs first: the model, the circuit's size and layers, the
+baselines' layers, the prompt sets with their sizes, the judge (`headline.facts`), and the
+methods compared at matched harmful refusal (`summary.at_matched_refusal`). Then the figures,
+every point of the sweep (rates as percentages; in the HTML a table that scrolls inside the
+page rather than running off it), the strength mapping, a few example answers per method at
+its strongest setting next to the unsteered ones, and the run's settings. The HTML
 embeds every figure as a base64 data URI and uses no external file, script or style sheet, so
 it can be mailed or archived alone; the Markdown links the PNGs in RUN/figures/.
 """
@@ -11,24 +15,59 @@ from __future__ import annotations
 import base64
 import html
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from neurosteer.circuit import Circuit
+from neurosteer.report.headline import cell, facts
 from neurosteer.report.plots import plots
-from neurosteer.report.summary import COLUMNS, Row, summarise
+from neurosteer.report.summary import Matched, Row, at_matched_refusal, summarise
+from neurosteer.report.tables import (
+    FULL_COLUMNS,
+    GROUPS,
+    full_method,
+    matched_header,
+    matched_note,
+    matched_rows,
+)
 from neurosteer.sweep.config import BASELINE, STRENGTH_MAPPING
-from neurosteer.sweep.store import read_answers, read_config, read_results
+from neurosteer.sweep.store import CIRCUIT_DIR, read_answers, read_config, read_results
 
 HTML_FILE = "report.html"
 MARKDOWN_FILE = "report.md"
 N_EXAMPLES = 3
+
 _CSS = (
-    "body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}"
-    "table{border-collapse:collapse;font-size:13px;margin:1em 0}"
-    "td,th{border:1px solid #ccc;padding:3px 6px;text-align:right;vertical-align:top}"
-    "td.text{text-align:left;white-space:pre-wrap;max-width:380px}"
-    "img{max-width:100%;margin:0.5em 0}pre{background:#f6f6f6;padding:1em;overflow:auto}"
+    "body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;"
+    "line-height:1.4;overflow-wrap:anywhere}"
+    "table{border-collapse:collapse;font-size:13px;margin:0.5em 0}"
+    "td,th{border:1px solid #ccc;padding:3px 5px;text-align:right;vertical-align:top;"
+    "white-space:nowrap}"
+    "th{background:#f3f3f3}th[colspan]{text-align:center}td.name,th.name{text-align:left}"
+    ".scroll{overflow-x:auto;max-width:100%}"
+    "table.facts th{text-align:left}"
+    "table.facts td{text-align:left;white-space:normal}"
+    "table.examples{table-layout:fixed;width:100%}"
+    "table.examples td,table.examples th{text-align:left;white-space:normal}"
+    "td.text div{white-space:pre-wrap;overflow-wrap:anywhere;max-height:12em;overflow-y:auto}"
+    "h1{font-size:1.6em}tr.missed td{color:#777}p.note{font-size:13px;color:#444;max-width:60em}"
+    "img{max-width:100%;height:auto;margin:0.5em 0}"
+    "pre{background:#f6f6f6;padding:1em;overflow:auto;max-height:30em}"
 )
+
+
+@dataclass(frozen=True)
+class _Page:
+    """Everything both pages show, read from the run folder once."""
+
+    title: str
+    rows: list[Row]
+    figures: list[Path]
+    config: dict[str, Any]
+    facts: list[tuple[str, str]]
+    matched: Matched
+    examples: dict[str, list[dict[str, Any]]]
 
 
 def write_report(run_dir: str | Path) -> tuple[Path, Path]:
@@ -37,29 +76,35 @@ def write_report(run_dir: str | Path) -> tuple[Path, Path]:
     Returns:
         (html path, markdown path).
 
+    Raises:
+        InputError: the folder has no finished points.
+
     Example:
         >>> html_path, md_path = write_report("runs/llama-1b")
     """
     folder = Path(run_dir)
     rows = summarise(folder)
-    figures = plots(folder, rows)
     config = read_config(folder) or {}
-    examples = _examples(folder)
-    title = f"neurosteer sweep: {config.get('model', {}).get('name_or_path') or folder.name}"
+    circuit = Circuit.load(folder / CIRCUIT_DIR) if (folder / CIRCUIT_DIR).exists() else None
+    page = _Page(
+        title=f"neurosteer sweep: {config.get('model', {}).get('name_or_path') or folder.name}",
+        rows=rows,
+        figures=plots(folder, rows),
+        config=config,
+        facts=facts(config, circuit),
+        matched=at_matched_refusal(rows),
+        examples=_examples(folder),
+    )
     html_path, md_path = folder / HTML_FILE, folder / MARKDOWN_FILE
-    html_path.write_text(_html(title, rows, figures, config, examples), encoding="utf-8")
-    md_path.write_text(_markdown(title, rows, figures, config, examples, folder), encoding="utf-8")
+    html_path.write_text(_html(page), encoding="utf-8")
+    md_path.write_text(_markdown(page, folder), encoding="utf-8")
     return html_path, md_path
 
 
 def format_cell(row: Row, column: str) -> str:
-    """A table cell: rates and scores with 3 decimals, empty for missing values."""
-    value = row.get(column)
-    if value is None:
-        return ""
-    if isinstance(value, float):
-        return f"{value:g}" if column == "strength" else f"{value:.3f}"
-    return str(value)
+    """A summary cell for people: rates as percentages, MMLU Δ in percentage points, KL with
+    3 significant digits, distinct-4 with 3 decimals; empty for a missing value."""
+    return cell(row, column)
 
 
 Example = dict[str, Any]
@@ -120,67 +165,110 @@ def _settings_json(config: dict[str, Any]) -> str:
     return json.dumps(shown, indent=2, sort_keys=True)
 
 
-def _html(
-    title: str,
-    rows: list[Row],
-    figures: list[Path],
-    config: dict[str, Any],
-    examples: dict[str, list[Example]],
-) -> str:
+def _html(page: _Page) -> str:
     e = html.escape
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
-        f"<title>{e(title)}</title><style>{_CSS}</style></head><body>",
-        f"<h1>{e(title)}</h1>",
-        "<h2>Summary</h2><table><tr>",
-        "".join(f"<th>{e(c)}</th>" for c in COLUMNS),
-        "</tr>",
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        f"<title>{e(page.title)}</title><style>{_CSS}</style></head><body>",
+        f"<h1>{e(page.title)}</h1>",
     ]
-    for row in rows:
-        parts.append("<tr>" + "".join(f"<td>{e(format_cell(row, c))}</td>" for c in COLUMNS))
-        parts.append("</tr>")
-    parts.append("</table><h2>Figures</h2>")
-    for figure in figures:
+    if page.facts:
+        parts.append('<h2>At a glance</h2><table class="facts">')
+        parts += [f"<tr><th>{e(k)}</th><td>{e(v)}</td></tr>" for k, v in page.facts]
+        parts.append("</table>")
+    parts.append("<h2>Methods at matched refusal</h2>")
+    parts.append(f'<p class="note">{e(matched_note(page.matched))}</p>')
+    parts.append('<div class="scroll"><table><tr>')
+    parts.append(
+        "".join(
+            f"<th{' class=name' if i == 0 else ''}>{e(h)}</th>"
+            for i, h in enumerate(matched_header(page.rows))
+        )
+    )
+    parts.append("</tr>")
+    for label, values, reached in matched_rows(page.matched, page.rows, page.config):
+        parts.append(
+            ("<tr>" if reached else '<tr class="missed">')
+            + f'<td class="name">{e(label)}</td>'
+            + "".join(f"<td>{e(c)}</td>" for c in values)
+            + "</tr>"
+        )
+    parts.append("</table></div><h2>Figures</h2>")
+    for figure in page.figures:
         data = base64.b64encode(figure.read_bytes()).decode("ascii")
         parts.append(f'<img alt="{e(figure.stem)}" src="data:image/png;base64,{data}">')
-    parts.append("<h2>Strength mapping</h2><ul>")
-    parts += [f"<li>{e(line)}</li>" for line in _mapping_lines(config)]
+    parts.append("<h2>Every point</h2>")
+    parts.append(
+        '<p class="note">Rates are shares of the prompts; random rows are means over seeds; '
+        "MMLU Δ is in percentage points against the unsteered model. summary.csv holds the "
+        "same numbers as fractions.</p>"
+    )
+    parts.append('<div class="scroll"><table><tr>')
+    parts += [f'<th colspan="{len(cols)}">{e(group)}</th>' for group, cols in GROUPS]
+    parts.append("</tr><tr>")
+    parts += [
+        f"<th{' class=name' if c == 'method' else ''}>{e(label)}</th>"
+        for _, cols in GROUPS
+        for c, label in cols
+    ]
+    parts.append("</tr>")
+    for row in page.rows:
+        numbers = "".join(f"<td>{e(cell(row, c))}</td>" for c in FULL_COLUMNS[1:])
+        parts.append(f'<tr><td class="name">{e(full_method(row))}</td>{numbers}</tr>')
+    parts.append("</table></div><h2>Strength mapping</h2><ul>")
+    parts += [f"<li>{e(line)}</li>" for line in _mapping_lines(page.config)]
     parts.append("</ul>")
     parts.append("<h2>Example answers (harmful prompts, strongest setting)</h2>")
-    for label, items in examples.items():
-        parts.append(f"<h3>{e(label)}</h3><table>")
+    for label, items in page.examples.items():
+        parts.append(f'<h3>{e(label)}</h3><table class="examples">')
+        parts.append(
+            '<colgroup><col style="width:24%"><col style="width:33%"><col style="width:33%">'
+            '<col style="width:10%"></colgroup>'
+        )
         parts.append("<tr><th>prompt</th><th>unsteered</th><th>steered</th><th>label</th></tr>")
         for ex in items:
-            cells = (ex["prompt"], ex["unsteered"], ex["steered"], ex["label"])
+            cells = (ex["prompt"], ex["unsteered"], ex["steered"])
             parts.append(
-                "<tr>" + "".join(f'<td class="text">{e(str(c))}</td>' for c in cells) + "</tr>"
+                "<tr>"
+                + "".join(f'<td class="text"><div>{e(str(c))}</div></td>' for c in cells)
+                + f"<td>{e(str(ex['label']))}</td></tr>"
             )
         parts.append("</table>")
-    parts.append(f"<h2>Settings</h2><pre>{e(_settings_json(config))}</pre></body></html>")
+    parts.append(f"<h2>Settings</h2><pre>{e(_settings_json(page.config))}</pre></body></html>")
     return "\n".join(parts) + "\n"
 
 
-def _markdown(
-    title: str,
-    rows: list[Row],
-    figures: list[Path],
-    config: dict[str, Any],
-    examples: dict[str, list[Example]],
-    folder: Path,
-) -> str:
-    lines = [f"# {title}", "", "## Summary", ""]
-    lines.append("| " + " | ".join(COLUMNS) + " |")
-    lines.append("|" + "---|" * len(COLUMNS))
-    for row in rows:
-        lines.append("| " + " | ".join(format_cell(row, c) for c in COLUMNS) + " |")
+def _markdown(page: _Page, folder: Path) -> str:
+    lines = [f"# {page.title}", ""]
+    if page.facts:
+        lines += ["## At a glance", ""]
+        lines += [f"- **{k}**: {_md(v)}" for k, v in page.facts]
+        lines.append("")
+    lines += ["## Methods at matched refusal", "", matched_note(page.matched), ""]
+    header = matched_header(page.rows)
+    lines.append("| " + " | ".join(header) + " |")
+    lines.append("|" + "---|" * len(header))
+    for label, values, _ in matched_rows(page.matched, page.rows, page.config):
+        lines.append("| " + " | ".join(_md(c) for c in [label, *values]) + " |")
     lines += ["", "## Figures", ""]
-    for figure in figures:
+    for figure in page.figures:
         lines += [f"![{figure.stem}]({figure.relative_to(folder).as_posix()})", ""]
-    lines += ["## Strength mapping", ""]
-    lines += [f"- {line}" for line in _mapping_lines(config)]
+    lines += ["## Every point", ""]
+    # "harmful refused", "KL mean", "MMLU Δ": the group's first word, then the column's label
+    labels = [
+        f"{group.split(' ')[0]} {label}".strip() for group, cols in GROUPS for _, label in cols
+    ]
+    lines.append("| " + " | ".join(labels) + " |")
+    lines.append("|" + "---|" * len(labels))
+    for row in page.rows:
+        line = [full_method(row)] + [cell(row, c) for c in FULL_COLUMNS[1:]]
+        lines.append("| " + " | ".join(_md(c) for c in line) + " |")
+    lines += ["", "## Strength mapping", ""]
+    lines += [f"- {line}" for line in _mapping_lines(page.config)]
     lines += ["", "## Example answers (harmful prompts, strongest setting)", ""]
-    for label, items in examples.items():
+    for label, items in page.examples.items():
         lines += [
             f"### {label}",
             "",
@@ -191,7 +279,7 @@ def _markdown(
             cells = (ex["prompt"], ex["unsteered"], ex["steered"], ex["label"])
             lines.append("| " + " | ".join(_md(c) for c in cells) + " |")
         lines.append("")
-    lines += ["## Settings", "", "```json", _settings_json(config), "```", ""]
+    lines += ["## Settings", "", "```json", _settings_json(page.config), "```", ""]
     return "\n".join(lines)
 
 

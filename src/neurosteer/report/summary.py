@@ -3,6 +3,14 @@
 Random-control points are averaged over their seeds (`n_seeds` says how many). The shared
 unsteered point is the "baseline" row at s = 0; curves in the figures start from it. MMLU Δ is
 each point's accuracy minus the baseline's (a fraction, not points). Reads files only.
+
+`at_matched_refusal` picks the headline comparison: each method at matched harmful refusal.
+The target is the lowest harmful refusal CNA reaches in the sweep (the method under study;
+usually at s = 1), or, in a sweep without CNA, the lowest level every method reaches (the
+largest of the methods' minima). Each method is shown at its point with the smallest mean KL
+among those at or below the target (ties: the smaller strength), so methods are compared by
+what the same refusal removal costs them; a method that never gets that low is shown at its
+lowest refusal (ties: the smaller KL) and marked as not reaching the target.
 """
 
 from __future__ import annotations
@@ -10,6 +18,7 @@ from __future__ import annotations
 import csv
 import io
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -80,6 +89,73 @@ def curves(rows: list[Row]) -> dict[str, list[Row]]:
         method: sorted(base + points, key=lambda r: float(r["strength"]))
         for method, points in sorted(by_method.items(), key=lambda item: _method_rank(item[0]))
     }
+
+
+@dataclass(frozen=True)
+class Matched:
+    """The headline comparison of methods at matched harmful refusal (see the module doc).
+
+    Attributes:
+        target: the harmful refusal rate (a fraction) methods are matched at; None when no
+            steered point has a refusal rate.
+        reference: how the target was set, in words ("the lowest CNA reaches (s = 1)").
+        baseline: the unsteered row, or None.
+        points: [(row, reaches target)] one per method, in report order.
+    """
+
+    target: float | None
+    reference: str
+    baseline: Row | None
+    points: list[tuple[Row, bool]]
+
+
+#: Rates are means of whole-prompt counts; this absorbs float noise when comparing them.
+_RATE_EPS = 1e-9
+
+
+def at_matched_refusal(rows: list[Row]) -> Matched:
+    """Each method's point at matched harmful refusal (see the module doc for the rule).
+
+    Example:
+        >>> m = at_matched_refusal(summarise("runs/llama-1b"))
+        >>> [(r["method"], r["strength"], ok) for r, ok in m.points]
+    """
+    base = next((r for r in rows if r["method"] == BASELINE), None)
+    by_method = {
+        method: [r for r in points if r["method"] != BASELINE and r["harmful_refusal"] is not None]
+        for method, points in curves(rows).items()
+    }
+    by_method = {method: points for method, points in by_method.items() if points}
+    if not by_method:
+        return Matched(None, "no steered points", base, [])
+    lowest = {m: min(p, key=_lowest_refusal) for m, p in by_method.items()}
+    if "cna" in lowest:
+        best = lowest["cna"]
+        target = float(best["harmful_refusal"])
+        reference = f"the lowest harmful refusal CNA reaches (at s = {best['strength']:g})"
+    else:
+        target = max(float(r["harmful_refusal"]) for r in lowest.values())
+        reference = "the lowest harmful refusal every method reaches"
+    points: list[tuple[Row, bool]] = []
+    for method, candidates in by_method.items():
+        reached = [r for r in candidates if r["harmful_refusal"] <= target + _RATE_EPS]
+        if reached:
+            points.append((min(reached, key=_cheapest), True))
+        else:
+            points.append((lowest[method], False))
+    return Matched(target, reference, base, points)
+
+
+def _lowest_refusal(row: Row) -> tuple[float, float, float]:
+    return float(row["harmful_refusal"]), _kl(row), float(row["strength"])
+
+
+def _cheapest(row: Row) -> tuple[float, float]:
+    return _kl(row), float(row["strength"])
+
+
+def _kl(row: Row) -> float:
+    return float("inf") if row["kl_mean"] is None else float(row["kl_mean"])
 
 
 def to_csv(rows: list[Row]) -> str:

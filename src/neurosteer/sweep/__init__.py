@@ -6,6 +6,7 @@
     config      SweepConfig, the strength mapping (`knob`), METHODS
     store       the run folder: config.json, results.jsonl, answers/, circuit, vectors
     methods     fit every intervention once; build one at any strength
+    layers      the layer scans that choose CAA's and the direction's layer
     runner      run_sweep: the loop over points, each saved as soon as it is finished
 
 One line of results.jsonl (schema 1):

@@ -52,11 +52,15 @@ class SweepConfig:
         top_k, fraction: circuit size (top_k wins; default 0.1% of all MLP neurons).
         skip_layers: layers that are not circuit candidates.
         universal_filter: apply the universal-neuron filter when discovering the circuit.
-        caa_layer: CAA / direction layer (None: scanned, see `layer_scan_prompts`).
-        layer_scan_prompts: when `caa_layer` is None, choose it by a small scan: CAA at full
-            strength at up to 8 candidate layers on this many positive (fitting) prompts, the
-            layer with the least judged refusal wins; 0 uses the cheap heuristic
-            `ContrastVectors.default_layer()` instead.
+        caa_layer: the layer of the CAA vector and of the ablated direction (None: each
+            chosen on its own by a scan, see `layer_scan_prompts`).
+        layer_scan_prompts: when `caa_layer` is None, CAA's layer and the direction's layer are
+            each chosen by a small scan (`neurosteer.sweep.layers`): the method at full strength
+            at up to 8 candidate layers on this many positive (fitting) prompts; the layer with
+            the most well-formed compliance wins (ties: fewer degenerate answers, then the
+            earlier layer), so a layer that breaks the model never wins. 0 uses the cheap
+            heuristic `ContrastVectors.default_layer()` instead. A resumed run reuses the
+            layers stored in its folder and scans nothing.
         caa_positions: "all" or "prompt" for CAA.
         caa_normalize: rescale the CAA vector to the layer's mean residual norm.
         random_seeds: one random control circuit per seed (each its own points).

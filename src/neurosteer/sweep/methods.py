@@ -2,7 +2,10 @@
 
 `fit_methods` discovers the circuit (kept with its full δ table) and records the contrast
 vectors of the baselines, or reads both back from the run folder when resuming, so a resumed
-run steers with exactly the same objects. `Fitted.intervention(method, s, seed)` returns a
+run steers with exactly the same objects. The layer of CAA and of the ablated direction is
+`config.caa_layer` when given, else the one stored in the run's config.json (a resumed run
+never scans again), else chosen by a layer scan (`sweep.layers`), else the cheap heuristic
+(`layer_scan_prompts=0`). `Fitted.intervention(method, s, seed)` returns a
 factory of context managers (the form generation, KL and MMLU all take), with the strength
 mapping of `config.knob`.
 """
@@ -10,7 +13,6 @@ mapping of `config.knob`.
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,13 +26,13 @@ from neurosteer.baselines import CAA, ContrastVectors, DirectionAblation, MLPOut
 from neurosteer.baselines import contrast_vectors as record_vectors
 from neurosteer.circuit import Circuit
 from neurosteer.discovery import discover
-from neurosteer.evaluation.judges import Judge, refusal_rates
+from neurosteer.evaluation.judges import Judge
 from neurosteer.evaluation.kl import Intervention
-from neurosteer.generation import generate
 from neurosteer.layout import ModelLayout
 from neurosteer.steering import steer
 from neurosteer.sweep.config import SweepConfig, knob
-from neurosteer.sweep.store import CIRCUIT_DIR, VECTORS_FILE, read_config
+from neurosteer.sweep.layers import SCANNED, LayerScan, scan_layer
+from neurosteer.sweep.store import CIRCUIT_DIR, VECTORS_FILE, read_config, store_fitted
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +46,8 @@ class Fitted:
         vectors: {"residual" | "mlp_output": ContrastVectors} the baselines were fitted from.
         caa, direction, mlp_output: the fitted baselines (None when not asked for).
         random: {seed: random circuit of the same size per layer}.
+        layer_scans: {"caa" | "direction": the layer scan run this time} (empty when the
+            layers were given, read back from a resumed run, or chosen by the heuristic).
     """
 
     circuit: Circuit
@@ -52,6 +56,7 @@ class Fitted:
     direction: DirectionAblation | None = None
     mlp_output: MLPOutputSteering | None = None
     random: dict[int, Circuit] = field(default_factory=dict)
+    layer_scans: dict[str, LayerScan] = field(default_factory=dict)
 
     def intervention(
         self,
@@ -92,6 +97,7 @@ class Fitted:
             "caa_vector_norm": None if self.caa is None else float(self.caa.vector.norm()),
             "direction_layer": None if self.direction is None else self.direction.layer,
             "random_seeds": sorted(self.random),
+            "layer_scans": {m: scan.to_dict() for m, scan in self.layer_scans.items()},
         }
 
 
@@ -108,7 +114,12 @@ def fit_methods(
     layout: ModelLayout,
     progress: bool = False,
 ) -> Fitted:
-    """Fit (or read back from `run_dir`) the circuit and every baseline `config` asks for."""
+    """Fit (or read back from `run_dir`) the circuit and every baseline `config` asks for.
+
+    Reads the circuit, the contrast vectors and the fitted layers ("fitted" in config.json)
+    back from `run_dir` when they are there; computes only what is missing. The layer scans are
+    the only generation here, and they run only for a layer neither given nor stored.
+    """
     circuit_dir = run_dir / CIRCUIT_DIR
     if circuit_dir.exists():
         circuit = Circuit.load(circuit_dir)
@@ -159,27 +170,43 @@ def fit_methods(
 
     methods = set(config.methods)
     residual = vectors.get("residual")
-    layer = config.caa_layer
-    if residual is not None and layer is None:
-        fitted_before = (read_config(run_dir) or {}).get("fitted", {})
-        layer = fitted_before.get("caa_layer") or fitted_before.get("direction_layer")
-        if layer is None and config.layer_scan_prompts > 0:
-            layer = scan_caa_layer(
+    stored = (read_config(run_dir) or {}).get("fitted", {})
+    layers: dict[str, int] = {}
+    scans: dict[str, LayerScan] = {}
+    for method in SCANNED:
+        if method not in methods or residual is None:
+            continue
+        stored_layer = stored.get(f"{method}_layer")
+        if config.caa_layer is not None:
+            layers[method] = config.caa_layer
+        elif stored_layer is not None:  # a resumed run: the layer its finished points used
+            layers[method] = int(stored_layer)
+        elif config.layer_scan_prompts > 0:
+            scan = scan_layer(
                 model,
                 tokenizer,
                 residual,
                 positive[: config.layer_scan_prompts],
                 judge,
+                method=method,
                 config=config,
                 layout=layout,
+                progress=progress,
             )
+            layers[method], scans[method] = scan.chosen, scan
+            # stored now: a run killed before its first point does not scan this again
+            store_fitted(
+                run_dir, {f"{method}_layer": scan.chosen, "layer_scans": {method: scan.to_dict()}}
+            )
+        else:
+            layers[method] = residual.default_layer()
     return Fitted(
         circuit=circuit,
         vectors=vectors,
         caa=(
             CAA.fit(
                 residual,
-                layer=layer,
+                layer=layers["caa"],
                 positions="prompt" if config.caa_positions == "prompt" else "all",
                 normalize=config.caa_normalize,
             )
@@ -187,7 +214,7 @@ def fit_methods(
             else None
         ),
         direction=(
-            DirectionAblation.fit(residual, layer=layer)
+            DirectionAblation.fit(residual, layer=layers["direction"])
             if "direction" in methods and residual is not None
             else None
         ),
@@ -199,6 +226,7 @@ def fit_methods(
             if "random" in methods
             else {}
         ),
+        layer_scans=scans,
     )
 
 
@@ -211,45 +239,6 @@ def _save_vectors(file: Path, vectors: dict[str, ContrastVectors]) -> None:
     tmp = file.with_name(f".{file.name}.tmp")
     save_file(tensors, str(tmp))
     tmp.replace(file)
-
-
-def scan_caa_layer(
-    model: PreTrainedModel,
-    tokenizer: PreTrainedTokenizerBase,
-    residual: ContrastVectors,
-    prompts: Sequence[str],
-    judge: Judge,
-    *,
-    config: SweepConfig,
-    layout: ModelLayout,
-) -> int:
-    """The CAA layer that removes the most judged refusal at full strength (α = −1).
-
-    Candidates: up to 8 layers spread over 1 .. 80% of depth. Ties go to fewer degenerate
-    answers, then to the earlier layer. Uses the fitting prompts, never the evaluation sets.
-    """
-    n_layers = residual.delta.shape[0]
-    top = max(2, math.ceil(0.8 * n_layers))
-    steps = min(8, top - 1)
-    candidates = sorted({round(x) for x in torch.linspace(1, top - 1, steps=steps).tolist()})
-    scores = {}
-    for candidate in candidates:
-        caa = CAA.fit(residual, layer=candidate, normalize=config.caa_normalize)
-        with caa.steer(model, -1.0, layout=layout):
-            answers = generate(
-                model,
-                tokenizer,
-                prompts,
-                max_new_tokens=min(32, config.max_new_tokens),
-                batch_size=config.batch_size,
-                chat_template=config.chat_template,
-                system=config.system,
-            )
-        rates = refusal_rates(judge(list(prompts), answers))
-        scores[candidate] = (rates["refusal"], rates["degenerate"], candidate)
-    best = min(scores.values())[2]
-    logger.info("CAA layer scan (refusal, degenerate): %s -> layer %d", scores, best)
-    return best
 
 
 def _load_vectors(file: Path) -> dict[str, ContrastVectors]:

@@ -110,9 +110,9 @@ def run_sweep(
     harmless = _prompts(eval_harmless, config.eval_limit, "harmless evaluation")
     positive = _prompts(positive, None, "positive")
     negative = _prompts(negative, None, "negative")
-    kl_prompts = harmless[: config.kl_limit] if config.kl_limit else harmless
+    kl_prompts = harmless if config.kl_limit is None else harmless[: config.kl_limit]
     judge = get_judge(config.judge)
-    mmlu_data = load_mmlu(config.mmlu) if config.mmlu else None
+    mmlu_data = None if config.mmlu is None else load_mmlu(config.mmlu)
     layout = layout or resolve_layout(model)
     info = model_info(model, layout)
     sets = {"positive": positive, "negative": negative, "harmful": harmful, "harmless": harmless}
@@ -127,7 +127,8 @@ def run_sweep(
         "library_version": __version__,
     }
     run_dir.mkdir(exist_ok=True)
-    check_or_write_config(run_dir, meta)  # refuse a different run before any model work
+    # refuse a different run before any model work; a resumed run's "fitted" section is kept
+    check_or_write_config(run_dir, meta)
 
     fitted = fit_methods(
         model,

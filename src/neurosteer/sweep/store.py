@@ -130,11 +130,18 @@ def check_or_write_config(run_dir: str | Path, meta: dict[str, Any]) -> None:
     """Write config.json, or refuse when the folder holds a run with other settings.
 
     `meta` holds "identity" (settings that change numbers), "prompts" (hashes), "model"
-    (provenance) and "settings" (everything, for the report). Only the first three must match
-    an existing run; "settings" is rewritten so the report shows the latest grid.
+    (provenance), "settings" (everything, for the report) and, once fitted, "fitted" (circuit
+    size, layers, scans). Only the first three must match an existing run. The rest is merged
+    into what the file holds, never replacing it with less (`merge_stored`): a resumed run
+    keeps the fitted layers and any section it does not write itself, and the settings' grid
+    grows to cover every point the folder holds.
+
+    Raises:
+        InputError: the folder holds another sweep, or a config.json that is not a sweep's.
     """
     folder = Path(run_dir)
     old = read_config(folder)
+    full: dict[str, Any] = {"format": FORMAT, "format_version": FORMAT_VERSION, **meta}
     if old is not None:
         if old.get("format") != FORMAT:
             raise InputError(f"{folder / CONFIG_FILE} is not a neurosteer sweep config")
@@ -151,8 +158,43 @@ def check_or_write_config(run_dir: str | Path, meta: dict[str, Any]) -> None:
                 f"'{folder}' holds a sweep with other settings ({'; '.join(differences)}); "
                 "use a new output folder, or rerun with the original settings to resume"
             )
-    full = {"format": FORMAT, "format_version": FORMAT_VERSION, **meta}
+        full = merge_stored(old, full)
     write_atomic(folder / CONFIG_FILE, json.dumps(full, indent=2, sort_keys=True) + "\n")
+
+
+def store_fitted(run_dir: str | Path, values: dict[str, Any]) -> None:
+    """Merge `values` into config.json's "fitted" section at once (`merge_stored`), so work
+    such as a finished layer scan survives a run killed before its first point.
+
+    A folder without config.json (fitting outside a sweep) is left alone.
+    """
+    folder = Path(run_dir)
+    old = read_config(folder)
+    if old is None:
+        return
+    full = merge_stored(old, {"fitted": values})
+    write_atomic(folder / CONFIG_FILE, json.dumps(full, indent=2, sort_keys=True) + "\n")
+
+
+def merge_stored(old: Any, new: Any) -> Any:
+    """`new` laid over `old` without losing anything `old` had.
+
+    Objects merge key by key (keys only in `old` are kept); None never replaces a value; lists
+    become the union, `old`'s items first (numbers sorted), so a grid of methods, strengths or
+    seeds covers every run of the folder; any other value is replaced by `new`'s.
+    """
+    if new is None:
+        return old
+    if isinstance(old, dict) and isinstance(new, dict):
+        merged = dict(old)
+        for key, value in new.items():
+            merged[key] = merge_stored(old.get(key), value)
+        return merged
+    if isinstance(old, list) and isinstance(new, list):
+        union = list(old) + [item for item in new if item not in old]
+        numbers = all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in union)
+        return sorted(union) if numbers else union
+    return new
 
 
 def _short(value: Any) -> str:
