@@ -8,15 +8,14 @@ a `BakeHandle` (an `UnsupportedModelError` says so where it is not exact).
 
 One argument, `strength`, sets how strongly; its meaning is the method's own:
 
-| intervention        | strength is        | unchanged model | default (None) | effect                             |
-|---------------------|--------------------|-----------------|----------------|------------------------------------|
-| `Circuit`           | the multiplier m   | 1               | 0 (ablate)     | each circuit neuron's input to the |
-|                     |                    |                 |                | MLP output projection × m          |
-| `CAA`               | α                  | 0               | −1             | α·v added to one decoder layer's   |
-|                     |                    |                 |                | output; v = positive − negative    |
-| `MLPOutputSteering` | α                  | 0               | −1             | α·v_l added to every MLP's output  |
-| `DirectionAblation` | s, share removed   | 0               | 1              | x ← x − s (x·r̂) r̂ on every residual |
-|                     |                    |                 |                | writer's output                    |
+    intervention        strength        unchanged  default   effect
+    ------------------  --------------  ---------  --------  ---------------------------------
+    Circuit             multiplier m    1          0         each circuit neuron × m (0 ablates)
+    CAA                 α               0          −1        α·v added to one layer's output
+    MLPOutputSteering   α               0          −1        α·v_l added to every MLP's output
+    DirectionAblation   s (share cut)   0          1         x ← x − s (x·r̂) r̂ on each writer
+
+(v = positive mean − negative mean; a circuit neuron is the input to the MLP output projection.)
 
 The defaults remove the behaviour the intervention was fitted on (the positive set's). A
 sweep's normalised strength s (0 = unchanged, 1 = full removal) maps onto these as m = 1 − s,
