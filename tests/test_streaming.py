@@ -55,7 +55,7 @@ def test_streaming_bake_equals_the_in_memory_bake(
     circuit = _circuit(model, tokenizer, positive_prompts)
     report = bake_streaming(folder, circuit, 2.5, tmp_path / "streamed")
     save_baked(
-        copy.deepcopy(model), tokenizer, tmp_path / "memory", circuit=circuit, multiplier=2.5
+        copy.deepcopy(model), tokenizer, circuit, 2.5, tmp_path / "memory"
     )
 
     original, streamed = _weights(folder), _weights(tmp_path / "streamed")

@@ -12,9 +12,11 @@ lists, judge prompts, MMLU csv files) is decoded by one rule, so no file kind fa
        Windows-1252 does not define) is an `InputError` naming the file, the guessed encoding
        and the fix.
 
-Writing (`atomic_directory`): everything is written to a hidden sibling, then renamed into
-place. An interrupted write never leaves a half-written circuit or checkpoint under the real
-name, and an existing output is only replaced when the caller says so (`force`).
+Writing (`check_writable`, `atomic_directory`, `atomic_file`): every output path is checked in
+one place (it exists only with `force`, its folder exists, it is not an input of the writer),
+then everything is written to a hidden sibling and renamed into place. An interrupted write
+never leaves a half-written circuit or checkpoint under the real name, and an existing output
+is only replaced when the caller says so (`force`).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -125,12 +127,40 @@ def _nul_guess(data: bytes) -> str:
     return "UTF-32 or a binary file"
 
 
-def check_writable(path: Path, *, force: bool) -> None:
-    """Refuse an existing output unless `force`; do it before any expensive work."""
-    if path.exists() and not force:
-        raise InputError(f"'{path}' already exists; choose another path or pass --force")
-    if not path.parent.exists():
-        raise InputError(f"the folder '{path.parent}' does not exist; create it first")
+def check_writable(path: str | Path, *, force: bool, inputs: Sequence[str | Path] = ()) -> Path:
+    """The one check of an output path, made by every writer before any expensive work.
+
+    Every writer of this package (a circuit or vectors file, `save_baked`, `bake_streaming`,
+    a GGUF bake, an organism export) checks its output here, through `atomic_directory` /
+    `atomic_file` or directly (the CLI, to fail before loading a model).
+
+    Args:
+        path: the file or folder to write.
+        force: replace an existing `path` (never one of `inputs`).
+        inputs: the files or folders the writer reads: the output may not be one of them,
+            lie inside one, or hold one, since replacing it would destroy what is being read.
+
+    Returns:
+        `path` as a `Path`.
+
+    Raises:
+        InputError: `path` exists and `force` is not given, its parent folder does not
+            exist, or it overlaps an input.
+    """
+    target = Path(path)
+    resolved = target.resolve()
+    for source in inputs:
+        read = Path(source).resolve()
+        if resolved == read or read in resolved.parents or resolved in read.parents:
+            raise InputError(
+                f"the output '{target}' would overwrite the input '{source}' it is made from; "
+                "choose another output path"
+            )
+    if target.exists() and not force:
+        raise InputError(f"'{target}' already exists; choose another path or pass --force")
+    if not target.parent.exists():
+        raise InputError(f"the folder '{target.parent}' does not exist; create it first")
+    return target
 
 
 def _umask() -> int:
@@ -140,10 +170,14 @@ def _umask() -> int:
 
 
 @contextmanager
-def atomic_directory(path: str | Path, *, force: bool = False) -> Iterator[Path]:
-    """Yield a temporary folder; on success it replaces `path` in one rename."""
-    target = Path(path)
-    check_writable(target, force=force)
+def atomic_directory(
+    path: str | Path, *, force: bool = False, inputs: Sequence[str | Path] = ()
+) -> Iterator[Path]:
+    """Yield a temporary folder; on success it replaces `path` in one rename.
+
+    `path` is checked first by `check_writable(path, force=force, inputs=inputs)`.
+    """
+    target = check_writable(path, force=force, inputs=inputs)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
         yield staging
@@ -159,3 +193,24 @@ def atomic_directory(path: str | Path, *, force: bool = False) -> Iterator[Path]
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
+
+
+@contextmanager
+def atomic_file(
+    path: str | Path, *, force: bool = False, inputs: Sequence[str | Path] = ()
+) -> Iterator[Path]:
+    """Yield a temporary file path beside `path`; on success it replaces `path` in one rename.
+
+    `path` is checked first by `check_writable(path, force=force, inputs=inputs)`.
+    """
+    target = check_writable(path, force=force, inputs=inputs)
+    handle, name = tempfile.mkstemp(prefix=f".{target.name}.tmp-", dir=target.parent)
+    os.close(handle)
+    staging = Path(name)
+    try:
+        yield staging
+        # mkstemp makes the file private (0600); give the result the usual permissions.
+        staging.chmod(0o666 & ~_umask())
+        os.replace(staging, target)
+    finally:
+        staging.unlink(missing_ok=True)

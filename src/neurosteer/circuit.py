@@ -19,7 +19,7 @@ import json
 import logging
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors import SafetensorError
@@ -37,6 +37,11 @@ from neurosteer.errors import (
     UnsupportedModelError,
 )
 from neurosteer.layout import ModelLayout, resolve_layout
+
+if TYPE_CHECKING:
+    from neurosteer.baking import BakeHandle
+    from neurosteer.hooks.positions import Positions
+    from neurosteer.steering import SteeringHandle
 
 logger = logging.getLogger(__name__)
 
@@ -152,6 +157,46 @@ class Circuit:
         if self.universal is not None:
             return self.universal
         return self.table.universal if self.table is not None else None
+
+    @property
+    def default_strength(self) -> float:
+        """The multiplier `steer` and `bake` use when none is given: 0 (ablation)."""
+        return 0.0
+
+    @property
+    def identity_strength(self) -> float:
+        """The multiplier that leaves the model unchanged: 1."""
+        return 1.0
+
+    # A circuit is an `Intervention`. Its hooks and weight edits live in the later stages
+    # `steering` and `baking`, which import this module; importing them inside the methods
+    # keeps the pipeline's one-way import order (no cycle at module level).
+
+    def steer(
+        self,
+        model: nn.Module,
+        strength: float | None = None,
+        *,
+        positions: Positions = "all",
+        prompt_length: int | None = None,
+        layout: ModelLayout | None = None,
+    ) -> SteeringHandle:
+        """Scale this circuit's neurons by the multiplier `strength` (default 0) with hooks:
+        `neurosteer.steer(model, self, strength, ...)`, whose docstring gives the details."""
+        from neurosteer.steering import steer_circuits
+
+        return steer_circuits(
+            model, [self], strength, positions=positions, prompt_length=prompt_length, layout=layout
+        )
+
+    def bake(
+        self, model: nn.Module, strength: float | None = None, *, layout: ModelLayout | None = None
+    ) -> BakeHandle:
+        """Scale this circuit's neurons by `strength` (default 0) in the weights, in place:
+        `neurosteer.bake(model, self, strength)`, whose docstring gives the details."""
+        from neurosteer.baking import bake_circuits
+
+        return bake_circuits(model, [self], strength, layout=layout)
 
     def layout_on(self, model: nn.Module, layout: ModelLayout | None = None) -> ModelLayout:
         """The layout that puts this circuit's neurons where they were found, on `model`.
