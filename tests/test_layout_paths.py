@@ -165,9 +165,7 @@ def test_streaming_bake_edits_the_recorded_site(
     original = load_file(square_dir / "model.safetensors")
     streamed = load_file(tmp_path / "streamed" / "model.safetensors")
     assert _changed(original, streamed) == _up_names(up_circuit)
-    save_baked(
-        copy.deepcopy(square[0]), square[1], up_circuit, 0.0, tmp_path / "memory"
-    )
+    save_baked(copy.deepcopy(square[0]), square[1], up_circuit, 0.0, tmp_path / "memory")
     in_memory = load_file(tmp_path / "memory" / "model.safetensors")
     assert all(torch.equal(streamed[k], in_memory[k]) for k in streamed)
 

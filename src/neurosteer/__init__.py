@@ -54,8 +54,8 @@ _EXPORTS = {
 }
 
 __all__ = [
-    "BakeHandle",
     "CAA",
+    "BakeHandle",
     "Circuit",
     "CircuitFormatError",
     "CircuitMismatchError",

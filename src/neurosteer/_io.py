@@ -28,7 +28,7 @@ import re
 import shutil
 import tempfile
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
 from neurosteer.errors import InputError
@@ -169,21 +169,41 @@ def _umask() -> int:
     return current
 
 
-@contextmanager
 def atomic_directory(
     path: str | Path, *, force: bool = False, inputs: Sequence[str | Path] = ()
-) -> Iterator[Path]:
+) -> AbstractContextManager[Path]:
     """Yield a temporary folder; on success it replaces `path` in one rename.
 
     `path` is checked first by `check_writable(path, force=force, inputs=inputs)`.
     """
-    target = check_writable(path, force=force, inputs=inputs)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    return _staged(check_writable(path, force=force, inputs=inputs), folder=True)
+
+
+def atomic_file(
+    path: str | Path, *, force: bool = False, inputs: Sequence[str | Path] = ()
+) -> AbstractContextManager[Path]:
+    """Yield a temporary file path beside `path`; on success it replaces `path` in one rename.
+
+    `path` is checked first by `check_writable(path, force=force, inputs=inputs)`.
+    """
+    return _staged(check_writable(path, force=force, inputs=inputs), folder=False)
+
+
+@contextmanager
+def _staged(target: Path, *, folder: bool) -> Iterator[Path]:
+    """A hidden sibling of `target` to write; renamed over `target` on success, else removed."""
+    prefix = f".{target.name}.tmp-"
+    if folder:
+        staging = Path(tempfile.mkdtemp(prefix=prefix, dir=target.parent))
+    else:
+        handle, name = tempfile.mkstemp(prefix=prefix, dir=target.parent)
+        os.close(handle)
+        staging = Path(name)
     try:
         yield staging
-        # mkdtemp makes the folder private (0700); give the result the usual permissions.
-        staging.chmod(0o777 & ~_umask())
-        if target.exists():
+        # mkdtemp/mkstemp make it private (0700/0600); give the result the usual permissions.
+        staging.chmod((0o777 if folder else 0o666) & ~_umask())
+        if folder and target.exists():  # a folder cannot be renamed over another one
             old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
             os.replace(target, old / target.name)
             os.replace(staging, target)
@@ -191,26 +211,7 @@ def atomic_directory(
         else:
             os.replace(staging, target)
     finally:
-        if staging.exists():
+        if staging.is_dir():
             shutil.rmtree(staging, ignore_errors=True)
-
-
-@contextmanager
-def atomic_file(
-    path: str | Path, *, force: bool = False, inputs: Sequence[str | Path] = ()
-) -> Iterator[Path]:
-    """Yield a temporary file path beside `path`; on success it replaces `path` in one rename.
-
-    `path` is checked first by `check_writable(path, force=force, inputs=inputs)`.
-    """
-    target = check_writable(path, force=force, inputs=inputs)
-    handle, name = tempfile.mkstemp(prefix=f".{target.name}.tmp-", dir=target.parent)
-    os.close(handle)
-    staging = Path(name)
-    try:
-        yield staging
-        # mkstemp makes the file private (0600); give the result the usual permissions.
-        staging.chmod(0o666 & ~_umask())
-        os.replace(staging, target)
-    finally:
-        staging.unlink(missing_ok=True)
+        else:
+            staging.unlink(missing_ok=True)

@@ -10,6 +10,7 @@ normalise each sublayer's output first).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -19,14 +20,12 @@ from neurosteer.contrast import ContrastVectors
 from neurosteer.errors import InputError, UnsupportedModelError
 from neurosteer.hooks import EditState, HookSet, add_direction_projectors
 from neurosteer.hooks.edits import edit_dtype, float32_strength
-from neurosteer.hooks.positions import Positions
-from neurosteer.intervention import check_strength
+from neurosteer.intervention import HookedIntervention, Installer, check_strength
 from neurosteer.layout import ModelLayout, residual_writers, resolve_layout
-from neurosteer.steering import SteeringHandle
 
 
 @dataclass(frozen=True, eq=False)
-class DirectionAblation:
+class DirectionAblation(HookedIntervention):
     """Remove a direction from the residual stream: x ← x − s (x·r̂) r̂ on every writer.
 
     An `Intervention` whose strength is the removed share s (default 1: remove it all; 0
@@ -39,6 +38,8 @@ class DirectionAblation:
 
     direction: torch.Tensor
     layer: int
+    default_strength: ClassVar[float] = 1.0
+    identity_strength: ClassVar[float] = 0.0
 
     @classmethod
     def fit(cls, vectors: ContrastVectors, *, layer: int | None = None) -> DirectionAblation:
@@ -60,37 +61,15 @@ class DirectionAblation:
         delta = vectors.delta[layer].float()
         return cls(direction=delta / delta.norm().clamp(min=1e-12), layer=layer)
 
-    @property
-    def default_strength(self) -> float:
-        return 1.0
-
-    @property
-    def identity_strength(self) -> float:
-        return 0.0
-
-    def steer(
-        self,
-        model: nn.Module,
-        strength: float | None = None,
-        *,
-        positions: Positions = "all",
-        prompt_length: int | None = None,
-        layout: ModelLayout | None = None,
-    ) -> SteeringHandle:
-        """Project the share `strength` (default 1) of the direction out of every residual
-        writer's output, at `positions` (see `neurosteer.steer`).
-
-        Raises:
-            InputError: a non-finite strength or bad positions.
-            UnsupportedModelError: the layout cannot be resolved (give `layout`).
-        """
-        share = check_strength(strength, self.default_strength)
+    def installer(self, model: nn.Module, layout: ModelLayout | None) -> Installer:
+        """Hooks projecting the share `strength` (s) of the direction out of every residual
+        writer's output."""
         writers = residual_writers(model, layout or resolve_layout(model)).all()
 
         def install(hooks: HookSet, state: EditState) -> None:
             add_direction_projectors(hooks, writers, self.direction, state)
 
-        return SteeringHandle(model, install, share, positions, prompt_length)
+        return install
 
     def bake(
         self, model: nn.Module, strength: float | None = None, *, layout: ModelLayout | None = None

@@ -33,18 +33,12 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from neurosteer._io import atomic_directory
 from neurosteer._version import __version__
-from neurosteer.circuit import Circuit
+from neurosteer.circuit import Circuit, as_circuits
 from neurosteer.errors import InputError
 from neurosteer.hooks.edits import scale_values
-from neurosteer.intervention import (
-    Bound,
-    Intervention,
-    Steerable,
-    as_circuits,
-    check_strength,
-    resolve_strength,
-)
+from neurosteer.intervention import Bound, Intervention, check_strength
 from neurosteer.layout import ModelLayout
+from neurosteer.steering import Steerable
 
 PROVENANCE_FILE = "neurosteer.json"
 
@@ -164,7 +158,7 @@ def bake(
         >>> model.save_pretrained("steered-model")
         >>> handle.undo()
     """
-    if isinstance(intervention, Intervention):  # a circuit too: Circuit.bake comes back below
+    if isinstance(intervention, Intervention):  # a circuit too: Circuit.bake → bake_circuits
         return intervention.bake(model, strength, layout=layout)
     return bake_circuits(model, as_circuits(intervention), strength, layout=layout)
 
@@ -232,7 +226,12 @@ def save_baked(
             written. For offloaded models use `neurosteer.streaming.bake_streaming` on the
             saved checkpoint. Also the errors of `bake`.
     """
-    value = resolve_strength(intervention, strength)
+    default = (
+        intervention.default_strength
+        if isinstance(intervention, Intervention)
+        else as_circuits(intervention)[0].default_strength
+    )
+    value = check_strength(strength, default)
     require_editable(model, [model], "save a baked checkpoint")
     with atomic_directory(out_dir, force=force) as staging:
         handle = bake(model, intervention, value, layout=layout)

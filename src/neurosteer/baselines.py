@@ -21,23 +21,21 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from neurosteer.ablation import DirectionAblation
-from neurosteer.baking import BakeHandle
 from neurosteer.contrast import ContrastVectors, Point
 from neurosteer.discovery import model_info
-from neurosteer.errors import InputError, UnsupportedModelError
+from neurosteer.errors import InputError
 from neurosteer.hooks import EditState, HookSet, add_vector_adders
-from neurosteer.hooks.positions import Positions
-from neurosteer.intervention import check_strength
+from neurosteer.intervention import HookedIntervention, Installer
 from neurosteer.layout import ModelLayout, resolve_layout
 from neurosteer.prompts import encode_for_model
 from neurosteer.recording import RunningStats, auto_batch_size, run_last_token_pass
-from neurosteer.steering import SteeringHandle
 
 __all__ = [
     "CAA",
@@ -128,8 +126,13 @@ def contrast_vectors(
     return ContrastVectors(point, means[0], means[1], mean_norm, model=model_info(model, layout))
 
 
+_ADDS_A_VECTOR = (
+    "it adds a vector to the activations, which the weights of a model without biases cannot hold"
+)
+
+
 @dataclass(frozen=True, eq=False)
-class CAA:
+class CAA(HookedIntervention):
     """Contrastive activation addition: α · vector added to one layer's residual output.
 
     An `Intervention` whose strength is α (default −1: subtract the difference; 0 leaves the
@@ -142,6 +145,9 @@ class CAA:
 
     vector: torch.Tensor
     layer: int
+    default_strength: ClassVar[float] = -1.0
+    identity_strength: ClassVar[float] = 0.0
+    no_bake_reason: ClassVar[str] = _ADDS_A_VECTOR
 
     @classmethod
     def fit(
@@ -169,48 +175,18 @@ class CAA:
             vector = vector / vector.norm().clamp(min=1e-12) * vectors.mean_norm[layer]
         return cls(vector=vector, layer=layer)
 
-    @property
-    def default_strength(self) -> float:
-        return -1.0
-
-    @property
-    def identity_strength(self) -> float:
-        return 0.0
-
-    def steer(
-        self,
-        model: nn.Module,
-        strength: float | None = None,
-        *,
-        positions: Positions = "all",
-        prompt_length: int | None = None,
-        layout: ModelLayout | None = None,
-    ) -> SteeringHandle:
-        """Add `strength * vector` (α, default −1) to the output of decoder layer `layer`, at
-        `positions` (see `neurosteer.steer` for positions and prompt_length).
-
-        Raises:
-            InputError: a non-finite strength or bad positions.
-            UnsupportedModelError: the layout cannot be resolved (give `layout`).
-        """
-        alpha = check_strength(strength, self.default_strength)
-        layout = layout or resolve_layout(model)
-        target = [layout.layer_modules(model)[self.layer]]
+    def installer(self, model: nn.Module, layout: ModelLayout | None) -> Installer:
+        """Hooks adding `strength * vector` (α) to the output of decoder layer `layer`."""
+        target = [(layout or resolve_layout(model)).layer_modules(model)[self.layer]]
 
         def install(hooks: HookSet, state: EditState) -> None:
             add_vector_adders(hooks, target, [self.vector], state)
 
-        return SteeringHandle(model, install, alpha, positions, prompt_length)
-
-    def bake(
-        self, model: nn.Module, strength: float | None = None, *, layout: ModelLayout | None = None
-    ) -> BakeHandle:
-        """Not exact in the weights: always raises `UnsupportedModelError` (use `steer`)."""
-        raise _not_bakeable("CAA")
+        return install
 
 
 @dataclass(frozen=True, eq=False)
-class MLPOutputSteering:
+class MLPOutputSteering(HookedIntervention):
     """The reference code's "CAA": each layer's MLP-output mean difference, added at every layer.
 
     An `Intervention` whose strength is α (default −1; 0 leaves the model unchanged).
@@ -220,6 +196,9 @@ class MLPOutputSteering:
     """
 
     vectors: torch.Tensor
+    default_strength: ClassVar[float] = -1.0
+    identity_strength: ClassVar[float] = 0.0
+    no_bake_reason: ClassVar[str] = _ADDS_A_VECTOR
 
     @classmethod
     def fit(cls, vectors: ContrastVectors) -> MLPOutputSteering:
@@ -238,48 +217,11 @@ class MLPOutputSteering:
             raise InputError("MLP-output steering needs point='mlp_output' vectors")
         return cls(vectors=vectors.delta)
 
-    @property
-    def default_strength(self) -> float:
-        return -1.0
-
-    @property
-    def identity_strength(self) -> float:
-        return 0.0
-
-    def steer(
-        self,
-        model: nn.Module,
-        strength: float | None = None,
-        *,
-        positions: Positions = "all",
-        prompt_length: int | None = None,
-        layout: ModelLayout | None = None,
-    ) -> SteeringHandle:
-        """Add `strength * vectors[l]` (α, default −1) to the output of every layer's MLP, at
-        `positions` (see `neurosteer.steer`).
-
-        Raises:
-            InputError: a non-finite strength or bad positions.
-            UnsupportedModelError: the layout cannot be resolved (give `layout`).
-        """
-        alpha = check_strength(strength, self.default_strength)
-        layout = layout or resolve_layout(model)
-        sites = layout.site_modules(model)
+    def installer(self, model: nn.Module, layout: ModelLayout | None) -> Installer:
+        """Hooks adding `strength * vectors[l]` (α) to the output of every layer's MLP."""
+        sites = (layout or resolve_layout(model)).site_modules(model)
 
         def install(hooks: HookSet, state: EditState) -> None:
             add_vector_adders(hooks, sites, list(self.vectors), state)
 
-        return SteeringHandle(model, install, alpha, positions, prompt_length)
-
-    def bake(
-        self, model: nn.Module, strength: float | None = None, *, layout: ModelLayout | None = None
-    ) -> BakeHandle:
-        """Not exact in the weights: always raises `UnsupportedModelError` (use `steer`)."""
-        raise _not_bakeable("MLP-output steering")
-
-
-def _not_bakeable(name: str) -> UnsupportedModelError:
-    return UnsupportedModelError(
-        f"{name} adds a vector to the activations, which a model's weights cannot hold exactly "
-        "(a model without biases has nowhere to put it); apply it with steer"
-    )
+        return install

@@ -24,25 +24,29 @@ vector, which no weight of a bias-free model can hold.
 The defaults remove the behaviour the intervention was fitted on (the positive set's). A
 sweep's normalised strength s (0 = unchanged, 1 = full removal) maps onto these as m = 1 − s,
 α = −s and s itself (method.md §4).
+
+Here: the protocol, `SteeringHandle` (the one handle type), `HookedIntervention` (the shared
+`steer` of the four methods, each giving only the hooks to register) and `Bound` (an
+intervention with its steering options fixed, for callers that pass only a strength).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from types import TracebackType
+from typing import TYPE_CHECKING, ClassVar, Protocol, runtime_checkable
 
 from torch import nn
 
-from neurosteer.circuit import Circuit
-from neurosteer.errors import InputError
+from neurosteer.errors import InputError, UnsupportedModelError
+from neurosteer.hooks import EditState, HookSet, PositionTracker
+from neurosteer.hooks.positions import Positions
+from neurosteer.layout import ModelLayout
 
 if TYPE_CHECKING:
     from neurosteer.baking import BakeHandle
-    from neurosteer.hooks.positions import Positions
-    from neurosteer.layout import ModelLayout
-    from neurosteer.steering import SteeringHandle
 
 
 @runtime_checkable
@@ -86,10 +90,6 @@ class Intervention(Protocol):
         ...
 
 
-Steerable = Intervention | Circuit | Sequence[Circuit]
-"""What `neurosteer.steer` and `neurosteer.bake` take: an intervention, or circuits."""
-
-
 def check_strength(strength: float | None, default: float) -> float:
     """`strength` as a float, `default` when None.
 
@@ -102,39 +102,133 @@ def check_strength(strength: float | None, default: float) -> float:
     return float(value)
 
 
-def resolve_strength(target: Steerable, strength: float | None) -> float:
-    """`strength` checked, or `target`'s default strength when None (see `check_strength`)."""
-    default = (
-        target.default_strength
-        if isinstance(target, Intervention)
-        else as_circuits(target)[0].default_strength
-    )
-    return check_strength(strength, default)
+Installer = Callable[[HookSet, EditState], None]
+"""Registers an intervention's hooks on the `HookSet` it is given; the hooks read the strength
+and the positions from the `EditState` (the `SteeringHandle`) at every call."""
 
 
-def as_circuits(target: Circuit | Sequence[Circuit]) -> list[Circuit]:
-    """The circuits `target` is: a circuit, or a list or tuple of them.
+class SteeringHandle:
+    """Live editing hooks on one model; remove them with `remove()` or by leaving `with`.
 
-    Raises:
-        InputError: an empty sequence, or anything other than circuits.
+    The one handle of every intervention (circuits and baselines alike): what is edited comes
+    from an installer, how strongly from `strength` (read at every call, so it may change
+    inside a block), and where from `positions`.
+
+    Attributes:
+        strength: the intervention's strength, in its own unit (see `neurosteer.intervention`:
+            a neuron multiplier m for circuits, α for added vectors, the removed share for
+            directional ablation). Setting a non-finite value raises `InputError`.
+        multiplier: another name for `strength`, kept for circuits (whose strength is a
+            multiplier) and for code written before the strengths were unified.
+        positions: "all" (every position), "prompt" (the positions reading a prompt token)
+            or "generated" (the positions whose output is a generated token: the last prompt
+            position and every new one); see `neurosteer.hooks.positions`.
     """
-    if isinstance(target, Circuit):
-        return [target]
-    if isinstance(target, (str, bytes)) or not isinstance(target, Sequence):
-        raise InputError(
-            "expected an intervention (a Circuit, CAA, MLPOutputSteering, DirectionAblation) "
-            f"or a list of circuits, got {type(target).__name__}"
+
+    def __init__(
+        self,
+        model: nn.Module,
+        install: Installer,
+        strength: float,
+        positions: Positions = "all",
+        prompt_length: int | None = None,
+    ) -> None:
+        if positions not in ("all", "prompt", "generated"):
+            raise InputError(f"positions must be 'all', 'prompt' or 'generated', got {positions!r}")
+        if prompt_length is not None and prompt_length < 0:
+            raise InputError(f"prompt_length must be >= 0, got {prompt_length}")
+        self.strength = strength
+        self.positions: Positions = positions
+        self._tracker = PositionTracker(prompt_length)
+        self._hooks = HookSet()
+        try:
+            if positions != "all":
+                self._hooks.pre_with_kwargs(model, self._tracker.on_forward)
+            install(self._hooks, self)
+        except BaseException:
+            self._hooks.remove()
+            raise
+
+    @property
+    def strength(self) -> float:
+        return self._strength
+
+    @strength.setter
+    def strength(self, value: float) -> None:
+        self._strength = check_strength(value, 0.0)
+
+    @property
+    def multiplier(self) -> float:
+        return self.strength
+
+    @multiplier.setter
+    def multiplier(self, value: float) -> None:
+        self.strength = value
+
+    def steered_range(self, seq_len: int) -> tuple[int, int]:
+        """[start, end) of the current chunk's positions that are edited."""
+        return self._tracker.steered_range(self.positions, seq_len)
+
+    def remove(self) -> None:
+        """Remove this handle's hooks (idempotent); the model is unchanged afterwards."""
+        self._hooks.remove()
+
+    def __enter__(self) -> SteeringHandle:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.remove()
+
+
+class HookedIntervention:
+    """The one `steer` of every intervention applied by hooks (circuits and the baselines).
+
+    A subclass gives its strengths (`default_strength`, `identity_strength`, as in the
+    module's table) and `installer`, which says which hooks to register; `steer` checks the
+    strength and returns the `SteeringHandle`. `bake` refuses with `no_bake_reason` unless the
+    subclass can write its edit into the weights exactly and overrides it.
+    """
+
+    default_strength: ClassVar[float]
+    identity_strength: ClassVar[float]
+    no_bake_reason: ClassVar[str] = "its edit has no exact form in the weights"
+
+    def installer(self, model: nn.Module, layout: ModelLayout | None) -> Installer:
+        """What registers this intervention's hooks on `model` (read the strength from the
+        state it is given)."""
+        raise NotImplementedError
+
+    def steer(
+        self,
+        model: nn.Module,
+        strength: float | None = None,
+        *,
+        positions: Positions = "all",
+        prompt_length: int | None = None,
+        layout: ModelLayout | None = None,
+    ) -> SteeringHandle:
+        """Apply the intervention at `strength` (None: `default_strength`) with hooks, at
+        `positions`; see `neurosteer.steer` for the arguments.
+
+        Raises:
+            InputError: a non-finite strength, bad positions or a negative prompt_length.
+            UnsupportedModelError: the model's layout cannot be resolved (give `layout`).
+        """
+        value = check_strength(strength, self.default_strength)
+        return SteeringHandle(model, self.installer(model, layout), value, positions, prompt_length)
+
+    def bake(
+        self, model: nn.Module, strength: float | None = None, *, layout: ModelLayout | None = None
+    ) -> BakeHandle:
+        """Raises `UnsupportedModelError` (the edit is not exact in the weights): use `steer`."""
+        raise UnsupportedModelError(
+            f"{type(self).__name__} cannot be baked: {self.no_bake_reason}; apply it with steer"
         )
-    circuits = list(target)
-    if not circuits:
-        raise InputError("steering needs at least one circuit; the list is empty")
-    strays = sorted({type(c).__name__ for c in circuits if not isinstance(c, Circuit)})
-    if strays:
-        raise InputError(
-            f"a list to steer with must hold only circuits, not {', '.join(strays)}; apply "
-            "other interventions one by one (their handles nest)"
-        )
-    return circuits
 
 
 @dataclass(frozen=True, eq=False)

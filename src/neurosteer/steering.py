@@ -1,105 +1,44 @@
-"""Stage 6 of the pipeline: steer a live model with hooks, through one handle type.
+"""Stage 6 of the pipeline: steer a live model with hooks.
 
 `steer(model, x, strength)` applies any `Intervention` (a circuit, several circuits, or a
 baseline) and returns a `SteeringHandle`, also a context manager. The strength is read at
 every call, so it can be changed inside the block; the identity strength (m = 1 for circuits)
 leaves the model bit-identical; several handles compose (on shared neurons their multipliers
-multiply). Registering the hooks is left to `neurosteer.hooks`.
+multiply). Registering the hooks is left to `neurosteer.hooks`; the handle and the shared
+`steer` of every intervention live in `neurosteer.intervention`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from types import TracebackType
+from collections.abc import Sequence
 
 from torch import nn
 
-from neurosteer.circuit import Circuit
+from neurosteer.circuit import Circuit, as_circuits
 from neurosteer.errors import InputError
-from neurosteer.hooks import EditState, HookSet, PositionTracker, add_neuron_scalers
+from neurosteer.hooks import EditState, HookSet
 from neurosteer.hooks.positions import Positions
-from neurosteer.intervention import Intervention, Steerable, as_circuits, check_strength
+from neurosteer.intervention import (
+    HookedIntervention,
+    Installer,
+    Intervention,
+    SteeringHandle,
+    check_strength,
+)
 from neurosteer.layout import ModelLayout
 
-Installer = Callable[[HookSet, EditState], None]
+__all__ = [
+    "HookedIntervention",
+    "Installer",
+    "Positions",
+    "Steerable",
+    "SteeringHandle",
+    "steer",
+    "steer_circuits",
+]
 
-
-class SteeringHandle:
-    """Live editing hooks on one model; remove them with `remove()` or by leaving `with`.
-
-    The one handle of every intervention (circuits and baselines alike): what is edited comes
-    from an installer, how strongly from `strength` (read at every call, so it may change
-    inside a block), and where from `positions`.
-
-    Attributes:
-        strength: the intervention's strength, in its own unit (see `neurosteer.intervention`:
-            a neuron multiplier m for circuits, α for added vectors, the removed share for
-            directional ablation). Setting a non-finite value raises `InputError`.
-        multiplier: another name for `strength`, kept for circuits (whose strength is a
-            multiplier) and for code written before the strengths were unified.
-        positions: "all" (every position), "prompt" (the positions reading a prompt token)
-            or "generated" (the positions whose output is a generated token: the last prompt
-            position and every new one); see `neurosteer.hooks.positions`.
-    """
-
-    def __init__(
-        self,
-        model: nn.Module,
-        install: Installer,
-        strength: float,
-        positions: Positions = "all",
-        prompt_length: int | None = None,
-    ) -> None:
-        if positions not in ("all", "prompt", "generated"):
-            raise InputError(f"positions must be 'all', 'prompt' or 'generated', got {positions!r}")
-        if prompt_length is not None and prompt_length < 0:
-            raise InputError(f"prompt_length must be >= 0, got {prompt_length}")
-        self.strength = strength
-        self.positions: Positions = positions
-        self._tracker = PositionTracker(prompt_length)
-        self._hooks = HookSet()
-        try:
-            if positions != "all":
-                self._hooks.pre_with_kwargs(model, self._tracker.on_forward)
-            install(self._hooks, self)
-        except BaseException:
-            self._hooks.remove()
-            raise
-
-    @property
-    def strength(self) -> float:
-        return self._strength
-
-    @strength.setter
-    def strength(self, value: float) -> None:
-        self._strength = check_strength(value, 0.0)
-
-    @property
-    def multiplier(self) -> float:
-        return self.strength
-
-    @multiplier.setter
-    def multiplier(self, value: float) -> None:
-        self.strength = value
-
-    def steered_range(self, seq_len: int) -> tuple[int, int]:
-        """[start, end) of the current chunk's positions that are edited."""
-        return self._tracker.steered_range(self.positions, seq_len)
-
-    def remove(self) -> None:
-        """Remove this handle's hooks (idempotent); the model is unchanged afterwards."""
-        self._hooks.remove()
-
-    def __enter__(self) -> SteeringHandle:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.remove()
+Steerable = Intervention | Circuit | Sequence[Circuit]
+"""What `steer` and `neurosteer.bake` take: an intervention, or one or several circuits."""
 
 
 def steer(
@@ -154,7 +93,7 @@ def steer(
         >>> with steer(model, caa, -1.0, positions="prompt"):
         ...     ...
     """
-    if isinstance(intervention, Intervention):  # a circuit too: Circuit.steer comes back below
+    if isinstance(intervention, Intervention):  # one circuit, or any other intervention
         return intervention.steer(
             model, strength, positions=positions, prompt_length=prompt_length, layout=layout
         )
@@ -173,14 +112,14 @@ def steer_circuits(
     prompt_length: int | None = None,
     layout: ModelLayout | None = None,
 ) -> SteeringHandle:
-    """`steer` for one or several circuits (what `Circuit.steer` runs)."""
+    """`steer` for several circuits, each scaled by the same multiplier `strength`."""
     if not circuits:
         raise InputError("steer() needs at least one circuit")
     m = check_strength(strength, circuits[0].default_strength)
-    sites = [c.layout_on(model, layout).site_modules(model) for c in circuits]
+    installers = [c.installer(model, layout) for c in circuits]
 
     def install(hooks: HookSet, state: EditState) -> None:
-        for c, c_sites in zip(circuits, sites, strict=True):
-            add_neuron_scalers(hooks, c_sites, c.by_layer(), state)
+        for installer in installers:
+            installer(hooks, state)
 
     return SteeringHandle(model, install, m, positions, prompt_length)

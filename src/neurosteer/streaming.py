@@ -23,10 +23,10 @@ from transformers import AutoConfig, AutoModelForCausalLM
 
 from neurosteer._io import atomic_directory, check_writable
 from neurosteer.baking import PROVENANCE_FILE, provenance
-from neurosteer.circuit import Circuit
+from neurosteer.circuit import Circuit, as_circuits
 from neurosteer.errors import InputError
 from neurosteer.hooks.edits import scale_values
-from neurosteer.intervention import as_circuits, check_strength
+from neurosteer.intervention import check_strength
 from neurosteer.layout import ModelLayout, resolve_layout
 
 logger = logging.getLogger(__name__)
