@@ -77,7 +77,7 @@ def test_save_baked_writes_a_plain_checkpoint(
     model, tokenizer = copy.deepcopy(tiny_llama[0]), tiny_llama[1]
     circuit = discover(model, tokenizer, positive_prompts, negative_prompts, top_k=6)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    out = save_baked(model, tokenizer, tmp_path / "baked", circuit=circuit, multiplier=0.0)
+    out = save_baked(model, tokenizer, circuit, 0.0, tmp_path / "baked")
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
     assert not list(out.glob("*.py"))
     model.save_pretrained(tmp_path / "original")
@@ -96,7 +96,7 @@ def test_save_baked_writes_a_plain_checkpoint(
         hooked = _logits(model, tokenizer, positive_prompts[:3])
     torch.testing.assert_close(_logits(reloaded, tokenizer, positive_prompts[:3]), hooked)
     with pytest.raises(InputError, match="already exists"):
-        save_baked(model, tokenizer, out, circuit=circuit, multiplier=0.0)
+        save_baked(model, tokenizer, circuit, 0.0, out)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["baked", "original"]  # no temp left
 
 

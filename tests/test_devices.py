@@ -182,7 +182,7 @@ def test_weight_edits_refuse_offloaded_weights_and_change_nothing(
     with pytest.raises(InputError, match=r"offloaded.*device_map=None.*--streaming"):
         DirectionAblation(direction=direction, layer=2).bake(model)
     with pytest.raises(InputError, match="offloaded"):
-        save_baked(model, tokenizer, tmp_path / "baked", circuit=circuit, multiplier=0.0)
+        save_baked(model, tokenizer, circuit, 0.0, tmp_path / "baked")
     assert not (tmp_path / "baked").exists()
 
     # nothing changed, and the LM head was not untied onto the meta device

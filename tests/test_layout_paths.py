@@ -152,7 +152,7 @@ def test_bake_and_save_baked_edit_the_recorded_site(
     )
     handle.undo()
 
-    out = save_baked(model, tokenizer, tmp_path / "baked", circuit=up_circuit, multiplier=0.0)
+    out = save_baked(model, tokenizer, up_circuit, 0.0, tmp_path / "baked")
     saved = load_file(out / "model.safetensors")
     assert _changed({k: before[k] for k in saved}, saved) == _up_names(up_circuit)
 
@@ -165,9 +165,7 @@ def test_streaming_bake_edits_the_recorded_site(
     original = load_file(square_dir / "model.safetensors")
     streamed = load_file(tmp_path / "streamed" / "model.safetensors")
     assert _changed(original, streamed) == _up_names(up_circuit)
-    save_baked(
-        copy.deepcopy(square[0]), square[1], tmp_path / "memory", circuit=up_circuit, multiplier=0.0
-    )
+    save_baked(copy.deepcopy(square[0]), square[1], up_circuit, 0.0, tmp_path / "memory")
     in_memory = load_file(tmp_path / "memory" / "model.safetensors")
     assert all(torch.equal(streamed[k], in_memory[k]) for k in streamed)
 
@@ -247,7 +245,7 @@ def test_recorded_paths_that_do_not_resolve_are_refused_everywhere(
     calls = [
         lambda: steer(model, circuit, 0.0),
         lambda: bake(model, circuit, 0.0),
-        lambda: save_baked(model, tokenizer, tmp_path / "out", circuit=circuit, multiplier=0.0),
+        lambda: save_baked(model, tokenizer, circuit, 0.0, tmp_path / "out"),
         lambda: bake_streaming(square_dir, circuit, 0.0, tmp_path / "out"),
     ]
     for call in calls:

@@ -135,9 +135,9 @@ def test_ablating_the_circuit_removes_refusal_and_random_does_not() -> None:
     model, tok = _organism("instruct")
     harmful = corpus.make_prompts("heldout", True, N_FAST, seed=3)
     before = _rates(model, tok, harmful).refusal
-    with neurosteer.steer(model, _circuit(), multiplier=0.0):
+    with neurosteer.steer(model, _circuit(), strength=0.0):
         ablated = _rates(model, tok, harmful)
-    with neurosteer.steer(model, _circuit().random_like(seed=0), multiplier=0.0):
+    with neurosteer.steer(model, _circuit().random_like(seed=0), strength=0.0):
         control = _rates(model, tok, harmful)
     assert ablated.refusal <= 0.5 * before
     assert ablated.compliant >= 0.6
@@ -149,7 +149,7 @@ def test_amplifying_the_circuit_makes_benign_requests_refused() -> None:
     model, tok = _organism("instruct")
     benign = corpus.make_prompts("heldout", False, N_FAST, seed=3)
     before = _rates(model, tok, benign).refusal
-    with neurosteer.steer(model, _circuit(), multiplier=2.0):
+    with neurosteer.steer(model, _circuit(), strength=2.0):
         amplified = _rates(model, tok, benign)
     assert amplified.refusal >= before + 0.08
 

@@ -38,9 +38,9 @@ def test_multiplier_one_is_bit_identical_and_zero_is_not(
     circuit = _circuit(tiny_model, positive_prompts, negative_prompts)
     batch = _batch(tokenizer, positive_prompts[:4])
     base = _logits(model, batch)
-    with steer(model, circuit, multiplier=1.0):
+    with steer(model, circuit, strength=1.0):
         assert torch.equal(_logits(model, batch), base)
-    with steer(model, circuit, multiplier=0.0):
+    with steer(model, circuit, strength=0.0):
         ablated = _logits(model, batch)
     assert not torch.allclose(ablated, base, atol=1e-3)
     assert torch.equal(_logits(model, batch), base)  # gone after the block

@@ -54,9 +54,7 @@ def test_streaming_bake_equals_the_in_memory_bake(
     folder, model, tokenizer = sharded
     circuit = _circuit(model, tokenizer, positive_prompts)
     report = bake_streaming(folder, circuit, 2.5, tmp_path / "streamed")
-    save_baked(
-        copy.deepcopy(model), tokenizer, tmp_path / "memory", circuit=circuit, multiplier=2.5
-    )
+    save_baked(copy.deepcopy(model), tokenizer, circuit, 2.5, tmp_path / "memory")
 
     original, streamed = _weights(folder), _weights(tmp_path / "streamed")
     in_memory = _weights(tmp_path / "memory")
@@ -129,3 +127,35 @@ def test_cli_streaming_bake(
     assert result.exit_code == 0, result.output
     assert "shards" in result.output
     assert (tmp_path / "out" / INDEX_FILE).is_file()
+
+
+def test_streaming_bake_takes_several_circuits_like_the_in_memory_bake(
+    sharded: tuple[Path, PreTrainedModel, PreTrainedTokenizerFast],
+    positive_prompts: list[str],
+    negative_prompts: list[str],
+    tmp_path: Path,
+) -> None:
+    folder, model, tokenizer = sharded
+    first = _circuit(model, tokenizer, positive_prompts)
+    second = _circuit(model, tokenizer, negative_prompts)
+    report = bake_streaming(folder, [first, second], 0.5, tmp_path / "streamed")
+    save_baked(copy.deepcopy(model), tokenizer, [first, second], 0.5, tmp_path / "memory")
+    streamed, in_memory = _weights(tmp_path / "streamed"), _weights(tmp_path / "memory")
+    layers = set(first.neurons_per_layer()) | set(second.neurons_per_layer())
+    assert len(report.tensors) == len(layers)
+    for name, tensor in streamed.items():
+        key = name if name in in_memory else next(k for k in in_memory if k.endswith(name))
+        assert torch.equal(tensor, in_memory[key]), name
+
+
+def test_streaming_bake_refuses_an_output_over_its_checkpoint(
+    sharded: tuple[Path, PreTrainedModel, PreTrainedTokenizerFast],
+    positive_prompts: list[str],
+) -> None:
+    folder, model, tokenizer = sharded
+    circuit = _circuit(model, tokenizer, positive_prompts)
+    files = sorted(p.name for p in folder.iterdir())
+    for out in (folder, folder / "baked", folder.parent):
+        with pytest.raises(InputError, match="would overwrite the input"):
+            bake_streaming(folder, circuit, 0.0, out, force=True)
+    assert sorted(p.name for p in folder.iterdir()) == files

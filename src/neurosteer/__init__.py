@@ -5,9 +5,9 @@ scaling just those neurons, or bake the change into an ordinary checkpoint.
 
     model, tokenizer = neurosteer.load_model("path/or/hub-id")
     circuit = neurosteer.discover(model, tokenizer, positive=harmful, negative=benign)
-    with neurosteer.steer(model, circuit, multiplier=0.0):
+    with neurosteer.steer(model, circuit, 0.0):         # any Intervention, one strength
         ...
-    handle = neurosteer.bake(model, circuit, multiplier=0.0)
+    handle = neurosteer.bake(model, circuit, 0.0)
     handle.undo()
 
 The package follows the pipeline: layout → loading → prompts → recording → attribution →
@@ -24,10 +24,15 @@ from neurosteer._version import __version__
 # Public name -> the module that defines it. Imported on first use, so that `neurosteer --help`
 # and `import neurosteer.errors` do not pay for torch and transformers.
 _EXPORTS = {
+    "DirectionAblation": "neurosteer.ablation",
     "BakeHandle": "neurosteer.baking",
     "bake": "neurosteer.baking",
     "save_baked": "neurosteer.baking",
+    "CAA": "neurosteer.baselines",
+    "MLPOutputSteering": "neurosteer.baselines",
+    "contrast_vectors": "neurosteer.baselines",
     "Circuit": "neurosteer.circuit",
+    "ContrastVectors": "neurosteer.contrast",
     "discover": "neurosteer.discovery",
     "neutral_prompts": "neurosteer.discovery",
     "CircuitFormatError": "neurosteer.errors",
@@ -37,6 +42,7 @@ _EXPORTS = {
     "NeurosteerError": "neurosteer.errors",
     "UnsupportedModelError": "neurosteer.errors",
     "generate": "neurosteer.generation",
+    "Intervention": "neurosteer.intervention",
     "ModelLayout": "neurosteer.layout",
     "resolve_layout": "neurosteer.layout",
     "load_model": "neurosteer.loading",
@@ -48,11 +54,16 @@ _EXPORTS = {
 }
 
 __all__ = [
+    "CAA",
     "BakeHandle",
     "Circuit",
     "CircuitFormatError",
     "CircuitMismatchError",
+    "ContrastVectors",
+    "DirectionAblation",
     "InputError",
+    "Intervention",
+    "MLPOutputSteering",
     "ModelLayout",
     "ModelLoadError",
     "NeurosteerError",
@@ -61,6 +72,7 @@ __all__ = [
     "__version__",
     "bake",
     "bake_streaming",
+    "contrast_vectors",
     "discover",
     "generate",
     "load_model",
@@ -86,8 +98,11 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:
+    from neurosteer.ablation import DirectionAblation
     from neurosteer.baking import BakeHandle, bake, save_baked
+    from neurosteer.baselines import CAA, MLPOutputSteering, contrast_vectors
     from neurosteer.circuit import Circuit
+    from neurosteer.contrast import ContrastVectors
     from neurosteer.discovery import discover, neutral_prompts
     from neurosteer.errors import (
         CircuitFormatError,
@@ -98,6 +113,7 @@ if TYPE_CHECKING:
         UnsupportedModelError,
     )
     from neurosteer.generation import generate
+    from neurosteer.intervention import Intervention
     from neurosteer.layout import ModelLayout, resolve_layout
     from neurosteer.loading import load_model
     from neurosteer.prompts import load_prompts, render_prompts

@@ -12,9 +12,11 @@ lists, judge prompts, MMLU csv files) is decoded by one rule, so no file kind fa
        Windows-1252 does not define) is an `InputError` naming the file, the guessed encoding
        and the fix.
 
-Writing (`atomic_directory`): everything is written to a hidden sibling, then renamed into
-place. An interrupted write never leaves a half-written circuit or checkpoint under the real
-name, and an existing output is only replaced when the caller says so (`force`).
+Writing (`check_writable`, `atomic_directory`, `atomic_file`): every output path is checked in
+one place (it exists only with `force`, its folder exists, it is not an input of the writer),
+then everything is written to a hidden sibling and renamed into place. An interrupted write
+never leaves a half-written circuit or checkpoint under the real name, and an existing output
+is only replaced when the caller says so (`force`).
 """
 
 from __future__ import annotations
@@ -25,8 +27,8 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
 from neurosteer.errors import InputError
@@ -125,12 +127,40 @@ def _nul_guess(data: bytes) -> str:
     return "UTF-32 or a binary file"
 
 
-def check_writable(path: Path, *, force: bool) -> None:
-    """Refuse an existing output unless `force`; do it before any expensive work."""
-    if path.exists() and not force:
-        raise InputError(f"'{path}' already exists; choose another path or pass --force")
-    if not path.parent.exists():
-        raise InputError(f"the folder '{path.parent}' does not exist; create it first")
+def check_writable(path: str | Path, *, force: bool, inputs: Sequence[str | Path] = ()) -> Path:
+    """The one check of an output path, made by every writer before any expensive work.
+
+    Every writer of this package (a circuit or vectors file, `save_baked`, `bake_streaming`,
+    a GGUF bake, an organism export) checks its output here, through `atomic_directory` /
+    `atomic_file` or directly (the CLI, to fail before loading a model).
+
+    Args:
+        path: the file or folder to write.
+        force: replace an existing `path` (never one of `inputs`).
+        inputs: the files or folders the writer reads: the output may not be one of them,
+            lie inside one, or hold one, since replacing it would destroy what is being read.
+
+    Returns:
+        `path` as a `Path`.
+
+    Raises:
+        InputError: `path` exists and `force` is not given, its parent folder does not
+            exist, or it overlaps an input.
+    """
+    target = Path(path)
+    resolved = target.resolve()
+    for source in inputs:
+        read = Path(source).resolve()
+        if resolved == read or read in resolved.parents or resolved in read.parents:
+            raise InputError(
+                f"the output '{target}' would overwrite the input '{source}' it is made from; "
+                "choose another output path"
+            )
+    if target.exists() and not force:
+        raise InputError(f"'{target}' already exists; choose another path or pass --force")
+    if not target.parent.exists():
+        raise InputError(f"the folder '{target.parent}' does not exist; create it first")
+    return target
 
 
 def _umask() -> int:
@@ -139,17 +169,41 @@ def _umask() -> int:
     return current
 
 
+def atomic_directory(
+    path: str | Path, *, force: bool = False, inputs: Sequence[str | Path] = ()
+) -> AbstractContextManager[Path]:
+    """Yield a temporary folder; on success it replaces `path` in one rename.
+
+    `path` is checked first by `check_writable(path, force=force, inputs=inputs)`.
+    """
+    return _staged(check_writable(path, force=force, inputs=inputs), folder=True)
+
+
+def atomic_file(
+    path: str | Path, *, force: bool = False, inputs: Sequence[str | Path] = ()
+) -> AbstractContextManager[Path]:
+    """Yield a temporary file path beside `path`; on success it replaces `path` in one rename.
+
+    `path` is checked first by `check_writable(path, force=force, inputs=inputs)`.
+    """
+    return _staged(check_writable(path, force=force, inputs=inputs), folder=False)
+
+
 @contextmanager
-def atomic_directory(path: str | Path, *, force: bool = False) -> Iterator[Path]:
-    """Yield a temporary folder; on success it replaces `path` in one rename."""
-    target = Path(path)
-    check_writable(target, force=force)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+def _staged(target: Path, *, folder: bool) -> Iterator[Path]:
+    """A hidden sibling of `target` to write; renamed over `target` on success, else removed."""
+    prefix = f".{target.name}.tmp-"
+    if folder:
+        staging = Path(tempfile.mkdtemp(prefix=prefix, dir=target.parent))
+    else:
+        handle, name = tempfile.mkstemp(prefix=prefix, dir=target.parent)
+        os.close(handle)
+        staging = Path(name)
     try:
         yield staging
-        # mkdtemp makes the folder private (0700); give the result the usual permissions.
-        staging.chmod(0o777 & ~_umask())
-        if target.exists():
+        # mkdtemp/mkstemp make it private (0700/0600); give the result the usual permissions.
+        staging.chmod((0o777 if folder else 0o666) & ~_umask())
+        if folder and target.exists():  # a folder cannot be renamed over another one
             old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
             os.replace(target, old / target.name)
             os.replace(staging, target)
@@ -157,5 +211,7 @@ def atomic_directory(path: str | Path, *, force: bool = False) -> Iterator[Path]
         else:
             os.replace(staging, target)
     finally:
-        if staging.exists():
+        if staging.is_dir():
             shutil.rmtree(staging, ignore_errors=True)
+        else:
+            staging.unlink(missing_ok=True)

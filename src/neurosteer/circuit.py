@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from safetensors import SafetensorError
@@ -36,7 +37,12 @@ from neurosteer.errors import (
     NeurosteerError,
     UnsupportedModelError,
 )
+from neurosteer.hooks import EditState, HookSet, add_neuron_scalers
+from neurosteer.intervention import HookedIntervention, Installer
 from neurosteer.layout import ModelLayout, resolve_layout
+
+if TYPE_CHECKING:
+    from neurosteer.baking import BakeHandle
 
 logger = logging.getLogger(__name__)
 
@@ -106,8 +112,11 @@ class DeltaTable:
 
 
 @dataclass(frozen=True, eq=False)
-class Circuit:
+class Circuit(HookedIntervention):
     """A set of MLP neurons, in rank order, with the statistics and provenance behind it.
+
+    An `Intervention` whose strength is the multiplier m of its neurons (default 0: ablate
+    them; 1 leaves the model unchanged): `circuit.steer(model, m)`, `circuit.bake(model, m)`.
 
     Attributes:
         layers, neurons: [k] int64, the layer and neuron index of each selected neuron.
@@ -131,6 +140,8 @@ class Circuit:
     library_version: str = ""
     table: DeltaTable | None = None
     universal: torch.Tensor | None = None
+    default_strength: ClassVar[float] = 0.0
+    identity_strength: ClassVar[float] = 1.0
 
     def __len__(self) -> int:
         return int(self.layers.numel())
@@ -152,6 +163,33 @@ class Circuit:
         if self.universal is not None:
             return self.universal
         return self.table.universal if self.table is not None else None
+
+    def installer(self, model: nn.Module, layout: ModelLayout | None) -> Installer:
+        """Hooks scaling this circuit's neurons by the multiplier m, at the sites it records
+        (`layout_on`); `steer` (from `HookedIntervention`) applies them.
+
+        Raises:
+            CircuitMismatchError: the circuit does not fit `model` (`CircuitLayoutError` when
+                its paths do not resolve or `layout` uses others).
+        """
+        sites = self.layout_on(model, layout).site_modules(model)
+        by_layer = self.by_layer()
+
+        def install(hooks: HookSet, state: EditState) -> None:
+            add_neuron_scalers(hooks, sites, by_layer, state)
+
+        return install
+
+    def bake(
+        self, model: nn.Module, strength: float | None = None, *, layout: ModelLayout | None = None
+    ) -> BakeHandle:
+        """Scale this circuit's neurons by `strength` (default 0) in the weights, in place:
+        `neurosteer.bake(model, self, strength)`, whose docstring gives the details."""
+        # `baking` is a later stage that imports this module; importing it here keeps the
+        # pipeline's one-way import order (no cycle at module level).
+        from neurosteer.baking import bake_circuits
+
+        return bake_circuits(model, [self], strength, layout=layout)
 
     def layout_on(self, model: nn.Module, layout: ModelLayout | None = None) -> ModelLayout:
         """The layout that puts this circuit's neurons where they were found, on `model`.
@@ -425,3 +463,28 @@ def from_table(
         negative_mean=neg,
         settings=settings,
     )
+
+
+def as_circuits(target: object) -> list[Circuit]:
+    """The circuits `target` is: a circuit, or a list or tuple of them.
+
+    Raises:
+        InputError: an empty sequence, or anything other than circuits.
+    """
+    if isinstance(target, Circuit):
+        return [target]
+    if isinstance(target, (str, bytes)) or not isinstance(target, Sequence):
+        raise InputError(
+            "expected an intervention (a Circuit, CAA, MLPOutputSteering, DirectionAblation) "
+            f"or a list of circuits, got {type(target).__name__}"
+        )
+    circuits = list(target)
+    if not circuits:
+        raise InputError("steering needs at least one circuit; the list is empty")
+    strays = sorted({type(c).__name__ for c in circuits if not isinstance(c, Circuit)})
+    if strays:
+        raise InputError(
+            f"a list to steer with must hold only circuits, not {', '.join(strays)}; apply "
+            "other interventions one by one (their handles nest)"
+        )
+    return circuits

@@ -127,7 +127,7 @@ def run_demo(
     def answers(c: Circuit | None, m: float, prompts: list[str]) -> list[str]:
         if c is None:
             return generate(model, tok, prompts, max_new_tokens=MAX_NEW_TOKENS, batch_size=64)
-        with steer(model, c, multiplier=m):
+        with steer(model, c, m):
             return generate(model, tok, prompts, max_new_tokens=MAX_NEW_TOKENS, batch_size=64)
 
     conditions = [

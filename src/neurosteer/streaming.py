@@ -1,4 +1,4 @@
-"""Stage 6, for big checkpoints: bake a circuit into safetensors shards without loading the model.
+"""Stage 6, for big checkpoints: bake circuits into safetensors shards without loading the model.
 
 The layout comes from the config alone (the model is built on the meta device, no weights);
 then each shard is handled on its own: shards without an output projection of the circuit are
@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,11 +21,12 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from neurosteer._io import atomic_directory
+from neurosteer._io import atomic_directory, check_writable
 from neurosteer.baking import PROVENANCE_FILE, provenance
-from neurosteer.circuit import Circuit
+from neurosteer.circuit import Circuit, as_circuits
 from neurosteer.errors import InputError
 from neurosteer.hooks.edits import scale_values
+from neurosteer.intervention import check_strength
 from neurosteer.layout import ModelLayout, resolve_layout
 
 logger = logging.getLogger(__name__)
@@ -52,20 +54,26 @@ class StreamingReport:
 
 def bake_streaming(
     checkpoint: str | Path,
-    circuit: Circuit,
-    multiplier: float,
+    circuit: Circuit | Sequence[Circuit],
+    strength: float | None,
     out_dir: str | Path,
     *,
     force: bool = False,
     layout: ModelLayout | None = None,
 ) -> StreamingReport:
-    """Write a copy of a local safetensors checkpoint with the circuit baked in, shard by shard.
+    """Write a copy of a local safetensors checkpoint with circuits baked in, shard by shard.
+
+    Like every writer (`save_baked`, the GGUF bake) it takes the source, what to apply, the
+    strength and then the output path, which `neurosteer._io.check_writable` checks.
 
     Args:
         checkpoint: a local folder written by `save_pretrained` (single or sharded safetensors).
-        circuit: the circuit to bake; it must fit the checkpoint's shape.
-        multiplier: the scale written into the weights (0 ablates).
-        out_dir: the folder to write; refused if it exists unless `force`.
+        circuit: a circuit, or several (applied one after another, like `bake`); each must
+            fit the checkpoint's shape.
+        strength: the multiplier m written into the weights (0 ablates, 1 leaves them as
+            they are); None: the circuits' default (0).
+        out_dir: the folder to write; refused if it exists unless `force`, and always if it
+            is, holds or lies inside `checkpoint`.
         layout: a `ModelLayout` to use; by default the circuit's recorded layer and site
             paths are resolved on a weightless copy of the model (`Circuit.layout_on`), and a
             given layout must use the same paths.
@@ -75,37 +83,40 @@ def bake_streaming(
 
     Raises:
         InputError: not a local safetensors checkpoint, tensor names that do not follow the
-            modules, or an existing `out_dir` without `force`.
-        CircuitMismatchError: the circuit does not fit, or its paths do not resolve on the
+            modules, a non-finite strength, an empty list, or an output path refused by
+            `check_writable` (nothing is written).
+        CircuitMismatchError: a circuit does not fit, or its paths do not resolve on the
             checkpoint's model (`CircuitLayoutError`).
 
     Example:
         >>> bake_streaming("Llama-3.1-70B-Instruct", circuit, 0.0, "llama-70b-no-refusal")
     """
     source = Path(checkpoint)
+    circuits = as_circuits(circuit)
+    m = check_strength(strength, circuits[0].default_strength)
     shard_of = _weight_map(source)
-    layout = circuit.layout_on(skeleton(source), layout)
-    targets = _target_names(layout, circuit, set(shard_of))
-    axis = 1 if layout.orientation == "columns" else 0
-    by_shard: dict[str, dict[str, torch.Tensor]] = {}
+    check_writable(out_dir, force=force, inputs=[source])  # before the model is built
+    model = skeleton(source)
+    layouts = [c.layout_on(model, layout) for c in circuits]
+    if any(lay != layouts[0] for lay in layouts):
+        raise InputError("the circuits sit at different layer or site paths; bake them one by one")
+    targets = _target_names(layouts[0], circuits, set(shard_of))
+    axis = 1 if layouts[0].orientation == "columns" else 0
+    by_shard: dict[str, dict[str, list[torch.Tensor]]] = {}
     for name, neurons in targets.items():
         by_shard.setdefault(shard_of[name], {})[name] = neurons
 
     peak = 0
-    with atomic_directory(out_dir, force=force) as staging:
+    with atomic_directory(out_dir, force=force, inputs=[source]) as staging:
         for item in sorted(source.iterdir()):
             if item.name in by_shard:
-                peak = max(
-                    peak,
-                    _rewrite_shard(
-                        item, staging / item.name, by_shard[item.name], axis, multiplier
-                    ),
-                )
+                shard = _rewrite_shard(item, staging / item.name, by_shard[item.name], axis, m)
+                peak = max(peak, shard)
             elif item.is_dir():
                 shutil.copytree(item, staging / item.name)
             elif item.name != PROVENANCE_FILE:
                 shutil.copyfile(item, staging / item.name)
-        record = provenance(circuit, multiplier) | {"streaming": True}
+        record = provenance(circuit, m) | {"streaming": True}
         (staging / PROVENANCE_FILE).write_text(json.dumps(record, indent=2, sort_keys=True))
     return StreamingReport(
         shards=len(set(shard_of.values())),
@@ -149,28 +160,30 @@ def layout_from_config(
 
 
 def _target_names(
-    layout: ModelLayout, circuit: Circuit, names: set[str]
-) -> dict[str, torch.Tensor]:
-    """{checkpoint tensor name: neuron indices} of every output-projection weight to scale."""
-    targets = {}
-    for layer, neurons in circuit.by_layer().items():
-        module_name = f"{layout.layers_path}.{layer}.{layout.site_path}.weight"
-        # Some checkpoints (e.g. the original GPT-2) store names without the base-model prefix.
-        candidates = [module_name, module_name.split(".", 1)[1]]
-        found = next((c for c in candidates if c in names), None)
-        if found is None:
-            raise InputError(
-                f"the checkpoint has no tensor '{module_name}'; its names do not follow the "
-                "model's modules, so bake it in memory instead (without --streaming)"
-            )
-        targets[found] = neurons
+    layout: ModelLayout, circuits: Sequence[Circuit], names: set[str]
+) -> dict[str, list[torch.Tensor]]:
+    """{checkpoint tensor name: the neuron indices to scale, one tensor per circuit using it}
+    of every output-projection weight to scale."""
+    targets: dict[str, list[torch.Tensor]] = {}
+    for circuit in circuits:
+        for layer, neurons in circuit.by_layer().items():
+            module_name = f"{layout.layers_path}.{layer}.{layout.site_path}.weight"
+            # Some checkpoints (e.g. the original GPT-2) store names without the base prefix.
+            candidates = [module_name, module_name.split(".", 1)[1]]
+            found = next((c for c in candidates if c in names), None)
+            if found is None:
+                raise InputError(
+                    f"the checkpoint has no tensor '{module_name}'; its names do not follow the "
+                    "model's modules, so bake it in memory instead (without --streaming)"
+                )
+            targets.setdefault(found, []).append(neurons)
     return targets
 
 
 def _rewrite_shard(
     source: Path,
     target: Path,
-    scaled: dict[str, torch.Tensor],
+    scaled: dict[str, list[torch.Tensor]],
     axis: int,
     multiplier: float,
 ) -> int:
@@ -178,12 +191,14 @@ def _rewrite_shard(
     with safe_open(str(source), framework="pt") as f:
         metadata = f.metadata()
         tensors = {name: f.get_tensor(name) for name in f.keys()}  # noqa: SIM118 - not a dict
-    for name, neurons in scaled.items():
+    for name, per_circuit in scaled.items():
         weight = tensors[name]
-        # The same operation as the in-memory bake, so both give the same bits in any dtype.
-        weight.index_copy_(
-            axis, neurons, scale_values(weight.index_select(axis, neurons), multiplier)
-        )
+        # The same operations as the in-memory bake (circuit by circuit), so both give the same
+        # bits in any dtype.
+        for neurons in per_circuit:
+            weight.index_copy_(
+                axis, neurons, scale_values(weight.index_select(axis, neurons), multiplier)
+            )
     save_file(tensors, str(target), metadata=metadata)
     logger.info("rewrote %s (%d tensors scaled)", source.name, len(scaled))
     return sum(t.numel() * t.element_size() for t in tensors.values())

@@ -234,7 +234,8 @@ def bake(**params: Any) -> None:
     from neurosteer.baking import save_baked
     from neurosteer.circuit import Circuit
 
-    check_writable(params["output"], force=params["force"])
+    inputs = [params["model"]] if params["streaming"] else []
+    check_writable(params["output"], force=params["force"], inputs=inputs)
     circuit = Circuit.load(params["circuit_path"])
     if params["streaming"]:
         from neurosteer.streaming import bake_streaming, skeleton
@@ -259,9 +260,9 @@ def bake(**params: Any) -> None:
     save_baked(
         model,
         tokenizer,
+        circuit,
+        params["multiplier"],
         params["output"],
-        circuit=circuit,
-        multiplier=params["multiplier"],
         force=params["force"],
         layout=layout,
     )

@@ -63,7 +63,25 @@ def add_neuron_scalers(
     neurons_by_layer: dict[int, torch.Tensor],
     state: EditState,
 ) -> None:
-    """Multiply the given neurons of each layer's site input by `state.multiplier`."""
+    """Multiply the given neurons of each layer's site input by `state.strength`.
+
+    Registers one forward pre-hook per layer in `neurons_by_layer` on `sites[layer]` (the MLP
+    output projection, whose input [batch, seq, d_mlp] holds the neurons). At every call the
+    hook reads m = `state.strength` (rounded to float32) and the positions
+    `state.steered_range` allows, and returns a new input with those neurons × m (computed in
+    float32, rounded once to the activation dtype); at m = 1 it returns nothing.
+
+    Args:
+        hooks: the `HookSet` that owns (and later removes) the hooks.
+        sites: [n_layers] modules, indexed by layer.
+        neurons_by_layer: {layer: [n] int64 neuron indices in 0 .. d_mlp − 1}.
+        state: read at call time (so the strength may change while the hooks are in place).
+
+    Raises:
+        IndexError: a layer outside `sites` (hooks registered before it stay in `hooks`, for
+            the caller to remove). Callers check circuits against the model first
+            (`Circuit.check_fits`), so neither this nor a neuron index ≥ d_mlp reaches here.
+    """
     for layer, neurons in sorted(neurons_by_layer.items()):
         hooks.pre(sites[layer], _scaler(neurons, state))
 
@@ -74,7 +92,7 @@ def _scaler(
     cache: dict[tuple[torch.device, torch.dtype, float], torch.Tensor] = {}
 
     def hook(_module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...] | None:
-        m = float32_strength(state.multiplier)
+        m = float32_strength(state.strength)
         if m == 1.0:
             return None
         x = args[0]  # [batch, seq, d_mlp]
@@ -103,7 +121,7 @@ def add_vector_adders(
     vectors: Sequence[torch.Tensor],
     state: EditState,
 ) -> None:
-    """Add `state.multiplier * vectors[i]` [width] to the output of `modules[i]`."""
+    """Add `state.strength * vectors[i]` [width] to the output of `modules[i]`."""
     for module, vector in zip(modules, vectors, strict=True):
         hooks.post(module, _adder(vector, state))
 
@@ -112,7 +130,7 @@ def _adder(
     vector: torch.Tensor, state: EditState
 ) -> Callable[[nn.Module, tuple[Any, ...], Any], Any]:
     def hook(_module: nn.Module, _args: tuple[Any, ...], output: Any) -> Any:
-        alpha = float32_strength(state.multiplier)
+        alpha = float32_strength(state.strength)
         if alpha == 0.0:
             return None
         x = first_tensor(output)
@@ -131,7 +149,7 @@ def _adder(
 def add_direction_projectors(
     hooks: HookSet, modules: Sequence[nn.Module], direction: torch.Tensor, state: EditState
 ) -> None:
-    """Remove `state.multiplier` times the component along a unit `direction` from the output
+    """Remove `state.strength` times the component along a unit `direction` from the output
     of every module (x ← x − s (x·r̂) r̂); s = 1 ablates the direction."""
     for module in modules:
         hooks.post(module, _projector(direction, state))
@@ -141,7 +159,7 @@ def _projector(
     direction: torch.Tensor, state: EditState
 ) -> Callable[[nn.Module, tuple[Any, ...], Any], Any]:
     def hook(_module: nn.Module, _args: tuple[Any, ...], output: Any) -> Any:
-        strength = float32_strength(state.multiplier)
+        strength = float32_strength(state.strength)
         if strength == 0.0:
             return None
         x = first_tensor(output)

@@ -31,7 +31,7 @@ class EditState(Protocol):
     """What an editing hook reads at call time (the strength may change inside a block)."""
 
     @property
-    def multiplier(self) -> float: ...
+    def strength(self) -> float: ...
 
     def steered_range(self, seq_len: int) -> tuple[int, int]:
         """[start, end) of the current chunk's positions to edit."""

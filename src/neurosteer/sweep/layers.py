@@ -29,6 +29,7 @@ from neurosteer.baselines import CAA, ContrastVectors, DirectionAblation
 from neurosteer.errors import InputError
 from neurosteer.evaluation.judges import Judge, refusal_rates
 from neurosteer.generation import generate
+from neurosteer.hooks.positions import Positions
 from neurosteer.layout import ModelLayout
 from neurosteer.sweep.config import SweepConfig
 
@@ -161,13 +162,9 @@ def _full_strength(
 ) -> Iterator[None]:
     """The method at s = 1 with its vector taken from `layer` (what the sweep's s = 1 runs)."""
     if method == "caa":
-        caa = CAA.fit(
-            residual,
-            layer=layer,
-            positions="prompt" if config.caa_positions == "prompt" else "all",
-            normalize=config.caa_normalize,
-        )
-        with caa.steer(model, -1.0, layout=layout):
+        caa = CAA.fit(residual, layer=layer, normalize=config.caa_normalize)
+        positions: Positions = "prompt" if config.caa_positions == "prompt" else "all"
+        with caa.steer(model, -1.0, positions=positions, layout=layout):
             yield
     else:
         with DirectionAblation.fit(residual, layer=layer).steer(model, 1.0, layout=layout):

@@ -16,6 +16,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -188,7 +189,11 @@ class _Evaluator:
         factory: Intervention = (
             contextlib.nullcontext
             if baseline
-            else fitted.intervention(self.model, method, strength, seed, layout=layout)
+            else partial(
+                fitted.intervention(method, seed, layout=layout).steer,
+                self.model,
+                knob(method, strength)[1],
+            )
         )
         sets: dict[str, dict[str, Any]] = {}
         rows: list[dict[str, Any]] = []

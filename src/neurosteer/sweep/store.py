@@ -3,7 +3,7 @@
     RUN/
         config.json            settings, prompt-set hashes and model provenance
         circuit.circuit/       the CNA circuit with its full δ table (fitted once)
-        vectors.safetensors    the contrast vectors of the CAA / direction baselines
+        vectors.safetensors    the baselines' contrast vectors (`neurosteer.contrast` format)
         results.jsonl          one JSON line per finished point, appended as each finishes
         answers/<label>_<s>.jsonl   the prompts and answers of each point
 
