@@ -37,7 +37,8 @@ from neurosteer.hooks import (
 from neurosteer.hooks.edits import edit_dtype, float32_strength
 from neurosteer.layout import ModelLayout, residual_writers, resolve_layout
 from neurosteer.prompts import encode_for_model
-from neurosteer.recording import RunningStats, auto_batch_size, run_last_token_pass
+from neurosteer.recording import RunningStats, run_last_token_pass
+from neurosteer.runtime import auto_batch_size, pad_id
 from neurosteer.steering import Positions, SteeringHandle
 
 Point = Literal["residual", "mlp_output"]
@@ -101,7 +102,6 @@ def contrast_vectors(
         for p in (positive, negative)
     )
     size = batch_size or auto_batch_size(model, layout, max(map(len, pos_ids + neg_ids)))
-    pad_id = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0)
     norms = torch.zeros(layout.n_layers, dtype=torch.float64)
     means = []
     for ids in (pos_ids, neg_ids):
@@ -116,7 +116,7 @@ def contrast_vectors(
             layout,
             ids,
             batch_size=size,
-            pad_id=pad_id,
+            pad_id=pad_id(tokenizer),
             on_layer=take,
             progress=progress,
             desc=f"{point} means",

@@ -27,7 +27,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from neurosteer._io import atomic_directory
-from neurosteer.attribution import layer_mask, neurons_for_fraction, select_top_k
+from neurosteer.attribution import candidate_mask, neurons_for_fraction, select_top_k
 from neurosteer.errors import (
     CircuitFormatError,
     CircuitLayoutError,
@@ -153,6 +153,14 @@ class Circuit:
             return self.universal
         return self.table.universal if self.table is not None else None
 
+    def candidates(self) -> torch.Tensor:
+        """[n_layers, d_mlp] bool: the neurons this circuit was selected from (its candidate
+        layers without the universal neurons, where those are recorded)."""
+        info = self.model
+        return candidate_mask(
+            info.n_layers, info.d_mlp, self.settings.skip_layers, self.universal_mask()
+        )
+
     def layout_on(self, model: nn.Module, layout: ModelLayout | None = None) -> ModelLayout:
         """The layout that puts this circuit's neurons where they were found, on `model`.
 
@@ -252,9 +260,7 @@ class Circuit:
         frac = self.settings.fraction if fraction is None else fraction
         k = top_k if top_k is not None else neurons_for_fraction(frac, n_neurons)
         pos_only = self.settings.positive_only if positive_only is None else positive_only
-        candidates = layer_mask(self.model.n_layers, self.model.d_mlp, self.settings.skip_layers)
-        candidates &= ~self.table.universal
-        chosen = select_top_k(self.table.delta, candidates, k, positive_only=pos_only)
+        chosen = select_top_k(self.table.delta, self.candidates(), k, positive_only=pos_only)
         settings = replace(
             self.settings,
             k=k,
@@ -303,7 +309,7 @@ class Circuit:
             layers = torch.cat([torch.full((len(idx),), layer) for layer, idx in picks])
             neurons = torch.cat([idx for _, idx in picks])
         else:
-            allowed = layer_mask(n_layers, d_mlp, self.settings.skip_layers) & free
+            allowed = self.candidates() & free
             pool = allowed.flatten().nonzero().flatten()
             if pool.numel() < len(self):
                 raise InputError(

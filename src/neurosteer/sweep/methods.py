@@ -6,14 +6,13 @@ run steers with exactly the same objects. The layer of CAA and of the ablated di
 `config.caa_layer` when given, else the one stored in the run's config.json (a resumed run
 never scans again), else chosen by a layer scan (`sweep.layers`), else the cheap heuristic
 (`layer_scan_prompts=0`). `Fitted.intervention(method, s, seed)` returns a
-factory of context managers (the form generation, KL and MMLU all take), with the strength
-mapping of `config.knob`.
+factory of steering handles, with the strength mapping of `config.knob`.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,14 +26,16 @@ from neurosteer.baselines import contrast_vectors as record_vectors
 from neurosteer.circuit import Circuit
 from neurosteer.discovery import discover
 from neurosteer.evaluation.judges import Judge
-from neurosteer.evaluation.kl import Intervention
 from neurosteer.layout import ModelLayout
-from neurosteer.steering import steer
+from neurosteer.steering import SteeringHandle, steer
 from neurosteer.sweep.config import SweepConfig, knob
 from neurosteer.sweep.layers import SCANNED, LayerScan, scan_layer
 from neurosteer.sweep.store import CIRCUIT_DIR, VECTORS_FILE, read_config, store_fitted
 
 logger = logging.getLogger(__name__)
+
+#: Builds a fresh handle that steers with one fitted method at one strength.
+Factory = Callable[[], SteeringHandle]
 
 
 @dataclass(frozen=True, eq=False)
@@ -66,8 +67,8 @@ class Fitted:
         seed: int | None = None,
         *,
         layout: ModelLayout | None = None,
-    ) -> Intervention:
-        """A factory of context managers applying `method` at strength s (`config.knob`)."""
+    ) -> Factory:
+        """A factory of steering handles applying `method` at strength s (`config.knob`)."""
         _, value = knob(method, strength)
         if method == "cna":
             return lambda: steer(model, self.circuit, value, layout=layout)

@@ -19,22 +19,26 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from torch import nn
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from neurosteer._version import __version__
+from neurosteer.baking import BakeHandle
 from neurosteer.discovery import model_info
-from neurosteer.errors import InputError
+from neurosteer.errors import InputError, UnsupportedModelError
 from neurosteer.evaluation.judges import Judge, get_judge, refusal_rates
-from neurosteer.evaluation.kl import Intervention, kl_to_reference
+from neurosteer.evaluation.kl import kl_to_reference
 from neurosteer.evaluation.mmlu import mmlu_accuracy
 from neurosteer.evaluation.mmlu_data import MMLUData, load_mmlu
 from neurosteer.evaluation.quality import quality
 from neurosteer.generation import generate
+from neurosteer.intervention import Intervention
 from neurosteer.layout import ModelLayout, resolve_layout
 from neurosteer.prompts import encode_for_model, prompt_hash
+from neurosteer.steering import SteeringHandle
 from neurosteer.sweep.config import BASELINE, SweepConfig, knob
-from neurosteer.sweep.methods import Fitted, fit_methods
+from neurosteer.sweep.methods import Factory, Fitted, fit_methods
 from neurosteer.sweep.store import (
     CONFIG_FILE,
     PointKey,
@@ -185,15 +189,17 @@ class _Evaluator:
         """(result record, answer rows) of one point."""
         config, started = self.config, time.perf_counter()
         baseline = method == BASELINE
-        factory: Intervention = (
-            contextlib.nullcontext
+        steering = (
+            None
             if baseline
-            else fitted.intervention(self.model, method, strength, seed, layout=layout)
+            else _FixedStrength(
+                fitted.intervention(self.model, method, strength, seed, layout=layout)
+            )
         )
         sets: dict[str, dict[str, Any]] = {}
         rows: list[dict[str, Any]] = []
         for name, prompts in (("harmful", self.harmful), ("harmless", self.harmless)):
-            with factory():
+            with contextlib.nullcontext() if steering is None else steering.steer(self.model):
                 answers = generate(
                     self.model,
                     self.tokenizer,
@@ -221,21 +227,21 @@ class _Evaluator:
             "knob": {"name": name, "value": value},
             "harmful": sets["harmful"],
             "harmless": sets["harmless"],
-            "kl": self._kl(None if baseline else factory),
-            "mmlu": self._mmlu(None if baseline else factory),
+            "kl": self._kl(steering),
+            "mmlu": self._mmlu(steering),
             "answers_file": answers_name(method, strength, seed),
             "seconds": round(time.perf_counter() - started, 3),
         }, rows
 
-    def _kl(self, factory: Intervention | None) -> dict[str, Any]:
+    def _kl(self, steering: Intervention | None) -> dict[str, Any]:
         n, tokens = len(self.kl_prompts), self.config.kl_max_new_tokens
-        if factory is None:  # the unsteered model is its own reference: exactly 0
+        if steering is None:  # the unsteered model is its own reference: exactly 0
             return {"first_token": 0.0, "mean": 0.0, "n_prompts": n, "max_new_tokens": tokens}
         report = kl_to_reference(
             self.model,
             self.tokenizer,
             self.kl_prompts,
-            intervention=factory,
+            intervention=steering,
             max_new_tokens=tokens,
             batch_size=self.config.batch_size,
             chat_template=self.config.chat_template,
@@ -248,7 +254,7 @@ class _Evaluator:
             "max_new_tokens": tokens,
         }
 
-    def _mmlu(self, factory: Intervention | None) -> dict[str, Any] | None:
+    def _mmlu(self, steering: Intervention | None) -> dict[str, Any] | None:
         if self.mmlu_data is None:
             return None
         result = mmlu_accuracy(
@@ -258,7 +264,7 @@ class _Evaluator:
             n_shot=self.config.mmlu_shots,
             limit=self.config.mmlu_limit,
             batch_size=self.config.batch_size,
-            intervention=factory,
+            intervention=steering,
         )
         return {
             "accuracy": result.accuracy,
@@ -266,6 +272,24 @@ class _Evaluator:
             "n_shot": result.n_shot,
             "per_subject": result.per_subject,
         }
+
+
+class _FixedStrength:
+    """One fitted method at one sweep strength as an `Intervention`: `Fitted.intervention`
+    already fixed the strength, so `steer` takes none of its own (a bridge until every fitted
+    method is an `Intervention` itself)."""
+
+    default_strength = 0.0
+    identity_strength = 0.0
+
+    def __init__(self, factory: Factory) -> None:
+        self.factory = factory
+
+    def steer(self, model: nn.Module, strength: float | None = None, **_: Any) -> SteeringHandle:
+        return self.factory()
+
+    def bake(self, model: nn.Module, strength: float | None = None, **_: Any) -> BakeHandle:
+        raise UnsupportedModelError("a sweep point is applied with hooks, never baked")
 
 
 def _check_fits(
