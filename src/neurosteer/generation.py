@@ -60,13 +60,7 @@ def generate(
     answers: list[str] = [""] * len(prompts)
 
     def attempt(batch: Batch) -> torch.Tensor:
-        return model.generate(  # type: ignore[operator]
-            input_ids=batch.input_ids.to(device),
-            attention_mask=batch.attention_mask.to(device),
-            max_new_tokens=budgets[int(batch.index[0])],
-            do_sample=False,
-            pad_token_id=pad,
-        )
+        return greedy_batch(model, batch, budgets[int(batch.index[0])], pad)
 
     def finish(batch: Batch, output: torch.Tensor) -> None:
         new_tokens = output[:, batch.input_ids.shape[1] :].cpu()
@@ -90,3 +84,19 @@ def generate(
             what="generating",
         )
     return answers
+
+
+def greedy_batch(
+    model: PreTrainedModel, batch: Batch, max_new_tokens: int, pad_id: int
+) -> torch.Tensor:
+    """[batch, seq + t] int64: a left-padded batch of prompts followed by the model's greedy
+    continuation (t <= `max_new_tokens`; rows that ended early are padded with `pad_id`), on
+    the model's input device."""
+    device = input_device(model)
+    return model.generate(  # type: ignore[operator]
+        input_ids=batch.input_ids.to(device),
+        attention_mask=batch.attention_mask.to(device),
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        pad_token_id=pad_id,
+    )

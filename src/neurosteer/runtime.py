@@ -16,9 +16,8 @@ from typing import TypeVar
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from neurosteer.errors import InputError
 from neurosteer.layout import ModelLayout
-from neurosteer.prompts import Batch, batch_rows, length_order, make_batch
+from neurosteer.prompts import Batch, iter_batches
 
 logger = logging.getLogger(__name__)
 
@@ -141,13 +140,9 @@ def run_batches(
         InputError: `batch_size` is below 1.
         Whatever `attempt` or `finish` raise; an out-of-memory error at batch size 1 too.
     """
-    if batch_size < 1:
-        raise InputError(f"batch size must be at least 1, got {batch_size}")
-    order = length_order(token_ids)
-    done = 0
-    while done < len(order):
-        rows = batch_rows(order, done, batch_size, budgets)
-        batch = make_batch(token_ids, rows, pad_id)
+    batches = iter_batches(token_ids, batch_size, pad_id, budgets)
+    batch = next(batches, None)
+    while batch is not None:
         try:
             result = attempt(batch)
         except Exception as err:
@@ -155,10 +150,11 @@ def run_batches(
                 raise
         else:
             finish(batch, result)
-            done += len(rows)
+            batch = next(batches, None)
             continue
         # outside the except block, the error's traceback no longer holds the batch's tensors
         free_accelerator_memory(device)
         batch_size //= 2
         logger.warning("out of memory; %s with batch size %d", what, batch_size)
+        batch = batches.send(batch_size)  # the same prompts again, in smaller batches
     return batch_size

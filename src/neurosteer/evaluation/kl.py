@@ -19,6 +19,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from neurosteer.errors import InputError
+from neurosteer.generation import greedy_batch
 from neurosteer.intervention import Intervention
 from neurosteer.prompts import (
     Batch,
@@ -27,7 +28,7 @@ from neurosteer.prompts import (
     iter_batches,
     new_token_budgets,
 )
-from neurosteer.runtime import forward_takes, input_device, model_inputs, pad_id
+from neurosteer.runtime import forward_takes, model_inputs, pad_id
 
 
 @dataclass(frozen=True)
@@ -140,18 +141,9 @@ def _greedy_continuation(
     """The unsteered model's greedy continuation of a left-padded batch: the new tokens
     [batch, t], and the forward inputs that teacher-force prompt + continuation [batch, s + t]
     (on the input device)."""
-    device = input_device(model)
-    prompt_ids = batch.input_ids.to(device)
-    prompt_mask = batch.attention_mask.to(device)
-    full = model.generate(  # type: ignore[operator]
-        input_ids=prompt_ids,
-        attention_mask=prompt_mask,
-        max_new_tokens=max_new_tokens,
-        do_sample=False,
-        pad_token_id=pad,
-    )
-    new = full[:, prompt_ids.shape[1] :]  # [batch, t]
-    mask = torch.cat([prompt_mask, torch.ones_like(new)], dim=1)
+    full = greedy_batch(model, batch, max_new_tokens, pad)
+    new = full[:, batch.input_ids.shape[1] :]  # [batch, t]
+    mask = torch.cat([batch.attention_mask.to(full.device), torch.ones_like(new)], dim=1)
     return new, model_inputs(model, full, mask)
 
 
