@@ -20,7 +20,7 @@ from common import char_tokenizer, emit, prompts, random_model, side_by_side, ti
 import neurosteer
 from neurosteer.hooks import HookSet
 from neurosteer.prompts import iter_batches, render_prompts, tokenize_rendered
-from neurosteer.recording import auto_batch_size, positions_from_mask
+from neurosteer.runtime import auto_batch_size, position_ids_from_mask
 
 
 def reference_discovery(
@@ -73,7 +73,7 @@ def run(
                     model(
                         input_ids=batch.input_ids.to(device),
                         attention_mask=batch.attention_mask.to(device),
-                        position_ids=positions_from_mask(batch.attention_mask).to(device),
+                        position_ids=position_ids_from_mask(batch.attention_mask).to(device),
                     )
 
     def discovery() -> None:

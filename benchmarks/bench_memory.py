@@ -25,7 +25,7 @@ from common import PeakRSS, char_tokenizer, emit, prompts, random_model
 
 import neurosteer
 from neurosteer.prompts import iter_batches, render_prompts, tokenize_rendered
-from neurosteer.recording import positions_from_mask
+from neurosteer.runtime import position_ids_from_mask
 
 
 def child(shape: str, n_prompts: int, batch_size: int) -> dict[str, Any]:
@@ -40,7 +40,7 @@ def child(shape: str, n_prompts: int, batch_size: int) -> dict[str, Any]:
         model.model(
             input_ids=largest.input_ids,
             attention_mask=largest.attention_mask,
-            position_ids=positions_from_mask(largest.attention_mask),
+            position_ids=position_ids_from_mask(largest.attention_mask),
         )
     with PeakRSS() as discovery_peak:
         neurosteer.discover(

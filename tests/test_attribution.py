@@ -7,6 +7,7 @@ import torch
 
 from neurosteer.attribution import (
     UNIVERSAL_THRESHOLD,
+    candidate_mask,
     difference_of_means,
     layer_mask,
     neurons_for_fraction,
@@ -199,6 +200,24 @@ def test_layer_mask_result_is_writable() -> None:
     mask = layer_mask(3, 2, (0,))
     mask &= torch.tensor([[True, False]] * 3)  # callers combine it in place
     assert mask.tolist() == [[False, False], [True, False], [True, False]]
+
+
+@pytest.mark.parametrize("dtype", [torch.bool, torch.uint8, torch.long])
+def test_candidate_mask_is_candidate_layers_without_universal_neurons(dtype: torch.dtype) -> None:
+    universal = torch.tensor([[1, 0, 0], [0, 1, 0], [0, 0, 0], [1, 1, 1]], dtype=dtype)
+    before = universal.clone()
+    mask = candidate_mask(4, 3, (0, -1), universal)
+    assert mask.dtype == torch.bool
+    assert mask.tolist() == [
+        [False, False, False],
+        [True, False, True],
+        [True, True, True],
+        [False, False, False],
+    ]
+    assert torch.equal(universal, before)
+    assert torch.equal(candidate_mask(4, 3, (0,)), layer_mask(4, 3, (0,)))  # none known
+    with pytest.raises(InputError, match="out of range"):
+        candidate_mask(4, 3, (4,), universal)
 
 
 def test_universal_threshold_is_inclusive_at_point_eight() -> None:

@@ -17,6 +17,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerFast
 
 import neurosteer.circuit
 from neurosteer import Circuit, CircuitFormatError, CircuitMismatchError, InputError, discover
+from neurosteer.attribution import layer_mask
 from neurosteer.circuit import FORMAT_VERSION, METADATA_FILE, TENSORS_FILE
 from neurosteer.discovery import neutral_prompts
 from neurosteer.layout import resolve_layout
@@ -432,6 +433,30 @@ def test_files_without_universal_neurons_still_load(
         control = old.random_like(seed=0)
     assert "universal" in caplog.text
     assert len(control) == len(old)
+
+
+def test_candidates_and_scores_of_a_discovered_circuit(
+    with_table: Circuit, without_table: Circuit, tmp_path: Path
+) -> None:
+    table = with_table.table
+    assert table is not None
+    info, skip = with_table.model, with_table.settings.skip_layers
+    in_layers = layer_mask(info.n_layers, info.d_mlp, skip)
+    candidates = with_table.candidates()
+    assert torch.equal(candidates, in_layers & ~table.universal)
+    assert int(candidates.sum()) == with_table.settings.n_candidates
+    assert with_table.settings.universal_removed == int((in_layers & table.universal).sum())
+    # its scores are the table's at its neurons
+    at = (with_table.layers, with_table.neurons)
+    assert torch.equal(with_table.delta, table.delta[at])
+    assert torch.equal(with_table.positive_mean, table.positive_mean[at])
+    assert torch.equal(with_table.negative_mean, table.negative_mean[at])
+    # a file that recorded no universal neurons: the candidate layers
+    path = without_table.save(tmp_path / "old")
+    tensors = safetensors.torch.load_file(str(path / TENSORS_FILE))
+    kept = {k: v for k, v in tensors.items() if not k.startswith("universal")}
+    safetensors.torch.save_file(kept, str(path / TENSORS_FILE))
+    assert torch.equal(Circuit.load(path).candidates(), in_layers)
 
 
 def _every_other_is_universal(circuit: Circuit) -> torch.Tensor:

@@ -4,7 +4,6 @@ baselines, KL, model judges, sweeps), on a tiny GPT-2 with 32 positions and on t
 
 from __future__ import annotations
 
-import contextlib
 from functools import cache
 from pathlib import Path
 from types import SimpleNamespace
@@ -14,6 +13,7 @@ import torch
 from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerFast
 
 import neurosteer
+from interventions import HookIntervention
 from neurosteer import InputError, context
 from neurosteer.baselines import contrast_vectors
 from neurosteer.evaluation.kl import kl_to_reference
@@ -98,7 +98,7 @@ def test_every_entry_point_checks_the_context(gpt2_32: Pair, call: str) -> None:
         "contrast_vectors": lambda: contrast_vectors(model, tokenizer, SHORT, long),
         "generate": lambda: neurosteer.generate(model, tokenizer, long),
         "kl": lambda: kl_to_reference(
-            model, tokenizer, long, intervention=contextlib.nullcontext, max_new_tokens=2
+            model, tokenizer, long, intervention=HookIntervention(), max_new_tokens=2
         ),
     }
     forward_calls = []
@@ -153,7 +153,7 @@ def test_kl_continuations_are_capped_at_the_context(gpt2_32: Pair) -> None:
         model,
         tokenizer,
         [_of_length(30), *SHORT],
-        intervention=contextlib.nullcontext,
+        intervention=HookIntervention(),
         max_new_tokens=8,
     )
     assert report.n_positions[0] <= 2

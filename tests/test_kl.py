@@ -6,6 +6,7 @@ import pytest
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerFast
 
+from interventions import CircuitIntervention, HookIntervention
 from neurosteer import Circuit, InputError, discover, render_prompts, steer
 from neurosteer.evaluation import KLReport, kl_to_reference
 from neurosteer.evaluation.kl import _continuation_mask
@@ -29,7 +30,8 @@ def test_no_op_intervention_gives_zero(
         model,
         tokenizer,
         negative_prompts,
-        intervention=lambda: steer(model, circuit, 1.0),
+        intervention=CircuitIntervention(circuit),
+        strength=1.0,
         max_new_tokens=6,
         batch_size=3,
     )
@@ -48,7 +50,8 @@ def test_ablation_moves_the_distribution(
         model,
         tokenizer,
         negative_prompts,
-        intervention=lambda: steer(model, circuit, 0.0),
+        intervention=CircuitIntervention(circuit),
+        strength=0.0,
         max_new_tokens=6,
         batch_size=3,
     )
@@ -77,7 +80,8 @@ def test_matches_a_hand_computation(tiny_llama: Pair, circuit: Circuit) -> None:
         model,
         tokenizer,
         [prompt],
-        intervention=lambda: steer(model, circuit, 0.0),
+        intervention=CircuitIntervention(circuit),
+        strength=0.0,
         max_new_tokens=n_new,
     )
     rendered = render_prompts(tokenizer, [prompt])[0]
@@ -102,7 +106,7 @@ def test_padding_does_not_change_the_result(
     tiny_llama: Pair, circuit: Circuit, negative_prompts: list[str]
 ) -> None:
     model, tokenizer = tiny_llama
-    kw = {"intervention": lambda: steer(model, circuit, 0.0), "max_new_tokens": 4}
+    kw = {"intervention": CircuitIntervention(circuit), "strength": 0.0, "max_new_tokens": 4}
     batched = kl_to_reference(model, tokenizer, negative_prompts[:4], batch_size=4, **kw)
     single = kl_to_reference(model, tokenizer, negative_prompts[:4], batch_size=1, **kw)
     assert batched.per_prompt_first == pytest.approx(single.per_prompt_first, rel=1e-3, abs=1e-6)
@@ -118,8 +122,34 @@ def test_positions_after_end_of_sequence_are_not_scored() -> None:
 
 def test_input_errors(tiny_llama: Pair, circuit: Circuit) -> None:
     model, tokenizer = tiny_llama
-    ablate = lambda: steer(model, circuit, 0.0)  # noqa: E731
+    ablate = CircuitIntervention(circuit)
     with pytest.raises(InputError, match="non-empty list"):
         kl_to_reference(model, tokenizer, [], intervention=ablate)
     with pytest.raises(InputError, match="max_new_tokens"):
         kl_to_reference(model, tokenizer, ["hi"], intervention=ablate, max_new_tokens=0)
+
+
+def test_the_intervention_is_entered_per_batch_at_the_strength_given(
+    tiny_llama: Pair, circuit: Circuit, negative_prompts: list[str]
+) -> None:
+    model, tokenizer = tiny_llama
+    seen = HookIntervention()
+    kl_to_reference(
+        model, tokenizer, negative_prompts[:5], intervention=seen, strength=0.25, batch_size=2
+    )
+    assert seen.calls == [0.25, 0.25, 0.25]  # 5 prompts in batches of 2
+    # no strength: the intervention's own default (a circuit's is 0, full ablation)
+    kw = {"max_new_tokens": 3, "batch_size": 4}
+    default = kl_to_reference(
+        model, tokenizer, negative_prompts, intervention=CircuitIntervention(circuit), **kw
+    )
+    ablated = kl_to_reference(
+        model,
+        tokenizer,
+        negative_prompts,
+        intervention=CircuitIntervention(circuit),
+        strength=0.0,
+        **kw,
+    )
+    assert default == ablated
+    assert default.mean > 0

@@ -11,8 +11,7 @@ from __future__ import annotations
 import copy
 import csv
 import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,8 @@ import torch
 from tokenizers import processors
 from transformers import LlamaTokenizerFast, PreTrainedModel, PreTrainedTokenizerFast
 
-from neurosteer import InputError, discover, steer
+from interventions import CircuitIntervention, HookIntervention
+from neurosteer import InputError, discover
 from neurosteer.evaluation import MMLUData, MMLUResult, load_mmlu, mmlu_accuracy, mmlu_sweep
 from neurosteer.hooks import count_hooks
 from tiny_models import BOS, BOS_ID, EOS, EOS_ID, PAD, PAD_ID, UNK, make_tokenizer
@@ -155,6 +155,16 @@ def test_accuracy_is_the_argmax_of_answer_loglikelihoods(
     assert result.accuracy == pytest.approx(hits / result.n)
     assert result.settings["layout"] == "per_subject"
     assert result.settings["limit"] == limit
+    assert list(result.settings) == [
+        "layout",
+        "source",
+        "split",
+        "limit",
+        "batch_size",
+        "bos_first",
+        "lm_eval_version",
+    ]
+    assert not hasattr(result, "macro_accuracy")  # removed as unused (issue 9)
 
 
 def test_both_layouts_read_the_same_questions(per_subject_dir: Path, tmp_path: Path) -> None:
@@ -198,7 +208,7 @@ def test_interventions_are_active_exactly_while_scoring(
         model, tokenizer, positive_prompts, negative_prompts, top_k=8, universal_filter=False
     )
     identity = mmlu_accuracy(
-        model, tokenizer, data, n_shot=0, intervention=lambda: steer(model, circuit, 1.0)
+        model, tokenizer, data, n_shot=0, intervention=CircuitIntervention(circuit), strength=1.0
     )
     assert identity.correct == plain.correct
 
@@ -206,22 +216,16 @@ def test_interventions_are_active_exactly_while_scoring(
     calls = []
     letter_a = tokenizer.convert_tokens_to_ids("A")
 
-    @contextmanager
-    def force_a() -> Iterator[None]:
-        def hook(_module: torch.nn.Module, _args: object, logits: torch.Tensor) -> torch.Tensor:
-            calls.append(1)
-            bumped = logits.clone()
-            bumped[..., letter_a] += 100.0
-            return bumped
+    def hook(_module: torch.nn.Module, _args: object, logits: torch.Tensor) -> torch.Tensor:
+        calls.append(1)
+        bumped = logits.clone()
+        bumped[..., letter_a] += 100.0
+        return bumped
 
-        handle = model.get_output_embeddings().register_forward_hook(hook)
-        try:
-            yield
-        finally:
-            handle.remove()
-
-    forced = mmlu_accuracy(model, tokenizer, data, n_shot=0, intervention=force_a)
+    force_a = HookIntervention(lambda hooks: hooks.post(model.get_output_embeddings(), hook))
+    forced = mmlu_accuracy(model, tokenizer, data, n_shot=0, intervention=force_a, strength=0.5)
     assert calls
+    assert force_a.calls == [0.5]  # entered once, around all of the scoring, at that strength
     for subject, rows in TOY.items():
         assert forced.correct[subject] == tuple(r[5] == "A" for r in rows["test"])
     assert count_hooks(model) == hooks_before
@@ -242,17 +246,17 @@ def test_sweep_reports_change_versus_unsteered(
         model,
         tokenizer,
         per_subject_dir,
-        [0.0, 1.0],
-        lambda s: steer(model, circuit, 1.0 - s),
+        [1.0, 0.0],  # a circuit's multipliers: 1 unchanged, 0 ablated
+        CircuitIntervention(circuit),
         n_shot=0,
         limit=3,
     )
-    assert sweep.strengths == (0.0, 1.0)
+    assert sweep.strengths == (1.0, 0.0)
     assert sweep.baseline.n == 6
-    assert sweep.deltas[0] == 0.0  # strength 0 is the unchanged model
+    assert sweep.deltas[0] == 0.0  # multiplier 1 is the unchanged model
     assert sweep.deltas[1] == pytest.approx(sweep.results[1].accuracy - sweep.baseline.accuracy)
     rows = sweep.rows()
-    assert [r["strength"] for r in rows] == [0.0, 1.0]
+    assert [r["strength"] for r in rows] == [1.0, 0.0]
     assert all(0.0 <= r["accuracy"] <= 1.0 and r["n"] == 6 for r in rows)
 
 
@@ -302,7 +306,7 @@ def test_bad_data_and_options_are_input_errors(
     with pytest.raises(InputError, match="limit"):
         mmlu_accuracy(model, tokenizer, data, limit=0)
     with pytest.raises(InputError, match="strengths"):
-        mmlu_sweep(model, tokenizer, data, [], lambda s: steer(model, [], s))
+        mmlu_sweep(model, tokenizer, data, [], CircuitIntervention([]))
 
 
 def test_a_missing_lm_eval_names_the_extra(

@@ -23,7 +23,7 @@ from neurosteer.hooks import PositionTracker
 from neurosteer.layout import resolve_layout
 from neurosteer.organism import INSTRUCT_DIR, corpus, neutral_prompts
 from neurosteer.organism.corpus import Verdict, judge
-from neurosteer.recording import positions_from_mask
+from neurosteer.runtime import position_ids_from_mask
 from neurosteer.steering import Positions
 from tiny_models import make_tiny
 
@@ -94,7 +94,7 @@ def _forward(model: PreTrainedModel, ids: torch.Tensor, mask: torch.Tensor) -> t
     `generate` takes them."""
     inputs: dict[str, torch.Tensor] = {"input_ids": ids, "attention_mask": mask}
     if "position_ids" in inspect.signature(model.forward).parameters:
-        inputs["position_ids"] = positions_from_mask(mask)
+        inputs["position_ids"] = position_ids_from_mask(mask)
     with torch.no_grad():
         return model(**inputs, use_cache=False).logits
 

@@ -273,6 +273,13 @@ def test_batches_use_the_pad_id() -> None:
     assert batch.input_ids.tolist() == [[5, 6, 7], [99, 99, 8]]
 
 
+def test_sending_a_smaller_size_gives_the_same_prompts_again_in_smaller_batches() -> None:
+    batches = iter_batches(TOKEN_IDS, 4, PAD)
+    assert next(batches).index.tolist() == [4, 1, 3, 5]  # lengths 7, 5, 3, 3
+    assert batches.send(2).index.tolist() == [4, 1]
+    assert [b.index.tolist() for b in batches] == [[3, 5], [0, 6], [2]]
+
+
 @pytest.mark.parametrize("batch_size", [0, -1])
 def test_batch_size_below_one_rejected(batch_size: int) -> None:
     with pytest.raises(InputError, match="at least 1"):

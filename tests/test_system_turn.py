@@ -3,7 +3,6 @@ circuit's provenance, and a template that needs one fails with a hint instead of
 
 from __future__ import annotations
 
-import contextlib
 import json
 from functools import cache
 from pathlib import Path
@@ -12,6 +11,7 @@ import pytest
 from transformers import PreTrainedModel, PreTrainedTokenizerFast
 
 import neurosteer
+from interventions import HookIntervention
 from neurosteer import Circuit, InputError
 from neurosteer.baselines import contrast_vectors
 from neurosteer.circuit import METADATA_FILE
@@ -83,7 +83,7 @@ def test_generate_kl_and_baselines_take_the_system_turn() -> None:
     with pytest.raises(InputError, match=HINT):
         neurosteer.generate(model, tokenizer, ["Hi"], max_new_tokens=2)
     assert len(neurosteer.generate(model, tokenizer, ["Hi"], max_new_tokens=2, system=SYSTEM)) == 1
-    kw = {"intervention": contextlib.nullcontext, "max_new_tokens": 2}
+    kw = {"intervention": HookIntervention(), "max_new_tokens": 2}
     with pytest.raises(InputError, match=HINT):
         kl_to_reference(model, tokenizer, ["Hi"], **kw)  # type: ignore[arg-type]
     assert kl_to_reference(model, tokenizer, ["Hi"], system=SYSTEM, **kw).mean == 0.0  # type: ignore[arg-type]

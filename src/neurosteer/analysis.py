@@ -18,7 +18,6 @@ from dataclasses import dataclass
 
 import torch
 
-from neurosteer.attribution import layer_mask
 from neurosteer.circuit import Circuit
 from neurosteer.errors import CircuitMismatchError, InputError
 
@@ -155,10 +154,7 @@ def sparsity_sweep(circuit: Circuit, ks: Sequence[int]) -> list[SparsityPoint]:
     bad = [k for k in ks if not isinstance(k, int) or isinstance(k, bool) or k < 1]
     if bad:
         raise InputError(f"every k must be a whole number >= 1, got {bad}")
-    candidates = layer_mask(
-        circuit.model.n_layers, circuit.model.d_mlp, circuit.settings.skip_layers
-    )
-    candidates &= ~circuit.table.universal
+    candidates = circuit.candidates()
     magnitude = circuit.table.delta.abs()
     if circuit.settings.positive_only:
         candidates &= circuit.table.delta > 0

@@ -56,6 +56,22 @@ def layer_mask(n_layers: int, d_mlp: int, skip_layers: Sequence[int]) -> torch.T
     return keep[:, None].expand(n_layers, d_mlp).clone()
 
 
+def candidate_mask(
+    n_layers: int, d_mlp: int, skip_layers: Sequence[int], universal: torch.Tensor | None = None
+) -> torch.Tensor:
+    """[n_layers, d_mlp] bool: the neurons a circuit is selected from, every neuron of a layer
+    not in `skip_layers` that is not marked in `universal` ([n_layers, d_mlp] bool, or None
+    when no universal neurons are known).
+
+    Raises:
+        InputError: as `layer_mask`.
+    """
+    candidates = layer_mask(n_layers, d_mlp, skip_layers)
+    if universal is not None:
+        candidates &= ~universal.to(torch.bool)
+    return candidates
+
+
 @dataclass(frozen=True)
 class Selection:
     """The chosen neurons in rank order (largest |δ| first)."""

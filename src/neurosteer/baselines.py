@@ -35,7 +35,8 @@ from neurosteer.hooks import EditState, HookSet, add_vector_adders
 from neurosteer.intervention import HookedIntervention, Installer
 from neurosteer.layout import ModelLayout, resolve_layout
 from neurosteer.prompts import encode_for_model
-from neurosteer.recording import RunningStats, auto_batch_size, run_last_token_pass
+from neurosteer.recording import RunningStats, run_last_token_pass
+from neurosteer.runtime import auto_batch_size, pad_id
 
 __all__ = [
     "CAA",
@@ -99,7 +100,6 @@ def contrast_vectors(
         for p in (positive, negative)
     )
     size = batch_size or auto_batch_size(model, layout, max(map(len, pos_ids + neg_ids)))
-    pad_id = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0)
     norms = torch.zeros(layout.n_layers, dtype=torch.float64)
     means = []
     for ids in (pos_ids, neg_ids):
@@ -114,7 +114,7 @@ def contrast_vectors(
             layout,
             ids,
             batch_size=size,
-            pad_id=pad_id,
+            pad_id=pad_id(tokenizer),
             on_layer=take,
             progress=progress,
             desc=f"{point} means",

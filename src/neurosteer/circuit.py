@@ -28,7 +28,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from neurosteer._io import atomic_directory
-from neurosteer.attribution import layer_mask, neurons_for_fraction, select_top_k
+from neurosteer.attribution import candidate_mask, neurons_for_fraction, select_top_k
 from neurosteer.errors import (
     CircuitFormatError,
     CircuitLayoutError,
@@ -191,6 +191,14 @@ class Circuit(HookedIntervention):
 
         return bake_circuits(model, [self], strength, layout=layout)
 
+    def candidates(self) -> torch.Tensor:
+        """[n_layers, d_mlp] bool: the neurons this circuit was selected from (its candidate
+        layers without the universal neurons, where those are recorded)."""
+        info = self.model
+        return candidate_mask(
+            info.n_layers, info.d_mlp, self.settings.skip_layers, self.universal_mask()
+        )
+
     def layout_on(self, model: nn.Module, layout: ModelLayout | None = None) -> ModelLayout:
         """The layout that puts this circuit's neurons where they were found, on `model`.
 
@@ -290,9 +298,7 @@ class Circuit(HookedIntervention):
         frac = self.settings.fraction if fraction is None else fraction
         k = top_k if top_k is not None else neurons_for_fraction(frac, n_neurons)
         pos_only = self.settings.positive_only if positive_only is None else positive_only
-        candidates = layer_mask(self.model.n_layers, self.model.d_mlp, self.settings.skip_layers)
-        candidates &= ~self.table.universal
-        chosen = select_top_k(self.table.delta, candidates, k, positive_only=pos_only)
+        chosen = select_top_k(self.table.delta, self.candidates(), k, positive_only=pos_only)
         settings = replace(
             self.settings,
             k=k,
@@ -341,7 +347,7 @@ class Circuit(HookedIntervention):
             layers = torch.cat([torch.full((len(idx),), layer) for layer, idx in picks])
             neurons = torch.cat([idx for _, idx in picks])
         else:
-            allowed = layer_mask(n_layers, d_mlp, self.settings.skip_layers) & free
+            allowed = self.candidates() & free
             pool = allowed.flatten().nonzero().flatten()
             if pool.numel() < len(self):
                 raise InputError(

@@ -12,28 +12,27 @@ import logging
 from collections.abc import Sequence
 from dataclasses import replace
 from importlib import resources
+from typing import Any
 
+import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from neurosteer._version import __version__
 from neurosteer.attribution import (
     UNIVERSAL_THRESHOLD,
+    candidate_mask,
     difference_of_means,
     layer_mask,
     neurons_for_fraction,
     select_top_k,
     universal_mask,
 )
-from neurosteer.circuit import Circuit, DeltaTable, ModelInfo, PromptInfo, Settings, from_table
+from neurosteer.circuit import Circuit, DeltaTable, ModelInfo, PromptInfo, Settings
 from neurosteer.errors import InputError
 from neurosteer.layout import ModelLayout, resolve_layout
 from neurosteer.prompts import encode_for_model, load_prompts, prompt_hash, uses_chat_template
-from neurosteer.recording import (
-    ActivationStats,
-    auto_batch_size,
-    record_stats,
-    top_activation_frequency,
-)
+from neurosteer.recording import ActivationStats, record_stats, top_activation_frequency
+from neurosteer.runtime import auto_batch_size, pad_id
 
 logger = logging.getLogger(__name__)
 
@@ -95,68 +94,69 @@ def discover(
         >>> circuit.neurons_per_layer()
         {13: 12, 14: 40, 15: 79}
     """
+    # Over 60 lines only by its signature and the docstring of its sixteen parameters; the
+    # work is in the helpers below, one per stage.
     positive, negative = _check_prompts(positive, "positive"), _check_prompts(negative, "negative")
+    layout = layout or resolve_layout(model)
+    settings = _settings(
+        layout,
+        top_k=top_k,
+        fraction=fraction,
+        skip_layers=skip_layers,
+        universal_filter=universal_filter,
+        positive_only=positive_only,
+        chat_template=uses_chat_template(tokenizer, chat_template),
+        system=system,
+    )
+    sets = {"positive": positive, "negative": negative}
+    if universal_filter:
+        given = neutral if neutral is not None else neutral_prompts()
+        sets["neutral"] = _check_prompts(given, "neutral")
+    # every set is rendered and checked against the context before the first forward pass
+    ids = {
+        name: encode_for_model(
+            model, tokenizer, prompts, chat_template=settings.chat_template, system=system
+        )
+        for name, prompts in sets.items()
+    }
+    if batch_size is None:
+        longest = max(map(len, ids["positive"] + ids["negative"]))
+        batch_size = auto_batch_size(model, layout, longest)
+    pos, neg, universal = _record(model, layout, ids, batch_size, pad_id(tokenizer), progress)
+    info = {name: _info(prompts) for name, prompts in sets.items()}
+    circuit = _select(model, layout, settings, pos, neg, universal, info)
+    return circuit if keep_table else _without_table(circuit)
+
+
+def _settings(
+    layout: ModelLayout,
+    *,
+    top_k: int | None,
+    fraction: float,
+    skip_layers: Sequence[int],
+    universal_filter: bool,
+    positive_only: bool,
+    chat_template: bool,
+    system: str | None,
+) -> Settings:
+    """The circuit's settings before selection (no candidate counts yet), checked.
+
+    Raises:
+        InputError: `top_k` below 1, `fraction` outside (0, 1], `skip_layers` out of range or
+            leaving fewer neurons than asked for.
+    """
     if top_k is not None and top_k < 1:
         raise InputError(f"top_k must be at least 1, got {top_k}")
     if not 0.0 < fraction <= 1.0:
         raise InputError(f"fraction must be in (0, 1], got {fraction}")
-    layout = layout or resolve_layout(model)
     k = top_k if top_k is not None else neurons_for_fraction(fraction, layout.n_neurons)
-    layers_ok = layer_mask(layout.n_layers, layout.d_mlp, skip_layers)
-    if k > int(layers_ok.sum()):
+    in_layers = int(layer_mask(layout.n_layers, layout.d_mlp, skip_layers).sum())
+    if k > in_layers:
         raise InputError(
-            f"asked for {k} neurons but the candidate layers hold only {int(layers_ok.sum())}; "
+            f"asked for {k} neurons but the candidate layers hold only {in_layers}; "
             "lower top_k/fraction or skip fewer layers"
         )
-    templated = uses_chat_template(tokenizer, chat_template)
-    pad_id = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0)
-
-    def tokens(prompts: Sequence[str]) -> list[list[int]]:
-        return encode_for_model(model, tokenizer, prompts, chat_template=templated, system=system)
-
-    # every set is rendered and checked against the context before the first forward pass
-    pos_ids, neg_ids = tokens(positive), tokens(negative)
-    if universal_filter:
-        neutral = _check_prompts(neutral if neutral is not None else neutral_prompts(), "neutral")
-        neutral_ids = tokens(neutral)
-    if batch_size is None:
-        batch_size = auto_batch_size(model, layout, max(map(len, pos_ids + neg_ids)))
-
-    def stats(token_ids: list[list[int]], desc: str) -> ActivationStats:
-        return record_stats(
-            model,
-            layout,
-            token_ids,
-            batch_size=batch_size,
-            pad_id=pad_id,
-            progress=progress,
-            desc=desc,
-        )
-
-    pos, neg = stats(pos_ids, "positive prompts"), stats(neg_ids, "negative prompts")
-    prompts = {"positive": _info(positive), "negative": _info(negative)}
-    universal = layers_ok.new_zeros(layers_ok.shape)
-    if universal_filter:
-        assert neutral is not None  # set above
-        frequency = top_activation_frequency(
-            model,
-            layout,
-            neutral_ids,
-            batch_size=batch_size,
-            pad_id=pad_id,
-            k=neurons_for_fraction(UNIVERSAL_FRACTION, layout.n_neurons),
-            progress=progress,
-        )
-        universal = universal_mask(frequency)
-        prompts["neutral"] = _info(neutral)
-    removed = int((universal & layers_ok).sum())
-    if universal_filter:
-        logger.info("universal-neuron filter removed %d candidate neurons", removed)
-
-    delta = difference_of_means(pos.mean, neg.mean)
-    chosen = select_top_k(delta, layers_ok & ~universal, k, positive_only=positive_only)
-    table = DeltaTable(pos.mean, neg.mean, pos.var, neg.var, universal)
-    settings = Settings(
+    return Settings(
         method="cna",
         k=k,
         top_k=top_k,
@@ -164,27 +164,63 @@ def discover(
         skip_layers=tuple(sorted(i % layout.n_layers for i in skip_layers)),
         universal_filter=universal_filter,
         universal_threshold=UNIVERSAL_THRESHOLD,
-        universal_removed=removed,
         positive_only=positive_only,
-        chat_template=templated,
-        n_candidates=chosen.n_candidates,
+        chat_template=chat_template,
         system=system,
     )
-    base = Circuit(
+
+
+def _record(
+    model: PreTrainedModel,
+    layout: ModelLayout,
+    ids: dict[str, list[list[int]]],
+    batch_size: int,
+    pad: int,
+    progress: bool,
+) -> tuple[ActivationStats, ActivationStats, torch.Tensor]:
+    """Last-token statistics of the positive and negative sets, and the [n_layers, d_mlp] bool
+    universal mask from the neutral set (all False when `ids` has none)."""
+    options: dict[str, Any] = {"batch_size": batch_size, "pad_id": pad, "progress": progress}
+    pos = record_stats(model, layout, ids["positive"], desc="positive prompts", **options)
+    neg = record_stats(model, layout, ids["negative"], desc="negative prompts", **options)
+    if "neutral" not in ids:
+        return pos, neg, torch.zeros(layout.n_layers, layout.d_mlp, dtype=torch.bool)
+    top = neurons_for_fraction(UNIVERSAL_FRACTION, layout.n_neurons)
+    frequency = top_activation_frequency(model, layout, ids["neutral"], k=top, **options)
+    return pos, neg, universal_mask(frequency)
+
+
+def _select(
+    model: PreTrainedModel,
+    layout: ModelLayout,
+    settings: Settings,
+    pos: ActivationStats,
+    neg: ActivationStats,
+    universal: torch.Tensor,
+    prompts: dict[str, PromptInfo],
+) -> Circuit:
+    """The circuit: the global top-k of |δ| among the candidates, with its full table."""
+    skip = settings.skip_layers
+    candidates = candidate_mask(layout.n_layers, layout.d_mlp, skip, universal)
+    removed = int(layer_mask(layout.n_layers, layout.d_mlp, skip).sum() - candidates.sum())
+    if settings.universal_filter:
+        logger.info("universal-neuron filter removed %d candidate neurons", removed)
+    delta = difference_of_means(pos.mean, neg.mean)
+    chosen = select_top_k(delta, candidates, settings.k, positive_only=settings.positive_only)
+    at = (chosen.layers, chosen.neurons)
+    return Circuit(
         layers=chosen.layers,
         neurons=chosen.neurons,
-        delta=delta[chosen.layers, chosen.neurons],
-        positive_mean=pos.mean[chosen.layers, chosen.neurons],
-        negative_mean=neg.mean[chosen.layers, chosen.neurons],
+        delta=delta[at],
+        positive_mean=pos.mean[at],
+        negative_mean=neg.mean[at],
         model=model_info(model, layout),
-        settings=settings,
+        settings=replace(settings, universal_removed=removed, n_candidates=chosen.n_candidates),
         prompts=prompts,
         library_version=__version__,
-        table=table,
+        table=DeltaTable(pos.mean, neg.mean, pos.var, neg.var, universal),
         universal=universal,
     )
-    circuit = from_table(base, chosen.layers, chosen.neurons, settings)
-    return circuit if keep_table else _without_table(circuit)
 
 
 def model_info(model: PreTrainedModel, layout: ModelLayout) -> ModelInfo:

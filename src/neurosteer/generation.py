@@ -15,15 +15,8 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from neurosteer.errors import InputError
-from neurosteer.prompts import (
-    batch_rows,
-    context_limit,
-    encode_for_model,
-    length_order,
-    make_batch,
-    new_token_budgets,
-)
-from neurosteer.recording import free_accelerator_memory, input_device, is_out_of_memory
+from neurosteer.prompts import Batch, context_limit, encode_for_model, new_token_budgets
+from neurosteer.runtime import input_device, pad_id, run_batches
 
 logger = logging.getLogger(__name__)
 
@@ -63,37 +56,47 @@ def generate(
         model, tokenizer, prompts, chat_template=chat_template, system=system, reserve=1
     )
     budgets = new_token_budgets(token_ids, max_new_tokens, context_limit(model, tokenizer))
-    pad_id = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0)
-    device = input_device(model)
+    device, pad = input_device(model), pad_id(tokenizer)
     answers: list[str] = [""] * len(prompts)
-    order = length_order(token_ids)
-    done = 0
+
+    def attempt(batch: Batch) -> torch.Tensor:
+        return greedy_batch(model, batch, budgets[int(batch.index[0])], pad)
+
+    def finish(batch: Batch, output: torch.Tensor) -> None:
+        new_tokens = output[:, batch.input_ids.shape[1] :].cpu()
+        texts = tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+        for row, text in zip(batch.index.tolist(), texts, strict=True):
+            answers[row] = text.strip()
+        bar.update(len(texts))
+
     with (
         torch.inference_mode(),
         tqdm(total=len(prompts), desc="generating", disable=not progress, leave=False) as bar,
     ):
-        while done < len(order):
-            rows = batch_rows(order, done, batch_size, budgets)
-            batch = make_batch(token_ids, rows, pad_id)
-            try:
-                output = model.generate(  # type: ignore[operator]
-                    input_ids=batch.input_ids.to(device),
-                    attention_mask=batch.attention_mask.to(device),
-                    max_new_tokens=budgets[rows[0]],
-                    do_sample=False,
-                    pad_token_id=pad_id,
-                )
-            except Exception as err:
-                if not is_out_of_memory(err) or batch_size == 1:
-                    raise
-                free_accelerator_memory(device)
-                batch_size //= 2
-                logger.warning("out of memory; generating with batch size %d", batch_size)
-                continue
-            new_tokens = output[:, batch.input_ids.shape[1] :].cpu()
-            texts = tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
-            for row, text in zip(batch.index.tolist(), texts, strict=True):
-                answers[row] = text.strip()
-            done += len(texts)
-            bar.update(len(texts))
+        run_batches(
+            token_ids,
+            attempt,
+            finish,
+            batch_size=batch_size,
+            pad_id=pad,
+            device=device,
+            budgets=budgets,
+            what="generating",
+        )
     return answers
+
+
+def greedy_batch(
+    model: PreTrainedModel, batch: Batch, max_new_tokens: int, pad_id: int
+) -> torch.Tensor:
+    """[batch, seq + t] int64: a left-padded batch of prompts followed by the model's greedy
+    continuation (t <= `max_new_tokens`; rows that ended early are padded with `pad_id`), on
+    the model's input device."""
+    device = input_device(model)
+    return model.generate(  # type: ignore[operator]
+        input_ids=batch.input_ids.to(device),
+        attention_mask=batch.attention_mask.to(device),
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        pad_token_id=pad_id,
+    )

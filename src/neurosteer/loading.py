@@ -101,26 +101,47 @@ def load_model(
     if device is not None and device_map is not None:
         raise InputError("give either a device or a device map, not both")
     target = parse_device(device) if device is not None else None
+    source, local = _resolve_source(name_or_path)
+    common: dict[str, Any] = {"revision": revision, "trust_remote_code": trust_remote_code}
+    config = _load_config(source, local=local, common=common)
+    _check_causal(source, config)
+    placement = {
+        "device_map": device_map,
+        "max_memory": max_memory,
+        "offload_folder": str(offload_folder) if offload_folder is not None else None,
+    }
+    model = _load_weights(source, config, torch_dtype, {**placement, **common})
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, **common)
+    except (OSError, ValueError) as err:
+        raise ModelLoadError(f"cannot load the tokenizer of '{source}': {err}") from None
+    if target is not None:
+        model.to(target)  # type: ignore[arg-type]
+    model.eval()
+    prepare_tokenizer(tokenizer)
+    return model, tokenizer
+
+
+def _resolve_source(name_or_path: str | Path) -> tuple[str, bool]:
+    """(what `from_pretrained` is given, whether it is a local folder); a path-like name that
+    does not exist is an `InputError` rather than a hub lookup."""
     source = str(name_or_path)
     local = Path(source).expanduser()
     if local.exists():
         _check_local_folder(local)
-        source = str(local)
-    elif source.startswith((".", "/", "~")) or source.count("/") > 1:
+        return str(local), True
+    if source.startswith((".", "/", "~")) or source.count("/") > 1:
         raise InputError(f"model folder '{source}' does not exist")
+    return source, False
 
-    common: dict[str, Any] = {"revision": revision, "trust_remote_code": trust_remote_code}
-    config = _load_config(source, local=local.exists(), common=common)
-    _check_causal(source, config)
+
+def _load_weights(
+    source: str, config: Any, torch_dtype: torch.dtype | str, options: dict[str, Any]
+) -> PreTrainedModel:
+    """`AutoModelForCausalLM.from_pretrained`, its failures turned into `ModelLoadError`s."""
     try:
-        model = AutoModelForCausalLM.from_pretrained(
-            source,
-            config=config,
-            dtype=torch_dtype,
-            device_map=device_map,
-            max_memory=max_memory,
-            offload_folder=str(offload_folder) if offload_folder is not None else None,
-            **common,
+        model: PreTrainedModel = AutoModelForCausalLM.from_pretrained(
+            source, config=config, dtype=torch_dtype, **options
         )
     except ValueError as err:
         if "Unrecognized configuration class" in str(err):
@@ -131,15 +152,7 @@ def load_model(
         raise ModelLoadError(f"cannot load '{source}': {err}") from None
     except OSError as err:
         raise _not_available(source, err) from None
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(source, **common)
-    except (OSError, ValueError) as err:
-        raise ModelLoadError(f"cannot load the tokenizer of '{source}': {err}") from None
-    if target is not None:
-        model.to(target)  # type: ignore[arg-type]
-    model.eval()
-    prepare_tokenizer(tokenizer)
-    return model, tokenizer
+    return model
 
 
 def prepare_tokenizer(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -264,13 +264,21 @@ def iter_batches(
     batch_size: int,
     pad_id: int,
     budgets: Sequence[int] | None = None,
-) -> Iterator[Batch]:
-    """Left-padded batches of prompts sorted by length (see `batch_rows` for `budgets`)."""
+) -> Generator[Batch, int | None, None]:
+    """Left-padded batches of prompts sorted by length (see `batch_rows` for `budgets`).
+
+    Sending a smaller batch size (`batches.send(n)`) instead of asking for the next batch gives
+    the prompts of the batch just yielded again, from then on at that size (how
+    `runtime.run_batches` retries a batch that ran out of memory).
+    """
     if batch_size < 1:
         raise InputError(f"batch size must be at least 1, got {batch_size}")
     order = length_order(token_ids)
     start = 0
     while start < len(order):
         rows = batch_rows(order, start, batch_size, budgets)
-        yield make_batch(token_ids, rows, pad_id)
-        start += len(rows)
+        smaller = yield make_batch(token_ids, rows, pad_id)
+        if smaller is None:
+            start += len(rows)
+        else:
+            batch_size = smaller

@@ -9,7 +9,6 @@ layer's site, so the LM head never runs. Nothing of shape [batch, seq, d_mlp] ou
 from __future__ import annotations
 
 import contextlib
-import inspect
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -20,10 +19,10 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel
 
-from neurosteer.errors import InputError
 from neurosteer.hooks import HookSet, StopForward, add_last_token_recorders
 from neurosteer.layout import ModelLayout
-from neurosteer.prompts import Batch, length_order, make_batch
+from neurosteer.prompts import Batch
+from neurosteer.runtime import input_device, model_inputs, run_batches
 
 logger = logging.getLogger(__name__)
 
@@ -133,85 +132,83 @@ def run_last_token_pass(
     points: Sequence[nn.Module] | None = None,
     capture: Literal["input", "output"] = "input",
 ) -> int:
-    """Run every prompt once and hand each layer's last-token site input to `on_layer`.
+    """Run every prompt once and hand each layer's last-token site input to `on_layer`
+    (as (layer, [batch, width]) in layer order, then `on_batch_end()`, per batch).
 
     `points` and `capture` record elsewhere instead: e.g. the decoder layers' outputs (the
     residual stream) or the sites' outputs (what each MLP adds to it).
 
     A batch's activations are handed over only once its forward pass has finished, so when
     the accelerator runs out of memory the batch is retried at half the size and nothing
-    already counted is lost or counted twice.
+    already counted is lost or counted twice (`runtime.run_batches`).
 
     Returns:
         The batch size in use at the end (smaller than asked if memory ran out).
+
+    Raises:
+        InputError: `batch_size` is below 1.
     """
-    if batch_size < 1:
-        raise InputError(f"batch size must be at least 1, got {batch_size}")
-    pending: dict[int, torch.Tensor] = {}
-    current: list[Batch] = []
     device = input_device(model)
-    takes_positions = "position_ids" in inspect.signature(model.forward).parameters
-    order = length_order(token_ids)
-    done = 0
-    bar = tqdm(total=len(order), desc=desc, unit="prompt", disable=not progress, leave=False)
-    try:
-        with HookSet() as hooks, torch.inference_mode():
-            # Left padding puts every prompt's last real token at -1; taking the index from the
-            # mask keeps this right for right-padded batches too.
-            add_last_token_recorders(
-                hooks,
-                layout.site_modules(model) if points is None else points,
-                lambda: last_token_index(current[0].attention_mask),
-                pending.__setitem__,
-                capture=capture,
-                stop_after_last=True,
-            )
-            while done < len(order):
-                batch = make_batch(token_ids, order[done : done + batch_size], pad_id)
-                current[:] = [batch]
-                pending.clear()
-                inputs = {
-                    "input_ids": batch.input_ids.to(device),
-                    "attention_mask": batch.attention_mask.to(device),
-                }
-                if takes_positions:
-                    inputs["position_ids"] = positions_from_mask(batch.attention_mask).to(device)
-                try:
-                    with contextlib.suppress(StopForward):
-                        model(**inputs, use_cache=False)
-                except Exception as err:
-                    if not is_out_of_memory(err) or batch_size == 1:
-                        raise
-                    pending.clear()
-                    del inputs
-                    free_accelerator_memory(device)
-                    batch_size //= 2
-                    logger.warning("out of memory; retrying with batch size %d", batch_size)
-                    continue
-                for layer in sorted(pending):
-                    on_layer(layer, pending[layer])
-                pending.clear()
-                if on_batch_end is not None:
-                    on_batch_end()
-                done += batch.input_ids.shape[0]
-                bar.update(batch.input_ids.shape[0])
-    finally:
-        bar.close()
-    return batch_size
+    bar = tqdm(total=len(token_ids), desc=desc, unit="prompt", disable=not progress, leave=False)
+    with bar, HookSet() as hooks, torch.inference_mode():
+        state = _PassState(model, device, on_layer, on_batch_end, bar)
+        # Left padding puts every prompt's last real token at -1; taking the index from the
+        # mask keeps this right for right-padded batches too.
+        add_last_token_recorders(
+            hooks,
+            layout.site_modules(model) if points is None else points,
+            state.last_index,
+            state.pending.__setitem__,
+            capture=capture,
+            stop_after_last=True,
+        )
+        return run_batches(
+            token_ids,
+            state.attempt,
+            state.finish,
+            batch_size=batch_size,
+            pad_id=pad_id,
+            device=device,
+            what="recording",
+        )
 
 
-def is_out_of_memory(err: BaseException) -> bool:
-    """An accelerator (or allocator) out-of-memory error, which a smaller batch may avoid."""
-    if isinstance(err, torch.cuda.OutOfMemoryError):
-        return True
-    return isinstance(err, RuntimeError) and "out of memory" in str(err).lower()
+class _PassState:
+    """The batch in flight in `run_last_token_pass` and the activations its hooks took."""
 
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        device: torch.device,
+        on_layer: Callable[[int, torch.Tensor], None],
+        on_batch_end: Callable[[], None] | None,
+        bar: tqdm,
+    ) -> None:
+        self.model, self.device, self.bar = model, device, bar
+        self.on_layer, self.on_batch_end = on_layer, on_batch_end
+        self.pending: dict[int, torch.Tensor] = {}  # {layer: [batch, width]}
+        self.mask: torch.Tensor | None = None  # [batch, seq] of the batch in flight
 
-def free_accelerator_memory(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-    elif device.type == "mps":
-        torch.mps.empty_cache()
+    def last_index(self) -> torch.Tensor:
+        assert self.mask is not None  # the hooks run only inside attempt()
+        return last_token_index(self.mask)
+
+    def attempt(self, batch: Batch) -> None:
+        """One forward pass, stopped after the last recorded layer (may be retried)."""
+        self.mask = batch.attention_mask
+        self.pending.clear()  # a retried batch starts over
+        ids, mask = batch.input_ids.to(self.device), batch.attention_mask.to(self.device)
+        with contextlib.suppress(StopForward):
+            self.model(**model_inputs(self.model, ids, mask), use_cache=False)
+
+    def finish(self, batch: Batch, _: None) -> None:
+        """Hand the finished batch's activations over, once."""
+        for layer in sorted(self.pending):
+            self.on_layer(layer, self.pending[layer])
+        self.pending.clear()
+        if self.on_batch_end is not None:
+            self.on_batch_end()
+        self.bar.update(batch.input_ids.shape[0])
 
 
 def record_stats(
@@ -270,31 +267,3 @@ def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
     width = attention_mask.shape[-1]
     positions = torch.arange(width, device=attention_mask.device)
     return (attention_mask.bool() * (positions + 1)).argmax(dim=-1)
-
-
-def positions_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
-    """Position ids that start at 0 on each row's first real token, as `generate` makes them."""
-    return (attention_mask.long().cumsum(dim=-1) - 1).clamp(min=0)
-
-
-def input_device(model: PreTrainedModel) -> torch.device:
-    """Where input ids must go: the embedding's device (CPU when it is offloaded)."""
-    weight = model.get_input_embeddings().weight
-    assert isinstance(weight, torch.Tensor)
-    return torch.device("cpu") if weight.device.type == "meta" else weight.device
-
-
-def auto_batch_size(model: PreTrainedModel, layout: ModelLayout, longest: int) -> int:
-    """A batch size that should fit: 16 on the CPU; on CUDA, half the free memory over a
-    rough per-prompt activation footprint (one layer is live at a time under inference mode).
-
-    The estimate need not be exact: an out-of-memory error halves the batch and retries.
-    """
-    device = input_device(model)
-    if device.type != "cuda":
-        return 16
-    free, _total = torch.cuda.mem_get_info(device)
-    itemsize = next(model.parameters()).element_size()
-    heads = int(getattr(model.config.get_text_config(), "num_attention_heads", 32) or 32)
-    per_prompt = itemsize * longest * (8 * layout.d_model + 3 * layout.d_mlp + heads * longest)
-    return int(max(1, min(256, free // 2 // max(per_prompt, 1))))

@@ -27,7 +27,7 @@ from neurosteer.evaluation.judges import (
     get_judge,
     refusal_rates,
 )
-from neurosteer.evaluation.kl import Intervention, KLReport, kl_to_reference
+from neurosteer.evaluation.kl import KLReport, kl_to_reference
 from neurosteer.evaluation.mmlu import MMLUResult, MMLUSweep, mmlu_accuracy, mmlu_sweep
 from neurosteer.evaluation.mmlu_data import MMLUData, MMLUQuestion, load_mmlu
 from neurosteer.evaluation.model_judge import (
@@ -44,6 +44,7 @@ from neurosteer.evaluation.phrases import (
     load_phrase_lists,
 )
 from neurosteer.evaluation.quality import QualityReport, distinct_n, is_degenerate, quality
+from neurosteer.intervention import Intervention
 
 __all__ = [
     "BUILTIN_LISTS",

@@ -6,27 +6,29 @@ the intervention, and KL(P_unsteered || P_steered) is taken at every continuatio
 (prompt padding and tokens after the first end-of-sequence are left out). Using one fixed
 sequence means both distributions are always conditioned on the same context.
 
-    report = kl_to_reference(model, tokenizer, harmless, intervention=lambda: steer(model, c, 0.0))
+    report = kl_to_reference(model, tokenizer, harmless, intervention=circuit, strength=0.0)
     report.first_token, report.mean
 """
 
 from __future__ import annotations
 
-import contextlib
-import inspect
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from neurosteer.errors import InputError
-from neurosteer.prompts import context_limit, encode_for_model, iter_batches, new_token_budgets
-from neurosteer.recording import input_device, positions_from_mask
-
-#: Builds a fresh context manager that applies the intervention while it is entered.
-Intervention = Callable[[], contextlib.AbstractContextManager[Any]]
+from neurosteer.generation import greedy_batch
+from neurosteer.intervention import Intervention
+from neurosteer.prompts import (
+    Batch,
+    context_limit,
+    encode_for_model,
+    iter_batches,
+    new_token_budgets,
+)
+from neurosteer.runtime import forward_takes, model_inputs, pad_id
 
 
 @dataclass(frozen=True)
@@ -56,6 +58,7 @@ def kl_to_reference(
     prompts: Sequence[str],
     *,
     intervention: Intervention,
+    strength: float | None = None,
     max_new_tokens: int = 32,
     batch_size: int = 8,
     chat_template: bool | None = None,
@@ -67,18 +70,23 @@ def kl_to_reference(
         model, tokenizer: the unsteered model (no hooks or baked weights active) and its
             left-padding tokenizer.
         prompts: harmless prompts, rendered like discovery renders them.
-        intervention: a factory of context managers, called once per batch, e.g.
-            `lambda: steer(model, circuit, 0.0)`. The continuation is scored in one forward pass
-            without a KV cache, so steer all positions (positions="generated" needs the cache).
+        intervention: what steers, applied with `intervention.steer(model, strength)` around
+            each batch's steered pass. The continuation is scored in one forward pass without a
+            KV cache, at all positions.
+        strength: the intervention's own strength (None: its `default_strength`; see
+            `neurosteer.intervention`).
         max_new_tokens: length of the greedy continuation (capped where prompt + continuation
             would exceed the model's context, as in `generate`).
         batch_size: prompts per forward pass.
         chat_template, system: how prompts are rendered (see `render_prompts`).
 
+    Raises:
+        InputError: no prompts, `max_new_tokens` below 1, or a prompt that leaves no room in
+            the model's context for a generated token (before any forward pass).
+
     Example:
-        >>> ablate = lambda: steer(model, circuit, 0.0)
-        >>> report = kl_to_reference(model, tokenizer, harmless, intervention=ablate)
-        >>> report.first_token, report.mean
+        >>> report = kl_to_reference(model, tok, harmless, intervention=circuit, strength=0.0)
+        >>> report.first_token, report.mean  # nats
     """
     if max_new_tokens < 1:
         raise InputError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
@@ -88,39 +96,12 @@ def kl_to_reference(
         model, tokenizer, prompts, chat_template=chat_template, system=system, reserve=1
     )
     budgets = new_token_budgets(token_ids, max_new_tokens, context_limit(model, tokenizer))
-    pad_id = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0)
-    stop_ids = _stop_ids(model, tokenizer)
-    device = input_device(model)
-    parameters = inspect.signature(model.forward).parameters
-    takes_positions = "position_ids" in parameters
-    trims_logits = "logits_to_keep" in parameters
-    first = [0.0] * len(prompts)
-    mean = [0.0] * len(prompts)
-    counts = [0] * len(prompts)
+    pad, stop_ids = pad_id(tokenizer), _stop_ids(model, tokenizer)
+    first, mean, counts = [0.0] * len(prompts), [0.0] * len(prompts), [0] * len(prompts)
     with torch.inference_mode():
-        for batch in iter_batches(token_ids, batch_size, pad_id, budgets):
-            prompt_ids = batch.input_ids.to(device)
-            prompt_mask = batch.attention_mask.to(device)
-            full = model.generate(  # type: ignore[operator]
-                input_ids=prompt_ids,
-                attention_mask=prompt_mask,
-                max_new_tokens=budgets[int(batch.index[0])],
-                do_sample=False,
-                pad_token_id=pad_id,
-            )
-            new = full[:, prompt_ids.shape[1] :]  # [batch, t]
-            valid = _continuation_mask(new, stop_ids)  # [batch, t]
-            mask = torch.cat([prompt_mask, torch.ones_like(new)], dim=1)
-            inputs: dict[str, torch.Tensor] = {"input_ids": full, "attention_mask": mask}
-            if takes_positions:
-                inputs["position_ids"] = positions_from_mask(mask)
-            reference = _continuation_logprobs(model, inputs, new.shape[1], trims_logits)
-            with intervention():
-                steered = _continuation_logprobs(model, inputs, new.shape[1], trims_logits)
-            # KL(p || q) = sum_v p_v (log p_v - log q_v); [batch, t]
-            kl = (reference.exp() * (reference - steered)).sum(-1).clamp(min=0.0)
-            kl = kl * valid
-            n = valid.sum(-1)  # >= 1: the first generated token is always scored
+        for batch in iter_batches(token_ids, batch_size, pad, budgets):
+            new, inputs = _greedy_continuation(model, batch, budgets[int(batch.index[0])], pad)
+            kl, n = _batch_kl(model, intervention, strength, inputs, new, stop_ids)
             for r, row in enumerate(batch.index.tolist()):
                 first[row] = float(kl[r, 0])
                 mean[row] = float(kl[r].sum() / n[r])
@@ -135,8 +116,39 @@ def kl_to_reference(
     )
 
 
+def _batch_kl(
+    model: PreTrainedModel,
+    intervention: Intervention,
+    strength: float | None,
+    inputs: dict[str, torch.Tensor],
+    new: torch.Tensor,
+    stop_ids: set[int],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """KL(P_unsteered || P_steered) [batch, t] at each of the t continuation positions `new`
+    (0 where not scored), and [batch] the number of positions scored (at least 1)."""
+    reference = _continuation_logprobs(model, inputs, new.shape[1])
+    with intervention.steer(model, strength):
+        steered = _continuation_logprobs(model, inputs, new.shape[1])
+    # KL(p || q) = sum_v p_v (log p_v - log q_v); [batch, t]
+    valid = _continuation_mask(new, stop_ids)  # [batch, t]
+    kl = (reference.exp() * (reference - steered)).sum(-1).clamp(min=0.0) * valid
+    return kl, valid.sum(-1)  # the first generated token is always scored
+
+
+def _greedy_continuation(
+    model: PreTrainedModel, batch: Batch, max_new_tokens: int, pad: int
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The unsteered model's greedy continuation of a left-padded batch: the new tokens
+    [batch, t], and the forward inputs that teacher-force prompt + continuation [batch, s + t]
+    (on the input device)."""
+    full = greedy_batch(model, batch, max_new_tokens, pad)
+    new = full[:, batch.input_ids.shape[1] :]  # [batch, t]
+    mask = torch.cat([batch.attention_mask.to(full.device), torch.ones_like(new)], dim=1)
+    return new, model_inputs(model, full, mask)
+
+
 def _continuation_logprobs(
-    model: PreTrainedModel, inputs: dict[str, torch.Tensor], n_new: int, trims_logits: bool
+    model: PreTrainedModel, inputs: dict[str, torch.Tensor], n_new: int
 ) -> torch.Tensor:
     """float32 log-probabilities [batch, n_new, vocab] that predicted each continuation token.
 
@@ -144,7 +156,7 @@ def _continuation_logprobs(
     n_new of the left-padded row) are predicted by positions -n_new-1 .. -2. Models that take
     `logits_to_keep` compute only those last n_new + 1 rows of the vocabulary projection.
     """
-    extra = {"logits_to_keep": n_new + 1} if trims_logits else {}
+    extra = {"logits_to_keep": n_new + 1} if forward_takes(model, "logits_to_keep") else {}
     logits = model(**inputs, use_cache=False, **extra).logits[:, -n_new - 1 : -1]
     return torch.log_softmax(logits.float(), dim=-1)
 

@@ -24,7 +24,7 @@ Contexts are otherwise encoded without the tokenizer's special tokens, so a toke
 appends EOS cannot put an EOS between a context and its answer. No chat template is applied.
 
     result = mmlu_accuracy(model, tokenizer, "data/mmlu", n_shot=5, limit=20)
-    sweep = mmlu_sweep(model, tokenizer, "data/mmlu", [0.5, 1.0], lambda s: steer(model, c, 1 - s))
+    sweep = mmlu_sweep(model, tokenizer, "data/mmlu", [0.5, 0.0], circuit)  # multipliers
     sweep.deltas
 """
 
@@ -32,9 +32,8 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import functools
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,14 +41,12 @@ from typing import Any
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from neurosteer.errors import InputError
-from neurosteer.evaluation.kl import Intervention
 from neurosteer.evaluation.mmlu_data import LETTERS, MMLUData, MMLUQuestion, load_mmlu
+from neurosteer.intervention import Intervention
 
 logger = logging.getLogger(__name__)
 
 EXTRA_HINT = "MMLU needs the optional extra: pip install 'neurosteer[eval]'"
-#: Builds the context manager of one steering strength, e.g. `lambda s: steer(model, c, 1 - s)`.
-StrengthIntervention = Callable[[float], contextlib.AbstractContextManager[Any]]
 
 # The fields of lm-eval's MMLU task (tasks/mmlu/default); the target delimiter " " makes the
 # scored continuations " A" .. " D".
@@ -83,11 +80,6 @@ class MMLUResult:
     n: int
     n_shot: int
     settings: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def macro_accuracy(self) -> float:
-        """Mean of the per-subject accuracies (every subject weighted alike)."""
-        return sum(self.per_subject.values()) / len(self.per_subject)
 
 
 @dataclass(frozen=True)
@@ -131,6 +123,7 @@ def mmlu_accuracy(
     limit: int | None = None,
     batch_size: int = 8,
     intervention: Intervention | None = None,
+    strength: float | None = None,
 ) -> MMLUResult:
     """MMLU accuracy of the live model, scored by lm-eval, optionally under an intervention.
 
@@ -142,45 +135,33 @@ def mmlu_accuracy(
         subjects: subjects to score (default: all in `data`).
         limit: score only the first `limit` questions of each subject.
         batch_size: requests per forward pass.
-        intervention: a factory of context managers, entered once around the scoring, e.g.
-            `lambda: steer(model, circuit, 0.0)`.
+        intervention: applied with `intervention.steer(model, strength)` around the scoring
+            (None: the model as it is).
+        strength: the intervention's own strength (None: its `default_strength`; see
+            `neurosteer.intervention`).
+
+    Raises:
+        InputError: a bad option, unknown subjects, a subject with fewer than `n_shot` dev
+            questions, unreadable data, or lm-eval not installed (the message names the extra).
 
     Example:
         >>> mmlu_accuracy(model, tokenizer, "data/mmlu", n_shot=0, limit=10).accuracy
     """
-    if not isinstance(n_shot, int) or n_shot < 0:
-        raise InputError(f"n_shot must be a whole number >= 0, got {n_shot!r}")
-    if limit is not None and (not isinstance(limit, int) or limit < 1):
-        raise InputError(f"limit must be a whole number >= 1 or None, got {limit!r}")
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise InputError(f"batch_size must be a whole number >= 1, got {batch_size!r}")
+    _check_options(n_shot, limit, batch_size)
     if not isinstance(data, MMLUData):
         data = load_mmlu(data)
     chosen = _choose_subjects(data, subjects)
-    for subject in chosen:
-        have = len(data.dev.get(subject, ()))
-        if have < n_shot:
-            raise InputError(
-                f"subject {subject!r} has {have} dev questions but n_shot={n_shot}; "
-                "lower n_shot or add dev questions"
-            )
+    _check_shots(data, chosen, n_shot)
     lm_eval, task_class, evaluate, hflm = _import_lm_eval()
-    if tokenizer.pad_token_id is None:
-        tokenizer = copy.deepcopy(tokenizer)
-    bos_id = _bos_to_start_with(tokenizer)
-    lm = _with_bos_rule(hflm, bos_id)(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
+    lm, bos_id = _model_for_lm_eval(hflm, model, tokenizer, batch_size)
     tasks = {
         _task_name(s): _subject_task(task_class, s, data.dev.get(s, ()), data.test[s], n_shot)
         for s in chosen
     }
-    logger.info(
-        "MMLU: %d subjects, n_shot=%d, limit=%s, intervention=%s",
-        len(chosen),
-        n_shot,
-        limit,
-        intervention is not None,
+    logger.info("MMLU: %d subjects, n_shot=%d, limit=%s", len(chosen), n_shot, limit)
+    scope = (
+        contextlib.nullcontext() if intervention is None else intervention.steer(model, strength)
     )
-    scope = intervention() if intervention is not None else contextlib.nullcontext()
     with scope:
         output = evaluate(
             lm=lm,
@@ -189,10 +170,56 @@ def mmlu_accuracy(
             bootstrap_iters=0,
             log_samples=True,
         )
+    version = str(getattr(lm_eval, "__version__", "unknown"))
+    settings = {"limit": limit, "batch_size": batch_size, "bos_first": bos_id is not None}
+    return _result(data, chosen, output, n_shot, {**settings, "lm_eval_version": version})
+
+
+def _model_for_lm_eval(
+    hflm: Any, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, batch_size: int
+) -> tuple[Any, int | None]:
+    """(lm-eval's HFLM around the live model, with the BOS rule; the BOS id it starts
+    contexts with, or None). A tokenizer without a pad token is copied first, since lm-eval
+    would set one on it."""
+    if tokenizer.pad_token_id is None:
+        tokenizer = copy.deepcopy(tokenizer)
+    bos_id = _bos_to_start_with(tokenizer)
+    lm = _with_bos_rule(hflm, bos_id)(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
+    return lm, bos_id
+
+
+def _check_options(n_shot: int, limit: int | None, batch_size: int) -> None:
+    if not isinstance(n_shot, int) or n_shot < 0:
+        raise InputError(f"n_shot must be a whole number >= 0, got {n_shot!r}")
+    if limit is not None and (not isinstance(limit, int) or limit < 1):
+        raise InputError(f"limit must be a whole number >= 1 or None, got {limit!r}")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise InputError(f"batch_size must be a whole number >= 1, got {batch_size!r}")
+
+
+def _check_shots(data: MMLUData, subjects: Sequence[str], n_shot: int) -> None:
+    for subject in subjects:
+        have = len(data.dev.get(subject, ()))
+        if have < n_shot:
+            raise InputError(
+                f"subject {subject!r} has {have} dev questions but n_shot={n_shot}; "
+                "lower n_shot or add dev questions"
+            )
+
+
+def _result(
+    data: MMLUData,
+    subjects: Sequence[str],
+    output: dict[str, Any],
+    n_shot: int,
+    settings: dict[str, Any],
+) -> MMLUResult:
+    """The result from lm-eval's output: its logged samples, one per scored question with
+    its `acc`."""
     correct: dict[str, tuple[bool, ...]] = {}
-    for subject in chosen:
-        samples = sorted(output["samples"][_task_name(subject)], key=lambda x: x["doc_id"])
-        correct[subject] = tuple(bool(x["acc"]) for x in samples)
+    for subject in subjects:
+        rows = sorted(output["samples"][_task_name(subject)], key=lambda x: x["doc_id"])
+        correct[subject] = tuple(bool(x["acc"]) for x in rows)
     n = sum(len(c) for c in correct.values())
     return MMLUResult(
         accuracy=sum(sum(c) for c in correct.values()) / n,
@@ -201,15 +228,7 @@ def mmlu_accuracy(
         correct=correct,
         n=n,
         n_shot=n_shot,
-        settings={
-            "layout": data.layout,
-            "source": data.source,
-            "split": data.split,
-            "limit": limit,
-            "batch_size": batch_size,
-            "bos_first": bos_id is not None,
-            "lm_eval_version": str(getattr(lm_eval, "__version__", "unknown")),
-        },
+        settings={"layout": data.layout, "source": data.source, "split": data.split, **settings},
     )
 
 
@@ -218,18 +237,26 @@ def mmlu_sweep(
     tokenizer: PreTrainedTokenizerBase,
     data: MMLUData | str | Path,
     strengths: Sequence[float],
-    intervention: StrengthIntervention,
+    intervention: Intervention,
     *,
     n_shot: int = 5,
     subjects: Sequence[str] | None = None,
     limit: int | None = None,
     batch_size: int = 8,
 ) -> MMLUSweep:
-    """MMLU accuracy unsteered once, then under `intervention(s)` for each strength s.
+    """MMLU accuracy unsteered once, then under `intervention` at each strength.
+
+    Args:
+        strengths: the intervention's own strengths (e.g. multipliers for a circuit: 1 is
+            unchanged, 0 ablates), in the order they are scored.
+        intervention: what steers (see `neurosteer.intervention`).
+        n_shot, subjects, limit, batch_size: as in `mmlu_accuracy`.
+
+    Raises:
+        InputError: no strengths, or as `mmlu_accuracy`.
 
     Example:
-        >>> by_strength = lambda s: steer(model, circuit, 1 - s)  # CNA: m = 1 - s
-        >>> sweep = mmlu_sweep(model, tok, "data/mmlu", [0.5, 1.0], by_strength)
+        >>> sweep = mmlu_sweep(model, tok, "data/mmlu", [0.5, 0.0], circuit)
         >>> sweep.rows()  # strength, accuracy, delta vs unsteered, n
     """
     if isinstance(strengths, (str, bytes)) or not strengths:
@@ -245,8 +272,9 @@ def mmlu_sweep(
     baseline = mmlu_accuracy(model, tokenizer, data, **options)
     results = []
     for strength in strengths:
-        scoped = functools.partial(intervention, strength)
-        result = mmlu_accuracy(model, tokenizer, data, intervention=scoped, **options)
+        result = mmlu_accuracy(
+            model, tokenizer, data, intervention=intervention, strength=strength, **options
+        )
         logger.info(
             "MMLU at strength %s: %.4f (%+.4f)",
             strength,

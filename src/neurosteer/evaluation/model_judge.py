@@ -12,7 +12,6 @@ Prompt templates can be our default, or entries of a JSON file such as the publi
 
 from __future__ import annotations
 
-import inspect
 import json
 import logging
 import re
@@ -30,7 +29,7 @@ from neurosteer.evaluation.judges import Label, check_pairs
 from neurosteer.evaluation.quality import is_degenerate
 from neurosteer.loading import load_model
 from neurosteer.prompts import encode_for_model, iter_batches
-from neurosteer.recording import input_device, positions_from_mask
+from neurosteer.runtime import input_device, model_inputs, pad_id
 
 logger = logging.getLogger(__name__)
 
@@ -235,21 +234,14 @@ class ModelJudge:
             what="judge question",
             hint="lower max_answer_chars or use a judge with a longer context",
         )
-        pad = self.tokenizer.pad_token_id
-        pad_id = int(pad if pad is not None else 0)
         device = input_device(self.model)
-        takes_positions = "position_ids" in inspect.signature(self.model.forward).parameters
         yes_ids = torch.tensor(self.yes_ids, device=device)
         no_ids = torch.tensor(self.no_ids, device=device)
         probs = [0.0] * len(texts)
         with torch.inference_mode():
-            for batch in iter_batches(token_ids, self.batch_size, pad_id):
-                inputs = {
-                    "input_ids": batch.input_ids.to(device),
-                    "attention_mask": batch.attention_mask.to(device),
-                }
-                if takes_positions:
-                    inputs["position_ids"] = positions_from_mask(batch.attention_mask).to(device)
+            for batch in iter_batches(token_ids, self.batch_size, pad_id(self.tokenizer)):
+                ids, mask = batch.input_ids.to(device), batch.attention_mask.to(device)
+                inputs = model_inputs(self.model, ids, mask)
                 # left padding: every row's last real token is at -1; logits [batch, vocab]
                 logits = self.model(**inputs, use_cache=False).logits[:, -1].float()
                 logp = torch.log_softmax(logits, dim=-1)

@@ -23,7 +23,6 @@ import torch
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from neurosteer.attribution import layer_mask
 from neurosteer.circuit import Circuit
 from neurosteer.report.summary import Row, curves
 from neurosteer.sweep.store import CIRCUIT_DIR
@@ -161,9 +160,7 @@ def _neurons_per_layer(circuit: Circuit) -> Figure:
 def _delta_histogram(circuit: Circuit) -> Figure:
     fig, ax = plt.subplots(figsize=(6, 3.5))
     if circuit.table is not None:
-        info = circuit.model
-        candidates = layer_mask(info.n_layers, info.d_mlp, circuit.settings.skip_layers)
-        candidates &= ~circuit.table.universal
+        candidates = circuit.candidates()
         values = circuit.table.delta.abs()[candidates]
         title = f"|δ| of {int(candidates.sum())} candidate neurons"
     else:

@@ -16,7 +16,6 @@ import contextlib
 import logging
 import time
 from collections.abc import Sequence
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -27,11 +26,12 @@ from neurosteer._version import __version__
 from neurosteer.discovery import model_info
 from neurosteer.errors import InputError
 from neurosteer.evaluation.judges import Judge, get_judge, refusal_rates
-from neurosteer.evaluation.kl import Intervention, kl_to_reference
+from neurosteer.evaluation.kl import kl_to_reference
 from neurosteer.evaluation.mmlu import mmlu_accuracy
 from neurosteer.evaluation.mmlu_data import MMLUData, load_mmlu
 from neurosteer.evaluation.quality import quality
 from neurosteer.generation import generate
+from neurosteer.intervention import Intervention
 from neurosteer.layout import ModelLayout, resolve_layout
 from neurosteer.prompts import encode_for_model, prompt_hash
 from neurosteer.sweep.config import BASELINE, SweepConfig, knob
@@ -186,19 +186,15 @@ class _Evaluator:
         """(result record, answer rows) of one point."""
         config, started = self.config, time.perf_counter()
         baseline = method == BASELINE
-        factory: Intervention = (
-            contextlib.nullcontext
-            if baseline
-            else partial(
-                fitted.intervention(method, seed, layout=layout).steer,
-                self.model,
-                knob(method, strength)[1],
-            )
-        )
+        steering = None if baseline else fitted.intervention(method, seed, layout=layout)
+        value = None if baseline else knob(method, strength)[1]
         sets: dict[str, dict[str, Any]] = {}
         rows: list[dict[str, Any]] = []
         for name, prompts in (("harmful", self.harmful), ("harmless", self.harmless)):
-            with factory():
+            scope = (
+                contextlib.nullcontext() if steering is None else steering.steer(self.model, value)
+            )
+            with scope:
                 answers = generate(
                     self.model,
                     self.tokenizer,
@@ -226,21 +222,22 @@ class _Evaluator:
             "knob": {"name": name, "value": value},
             "harmful": sets["harmful"],
             "harmless": sets["harmless"],
-            "kl": self._kl(None if baseline else factory),
-            "mmlu": self._mmlu(None if baseline else factory),
+            "kl": self._kl(steering, value),
+            "mmlu": self._mmlu(steering, value),
             "answers_file": answers_name(method, strength, seed),
             "seconds": round(time.perf_counter() - started, 3),
         }, rows
 
-    def _kl(self, factory: Intervention | None) -> dict[str, Any]:
+    def _kl(self, steering: Intervention | None, strength: float | None) -> dict[str, Any]:
         n, tokens = len(self.kl_prompts), self.config.kl_max_new_tokens
-        if factory is None:  # the unsteered model is its own reference: exactly 0
+        if steering is None:  # the unsteered model is its own reference: exactly 0
             return {"first_token": 0.0, "mean": 0.0, "n_prompts": n, "max_new_tokens": tokens}
         report = kl_to_reference(
             self.model,
             self.tokenizer,
             self.kl_prompts,
-            intervention=factory,
+            intervention=steering,
+            strength=strength,
             max_new_tokens=tokens,
             batch_size=self.config.batch_size,
             chat_template=self.config.chat_template,
@@ -253,7 +250,7 @@ class _Evaluator:
             "max_new_tokens": tokens,
         }
 
-    def _mmlu(self, factory: Intervention | None) -> dict[str, Any] | None:
+    def _mmlu(self, steering: Intervention | None, strength: float | None) -> dict[str, Any] | None:
         if self.mmlu_data is None:
             return None
         result = mmlu_accuracy(
@@ -263,7 +260,8 @@ class _Evaluator:
             n_shot=self.config.mmlu_shots,
             limit=self.config.mmlu_limit,
             batch_size=self.config.batch_size,
-            intervention=factory,
+            intervention=steering,
+            strength=strength,
         )
         return {
             "accuracy": result.accuracy,
