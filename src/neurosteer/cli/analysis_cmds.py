@@ -82,7 +82,8 @@ def _names(text: str) -> tuple[str, ...]:
     "--judge",
     default="sweep",
     show_default=True,
-    help="Refusal judge: strict, sweep, patterns, a phrase-list .json, or model:PATH.",
+    help="Refusal judge: strict, sweep, patterns, organism (the built-in organism's own "
+    "judge, as in `neurosteer demo`), a phrase-list .json, or model:PATH.",
 )
 @click.option("--max-new-tokens", type=int, default=150, show_default=True)
 @click.option("--batch-size", type=int, default=8, show_default=True)
