@@ -14,6 +14,7 @@ from click.testing import CliRunner
 from transformers import PreTrainedModel, PreTrainedTokenizerFast
 
 import neurosteer.cli.main  # before analysis_cmds: main registers it at its end
+import neurosteer.evaluation.refusal as refusal
 import neurosteer.sweep.runner as runner
 from neurosteer.baselines import CAA, DirectionAblation, contrast_vectors
 from neurosteer.cli.analysis_cmds import sweep_command
@@ -55,9 +56,10 @@ def _run(pair: Pair, config: SweepConfig, out: Path, pos: list[str], neg: list[s
 
 
 def _counting(monkeypatch: pytest.MonkeyPatch, out: Path, fail_at: int | None = None) -> list[int]:
-    """Count generate calls (noting the finished points at each); raise at call `fail_at`."""
+    """Count the points' generate calls (noting the finished points at each); raise at call
+    `fail_at`. The points answer through `measure_refusal`, the layer scans do not."""
     seen: list[int] = []
-    real: Callable[..., list[str]] = runner.generate
+    real: Callable[..., list[str]] = refusal.generate
 
     def counted(*args: Any, **kwargs: Any) -> list[str]:
         seen.append(len(read_results(out)))
@@ -65,7 +67,7 @@ def _counting(monkeypatch: pytest.MonkeyPatch, out: Path, fail_at: int | None = 
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(runner, "generate", counted)
+    monkeypatch.setattr(refusal, "generate", counted)
     return seen
 
 
