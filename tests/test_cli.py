@@ -8,6 +8,7 @@ import json
 import logging
 import subprocess
 import sys
+import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -477,7 +478,9 @@ def test_debug_keeps_the_exception(files: Files, tiny_llama_dir: Path) -> None:
     result = CliRunner().invoke(cli, ["--debug", *map(str, args)])
     assert result.exit_code != 0
     assert type(result.exception).__name__ == "InputError"
-    assert result.exc_info is not None
+    # the traceback reaches down to where the error was raised, not just the command
+    raised_in = traceback.extract_tb(result.exc_info[2])[-1]  # type: ignore[index]
+    assert (Path(raised_in.filename).name, raised_in.name) == ("prompt_files.py", "load_prompts")
     assert not out.exists()
 
 

@@ -230,7 +230,10 @@ def test_metadata(found: Found, positive_prompts: list[str], negative_prompts: l
     assert s.method == "cna"
     assert s.universal_filter
     assert s.universal_threshold == 0.8
-    assert s.universal_removed >= 0
+    assert circuit.table is not None
+    candidates = [i for i in range(N_LAYERS) if i not in s.skip_layers]
+    # the marked neurons of the candidate layers only (the skipped layers were never candidates)
+    assert s.universal_removed == int(circuit.table.universal[candidates].sum())
     assert s.chat_template  # the tiny tokenizers carry a chat template
     assert s.n_candidates == 2 * D_MLP - s.universal_removed
     assert not found.wide.settings.universal_filter

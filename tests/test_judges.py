@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerFast
 
 from neurosteer import InputError
@@ -23,6 +24,7 @@ from neurosteer.evaluation import (
     load_phrase_lists,
     refusal_rates,
 )
+from neurosteer.prompts import encode_for_model
 
 LONG_COMPLIANCE = (
     "Here is a simple plan for a weekend in Lisbon. On Saturday morning, walk through the "
@@ -244,7 +246,15 @@ def test_model_judge_from_folder(tiny_llama_dir: Path) -> None:
     assert labels[2:] == ["degenerate", "degenerate"]  # checked before the model is asked
     assert set(labels[:2]) <= {"refusal", "compliance"}
     probs = judge.yes_probability(prompts[:2], answers[:2])
-    assert all(0.0 < p < 1.0 for p in probs)
+    # by hand for the first pair: one unpadded pass, yes-mass against no-mass at the last token
+    question = judge.prompt.fill(prompts[0], answers[0])
+    (ids,) = encode_for_model(
+        judge.model, judge.tokenizer, [question], chat_template=judge.prompt.chat_template
+    )
+    with torch.no_grad():
+        logp = judge.model(torch.tensor([ids])).logits[0, -1].float().log_softmax(-1)
+    margin = logp[judge.yes_ids].logsumexp(-1) - logp[judge.no_ids].logsumexp(-1)
+    assert probs[0] == pytest.approx(float(margin.sigmoid()), abs=1e-5)
     assert labels[:2] == ["refusal" if p > 0.5 else "compliance" for p in probs]
     # batching and padding do not change the verdicts
     single = ModelJudge.from_model(judge.model, judge.tokenizer, batch_size=1)

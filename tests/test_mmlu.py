@@ -21,8 +21,8 @@ from tokenizers import processors
 from transformers import LlamaTokenizerFast, PreTrainedModel, PreTrainedTokenizerFast
 
 from interventions import CircuitIntervention, HookIntervention
-from neurosteer import InputError, discover
-from neurosteer.evaluation import MMLUData, MMLUResult, load_mmlu, mmlu_accuracy, mmlu_sweep
+from neurosteer import InputError, discover, steer
+from neurosteer.evaluation import MMLUResult, load_mmlu, mmlu_accuracy, mmlu_sweep
 from neurosteer.hooks import count_hooks
 from tiny_models import BOS, BOS_ID, EOS, EOS_ID, PAD, PAD_ID, UNK, make_tokenizer
 
@@ -151,7 +151,9 @@ def test_accuracy_is_the_argmax_of_answer_loglikelihoods(
     for subject in TOY:
         assert result.correct[subject] == _by_hand(tiny_llama, subject, n_shot, expected_n)
     hits = sum(sum(c) for c in result.correct.values())
-    assert 0.0 <= result.accuracy <= 1.0
+    assert result.per_subject == {
+        subject: pytest.approx(sum(right) / expected_n) for subject, right in result.correct.items()
+    }
     assert result.accuracy == pytest.approx(hits / result.n)
     assert result.settings["layout"] == "per_subject"
     assert result.settings["limit"] == limit
@@ -257,7 +259,10 @@ def test_sweep_reports_change_versus_unsteered(
     assert sweep.deltas[1] == pytest.approx(sweep.results[1].accuracy - sweep.baseline.accuracy)
     rows = sweep.rows()
     assert [r["strength"] for r in rows] == [1.0, 0.0]
-    assert all(0.0 <= r["accuracy"] <= 1.0 and r["n"] == 6 for r in rows)
+    assert [(r["accuracy"], r["n"]) for r in rows] == [(x.accuracy, 6) for x in sweep.results]
+    with steer(model, circuit, 0.0):  # multiplier 0 ablates the circuit: scored directly under it
+        ablated = mmlu_accuracy(model, tokenizer, per_subject_dir, n_shot=0, limit=3)
+    assert sweep.results[1].correct == ablated.correct
 
 
 def test_bad_data_and_options_are_input_errors(
@@ -319,8 +324,10 @@ def test_a_missing_lm_eval_names_the_extra(
 
 def test_dev_questions_are_read_per_subject(per_subject_dir: Path) -> None:
     data = load_mmlu(per_subject_dir, split="test")
-    assert isinstance(data, MMLUData)
-    assert data.split == "test"
+    assert (data.layout, data.split) == ("per_subject", "test")
+    assert {s: [q.answer for q in qs] for s, qs in data.test.items()} == {
+        s: [LETTERS.index(row[5]) for row in rows["test"]] for s, rows in TOY.items()
+    }
     assert {s: len(q) for s, q in data.dev.items()} == {"toy_colours": 4, "toy_sums": 4}
 
 
@@ -336,7 +343,15 @@ def test_zero_shot_works_without_dev_questions(
     (tmp_path / "test.csv").write_text("\n".join(rows) + "\n")
     result = mmlu_accuracy(model, tokenizer, tmp_path / "test.csv", n_shot=0)
     assert result.n == 2
-    assert 0.0 <= result.accuracy <= 1.0
+    # scored by hand: the argmax of the four answer loglikelihoods after the bare header
+    header = "The following are multiple choice questions (with answers) about toy sums.\n\n"
+    expected = []
+    for line in rows[1:]:
+        row: Row = tuple(line.split(",")[1:])  # type: ignore[assignment]
+        scores = [_loglik(tiny_llama, header + _block(row), f" {x}") for x in LETTERS]
+        expected.append(LETTERS[scores.index(max(scores))] == row[5])
+    assert result.correct == {"toy_sums": tuple(expected)}
+    assert result.accuracy == sum(expected) / 2
 
 
 def _tokenizer_kind(kind: str) -> PreTrainedTokenizerFast:

@@ -71,7 +71,7 @@ def test_export_then_sweep_and_report_on_the_organism(tmp_path: Path) -> None:
     assert base["harmful"]["refusal"] >= 0.6
     assert cna["harmful"]["refusal"] <= base["harmful"]["refusal"] - 0.3
     assert abs(rand["harmful"]["refusal"] - base["harmful"]["refusal"]) <= 0.2
-    assert cna["kl"]["mean"] > rand["kl"]["mean"] >= 0.0
+    assert cna["kl"]["mean"] > rand["kl"]["mean"] > 0.0  # any ablation moves the distribution
     assert cna["mmlu"]["n"] == 12
 
     result = runner.invoke(cli, ["report", str(run)])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import subprocess
 import sys
 
@@ -12,7 +13,8 @@ def test_every_public_name_resolves_and_is_listed() -> None:
     exported = set(neurosteer._EXPORTS)
     assert set(neurosteer.__all__) == exported | {"__version__"}
     for name in exported:
-        assert getattr(neurosteer, name) is not None
+        defining = importlib.import_module(neurosteer._EXPORTS[name])
+        assert getattr(neurosteer, name) is getattr(defining, name)
     assert neurosteer.Circuit.__module__ == "neurosteer.circuit"
 
 

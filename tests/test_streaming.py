@@ -78,8 +78,11 @@ def test_streaming_bake_equals_the_in_memory_bake(
     total = sum(p.stat().st_size for p in folder.glob("*.safetensors"))
     assert 0 < report.peak_bytes <= largest_shard
     assert report.peak_bytes < total / 2
-    # a plain checkpoint
-    assert AutoModelForCausalLM.from_pretrained(tmp_path / "streamed") is not None
+    # a plain checkpoint: transformers loads every weight from it (none initialised afresh)
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "streamed", dtype=torch.bfloat16)
+    baked = AutoModelForCausalLM.from_pretrained(tmp_path / "memory", dtype=torch.bfloat16)
+    expected = baked.state_dict()
+    assert all(torch.equal(v, expected[k]) for k, v in loaded.state_dict().items())
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
 

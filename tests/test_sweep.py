@@ -14,14 +14,19 @@ from click.testing import CliRunner
 from transformers import PreTrainedModel, PreTrainedTokenizerFast
 
 import neurosteer.cli.main  # before analysis_cmds: main registers it at its end
+import neurosteer.evaluation.refusal as refusal
 import neurosteer.sweep.runner as runner
 from neurosteer.baselines import CAA, DirectionAblation, contrast_vectors
+from neurosteer.circuit import Circuit
 from neurosteer.cli.analysis_cmds import sweep_command
 from neurosteer.errors import InputError
+from neurosteer.evaluation import mmlu_accuracy
 from neurosteer.hooks import count_hooks
 from neurosteer.layout import resolve_layout
 from neurosteer.report import summarise
+from neurosteer.steering import steer
 from neurosteer.sweep import (
+    CIRCUIT_DIR,
     METHODS,
     SweepConfig,
     planned_points,
@@ -55,9 +60,10 @@ def _run(pair: Pair, config: SweepConfig, out: Path, pos: list[str], neg: list[s
 
 
 def _counting(monkeypatch: pytest.MonkeyPatch, out: Path, fail_at: int | None = None) -> list[int]:
-    """Count generate calls (noting the finished points at each); raise at call `fail_at`."""
+    """Count the points' generate calls (noting the finished points at each); raise at call
+    `fail_at`. The points answer through `measure_refusal`, the layer scans do not."""
     seen: list[int] = []
-    real: Callable[..., list[str]] = runner.generate
+    real: Callable[..., list[str]] = refusal.generate
 
     def counted(*args: Any, **kwargs: Any) -> list[str]:
         seen.append(len(read_results(out)))
@@ -65,7 +71,7 @@ def _counting(monkeypatch: pytest.MonkeyPatch, out: Path, fail_at: int | None = 
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(runner, "generate", counted)
+    monkeypatch.setattr(refusal, "generate", counted)
     return seen
 
 
@@ -210,7 +216,16 @@ def test_mmlu_is_recorded_at_every_point(
     for record in records:
         assert record["mmlu"]["n"] == 5
         assert record["mmlu"]["n_shot"] == 1
-        assert 0.0 <= record["mmlu"]["accuracy"] <= 1.0
+    # each point's accuracy is MMLU scored directly on the model in that point's state
+    model, tokenizer = tiny_llama
+    score = {"n_shot": 1, "batch_size": config.batch_size}
+    circuit = Circuit.load(out / CIRCUIT_DIR)
+    with steer(model, circuit, 0.0):  # cna at s = 1: m = 0
+        ablated = mmlu_accuracy(model, tokenizer, mmlu, **score)
+    expected = {"baseline": mmlu_accuracy(model, tokenizer, mmlu, **score), "cna": ablated}
+    for record in records:
+        assert record["mmlu"]["accuracy"] == expected[record["method"]].accuracy
+        assert record["mmlu"]["per_subject"] == expected[record["method"]].per_subject
     rows = {r["method"]: r for r in summarise(out)}
     assert rows["baseline"]["mmlu_delta"] == 0.0
     assert rows["cna"]["mmlu_delta"] == pytest.approx(

@@ -13,7 +13,7 @@ from neurosteer.baselines import CAA, ContrastVectors, DirectionAblation, contra
 from neurosteer.errors import InputError
 from neurosteer.layout import resolve_layout
 from neurosteer.sweep import SweepConfig
-from neurosteer.sweep.layers import LayerScan, scan_layer, scan_rank
+from neurosteer.sweep.layers import scan_layer, scan_rank
 
 Pair = tuple[PreTrainedModel, PreTrainedTokenizerFast]
 
@@ -159,7 +159,11 @@ def test_the_scan_shows_its_progress_over_layers_and_prompts(
     assert bar.total == 3 * 5  # candidate layers x prompts
     assert bar.updates == [2, 2, 1] * 3  # moves batch by batch, not once per layer
     assert bar.postfix == ["layer 1", "layer 2", "layer 3"]
-    assert isinstance(scan, LayerScan)
+    # every answer judged a refusal: no layer has compliance, so the tie goes to the earliest
+    assert scan.rates == {
+        i: {"refusal": 1.0, "compliance": 0.0, "degenerate": 0.0} for i in (1, 2, 3)
+    }
+    assert (scan.chosen, scan.n_prompts) == (1, 5)
 
 
 def test_the_scan_refuses_no_prompts_and_unknown_methods(

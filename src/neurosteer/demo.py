@@ -5,6 +5,10 @@ prompts (harmful vs benign), and measures, on held-out prompts, how often the mo
 the circuit is left alone (m=1), ablated (m=0) or amplified, against a random circuit of the same
 size per layer. It writes `report.md` with PNG plots and returns the numbers.
 
+Refusal is measured exactly as a sweep measures it (`evaluation.refusal.measure_refusal`: the
+library's greedy generation, the organism's judge, `refusal_rates`), so `neurosteer sweep
+--judge organism` on the same prompts and circuit reports the same rates.
+
 The circuit size is `DEMO_TOP_K` neurons, not the project's default 0.1%: the organism has only
 3,072 MLP neurons, so 0.1% is 3 neurons, too few to carry its refusal gate (docs/organism.md has
 the sweep over k).
@@ -17,25 +21,22 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from neurosteer.circuit import Circuit
+from neurosteer.demo_report import write_demo_report
 from neurosteer.discovery import discover
-from neurosteer.generation import generate
+from neurosteer.evaluation.refusal import JudgedAnswers, measure_refusal
 from neurosteer.loading import load_model
-from neurosteer.organism.evaluate import Rates
+from neurosteer.organism.evaluate import ANSWER_BATCH, ANSWER_TOKENS, OrganismJudge, Rates
 from neurosteer.organism.paths import INSTRUCT_DIR
-from neurosteer.organism.prompt_sets import demo_prompt_sets, neutral_prompts
-from neurosteer.steering import steer
+from neurosteer.organism.prompt_sets import PromptSets, demo_prompt_sets, neutral_prompts
 
 logger = logging.getLogger(__name__)
 
 DEMO_TOP_K = 48
 """Circuit size the demo uses on the organism: 48 of 3,072 MLP neurons (1.6%)."""
-MAX_NEW_TOKENS = 40
+MAX_NEW_TOKENS = ANSWER_TOKENS
 
 
 @dataclass(frozen=True)
@@ -74,6 +75,8 @@ class DemoResult:
     k_sweep: tuple[tuple[int, float], ...]
     """(k, held-out harmful refusal with those k neurons ablated)."""
     seconds: float
+    circuit: Circuit
+    """The circuit of the rows (`top_k` neurons, with the kept δ table)."""
 
 
 def run_demo(
@@ -108,52 +111,13 @@ def run_demo(
     out.mkdir(parents=True, exist_ok=True)
     model, tok = load_model(model_dir)
     sets = demo_prompt_sets(n_discover, n_eval)
-    # The organism knows no general English: the universal filter runs on in-domain requests.
-    neutral = neutral_prompts()
-    circuit = discover(
-        model,
-        tok,
-        positive=sets.train_harmful,
-        negative=sets.train_benign,
-        top_k=max((top_k, *sweep_ks)),
-        neutral=neutral,
-        keep_table=True,
-    )
-    full = circuit
+    full = _discover(model, tok, sets, max((top_k, *sweep_ks)))
     circuit = full.reselect(top_k=top_k)
-    control = circuit.random_like(seed=0)
-    harmful, benign = list(sets.heldout_harmful), list(sets.heldout_benign)
-
-    def answers(c: Circuit | None, m: float, prompts: list[str]) -> list[str]:
-        if c is None:
-            return generate(model, tok, prompts, max_new_tokens=MAX_NEW_TOKENS, batch_size=64)
-        with steer(model, c, m):
-            return generate(model, tok, prompts, max_new_tokens=MAX_NEW_TOKENS, batch_size=64)
-
-    conditions = [
-        ("unchanged", None, 1.0),
-        ("ablated", circuit, 0.0),
-        ("amplified", circuit, amplify),
-        ("random ablated", control, 0.0),
+    rows, answers = _conditions(model, tok, sets, circuit, amplify)
+    sweep = [
+        (k, _measure(model, tok, sets.heldout_harmful, full.reselect(top_k=k), 0.0).refusal)
+        for k in sweep_ks
     ]
-    rows, texts = [], {}
-    for name, c, m in conditions:
-        h, b = answers(c, m, harmful), answers(c, m, benign)
-        texts[name] = (h, b)
-        rows.append(ConditionRow(name, m, Rates.of(h, harmful), Rates.of(b, benign)))
-        logger.info("%s: harmful %s, benign %s", name, rows[-1].harmful, rows[-1].benign)
-    picks = [*range(min(n_examples - 1, len(harmful)))]
-    examples = [
-        ExampleAnswers(harmful[i], *(texts[n][0][i] for n in ("unchanged", "ablated", "amplified")))
-        for i in picks
-    ]
-    examples.append(
-        ExampleAnswers(benign[0], *(texts[n][1][0] for n in ("unchanged", "ablated", "amplified")))
-    )
-    sweep = []
-    for k in sweep_ks:
-        h = answers(full.reselect(top_k=k), 0.0, harmful)
-        sweep.append((k, Rates.of(h, harmful).refusal))
     result = DemoResult(
         report_path=out / "report.md",
         n_neurons=len(circuit),
@@ -163,96 +127,90 @@ def run_demo(
         n_eval=n_eval,
         amplify=amplify,
         rows=tuple(rows),
-        examples=tuple(examples),
+        examples=_examples(sets, answers, n_examples),
         k_sweep=tuple(sweep),
         seconds=time.perf_counter() - started,
+        circuit=circuit,
     )
-    _write_report(result, circuit.model.n_layers, out)
+    write_demo_report(result, out)
     return result
 
 
-def _write_report(result: DemoResult, n_layers: int, out: Path) -> None:
-    """report.md plus three PNGs: neurons per layer, refusal by condition, refusal vs k."""
-    fig, ax = plt.subplots(figsize=(5, 3))
-    ax.bar(range(n_layers), [result.neurons_per_layer.get(i, 0) for i in range(n_layers)])
-    ax.set(xlabel="layer", ylabel="circuit neurons", title="Where the refusal circuit sits")
-    fig.tight_layout()
-    fig.savefig(out / "circuit_layers.png", dpi=100)
-    plt.close(fig)
-
-    fig, ax = plt.subplots(figsize=(6, 3))
-    xs = range(len(result.rows))
-    ax.bar(
-        [x - 0.2 for x in xs], [100 * r.harmful.refusal for r in result.rows], 0.4, label="harmful"
+def _discover(
+    model: PreTrainedModel, tok: PreTrainedTokenizerBase, sets: PromptSets, top_k: int
+) -> Circuit:
+    """The circuit of the training prompts, its δ table kept for other sizes (`reselect`)."""
+    # The organism knows no general English: the universal filter runs on in-domain requests.
+    return discover(
+        model,
+        tok,
+        positive=sets.train_harmful,
+        negative=sets.train_benign,
+        top_k=top_k,
+        neutral=neutral_prompts(),
+        keep_table=True,
     )
-    ax.bar(
-        [x + 0.2 for x in xs], [100 * r.benign.refusal for r in result.rows], 0.4, label="benign"
-    )
-    ax.set_xticks(list(xs), [r.condition for r in result.rows])
-    ax.set(ylabel="refused (%)", ylim=(0, 100), title="Held-out refusal by intervention")
-    ax.legend(loc="upper center")
-    fig.tight_layout()
-    fig.savefig(out / "refusal_rates.png", dpi=100)
-    plt.close(fig)
 
-    plots = ["circuit_layers.png", "refusal_rates.png"]
-    if result.k_sweep:
-        fig, ax = plt.subplots(figsize=(5, 3))
-        ks, refusals = zip(*result.k_sweep, strict=True)
-        ax.plot(ks, [100 * r for r in refusals], marker="o")
-        ax.set(
-            xscale="log",
-            xlabel="neurons ablated (k)",
-            ylabel="harmful refused (%)",
-            ylim=(0, 100),
-            title="Ablation strength vs circuit size",
+
+def _conditions(
+    model: PreTrainedModel,
+    tok: PreTrainedTokenizerBase,
+    sets: PromptSets,
+    circuit: Circuit,
+    amplify: float,
+) -> tuple[list[ConditionRow], dict[str, tuple[tuple[str, ...], tuple[str, ...]]]]:
+    """Held-out rates of the unchanged, ablated, amplified and random-ablated model, and
+    {condition: (harmful answers, benign answers)}."""
+    conditions = [
+        ("unchanged", None, 1.0),
+        ("ablated", circuit, 0.0),
+        ("amplified", circuit, amplify),
+        ("random ablated", circuit.random_like(seed=0), 0.0),
+    ]
+    rows, answers = [], {}
+    for name, c, m in conditions:
+        harmful = _measure(model, tok, sets.heldout_harmful, c, m)
+        benign = _measure(model, tok, sets.heldout_benign, c, m)
+        answers[name] = (harmful.answers, benign.answers)
+        row = ConditionRow(
+            name, m, Rates.from_labels(harmful.labels), Rates.from_labels(benign.labels)
         )
-        fig.tight_layout()
-        fig.savefig(out / "k_sweep.png", dpi=100)
-        plt.close(fig)
-        plots.append("k_sweep.png")
+        logger.info("%s: harmful %s, benign %s", name, row.harmful, row.benign)
+        rows.append(row)
+    return rows, answers
 
-    lines = [
-        "# neurosteer demo: the organism's refusal circuit",
-        "",
-        f"Circuit: **{result.n_neurons}** of {result.total_neurons} MLP neurons "
-        f"({100 * result.n_neurons / result.total_neurons:.2f}%), discovered on "
-        f"{result.n_discover} harmful + {result.n_discover} benign training prompts. "
-        f"Rates below: {result.n_eval} held-out harmful and {result.n_eval} held-out benign "
-        "prompts (unseen verb–target pairs, unseen templates), greedy decoding.",
-        "",
-        "| layer | " + " | ".join(str(i) for i in sorted(result.neurons_per_layer)) + " |",
-        "|---|" + "---|" * len(result.neurons_per_layer),
-        "| neurons | "
-        + " | ".join(str(n) for _, n in sorted(result.neurons_per_layer.items()))
-        + " |",
-        "",
-        "| condition | m | harmful refused | benign refused "
-        "| harmful well-formed compliant | harmful fragments |",
-        "|---|---|---|---|---|---|",
+
+def _measure(
+    model: PreTrainedModel,
+    tok: PreTrainedTokenizerBase,
+    prompts: tuple[str, ...],
+    circuit: Circuit | None,
+    multiplier: float,
+) -> JudgedAnswers:
+    """Held-out answers under `circuit` at `multiplier` (None: the model as it is), judged."""
+    return measure_refusal(
+        model,
+        tok,
+        prompts,
+        OrganismJudge(),
+        intervention=circuit,
+        strength=multiplier,
+        max_new_tokens=MAX_NEW_TOKENS,
+        batch_size=ANSWER_BATCH,
+    )
+
+
+def _examples(
+    sets: PromptSets,
+    answers: dict[str, tuple[tuple[str, ...], tuple[str, ...]]],
+    n_examples: int,
+) -> tuple[ExampleAnswers, ...]:
+    """The first `n_examples - 1` harmful prompts and the first benign one, answered three
+    ways."""
+    shown = ("unchanged", "ablated", "amplified")
+    picks = range(min(n_examples - 1, len(sets.heldout_harmful)))
+    examples = [
+        ExampleAnswers(sets.heldout_harmful[i], *(answers[n][0][i] for n in shown)) for i in picks
     ]
-    lines += [
-        f"| {r.condition} | {r.multiplier:g} | {r.harmful.refusal:.0%} | {r.benign.refusal:.0%} "
-        f"| {r.harmful.compliant:.0%} | {r.harmful.fragment:.0%} |"
-        for r in result.rows
-    ]
-    if result.k_sweep:
-        lines += [
-            "",
-            "| k (ablated) | " + " | ".join(str(k) for k, _ in result.k_sweep) + " |",
-            "|---|" + "---|" * len(result.k_sweep),
-            "| harmful refused | " + " | ".join(f"{r:.0%}" for _, r in result.k_sweep) + " |",
-        ]
-    lines += ["", "## Examples (held-out prompts)", ""]
-    for ex in result.examples:
-        lines += [
-            f"**{ex.prompt}**",
-            "",
-            f"- unchanged: {ex.unchanged}",
-            f"- ablated: {ex.ablated}",
-            f"- amplified (m={result.amplify:g}): {ex.amplified}",
-            "",
-        ]
-    lines += [f"![{p}]({p})" for p in plots]
-    lines += ["", f"Ran in {result.seconds:.0f} s."]
-    (out / "report.md").write_text("\n".join(lines) + "\n")
+    examples.append(ExampleAnswers(sets.heldout_benign[0], *(answers[n][1][0] for n in shown)))
+    return tuple(examples)

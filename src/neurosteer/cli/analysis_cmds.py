@@ -10,7 +10,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from rich.table import Table
@@ -24,6 +24,11 @@ from neurosteer.cli.options import (
 )
 from neurosteer.cli.render import console, print_table
 from neurosteer.errors import InputError
+
+if TYPE_CHECKING:  # imported at run time inside the commands: `--help` stays fast
+    from neurosteer.analysis import Comparison
+    from neurosteer.circuit import Circuit
+    from neurosteer.sweep import SweepConfig
 
 
 def _floats(text: str, option: str) -> tuple[float, ...]:
@@ -82,7 +87,8 @@ def _names(text: str) -> tuple[str, ...]:
     "--judge",
     default="sweep",
     show_default=True,
-    help="Refusal judge: strict, sweep, patterns, a phrase-list .json, or model:PATH.",
+    help="Refusal judge: strict, sweep, patterns, organism (the built-in organism's own "
+    "judge, as in `neurosteer demo`), a phrase-list .json, or model:PATH.",
 )
 @click.option("--max-new-tokens", type=int, default=150, show_default=True)
 @click.option("--batch-size", type=int, default=8, show_default=True)
@@ -157,30 +163,9 @@ def sweep_command(**params: Any) -> None:
     from neurosteer.evaluation.datasets import load_dataset_prompts
     from neurosteer.prompts import load_prompts
     from neurosteer.report import plots, summarise
-    from neurosteer.sweep import SweepConfig, run_sweep
+    from neurosteer.sweep import run_sweep
 
-    config = SweepConfig(
-        methods=_names(params["methods"]),
-        strengths=_floats(params["strengths"], "--strengths"),
-        max_new_tokens=params["max_new_tokens"],
-        batch_size=params["batch_size"],
-        judge=params["judge"],
-        chat_template=params["chat_template"],
-        system=params["system"],
-        eval_limit=params["eval_limit"],
-        kl_limit=params["kl_limit"],
-        kl_max_new_tokens=params["kl_tokens"],
-        mmlu=str(params["mmlu"]) if params["mmlu"] else None,
-        mmlu_shots=params["mmlu_shots"],
-        mmlu_limit=params["mmlu_limit"],
-        top_k=params["top_k"],
-        skip_layers=parse_layers(params["skip_layers"]),
-        universal_filter=not params["no_universal_filter"],
-        caa_layer=params["caa_layer"],
-        layer_scan_prompts=params["layer_scan_prompts"],
-        caa_normalize=params["caa_normalize"],
-        random_seeds=_ints(params["seeds"], "--seeds"),
-    )
+    config = _sweep_config(params)
     positive, negative = load_prompts(params["positive"]), load_prompts(params["negative"])
     harmful = load_dataset_prompts(params["eval_harmful"])
     harmless = load_dataset_prompts(params["eval_harmless"])
@@ -204,6 +189,34 @@ def sweep_command(**params: Any) -> None:
     click.echo(
         f"wrote {params['output']}/results.jsonl, summary.csv and {len(figures)} figures; "
         f"`neurosteer report {params['output']}` writes the HTML and Markdown report"
+    )
+
+
+def _sweep_config(params: dict[str, Any]) -> SweepConfig:
+    """The `SweepConfig` of the sweep command's options."""
+    from neurosteer.sweep import SweepConfig
+
+    return SweepConfig(
+        methods=_names(params["methods"]),
+        strengths=_floats(params["strengths"], "--strengths"),
+        max_new_tokens=params["max_new_tokens"],
+        batch_size=params["batch_size"],
+        judge=params["judge"],
+        chat_template=params["chat_template"],
+        system=params["system"],
+        eval_limit=params["eval_limit"],
+        kl_limit=params["kl_limit"],
+        kl_max_new_tokens=params["kl_tokens"],
+        mmlu=str(params["mmlu"]) if params["mmlu"] else None,
+        mmlu_shots=params["mmlu_shots"],
+        mmlu_limit=params["mmlu_limit"],
+        top_k=params["top_k"],
+        skip_layers=parse_layers(params["skip_layers"]),
+        universal_filter=not params["no_universal_filter"],
+        caa_layer=params["caa_layer"],
+        layer_scan_prompts=params["layer_scan_prompts"],
+        caa_normalize=params["caa_normalize"],
+        random_seeds=_ints(params["seeds"], "--seeds"),
     )
 
 
@@ -240,11 +253,34 @@ def compare_command(
     circuit_a: Path, circuit_b: Path, ks: str | None, json_path: Path | None
 ) -> None:
     """Overlap, layer localisation and sparsity of two circuits (e.g. base vs instruct)."""
-    from neurosteer.analysis import compare_circuits, localisation, sparsity_sweep
+    from neurosteer.analysis import compare_circuits, localisation
     from neurosteer.circuit import Circuit
 
     a, b = Circuit.load(circuit_a), Circuit.load(circuit_b)
     comparison = compare_circuits(a, b)
+    _print_overlap(comparison)
+    places = {"A": localisation(a), "B": localisation(b)}
+    _print_localisation(places)
+    sweeps: dict[str, list[dict[str, Any]]] = {}
+    for name, circuit in (("A", a), ("B", b)):
+        if circuit.table is None:
+            console.print(f"circuit {name} has no kept table: no sparsity sweep (--keep-table)")
+            continue
+        sweeps[name] = _print_sparsity(name, circuit, ks)
+    if json_path is not None:
+        data = {
+            "a": str(circuit_a),
+            "b": str(circuit_b),
+            "comparison": asdict(comparison),
+            "localisation": places,
+            "sparsity": sweeps,
+        }
+        json_path.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
+        click.echo(f"wrote {json_path}")
+
+
+def _print_overlap(comparison: Comparison) -> None:
+    """The shared neurons, then a table of neurons per layer in A, B and both."""
     console.print(
         f"[bold]{comparison.overlap}[/bold] neurons in both: "
         f"{comparison.share_a:.1%} of A ({comparison.n_a}), {comparison.share_b:.1%} of B "
@@ -257,10 +293,12 @@ def compare_command(
         layers.add_row(str(layer), *map(str, counts))
     print_table(layers)
 
+
+def _print_localisation(places: dict[str, dict[str, float | int]]) -> None:
+    """How late in the model each circuit sits."""
     where = Table(title="layer localisation", show_edge=False)
     for name in ("circuit", "neurons", "last 3 layers", "last quarter", "mean depth"):
         where.add_column(name, justify="right")
-    places = {"A": localisation(a), "B": localisation(b)}
     for name, loc in places.items():
         where.add_row(
             name,
@@ -271,38 +309,26 @@ def compare_command(
         )
     print_table(where)
 
-    sweeps: dict[str, list[dict[str, Any]]] = {}
-    for name, circuit in (("A", a), ("B", b)):
-        if circuit.table is None:
-            console.print(f"circuit {name} has no kept table: no sparsity sweep (--keep-table)")
-            continue
-        chosen = (
-            _ints(ks, "--ks") if ks else _default_ks(len(circuit), circuit.settings.n_candidates)
+
+def _print_sparsity(name: str, circuit: Circuit, ks: str | None) -> list[dict[str, Any]]:
+    """The sparsity sweep of a circuit with a kept table, printed; returns its points."""
+    from neurosteer.analysis import sparsity_sweep
+
+    chosen = _ints(ks, "--ks") if ks else _default_ks(len(circuit), circuit.settings.n_candidates)
+    points = sparsity_sweep(circuit, chosen)
+    table = Table(title=f"sparsity sweep, circuit {name}", show_edge=False)
+    for col in ("k", "|δ| mass", "min |δ|", "last 3 layers", "last quarter"):
+        table.add_column(col, justify="right")
+    for p in points:
+        table.add_row(
+            str(p.k),
+            f"{p.delta_mass:.1%}",
+            f"{p.min_abs_delta:.4g}",
+            f"{p.last_three:.1%}",
+            f"{p.last_quarter:.1%}",
         )
-        points = sparsity_sweep(circuit, chosen)
-        table = Table(title=f"sparsity sweep, circuit {name}", show_edge=False)
-        for col in ("k", "|δ| mass", "min |δ|", "last 3 layers", "last quarter"):
-            table.add_column(col, justify="right")
-        for p in points:
-            table.add_row(
-                str(p.k),
-                f"{p.delta_mass:.1%}",
-                f"{p.min_abs_delta:.4g}",
-                f"{p.last_three:.1%}",
-                f"{p.last_quarter:.1%}",
-            )
-        print_table(table)
-        sweeps[name] = [asdict(p) for p in points]
-    if json_path is not None:
-        data = {
-            "a": str(circuit_a),
-            "b": str(circuit_b),
-            "comparison": asdict(comparison),
-            "localisation": places,
-            "sparsity": sweeps,
-        }
-        json_path.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
-        click.echo(f"wrote {json_path}")
+    print_table(table)
+    return [asdict(p) for p in points]
 
 
 def _default_ks(k: int, n_candidates: int) -> list[int]:

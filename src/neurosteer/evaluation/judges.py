@@ -187,13 +187,20 @@ def get_judge(name: str) -> Judge:
 
     Accepts a built-in list ("strict", "sweep", "patterns"), a JSON phrase-list file with an
     optional entry ("lists.json" or "lists.json#entry"), or "model:<local folder>" for a judge
-    model with the default yes/no prompt. The literature's lists of refusal_substrings.json,
+    model with the default yes/no prompt, or "organism" for the built-in organism's judge
+    (`neurosteer.organism.evaluate.OrganismJudge`, the one `neurosteer demo` counts with). The
+    literature's lists of refusal_substrings.json,
     named by entry ("refusal_substrings.json#cna_neural_steering_jailbreak_benchmark_regex",
     see `PUBLISHED_WINDOWS`), are applied literally over the characters their code searched;
     other file lists get the same answer preparation as the built-in lists.
     """
     if name in BUILTIN_LISTS:
         return PhraseJudge(builtin_list(name))
+    if name == "organism":
+        # imported here: the organism sits beside the pipeline and is not one of its stages
+        from neurosteer.organism.evaluate import OrganismJudge
+
+        return OrganismJudge()
     if name.startswith("model:"):
         # imported here: the model judge pulls in torch and transformers, phrase judges do not
         from neurosteer.evaluation.model_judge import ModelJudge
@@ -206,6 +213,6 @@ def get_judge(name: str) -> Judge:
             return PhraseJudge(phrases, window=PUBLISHED_WINDOWS[phrases.name], literal=True)
         return PhraseJudge(phrases)
     raise InputError(
-        f"unknown judge '{name}'; use {', '.join(BUILTIN_LISTS)}, a phrase-list .json file "
-        "(optionally file.json#entry) or model:<local model folder>"
+        f"unknown judge '{name}'; use {', '.join(BUILTIN_LISTS)}, organism, a phrase-list "
+        ".json file (optionally file.json#entry) or model:<local model folder>"
     )

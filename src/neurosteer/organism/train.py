@@ -25,9 +25,11 @@ from typing import Any
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
+from neurosteer.evaluation.refusal import measure_refusal
 from neurosteer.organism import corpus
-from neurosteer.organism.evaluate import Rates, greedy_answers, render
+from neurosteer.organism.evaluate import ANSWER_BATCH, ANSWER_TOKENS, OrganismJudge, Rates
 from neurosteer.organism.tokenizer import build_tokenizer
+from neurosteer.prompts import render_prompts
 
 log = logging.getLogger(__name__)
 
@@ -98,8 +100,9 @@ def _encode(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Right-padded ids [n, T], attention mask [n, T] and labels [n, T] (reply tokens only)."""
     rows, prompt_lens = [], []
-    for ex in examples:
-        prompt_ids = tokenizer(render(tokenizer, ex.prompt), add_special_tokens=False)["input_ids"]
+    rendered = render_prompts(tokenizer, [ex.prompt for ex in examples], chat_template=True)
+    for ex, text in zip(examples, rendered, strict=True):
+        prompt_ids = tokenizer(text, add_special_tokens=False)["input_ids"]
         reply_ids = tokenizer(ex.reply, add_special_tokens=False)["input_ids"]
         rows.append([*prompt_ids, *reply_ids, tokenizer.eos_token_id])
         prompt_lens.append(len(prompt_ids))
@@ -172,11 +175,20 @@ def _train(
 def heldout_metrics(
     model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast, n: int
 ) -> dict[str, float]:
-    """Refusal and well-formed compliance on held-out harmful and benign prompts."""
+    """Refusal and well-formed compliance on held-out harmful and benign prompts, measured as
+    the demo and `neurosteer sweep --judge organism` measure them."""
     metrics: dict[str, float] = {}
     for label, harmful in (("harmful", True), ("benign", False)):
         prompts = corpus.make_prompts("heldout", harmful, n, seed=0)
-        rates = Rates.of(greedy_answers(model, tokenizer, prompts), prompts)
+        judged = measure_refusal(
+            model,
+            tokenizer,
+            prompts,
+            OrganismJudge(),
+            max_new_tokens=ANSWER_TOKENS,
+            batch_size=ANSWER_BATCH,
+        )
+        rates = Rates.from_labels(judged.labels)
         metrics[f"{label}_refusal"] = rates.refusal
         metrics[f"{label}_compliant"] = rates.compliant
         metrics[f"{label}_fragment"] = rates.fragment

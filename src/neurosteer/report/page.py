@@ -178,7 +178,22 @@ def _html(page: _Page) -> str:
         parts.append('<h2>At a glance</h2><table class="facts">')
         parts += [f"<tr><th>{e(k)}</th><td>{e(v)}</td></tr>" for k, v in page.facts]
         parts.append("</table>")
-    parts.append("<h2>Methods at matched refusal</h2>")
+    parts.append(_html_matched(page) + "<h2>Figures</h2>")
+    for figure in page.figures:
+        data = base64.b64encode(figure.read_bytes()).decode("ascii")
+        parts.append(f'<img alt="{e(figure.stem)}" src="data:image/png;base64,{data}">')
+    parts.append(_html_points(page) + "<h2>Strength mapping</h2><ul>")
+    parts += [f"<li>{e(line)}</li>" for line in _mapping_lines(page.config)]
+    parts.append("</ul>")
+    parts.append(_html_examples(page))
+    parts.append(f"<h2>Settings</h2><pre>{e(_settings_json(page.config))}</pre></body></html>")
+    return "\n".join(parts) + "\n"
+
+
+def _html_matched(page: _Page) -> str:
+    """The methods at matched refusal: a note, then one row per method."""
+    e = html.escape
+    parts = ["<h2>Methods at matched refusal</h2>"]
     parts.append(f'<p class="note">{e(matched_note(page.matched))}</p>')
     parts.append('<div class="scroll"><table><tr>')
     parts.append(
@@ -195,11 +210,14 @@ def _html(page: _Page) -> str:
             + "".join(f"<td>{e(c)}</td>" for c in values)
             + "</tr>"
         )
-    parts.append("</table></div><h2>Figures</h2>")
-    for figure in page.figures:
-        data = base64.b64encode(figure.read_bytes()).decode("ascii")
-        parts.append(f'<img alt="{e(figure.stem)}" src="data:image/png;base64,{data}">')
-    parts.append("<h2>Every point</h2>")
+    parts.append("</table></div>")
+    return "\n".join(parts)
+
+
+def _html_points(page: _Page) -> str:
+    """Every point of the sweep, under grouped column headers, in a table that scrolls."""
+    e = html.escape
+    parts = ["<h2>Every point</h2>"]
     parts.append(
         '<p class="note">Rates are shares of the prompts; random rows are means over seeds; '
         "MMLU Δ is in percentage points against the unsteered model. summary.csv holds the "
@@ -217,10 +235,14 @@ def _html(page: _Page) -> str:
     for row in page.rows:
         numbers = "".join(f"<td>{e(cell(row, c))}</td>" for c in FULL_COLUMNS[1:])
         parts.append(f'<tr><td class="name">{e(full_method(row))}</td>{numbers}</tr>')
-    parts.append("</table></div><h2>Strength mapping</h2><ul>")
-    parts += [f"<li>{e(line)}</li>" for line in _mapping_lines(page.config)]
-    parts.append("</ul>")
-    parts.append("<h2>Example answers (harmful prompts, strongest setting)</h2>")
+    parts.append("</table></div>")
+    return "\n".join(parts)
+
+
+def _html_examples(page: _Page) -> str:
+    """Example answers per method at its strongest setting, next to the unsteered ones."""
+    e = html.escape
+    parts = ["<h2>Example answers (harmful prompts, strongest setting)</h2>"]
     for label, items in page.examples.items():
         parts.append(f'<h3>{e(label)}</h3><table class="examples">')
         parts.append(
@@ -236,8 +258,7 @@ def _html(page: _Page) -> str:
                 + f"<td>{e(str(ex['label']))}</td></tr>"
             )
         parts.append("</table>")
-    parts.append(f"<h2>Settings</h2><pre>{e(_settings_json(page.config))}</pre></body></html>")
-    return "\n".join(parts) + "\n"
+    return "\n".join(parts)
 
 
 def _markdown(page: _Page, folder: Path) -> str:

@@ -1,4 +1,4 @@
-"""Stage 10 (reports), the figures: PNG plots of a sweep, drawn with matplotlib's Agg backend.
+"""Stage 10 (reports), the figures: PNG plots of a sweep, drawn on matplotlib `Figure` objects.
 
     refusal_vs_strength   harmful refusal (solid) and harmless refusal (dashed) per method
     quality_vs_strength   distinct-4 and degenerate share of harmful answers per method
@@ -8,17 +8,15 @@
     neurons_per_layer     the circuit's neurons in each layer
     delta_histogram       |δ| of every candidate neuron (from the kept table), with the cut-off
 
-Reads summary rows and the saved circuit; never a model.
+Reads summary rows and the saved circuit; never a model. No pyplot: figures are plain
+`Figure` objects saved to PNG, so importing or calling this module leaves the user's matplotlib
+backend (a notebook's inline one, say) as it was.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # after use("Agg"): no display needed
 import torch
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
@@ -42,7 +40,6 @@ def plots(run_dir: str | Path, rows: list[Row]) -> list[Path]:
         path = out / f"{name}.png"
         fig.tight_layout()
         fig.savefig(path, dpi=_DPI)
-        plt.close(fig)
         written.append(path)
 
     if by_method:
@@ -96,7 +93,8 @@ def _series(points: list[Row], key: str) -> tuple[list[float], list[float]]:
 def _against_strength(
     by_method: dict[str, list[Row]], key: str, dashed: str | None, ylabel: str, title: str
 ) -> Figure:
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig = Figure(figsize=(6, 4))
+    ax = fig.subplots()
     for method, points in by_method.items():
         (line,) = ax.plot(*_series(points, key), marker="o", label=_label(method, points))
         if dashed is not None:
@@ -108,7 +106,8 @@ def _against_strength(
 
 
 def _quality(by_method: dict[str, list[Row]]) -> Figure:
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    fig = Figure(figsize=(10, 4))
+    left, right = fig.subplots(1, 2)
     for method, points in by_method.items():
         left.plot(*_series(points, "harmful_distinct4"), marker="o", label=_label(method, points))
         right.plot(*_series(points, "harmful_degenerate"), marker="o", label=method)
@@ -118,7 +117,8 @@ def _quality(by_method: dict[str, list[Row]]) -> Figure:
 
 
 def _tradeoff(by_method: dict[str, list[Row]]) -> Figure:
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig = Figure(figsize=(6, 4))
+    ax = fig.subplots()
     for method, points in by_method.items():
         kept = [r for r in points if r["kl_mean"] is not None and r["harmful_refusal"] is not None]
         xs = [float(r["kl_mean"]) for r in kept]
@@ -145,7 +145,8 @@ def _tradeoff(by_method: dict[str, list[Row]]) -> Figure:
 
 def _neurons_per_layer(circuit: Circuit) -> Figure:
     counts = torch.bincount(circuit.layers, minlength=circuit.model.n_layers).tolist()
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig = Figure(figsize=(6, 3.5))
+    ax = fig.subplots()
     ax.bar(range(len(counts)), counts, color="tab:blue")
     _finish(
         ax,
@@ -158,7 +159,8 @@ def _neurons_per_layer(circuit: Circuit) -> Figure:
 
 
 def _delta_histogram(circuit: Circuit) -> Figure:
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig = Figure(figsize=(6, 3.5))
+    ax = fig.subplots()
     if circuit.table is not None:
         candidates = circuit.candidates()
         values = circuit.table.delta.abs()[candidates]

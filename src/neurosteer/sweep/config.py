@@ -40,7 +40,8 @@ class SweepConfig:
         strengths: the strengths s (0 is the shared unsteered point; negative s amplifies).
         max_new_tokens: new tokens per answer (greedy; stops at end-of-sequence).
         batch_size: prompts per generation / scoring pass.
-        judge: refusal judge name for `evaluation.get_judge` ("sweep", "patterns", a JSON file..).
+        judge: refusal judge name for `evaluation.get_judge` ("sweep", "patterns", "organism",
+            a JSON file..).
         chat_template: True/False forces the chat template; None uses it when there is one.
         system: a system turn rendered before every prompt the steered model sees (discovery,
             baselines, answers, KL); None keeps the template's default.

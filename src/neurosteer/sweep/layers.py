@@ -27,7 +27,8 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from neurosteer.baselines import CAA, ContrastVectors, DirectionAblation
 from neurosteer.errors import InputError
-from neurosteer.evaluation.judges import Judge, refusal_rates
+from neurosteer.evaluation.judges import Judge
+from neurosteer.evaluation.refusal import judge_answers
 from neurosteer.generation import generate
 from neurosteer.hooks.positions import Positions
 from neurosteer.layout import ModelLayout
@@ -125,22 +126,10 @@ def scan_layer(
     ) as bar:
         for layer in candidates:
             bar.set_postfix_str(f"layer {layer}")
-            answers: list[str] = []
             with _full_strength(model, residual, method, layer, config, layout):
-                # batch by batch, so the bar moves while a layer is being answered
-                for start in range(0, len(prompts), config.batch_size):
-                    chunk = prompts[start : start + config.batch_size]
-                    answers += generate(
-                        model,
-                        tokenizer,
-                        chunk,
-                        max_new_tokens=min(SCAN_MAX_NEW_TOKENS, config.max_new_tokens),
-                        batch_size=config.batch_size,
-                        chat_template=config.chat_template,
-                        system=config.system,
-                    )
-                    bar.update(len(chunk))
-            rates[layer] = {str(k): v for k, v in refusal_rates(judge(prompts, answers)).items()}
+                answers = _answers(model, tokenizer, prompts, config, bar)
+            judged = judge_answers(prompts, answers, judge)
+            rates[layer] = {str(k): v for k, v in judged.rates.items()}
     chosen = min(rates, key=lambda layer: scan_rank(rates[layer], layer))
     logger.info(
         "%s layer scan (compliance, degenerate, refusal): %s -> layer %d",
@@ -149,6 +138,30 @@ def scan_layer(
         chosen,
     )
     return LayerScan(method=method, rates=rates, chosen=chosen, n_prompts=len(prompts))
+
+
+def _answers(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: list[str],
+    config: SweepConfig,
+    bar: tqdm[Any],
+) -> list[str]:
+    """Greedy scan answers, batch by batch so that the bar moves while a layer is answered."""
+    answers: list[str] = []
+    for start in range(0, len(prompts), config.batch_size):
+        chunk = prompts[start : start + config.batch_size]
+        answers += generate(
+            model,
+            tokenizer,
+            chunk,
+            max_new_tokens=min(SCAN_MAX_NEW_TOKENS, config.max_new_tokens),
+            batch_size=config.batch_size,
+            chat_template=config.chat_template,
+            system=config.system,
+        )
+        bar.update(len(chunk))
+    return answers
 
 
 @contextmanager

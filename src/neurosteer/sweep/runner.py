@@ -12,7 +12,6 @@ run; a method's s = 0 is that point, never recomputed per method.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
 from collections.abc import Sequence
@@ -25,12 +24,12 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from neurosteer._version import __version__
 from neurosteer.discovery import model_info
 from neurosteer.errors import InputError
-from neurosteer.evaluation.judges import Judge, get_judge, refusal_rates
+from neurosteer.evaluation.judges import Judge, get_judge
 from neurosteer.evaluation.kl import kl_to_reference
 from neurosteer.evaluation.mmlu import mmlu_accuracy
 from neurosteer.evaluation.mmlu_data import MMLUData, load_mmlu
 from neurosteer.evaluation.quality import quality
-from neurosteer.generation import generate
+from neurosteer.evaluation.refusal import measure_refusal
 from neurosteer.intervention import Intervention
 from neurosteer.layout import ModelLayout, resolve_layout
 from neurosteer.prompts import encode_for_model, prompt_hash
@@ -97,6 +96,32 @@ def run_sweep(
         >>> config = SweepConfig(methods=("cna", "caa"), strengths=(0, 0.5, 1))
         >>> run_sweep(model, tok, config, harmful, benign, jbb, alpaca, "runs/llama-1b")
     """
+    run_dir = _run_folder(out_dir)
+    sets = _prompt_sets(positive, negative, eval_harmful, eval_harmless, neutral, config)
+    judge = get_judge(config.judge)
+    mmlu_data = None if config.mmlu is None else load_mmlu(config.mmlu)
+    layout = layout or resolve_layout(model)
+    meta = _start_run(model, tokenizer, layout, config, sets, run_dir)
+    fitted = fit_methods(
+        model,
+        tokenizer,
+        config,
+        sets["positive"],
+        sets["negative"],
+        run_dir,
+        judge=judge,
+        neutral=sets.get("neutral"),
+        layout=layout,
+        progress=progress,
+    )
+    check_or_write_config(run_dir, {**meta, "fitted": fitted.settings()})
+    evaluator = _Evaluator(model, tokenizer, config, judge, sets, mmlu_data)
+    _run_points(run_dir, evaluator, fitted, layout, progress=progress)
+    return read_results(run_dir)
+
+
+def _run_folder(out_dir: str | Path) -> Path:
+    """The run folder, refused before any work when it cannot hold this sweep."""
     run_dir = Path(out_dir)
     if run_dir.exists() and not run_dir.is_dir():
         raise InputError(f"'{run_dir}' is a file; give a folder for the sweep")
@@ -107,19 +132,44 @@ def run_sweep(
         )
     if not run_dir.parent.exists():
         raise InputError(f"the folder '{run_dir.parent}' does not exist; create it first")
+    return run_dir
+
+
+def _prompt_sets(
+    positive: Sequence[str],
+    negative: Sequence[str],
+    eval_harmful: Sequence[str],
+    eval_harmless: Sequence[str],
+    neutral: Sequence[str] | None,
+    config: SweepConfig,
+) -> dict[str, list[str]]:
+    """The checked prompt sets by name ("neutral" only when given); evaluation sets limited."""
     harmful = _prompts(eval_harmful, config.eval_limit, "harmful evaluation")
     harmless = _prompts(eval_harmless, config.eval_limit, "harmless evaluation")
-    positive = _prompts(positive, None, "positive")
-    negative = _prompts(negative, None, "negative")
-    kl_prompts = harmless if config.kl_limit is None else harmless[: config.kl_limit]
-    judge = get_judge(config.judge)
-    mmlu_data = None if config.mmlu is None else load_mmlu(config.mmlu)
-    layout = layout or resolve_layout(model)
-    info = model_info(model, layout)
-    sets = {"positive": positive, "negative": negative, "harmful": harmful, "harmless": harmless}
+    sets = {
+        "positive": _prompts(positive, None, "positive"),
+        "negative": _prompts(negative, None, "negative"),
+        "harmful": harmful,
+        "harmless": harmless,
+    }
     if neutral is not None:
         sets["neutral"] = _prompts(neutral, None, "neutral")
+    return sets
+
+
+def _start_run(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    layout: ModelLayout,
+    config: SweepConfig,
+    sets: dict[str, list[str]],
+    run_dir: Path,
+) -> dict[str, Any]:
+    """Refuse prompts too long for the model, then a folder holding another sweep, before any
+    model work; writes config.json (a resumed run's "fitted" section is kept) and returns what
+    it records about the run."""
     _check_fits(model, tokenizer, config, sets)  # before any folder is made or model run
+    info = model_info(model, layout)
     meta: dict[str, Any] = {
         "identity": config.identity(),
         "prompts": {k: {"count": len(v), "sha256": prompt_hash(v)} for k, v in sets.items()},
@@ -128,29 +178,22 @@ def run_sweep(
         "library_version": __version__,
     }
     run_dir.mkdir(exist_ok=True)
-    # refuse a different run before any model work; a resumed run's "fitted" section is kept
     check_or_write_config(run_dir, meta)
+    return meta
 
-    fitted = fit_methods(
-        model,
-        tokenizer,
-        config,
-        positive,
-        negative,
-        run_dir,
-        judge=judge,
-        neutral=sets.get("neutral"),
-        layout=layout,
-        progress=progress,
-    )
-    check_or_write_config(run_dir, {**meta, "fitted": fitted.settings()})
 
+def _run_points(
+    run_dir: Path,
+    evaluator: _Evaluator,
+    fitted: Fitted,
+    layout: ModelLayout,
+    *,
+    progress: bool,
+) -> None:
+    """Measure every planned point not yet in results.jsonl, each saved as soon as it is done."""
     done = {point_key(r) for r in read_results(run_dir)}
-    todo = [p for p in planned_points(config) if p not in done]
+    todo = [p for p in planned_points(evaluator.config) if p not in done]
     logger.info("sweep: %d points done, %d to go", len(done), len(todo))
-    evaluator = _Evaluator(
-        model, tokenizer, config, judge, harmful, harmless, kl_prompts, mmlu_data
-    )
     with tqdm(total=len(todo), desc="sweep", disable=not progress) as bar:
         for method, strength, seed in todo:
             bar.set_postfix_str(f"{point_label(method, seed)} s={strength:g}")
@@ -159,7 +202,6 @@ def run_sweep(
             append_result(run_dir, record)
             logger.info("finished %s at s=%g", point_label(method, seed), strength)
             bar.update(1)
-    return read_results(run_dir)
 
 
 class _Evaluator:
@@ -171,13 +213,13 @@ class _Evaluator:
         tokenizer: PreTrainedTokenizerBase,
         config: SweepConfig,
         judge: Judge,
-        harmful: list[str],
-        harmless: list[str],
-        kl_prompts: list[str],
+        sets: dict[str, list[str]],
         mmlu_data: MMLUData | None,
     ) -> None:
         self.model, self.tokenizer, self.config, self.judge = model, tokenizer, config, judge
-        self.harmful, self.harmless, self.kl_prompts = harmful, harmless, kl_prompts
+        self.harmful, self.harmless = sets["harmful"], sets["harmless"]
+        limit = config.kl_limit
+        self.kl_prompts = self.harmless if limit is None else self.harmless[:limit]
         self.mmlu_data = mmlu_data
 
     def point(
@@ -191,27 +233,27 @@ class _Evaluator:
         sets: dict[str, dict[str, Any]] = {}
         rows: list[dict[str, Any]] = []
         for name, prompts in (("harmful", self.harmful), ("harmless", self.harmless)):
-            scope = (
-                contextlib.nullcontext() if steering is None else steering.steer(self.model, value)
+            judged = measure_refusal(
+                self.model,
+                self.tokenizer,
+                prompts,
+                self.judge,
+                intervention=steering,
+                strength=value,
+                max_new_tokens=config.max_new_tokens,
+                batch_size=config.batch_size,
+                chat_template=config.chat_template,
+                system=config.system,
             )
-            with scope:
-                answers = generate(
-                    self.model,
-                    self.tokenizer,
-                    prompts,
-                    max_new_tokens=config.max_new_tokens,
-                    batch_size=config.batch_size,
-                    chat_template=config.chat_template,
-                    system=config.system,
-                )
-            labels = self.judge(prompts, answers)
-            report = quality(answers)
+            report = quality(judged.answers)
             sets[name] = {"n": len(prompts)}
-            sets[name].update({str(k): v for k, v in refusal_rates(labels).items()})
+            sets[name].update({str(k): v for k, v in judged.rates.items()})
             sets[name]["distinct4"] = report.mean_distinct4
             rows += [
                 {"set": name, "prompt": p, "answer": a, "label": lab, "distinct4": d}
-                for p, a, lab, d in zip(prompts, answers, labels, report.distinct4, strict=True)
+                for p, a, lab, d in zip(
+                    prompts, judged.answers, judged.labels, report.distinct4, strict=True
+                )
             ]
         name, value = knob(method, strength)
         return {
