@@ -41,6 +41,15 @@ UNIVERSAL_FRACTION = 0.001
 """The universal filter's "top set" is the top 0.1% of all MLP neurons by |activation| (§1.6)."""
 
 
+#: What to do when the built-in neutral prompts do not fit a model's context (the package's own
+#: file is not the user's to edit).
+BUILTIN_NEUTRAL_HINT = (
+    "these are the built-in neutral prompts of the universal filter: give shorter ones "
+    "(neutral=..., --neutral FILE) or turn the filter off (universal_filter=False, "
+    "--no-universal-filter)"
+)
+
+
 def neutral_prompts() -> list[str]:
     """The built-in diverse neutral prompts used by the universal-neuron filter."""
     with resources.as_file(resources.files("neurosteer") / "data" / "neutral_prompts.txt") as file:
@@ -117,8 +126,14 @@ def discover(
     # every set is rendered and checked against the context before the first forward pass
     pos_ids, neg_ids = tokens(positive), tokens(negative)
     if universal_filter:
-        neutral = _check_prompts(neutral if neutral is not None else neutral_prompts(), "neutral")
-        neutral_ids = tokens(neutral)
+        if neutral is None:
+            neutral, hint = neutral_prompts(), BUILTIN_NEUTRAL_HINT
+        else:
+            hint = "shorten or remove it"
+        neutral = _check_prompts(neutral, "neutral")
+        neutral_ids = encode_for_model(
+            model, tokenizer, neutral, chat_template=templated, system=system, hint=hint
+        )
     if batch_size is None:
         batch_size = auto_batch_size(model, layout, max(map(len, pos_ids + neg_ids)))
 
