@@ -83,6 +83,34 @@ def test_prompt_without_a_file_is_named_by_index_and_words(gpt2_32: Pair) -> Non
         neurosteer.generate(model, tokenizer, ["Hi", _of_length(45)], max_new_tokens=2)
 
 
+def test_built_in_neutral_prompts_that_do_not_fit_say_what_to_pass_instead(gpt2_32: Pair) -> None:
+    """The package's own neutral file is not the user's to edit: the error names the options."""
+    model, tokenizer = gpt2_32
+    with pytest.raises(InputError) as info:
+        neurosteer.discover(model, tokenizer, SHORT, SHORT, top_k=2, chat_template=False)
+    message = str(info.value)
+    assert "built-in neutral prompts" in message
+    assert "--neutral FILE" in message
+    assert "--no-universal-filter" in message
+    assert "shorten or remove it" not in message
+
+
+@pytest.mark.parametrize(
+    ("n_over", "tail"),
+    [
+        (2, "(1 more of this set does not fit either)"),
+        (3, "(2 more of this set do not fit either)"),
+        (1, "; shorten or remove it"),
+    ],
+)
+def test_the_count_of_other_prompts_over_the_context(gpt2_32: Pair, n_over: int, tail: str) -> None:
+    model, tokenizer = gpt2_32
+    prompts = ["Hi", *[_of_length(40 + i) for i in range(n_over)]]
+    with pytest.raises(InputError) as info:
+        neurosteer.generate(model, tokenizer, prompts, max_new_tokens=2, chat_template=False)
+    assert str(info.value).endswith(tail)
+
+
 @pytest.mark.parametrize(
     "call",
     ["discover-negative", "discover-neutral", "contrast_vectors", "generate", "kl"],

@@ -72,7 +72,9 @@ def check_context(
     name = describe_prompt(prompts, i, what)
     rendered = " with the chat template" if templated else ""
     room = "" if n > limit else ", leaving no room for a generated token"
-    more = f" ({len(over) - 1} more do not fit either)" if len(over) > 1 else ""
+    extra = len(over) - 1
+    verb = "does" if extra == 1 else "do"
+    more = f" ({extra} more of this set {verb} not fit either)" if extra else ""
     raise InputError(
         f"{name} is {n} tokens long{rendered} and the model's context holds {limit} "
         f"positions{room}; {hint}{more}"

@@ -40,6 +40,15 @@ UNIVERSAL_FRACTION = 0.001
 """The universal filter's "top set" is the top 0.1% of all MLP neurons by |activation| (§1.6)."""
 
 
+#: What to do when the built-in neutral prompts do not fit a model's context (the package's own
+#: file is not the user's to edit).
+BUILTIN_NEUTRAL_HINT = (
+    "these are the built-in neutral prompts of the universal filter: give shorter ones "
+    "(neutral=..., --neutral FILE) or turn the filter off (universal_filter=False, "
+    "--no-universal-filter)"
+)
+
+
 def neutral_prompts() -> list[str]:
     """The built-in diverse neutral prompts used by the universal-neuron filter."""
     with resources.as_file(resources.files("neurosteer") / "data" / "neutral_prompts.txt") as file:
@@ -113,9 +122,15 @@ def discover(
         given = neutral if neutral is not None else neutral_prompts()
         sets["neutral"] = _check_prompts(given, "neutral")
     # every set is rendered and checked against the context before the first forward pass
+    builtin = universal_filter and neutral is None
     ids = {
         name: encode_for_model(
-            model, tokenizer, prompts, chat_template=settings.chat_template, system=system
+            model,
+            tokenizer,
+            prompts,
+            chat_template=settings.chat_template,
+            system=system,
+            hint=BUILTIN_NEUTRAL_HINT if builtin and name == "neutral" else "shorten or remove it",
         )
         for name, prompts in sets.items()
     }

@@ -129,7 +129,8 @@ def template_option(fn: F) -> F:
         "--system",
         default=None,
         metavar="TEXT",
-        help="System turn before every prompt (chat templates only; recorded in the circuit). "
+        help="System turn before every prompt (chat templates only; `discover` records it in "
+        "the circuit, `sweep` in its config). "
         "Default: the template's own.",
     )(fn)
     return click.option(
