@@ -7,6 +7,7 @@ organism, where the refusal is decided by the first answer token."""
 from __future__ import annotations
 
 import inspect
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import cache
@@ -41,17 +42,19 @@ def _tiny(family: str) -> Pair:
     return make_tiny(family)
 
 
-_circuits: dict[int, Circuit] = {}
+#: Keyed by the model itself (weakly): an id() key can be reused by a later model once the
+#: first is freed, which handed one family's circuit to another.
+_circuits: weakref.WeakKeyDictionary[PreTrainedModel, Circuit] = weakref.WeakKeyDictionary()
 
 
 def _circuit(pair: Pair, positive: list[str], negative: list[str]) -> Circuit:
     """The model's 8-neuron circuit, found once per model."""
     model, tokenizer = pair
-    if id(model) not in _circuits:
-        _circuits[id(model)] = discover(
+    if model not in _circuits:
+        _circuits[model] = discover(
             model, tokenizer, positive, negative, top_k=8, universal_filter=False
         )
-    return _circuits[id(model)]
+    return _circuits[model]
 
 
 def _batch(tokenizer: PreTrainedTokenizerFast, prompts: list[str]) -> dict[str, torch.Tensor]:
