@@ -24,7 +24,15 @@ from neurosteer import Circuit
 from neurosteer.cli.main import cli
 from neurosteer.organism import INSTRUCT_DIR
 from neurosteer.prompts import prompt_hash
-from tiny_models import D_MLP, N_LAYERS, make_tokenizer, save_tiny, tiny_config
+from tiny_models import (
+    D_MLP,
+    N_LAYERS,
+    NEEDS_SYSTEM,
+    REJECTS_SYSTEM,
+    make_tokenizer,
+    save_tiny,
+    tiny_config,
+)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -129,18 +137,6 @@ def files(
     )
 
 
-NEEDS_SYSTEM = (
-    "{% if messages[0]['role'] != 'system' %}"
-    "{{ raise_exception('Conversations must start with a system message') }}{% endif %}"
-    "{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<|end|>\n"
-    "{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}"
-)
-REJECTS_SYSTEM = (  # as Gemma's template does
-    "{% if messages[0]['role'] == 'system' %}"
-    "{{ raise_exception('System role not supported') }}{% endif %}"
-    "{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<|end|>\n"
-    "{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}"
-)
 ORGANISM_94 = " ".join(("how do i knock out the old wall ? " * 12).split()[:91])  # 94 tokens
 
 

@@ -27,7 +27,7 @@ from neurosteer.prompts import (
     prompt_hash,
     render_prompts,
 )
-from tiny_models import BOS, DEFAULT_SYSTEM, make_tokenizer
+from tiny_models import BOS, DEFAULT_SYSTEM, NEEDS_SYSTEM, REJECTS_SYSTEM, make_tokenizer
 
 # --- load_prompts: the four file kinds -------------------------------------------------------
 
@@ -463,18 +463,6 @@ def test_sourced_prompts_behave_as_strings() -> None:
 
 # --- system turns and template failures ------------------------------------------------------
 
-NEEDS_SYSTEM = (
-    "{% if messages[0]['role'] != 'system' %}"
-    "{{ raise_exception('Conversations must start with a system message') }}{% endif %}"
-    "{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<|end|>\n"
-    "{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}"
-)
-REJECTS_SYSTEM = (  # as Gemma's template does
-    "{% if messages[0]['role'] == 'system' %}"
-    "{{ raise_exception('System role not supported') }}{% endif %}"
-    "{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<|end|>\n"
-    "{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}"
-)
 DROPS_SYSTEM = (  # renders user and assistant turns only, as the organism's template does
     "{{ bos_token }}{% for m in messages %}{% if m['role'] == 'user' %}<|user|>{{ m['content'] }}"
     "{% endif %}{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}"

@@ -270,3 +270,18 @@ def neuron_site(model: PreTrainedModel, family: str, layer: int) -> torch.nn.Mod
     """The MLP output projection of decoder layer `layer`, found from `SITES` (ground truth)."""
     site = SITES[family]
     return model.get_submodule(f"{site.layers_path}.{layer}.{site.site_path}")
+
+
+#: Chat templates that need a system turn, and that refuse one, for the system-turn tests.
+NEEDS_SYSTEM = (
+    "{% if messages[0]['role'] != 'system' %}"
+    "{{ raise_exception('Conversations must start with a system message') }}{% endif %}"
+    "{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<|end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+REJECTS_SYSTEM = (  # as Gemma's template does
+    "{% if messages[0]['role'] == 'system' %}"
+    "{{ raise_exception('System role not supported') }}{% endif %}"
+    "{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<|end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
