@@ -1,4 +1,7 @@
-"""Stage 6 of the pipeline: the one interface every intervention implements.
+"""The one interface every intervention implements (the pipeline's stage 6, defined early).
+
+It needs only the hooks and the layout, so the circuit artifact (stage 5) can implement it
+and every later method too; the module imports nothing from the stages after those.
 
 Everything that steers a model (a `Circuit`, the baselines `CAA`, `MLPOutputSteering` and
 `DirectionAblation`, and any later method) is an `Intervention`: it is applied live with
