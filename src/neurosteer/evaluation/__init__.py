@@ -5,6 +5,8 @@
     refusal_clauses  the built-in refusal clauses (first-person declines) and their exceptions
     phrases       refusal phrase lists: built in ("strict", "sweep", "patterns") or from JSON
     judges        the `Judge` interface, the phrase judge, refusal rates, `get_judge` for the CLI
+    refusal       measure_refusal: greedy answers under a steering, judged and counted (the one
+                  path every refusal number takes: sweeps, layer scans, the organism demo)
     model_judge   a local causal LM as a yes/no judge; judge prompts from JSON
     kl            KL(unsteered || steered) on the unsteered model's own continuations
     datasets      benchmark prompt sets (JailbreakBench, AdvBench, HarmBench, JSON splits, .txt)
@@ -44,6 +46,7 @@ from neurosteer.evaluation.phrases import (
     load_phrase_lists,
 )
 from neurosteer.evaluation.quality import QualityReport, distinct_n, is_degenerate, quality
+from neurosteer.evaluation.refusal import JudgedAnswers, judge_answers, measure_refusal
 from neurosteer.intervention import Intervention
 
 __all__ = [
@@ -52,6 +55,7 @@ __all__ = [
     "Intervention",
     "Judge",
     "JudgePrompt",
+    "JudgedAnswers",
     "KLReport",
     "Label",
     "MMLUData",
@@ -67,12 +71,14 @@ __all__ = [
     "distinct_n",
     "get_judge",
     "is_degenerate",
+    "judge_answers",
     "kl_to_reference",
     "load_dataset_prompts",
     "load_judge_prompt",
     "load_mmlu",
     "load_phrase_list",
     "load_phrase_lists",
+    "measure_refusal",
     "mmlu_accuracy",
     "mmlu_sweep",
     "quality",
