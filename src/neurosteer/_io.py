@@ -50,3 +50,20 @@ def atomic_directory(path: str | Path, *, force: bool = False) -> Iterator[Path]
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
+
+
+@contextmanager
+def atomic_file(path: str | Path, *, force: bool = False) -> Iterator[Path]:
+    """Yield a temporary file path beside `path`; on success it replaces `path` in one rename."""
+    target = Path(path)
+    check_writable(target, force=force)
+    handle, name = tempfile.mkstemp(prefix=f".{target.name}.tmp-", dir=target.parent)
+    os.close(handle)
+    staging = Path(name)
+    try:
+        yield staging
+        # mkstemp makes the file private (0600); give the result the usual permissions.
+        staging.chmod(0o666 & ~_umask())
+        os.replace(staging, target)
+    finally:
+        staging.unlink(missing_ok=True)

@@ -25,6 +25,7 @@ from safetensors.torch import load_file, save_file
 from neurosteer._io import atomic_directory
 from neurosteer.attribution import layer_mask, neurons_for_fraction, select_top_k
 from neurosteer.errors import CircuitFormatError, CircuitMismatchError, InputError
+from neurosteer.gguf.reader import FileIdentity
 from neurosteer.layout import ModelLayout
 
 FORMAT_VERSION = 1
@@ -35,7 +36,11 @@ _TABLE_KEYS = ("positive_mean", "negative_mean", "positive_var", "negative_var",
 
 @dataclass(frozen=True)
 class ModelInfo:
-    """Which model a circuit was found on, and where its neurons sit."""
+    """Which model a circuit was found on, and where its neurons sit.
+
+    `file` names the GGUF file (name, size, hash of its header and tensor index) when the
+    model was loaded from one; None for transformers checkpoints.
+    """
 
     name_or_path: str
     model_type: str
@@ -46,6 +51,15 @@ class ModelInfo:
     layers_path: str
     site_path: str
     config_hash: str
+    file: FileIdentity | None = None
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelInfo:
+        """The inverse of `dataclasses.asdict` (circuits written before `file` existed load too)."""
+        fields = dict(data)
+        if fields.get("file") is not None:
+            fields["file"] = FileIdentity(**fields["file"])
+        return cls(**fields)
 
 
 @dataclass(frozen=True)
@@ -273,7 +287,7 @@ class Circuit:
                 delta=tensors["delta"],
                 positive_mean=tensors["positive_mean"],
                 negative_mean=tensors["negative_mean"],
-                model=ModelInfo(**meta["model"]),
+                model=ModelInfo.from_dict(meta["model"]),
                 settings=Settings(**settings),
                 prompts={k: PromptInfo(**v) for k, v in meta["prompts"].items()},
                 library_version=str(meta.get("library_version", "")),
