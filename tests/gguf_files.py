@@ -71,7 +71,7 @@ def write_gguf(
             heads = config.num_attention_heads if "q_proj" in base else config.num_key_value_heads
             values = _permute_for_rope(values, heads)
         wanted = down_type if down_type is not None and ".ffn_down." in gguf_name else ggml_type
-        data, stored = _encode(values, wanted)
+        data, stored = encode_tensor(values, wanted)
         writer.add_tensor(gguf_name, data, raw_dtype=stored)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
@@ -124,7 +124,9 @@ def _permute_for_rope(weights: np.ndarray, heads: int) -> np.ndarray:
     return weights.reshape(heads, 2, half, *weights.shape[1:]).swapaxes(1, 2).reshape(weights.shape)
 
 
-def _encode(values: np.ndarray, type_name: str) -> tuple[np.ndarray, gguf.GGMLQuantizationType]:
+def encode_tensor(
+    values: np.ndarray, type_name: str
+) -> tuple[np.ndarray, gguf.GGMLQuantizationType]:
     """(data, stored type): 1-D tensors F32; rows that do not fit the blocks F16."""
     qtype = gguf.GGMLQuantizationType[type_name]
     if values.ndim == 1:
@@ -135,6 +137,17 @@ def _encode(values: np.ndarray, type_name: str) -> tuple[np.ndarray, gguf.GGMLQu
     if qtype == gguf.GGMLQuantizationType.Q6_K:
         return encode_q6_k(values), qtype
     return np.asarray(gguf.quants.quantize(values, qtype)), qtype
+
+
+def file_values(model: PreTrainedModel, ggml_type: str, down_type: str | None = None) -> None:
+    """Replace `model`'s weights, in place, by the values a file written with these types holds
+    (each row is quantized on its own, so llama's Q/K row permutation does not matter)."""
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            wanted = down_type if down_type is not None and "down_proj" in name else ggml_type
+            data, stored = encode_tensor(param.detach().float().numpy(), wanted)
+            values = gguf.quants.dequantize(data, stored).reshape(param.shape)
+            param.copy_(torch.from_numpy(np.ascontiguousarray(values)))
 
 
 def encode_q6_k(values: np.ndarray) -> np.ndarray:
@@ -157,7 +170,9 @@ def encode_q6_k(values: np.ndarray) -> np.ndarray:
     low, high = q & 0x0F, q >> 4
     ql = low[:, :, :64] | (low[:, :, 64:] << 4)  # [blocks, 2, 64]
     quarters = high.reshape(-1, 2, 4, 32)
-    qh = quarters[:, :, 0] | quarters[:, :, 1] << 2 | quarters[:, :, 2] << 4 | quarters[:, :, 3] << 6
+    qh = (
+        quarters[:, :, 0] | quarters[:, :, 1] << 2 | quarters[:, :, 2] << 4 | quarters[:, :, 3] << 6
+    )
     blocks = np.concatenate(
         [ql.reshape(-1, 128), qh.reshape(-1, 64), scales.view(np.uint8), d.view(np.uint8)], axis=1
     )

@@ -200,7 +200,8 @@ def _write(
         start = header.data_offset + tensor.offset
         nbytes = tensor.nbytes()
         if tensor.name in targets and multiplier != 1.0:
-            raw = np.frombuffer(src, dtype=np.uint8, count=nbytes, offset=start)
+            # a copy: a view would pin the map open if the rewrite raises
+            raw = np.frombuffer(src[start : start + nbytes], dtype=np.uint8)
             scaled = scale_neurons(
                 raw,
                 tensor.ggml_type,

@@ -10,14 +10,17 @@ How each storage type is handled (the rule `scale_neurons` applies):
 * F32, F16, BF16: the neuron's values are scaled and rounded to the type; every other value
   keeps its bytes.
 * Q8_0, Q4_0, Q4_1, Q5_0, Q5_1 (the block types gguf-py can quantize): only the blocks that
-  hold a circuit neuron are decoded, scaled and re-quantized; all other blocks keep their bytes.
-  Re-quantizing re-derives the block's scale (e.g. m = 0 on the block's largest value shrinks
-  it), which moves the other values of the block onto a new grid. The type is kept when, in
-  every re-quantized block, no stored value is further from its target (the original value,
-  or m times it for the neuron) than half the original block's quantization step (its scale d:
-  the rounding error every value of that block already carries), plus 2^-10 of the block's
-  largest value for the rounding of the new f16 scale. Otherwise the tensor is stored in the
-  fallback type.
+  hold a circuit neuron are rewritten; all other blocks keep their bytes. In such a block the
+  neuron's code is first set anew on the block's own grid (scale d, and min for Q4_1/Q5_1,
+  unchanged), so every other value of the block stays exactly as it was and the neuron's value
+  is off by at most d/2 (m = 0 is exact on Q8_0, Q4_0 and Q5_0, whose grids hold zero). Where
+  the new value lies outside the grid's range (e.g. m = 2 on the block's largest value), the
+  block is re-quantized instead, which re-derives its scale and moves its other values too.
+  Either way a block is accepted when no value in it is further from its target (the original
+  value, or m times it for a neuron) than half the original block's quantization step |d| (the
+  rounding error every value of that block already carries), plus 2^-10 of the block's largest
+  value for the rounding of a new f16 scale. If any block fails, the whole tensor is stored in
+  the fallback type.
 * Every other type (K-quants such as Q4_K and Q6_K, i-quants, ...): gguf-py cannot quantize it,
   so the tensor is decoded, scaled and stored in the fallback type.
 
@@ -132,30 +135,89 @@ def _scale_elementwise(
     return ScaledTensor(out.reshape(-1), ggml_type, 0, error)
 
 
+@dataclass(frozen=True)
+class _Grid:
+    """Where a block type keeps its codes: value = d * (code - zero) (+ min when `has_min`)."""
+
+    has_min: bool
+    zero: int  # the code of the value 0 (symmetric types) or of the block minimum
+    top: int  # the largest code (the smallest is 0, or -128 for Q8_0's signed bytes)
+    high_bits: int  # byte offset of the 32 fifth bits (5-bit types), -1 for none
+    codes: int  # byte offset of the codes (4-bit pairs: value k low, k + 16 high nibble)
+
+
+_GRIDS = {
+    2: _Grid(has_min=False, zero=8, top=15, high_bits=-1, codes=2),  # Q4_0
+    3: _Grid(has_min=True, zero=0, top=15, high_bits=-1, codes=4),  # Q4_1
+    6: _Grid(has_min=False, zero=16, top=31, high_bits=2, codes=6),  # Q5_0
+    7: _Grid(has_min=True, zero=0, top=31, high_bits=4, codes=8),  # Q5_1
+    8: _Grid(has_min=False, zero=0, top=127, high_bits=-1, codes=2),  # Q8_0 (signed bytes)
+}
+
+
 def _requantize_blocks(
     table: np.ndarray, ggml_type: int, neurons: np.ndarray, multiplier: float
 ) -> ScaledTensor | None:
-    """Re-quantize only the blocks holding a neuron; None when the rule rejects the type."""
+    """Rewrite only the blocks holding a neuron; None when a block fails the rule."""
     gguf = require_gguf()
     qtype = gguf.GGMLQuantizationType(ggml_type)
     block, type_size = block_size(ggml_type)
     rows = table.shape[0]
     blocks = table.reshape(rows, -1, type_size)  # [d_model, blocks per row, bytes per block]
     touched, where = np.unique(neurons // block, return_inverse=True)
-    original = blocks[:, touched].reshape(-1, type_size)  # [rows * t, type_size]
-    target = gguf.quants.dequantize(original, qtype).reshape(rows, len(touched), block)
+    original = blocks[:, touched]  # [rows, t, type_size]
+    target = gguf.quants.dequantize(original.reshape(-1, type_size), qtype)
+    target = target.reshape(rows, len(touched), block)
     target[:, where, neurons % block] *= np.float32(multiplier)
     _check_finite(target, ggml_type)
-    stored = gguf.quants.quantize(target.reshape(-1, block), qtype)
-    decoded = gguf.quants.dequantize(stored, qtype).reshape(rows, len(touched), block)
-    error = np.abs(decoded - target).max(axis=-1)  # [rows, t]
-    step = np.abs(original[:, :2].copy().view(np.float16).astype(np.float32))
-    allowed = 0.5 * step.reshape(rows, -1) + SCALE_ROUNDING * np.abs(target).max(axis=-1)
-    if not bool(np.all(error <= allowed)) or not np.isfinite(decoded).all():
+    step = np.abs(original[..., :2].copy().view(np.float16).astype(np.float32))[..., 0]
+    allowed = 0.5 * step + SCALE_ROUNDING * np.abs(target).max(axis=-1)  # [rows, t]
+
+    def judged(candidate: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        decoded = gguf.quants.dequantize(candidate.reshape(-1, type_size), qtype)
+        error = np.abs(decoded.reshape(target.shape) - target).max(axis=-1)
+        return error, (error <= allowed) & np.isfinite(decoded.reshape(target.shape)).all(-1)
+
+    edited = _set_codes(original, target, where, neurons % block, _GRIDS[ggml_type])
+    edit_error, edit_ok = judged(edited)
+    fresh = np.asarray(gguf.quants.quantize(target.reshape(-1, block), qtype))
+    fresh = fresh.reshape(original.shape)
+    fresh_error, fresh_ok = judged(fresh)
+    if not bool(np.all(edit_ok | fresh_ok)):
         return None
+    chosen = np.where(edit_ok[..., None], edited, fresh)
+    error = np.where(edit_ok, edit_error, fresh_error)
     out = blocks.copy()
-    out[:, touched] = stored.reshape(rows, len(touched), type_size)
+    out[:, touched] = chosen
     return ScaledTensor(out.reshape(-1), ggml_type, rows * len(touched), float(error.max()))
+
+
+def _set_codes(
+    blocks: np.ndarray, target: np.ndarray, where: np.ndarray, index: np.ndarray, grid: _Grid
+) -> np.ndarray:
+    """Copies of `blocks` [rows, t, bytes] with each neuron's code set to the grid point nearest
+    its target [rows, t, block]; scales, mins and all other codes unchanged."""
+    out = blocks.copy()
+    d = blocks[..., :2].copy().view(np.float16).astype(np.float32)[..., 0]  # [rows, t]
+    low = blocks[..., 2:4].copy().view(np.float16).astype(np.float32)[..., 0] if grid.has_min else 0
+    bottom = -128 if grid.top == 127 else 0
+    for b, k in zip(where.tolist(), index.tolist(), strict=True):
+        scale = d[:, b]
+        offset = low[:, b] if grid.has_min else 0.0
+        with np.errstate(divide="ignore", invalid="ignore"):
+            steps = np.where(scale != 0, np.round((target[:, b, k] - offset) / scale), 0)
+        code = (steps + grid.zero).clip(bottom, grid.top).astype(np.int64)
+        if grid.top == 127:  # Q8_0: one signed byte per value
+            out[:, b, grid.codes + k] = code.astype(np.int8).view(np.uint8)
+            continue
+        byte, shift = grid.codes + k % 16, 4 * (k // 16)
+        kept = out[:, b, byte] & np.uint8(0xFF ^ (0x0F << shift))
+        out[:, b, byte] = kept | ((code & 0x0F) << shift).astype(np.uint8)
+        if grid.high_bits >= 0:
+            at, bit = grid.high_bits + k // 8, k % 8
+            kept = out[:, b, at] & np.uint8(0xFF ^ (1 << bit))
+            out[:, b, at] = kept | (((code >> 4) & 1) << bit).astype(np.uint8)
+    return out
 
 
 def _encode(values: np.ndarray, ggml_type: int) -> ScaledTensor:
