@@ -26,6 +26,9 @@ import numpy as np
 import torch
 from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerFast
 
+from neurosteer.circuit import Circuit, Settings
+from neurosteer.discovery import model_info
+from neurosteer.layout import resolve_layout
 from tiny_models import SPECIAL_TOKENS, _reinit_, make_tokenizer, tiny_config
 
 GGUF_FAMILIES = {"llama": gguf.MODEL_ARCH.LLAMA, "qwen2": gguf.MODEL_ARCH.QWEN2}
@@ -177,3 +180,26 @@ def encode_q6_k(values: np.ndarray) -> np.ndarray:
         [ql.reshape(-1, 128), qh.reshape(-1, 64), scales.view(np.uint8), d.view(np.uint8)], axis=1
     )
     return blocks.reshape(rows, n // QK_K * 210)
+
+
+def hand_circuit(model: PreTrainedModel, neurons: dict[int, list[int]]) -> Circuit:
+    """A circuit of the given {layer: neurons} (scores zero) with the model's provenance."""
+    layers = torch.tensor([layer for layer, idx in neurons.items() for _ in idx])
+    index = torch.tensor([n for idx in neurons.values() for n in idx])
+    zeros = torch.zeros(len(index))
+    return Circuit(
+        layers=layers,
+        neurons=index,
+        delta=zeros,
+        positive_mean=zeros.clone(),
+        negative_mean=zeros.clone(),
+        model=model_info(model, resolve_layout(model)),
+        settings=Settings(method="hand"),
+    )
+
+
+def circuit_neurons(d_mlp: int) -> dict[int, list[int]]:
+    """Neurons at block edges, two in one block, and the last one, in two layers."""
+    if d_mlp == QUANT_D_MLP:
+        return {1: [0, 5, 31, 32, 200], 3: [7, 255]}
+    return {1: [0, 5, 36], 3: [20]}

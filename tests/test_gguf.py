@@ -22,9 +22,9 @@ import torch
 from click.testing import CliRunner
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from gguf_files import QUANT_D_MLP, file_values, make_quant_tiny, write_gguf
+from gguf_files import circuit_neurons, file_values, hand_circuit, make_quant_tiny, write_gguf
 from neurosteer.baking import bake
-from neurosteer.circuit import Circuit, Settings
+from neurosteer.circuit import Circuit
 from neurosteer.cli.main import cli
 from neurosteer.discovery import discover, model_info
 from neurosteer.errors import CircuitMismatchError, InputError, ModelLoadError
@@ -64,29 +64,6 @@ TYPES = [
     ("Q4_1", "Q4_1"),
     ("Q8_0", "Q6_K"),
 ]
-
-
-def hand_circuit(model: PreTrainedModel, neurons: dict[int, list[int]]) -> Circuit:
-    """A circuit of the given {layer: neurons} (scores zero) with the model's provenance."""
-    layers = torch.tensor([layer for layer, idx in neurons.items() for _ in idx])
-    index = torch.tensor([n for idx in neurons.values() for n in idx])
-    zeros = torch.zeros(len(index))
-    return Circuit(
-        layers=layers,
-        neurons=index,
-        delta=zeros,
-        positive_mean=zeros.clone(),
-        negative_mean=zeros.clone(),
-        model=model_info(model, resolve_layout(model)),
-        settings=Settings(method="hand"),
-    )
-
-
-def circuit_neurons(d_mlp: int) -> dict[int, list[int]]:
-    """Neurons at block edges, two in one block, and the last one, in two layers."""
-    if d_mlp == QUANT_D_MLP:
-        return {1: [0, 5, 31, 32, 200], 3: [7, 255]}
-    return {1: [0, 5, 36], 3: [20]}
 
 
 _CASES: dict[tuple[str, str, str], Case] = {}

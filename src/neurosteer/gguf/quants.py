@@ -199,11 +199,13 @@ def _set_codes(
     its target [rows, t, block]; scales, mins and all other codes unchanged."""
     out = blocks.copy()
     d = blocks[..., :2].copy().view(np.float16).astype(np.float32)[..., 0]  # [rows, t]
-    low = blocks[..., 2:4].copy().view(np.float16).astype(np.float32)[..., 0] if grid.has_min else 0
+    low = np.zeros_like(d)  # the block minimum of Q4_1/Q5_1, after the scale
+    if grid.has_min:
+        low = blocks[..., 2:4].copy().view(np.float16).astype(np.float32)[..., 0]
     bottom = -128 if grid.top == 127 else 0
     for b, k in zip(where.tolist(), index.tolist(), strict=True):
         scale = d[:, b]
-        offset = low[:, b] if grid.has_min else 0.0
+        offset = low[:, b]
         with np.errstate(divide="ignore", invalid="ignore"):
             steps = np.where(scale != 0, np.round((target[:, b, k] - offset) / scale), 0)
         code = (steps + grid.zero).clip(bottom, grid.top).astype(np.int64)
