@@ -448,6 +448,8 @@ def test_bake_refuses_bad_outputs(f16_case: Case, tmp_path: Path) -> None:
         bake_gguf(case.path, case.circuit, float("nan"), tmp_path / "n.gguf")
     with pytest.raises(InputError, match="overflow F16"):
         bake_gguf(case.path, case.circuit, 1e9, tmp_path / "big.gguf")
+    with pytest.raises(InputError, match="unknown fallback type 'Q4_K'"):
+        bake_gguf(case.path, case.circuit, 0.0, tmp_path / "q.gguf", fallback="Q4_K")  # type: ignore[arg-type]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["exists.gguf"]
 
 

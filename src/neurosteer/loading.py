@@ -1,10 +1,10 @@
 """Stage 1 of the pipeline: load a causal LM and its tokenizer, ready for batched work.
 
-Local folders, hub ids and GGUF files (`neurosteer.gguf.loading`) all go through `transformers`;
-every way this commonly fails
-(not cached while offline, not a causal LM, a bad dtype or device) becomes one
-`ModelLoadError`/`InputError` that says what to do. The tokenizer always pads on the left and
-has a pad token, so that the last real token of every prompt in a batch sits at position -1.
+Local folders, hub ids and GGUF files (`neurosteer.gguf.loading`) all go through
+`transformers`; every way this commonly fails (not cached while offline, not a causal LM, a bad
+dtype or device) becomes one `ModelLoadError`/`InputError` that says what to do. The tokenizer
+always pads on the left and has a pad token, so that the last real token of every prompt in a
+batch sits at position -1.
 """
 
 from __future__ import annotations
@@ -114,7 +114,6 @@ def load_model(
         model, tokenizer = load_gguf(
             gguf_file, dtype=torch_dtype, device_map=device_map, max_memory=max_memory
         )
-        _check_causal(str(gguf_file), model.config)
         return _ready(model, tokenizer, target)
     if local.exists():
         _check_local_folder(local)

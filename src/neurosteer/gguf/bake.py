@@ -26,7 +26,7 @@ from neurosteer._version import __version__
 from neurosteer.baking import provenance
 from neurosteer.circuit import Circuit
 from neurosteer.errors import CircuitMismatchError, InputError
-from neurosteer.gguf.quants import Fallback, ScaledTensor, scale_neurons
+from neurosteer.gguf.quants import FALLBACKS, Fallback, ScaledTensor, scale_neurons
 from neurosteer.gguf.reader import STRING, GGUFHeader, TensorInfo, align, read_header, type_name
 
 logger = logging.getLogger(__name__)
@@ -56,7 +56,8 @@ class GGUFBakeReport:
         path: the new file.
         changed: the rewritten tensors, in file order.
         copied: the number of tensors copied byte for byte.
-        peak_bytes: the most tensor bytes held in memory at once (about one tensor).
+        peak_bytes: a bound on the tensor bytes held in memory at once: one tensor as stored,
+            its float32 values and its new bytes.
     """
 
     path: Path
@@ -99,6 +100,8 @@ def bake_gguf(
     """
     if not math.isfinite(multiplier):
         raise InputError(f"the multiplier must be a finite number, got {multiplier!r}")
+    if fallback not in FALLBACKS:
+        raise InputError(f"unknown fallback type {fallback!r}; use one of: {', '.join(FALLBACKS)}")
     target = Path(output)
     check_writable(target, force=force)
     header = read_header(source)
@@ -211,7 +214,8 @@ def _write(
                 fallback=fallback,
             )
             out.write(scaled.data.tobytes())
-            peak = max(peak, nbytes + scaled.data.nbytes)
+            values = int(np.prod(tensor.shape))  # at most this many decoded float32 values
+            peak = max(peak, nbytes + 4 * values + scaled.data.nbytes)
             placed[tensor.name] = (scaled.ggml_type, offset)
             changed.append(_record(tensor, len(targets[tensor.name]), scaled))
             logger.info("%s: %s -> %s", tensor.name, tensor.type_name, type_name(scaled.ggml_type))
