@@ -1,10 +1,11 @@
 """Optional: a baked GGUF runs in llama.cpp itself and gives the hooked model's logits.
 
 Needs llama-cpp-python (e.g. built from its source distribution:
-`pip install llama-cpp-python --no-binary :all:`), which is not a dependency of this project;
-without it the test is skipped. llama.cpp computes in its own way (quantized dot products, its
-own kernels), so the baked file must match the hooked model as closely as llama.cpp matches the
-unchanged model on the original file.
+`CMAKE_ARGS=-DGGML_NATIVE=OFF pip install llama-cpp-python --no-binary :all:`; a native build
+on a virtual machine may use instructions the host withholds and die with SIGILL), which is not
+a dependency of this project; without it the test is skipped. llama.cpp computes in its own
+way (quantized dot products, its own kernels), so the baked file must match the hooked model as
+closely as llama.cpp matches the unchanged model on the original file.
 """
 
 from __future__ import annotations
