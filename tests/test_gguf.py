@@ -366,6 +366,36 @@ def _stored_afresh(model: PreTrainedModel, changed: tuple[ChangedTensor, ...]) -
     return fresh
 
 
+def _halves(circuit: Circuit) -> tuple[Circuit, Circuit]:
+    half = len(circuit) // 2
+    parts = (slice(None, half), slice(half, None))
+    fields = ("layers", "neurons", "delta", "positive_mean", "negative_mean")
+    return tuple(  # type: ignore[return-value]
+        replace(circuit, **{f: getattr(circuit, f)[part] for f in fields}) for part in parts
+    )
+
+
+def test_bake_takes_several_circuits_like_steer(f16_case: Case, tmp_path: Path) -> None:
+    """Two circuits baked at once write what the one circuit they split from writes."""
+    case = f16_case
+    first, second = _halves(case.circuit)
+    assert len(first) > 0
+    assert len(second) > 0
+    whole = bake_gguf(case.path, case.circuit, 0.0, tmp_path / "whole.gguf")
+    split = bake_gguf(case.path, [first, second], 0.0, tmp_path / "split.gguf")
+    assert [t.name for t in split.changed] == [t.name for t in whole.changed]
+    for tensor in whole.changed:
+        assert raw_tensor(read_header(split.path), tensor.name) == raw_tensor(
+            read_header(whole.path), tensor.name
+        )
+    # None takes the circuit's default strength (m = 0 for a circuit).
+    default = bake_gguf(case.path, case.circuit, None, tmp_path / "default.gguf")
+    assert read_header(default.path).value("neurosteer.multiplier") == 0.0
+    with pytest.raises(InputError, match="share neurons"):
+        bake_gguf(case.path, [case.circuit, first], 0.0, tmp_path / "overlap.gguf")
+    assert not (tmp_path / "overlap.gguf").exists()
+
+
 def test_bake_keeps_the_type_where_exact_enough(case: Case, tmp_path: Path) -> None:
     """m = 0: floats scale exactly, and so do the symmetric block types (zero is on their grid);
     K-quants cannot be re-quantized by gguf-py and fall back to F16."""
@@ -442,7 +472,7 @@ def test_bake_refuses_bad_outputs(f16_case: Case, tmp_path: Path) -> None:
     with pytest.raises(InputError, match="already exists"):
         bake_gguf(case.path, case.circuit, 0.0, existing)
     assert existing.read_bytes() == b"keep"
-    with pytest.raises(InputError, match="overwrite the source"):
+    with pytest.raises(InputError, match="overwrite the input"):
         bake_gguf(case.path, case.circuit, 0.0, case.path, force=True)
     with pytest.raises(InputError, match="finite"):
         bake_gguf(case.path, case.circuit, float("nan"), tmp_path / "n.gguf")

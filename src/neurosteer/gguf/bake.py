@@ -26,9 +26,9 @@ from neurosteer._version import __version__
 from neurosteer.baking import provenance
 from neurosteer.circuit import Circuit, as_circuits
 from neurosteer.errors import CircuitMismatchError, InputError
-from neurosteer.intervention import check_strength
 from neurosteer.gguf.quants import FALLBACKS, Fallback, ScaledTensor, scale_neurons
 from neurosteer.gguf.reader import STRING, GGUFHeader, TensorInfo, align, read_header, type_name
+from neurosteer.intervention import check_strength
 
 logger = logging.getLogger(__name__)
 
