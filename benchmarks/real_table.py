@@ -48,26 +48,40 @@ class Point:
 
 
 def plan() -> Iterator[Point]:
+    """Every point, the most telling first (a run cut short still answers the main questions)."""
     yield Point("unchanged", "unchanged", {}, None)
-    yield Point("cna 0.1% both m=0", "cna", {"fraction": 0.001, "positive_only": False}, 0.0)
+    yield cna(0.001, False, 0.0)
     yield Point(
         "cna 0.1% both m=0 (no universal filter)",
         "cna_reference",
         {"fraction": 0.001, "positive_only": False},
         0.0,
     )
+    yield Point("caa alpha=-1", "caa", {}, -1.0)
+    yield Point("direction s=1", "direction", {}, 1.0)
+    yield Point("random 0.1% seed=0 m=0", "random", {"seed": 0}, 0.0)
+    first = [(f, True, -1.0) for f in (0.002, 0.005, 0.01)] + [(0.02, False, 0.0)]
+    for fraction, positive_only, m in first:
+        yield cna(fraction, positive_only, m)
     for positive_only in (True, False):
         for fraction in FRACTIONS:
             for m in MULTIPLIERS:
-                sign = "positive" if positive_only else "both"
-                settings = {"fraction": fraction, "positive_only": positive_only}
-                yield Point(f"cna {fraction:.1%} {sign} m={m:g}", "cna", settings, m)
+                if (fraction, positive_only, m) not in [*first, (0.001, False, 0.0)]:
+                    yield cna(fraction, positive_only, m)
     for alpha in CAA_ALPHAS:
-        yield Point(f"caa alpha={alpha:g}", "caa", {}, alpha)
+        if alpha != -1.0:
+            yield Point(f"caa alpha={alpha:g}", "caa", {}, alpha)
     for share in DIRECTION_SHARES:
-        yield Point(f"direction s={share:g}", "direction", {}, share)
-    for seed in RANDOM_SEEDS:
+        if share != 1.0:
+            yield Point(f"direction s={share:g}", "direction", {}, share)
+    for seed in RANDOM_SEEDS[1:]:
         yield Point(f"random 0.1% seed={seed} m=0", "random", {"seed": seed}, 0.0)
+
+
+def cna(fraction: float, positive_only: bool, m: float) -> Point:
+    sign = "positive" if positive_only else "both"
+    settings = {"fraction": fraction, "positive_only": positive_only}
+    return Point(f"cna {fraction:.1%} {sign} m={m:g}", "cna", settings, m)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -111,8 +125,11 @@ def run(args: argparse.Namespace, out: Path) -> None:
     import neurosteer
     from neurosteer.ablation import DirectionAblation
     from neurosteer.baselines import CAA, contrast_vectors
+    from neurosteer.circuit import Circuit
+    from neurosteer.contrast import ContrastVectors
     from neurosteer.evaluation import PhraseJudge, kl_to_reference, load_dataset_prompts
     from neurosteer.evaluation.refusal import measure_refusal
+    from neurosteer.layout import resolve_layout
 
     data = Path(args.data)
     splits = data / "refusal_direction" / "splits"
@@ -129,19 +146,24 @@ def run(args: argparse.Namespace, out: Path) -> None:
     started = time.perf_counter()
     model, tokenizer = neurosteer.load_model(args.model)
     log(out, f"loaded in {time.perf_counter() - started:.0f} s")
-    started = time.perf_counter()
-    base = neurosteer.discover(
-        model, tokenizer, harmful_fit, harmless_fit, keep_table=True, progress=True
-    )
-    log(
-        out,
-        f"discovery on {len(harmful_fit)}+{len(harmless_fit)} prompts: "
-        f"{time.perf_counter() - started:.0f} s",
-    )
-    if args.check_one_at_a_time:
+    saved = out / "discovery.circuit"
+    if saved.exists():  # discovery is kept, so that a resumed run goes straight to the points
+        base = Circuit.load(saved)
+        base.check_fits(resolve_layout(model))
+    else:
+        started = time.perf_counter()
+        base = neurosteer.discover(
+            model, tokenizer, harmful_fit, harmless_fit, keep_table=True, progress=True
+        )
+        log(
+            out,
+            f"discovery on {len(harmful_fit)}+{len(harmless_fit)} prompts: "
+            f"{time.perf_counter() - started:.0f} s",
+        )
+        base.save(saved)
+    if args.check_one_at_a_time and not (out / "batching.json").exists():
         check_batching(model, tokenizer, harmful_fit, harmless_fit, base, out)
     judge = PhraseJudge()
-    interventions: dict[str, Any] = {}
 
     def intervention(point: Point) -> Any:
         if point.method == "cna":
@@ -157,9 +179,12 @@ def run(args: argparse.Namespace, out: Path) -> None:
             )
         if point.method == "random":
             return base.random_like(point.settings["seed"])
-        if "vectors" not in interventions:
-            interventions["vectors"] = contrast_vectors(model, tokenizer, harmful_fit, harmless_fit)
-        vectors = interventions["vectors"]
+        vectors_file = out / "vectors.safetensors"
+        if vectors_file.exists():
+            vectors = ContrastVectors.load(vectors_file)
+        else:
+            vectors = contrast_vectors(model, tokenizer, harmful_fit, harmless_fit)
+            vectors.save(vectors_file)
         if point.method == "caa":
             return CAA.fit(vectors, layer=args.caa_layer)
         return DirectionAblation.fit(vectors, layer=args.caa_layer)
@@ -226,10 +251,15 @@ def check_batching(
 
     started = time.perf_counter()
     single = neurosteer.discover(model, tokenizer, positive, negative, batch_size=1)
-    same = set(zip(single.layers.tolist(), single.neurons.tolist(), strict=True)) == set(
-        zip(base.layers.tolist(), base.neurons.tolist(), strict=True)
-    )
-    delta = (single.delta - base.delta).abs().max().item() if same else float("nan")
+
+    def by_neuron(circuit: Any) -> dict[tuple[int, int], float]:
+        keys = zip(circuit.layers.tolist(), circuit.neurons.tolist(), strict=True)
+        return dict(zip(keys, circuit.delta.tolist(), strict=True))
+
+    batched, one = by_neuron(base), by_neuron(single)
+    same = batched.keys() == one.keys()
+    delta = max(abs(batched[k] - one[k]) for k in batched) if same else float("nan")
+    (out / "batching.json").write_text(json.dumps({"same_neurons": same, "max_delta": delta}))
     log(
         out,
         f"one prompt at a time: same {len(base)} neurons: {same}; largest δ difference "
