@@ -46,6 +46,7 @@ _EXPORTS = {
     "ModelLayout": "neurosteer.layout",
     "resolve_layout": "neurosteer.layout",
     "load_model": "neurosteer.loading",
+    "next_token_probs": "neurosteer.probe",
     "load_prompts": "neurosteer.prompts",
     "render_prompts": "neurosteer.prompts",
     "SteeringHandle": "neurosteer.steering",
@@ -78,6 +79,7 @@ __all__ = [
     "load_model",
     "load_prompts",
     "neutral_prompts",
+    "next_token_probs",
     "render_prompts",
     "resolve_layout",
     "save_baked",
@@ -116,6 +118,7 @@ if TYPE_CHECKING:
     from neurosteer.intervention import Intervention
     from neurosteer.layout import ModelLayout, resolve_layout
     from neurosteer.loading import load_model
+    from neurosteer.probe import next_token_probs
     from neurosteer.prompts import load_prompts, render_prompts
     from neurosteer.steering import SteeringHandle, steer
     from neurosteer.streaming import bake_streaming

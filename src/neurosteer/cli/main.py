@@ -347,10 +347,14 @@ def _bake_gguf(source: Path, circuit: Any, params: dict[str, Any]) -> None:
 def _register_commands() -> None:
     """Commands defined in their own files (they import the shared options, not this file)."""
     from neurosteer.cli.analysis_cmds import compare_command, report_command, sweep_command
+    from neurosteer.cli.chat_cmd import chat_command
     from neurosteer.cli.organism_cmds import demo_command, organism_group
+    from neurosteer.cli.probe_cmd import probe_command
 
     for command in (sweep_command, report_command, compare_command, demo_command, organism_group):
         cli.add_command(command)
+    cli.add_command(probe_command)
+    cli.add_command(chat_command)
 
 
 _register_commands()
