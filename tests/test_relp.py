@@ -540,3 +540,25 @@ def test_frozen_parameters_give_the_same_attribution() -> None:
     model.requires_grad_(False)  # nothing in the graph needs a gradient but the neurons
     after = attribution_scores(model, tokenizer, PROMPTS, "a", contrasts="b", positions="prompt")
     torch.testing.assert_close(after.score, before.score)
+
+
+def test_circuit_files_without_the_attribution_field_still_load(
+    tiny_llama: tuple[PreTrainedModel, object], tmp_path: Path
+) -> None:
+    model, tokenizer = tiny_llama
+    path = attribute(model, tokenizer, PROMPTS, "a", top_k=3).save(tmp_path / "c.circuit")
+    meta = json.loads((path / "circuit.json").read_text())
+    del meta["settings"]["attribution"]  # as written before the field existed
+    (path / "circuit.json").write_text(json.dumps(meta))
+    assert Circuit.load(path).settings.attribution is None
+
+
+def test_bfloat16_model_keeps_its_forward_values() -> None:
+    model, tokenizer = make_tiny("gemma3_text", dtype=torch.bfloat16)
+    rules = attribution_scores(model, tokenizer, PROMPTS, "a", contrasts="b")
+    plain = attribution_scores(
+        model, tokenizer, PROMPTS, "a", contrasts="b", rules=RelPRules.plain()
+    )
+    assert torch.equal(rules.metric, plain.metric)
+    assert torch.isfinite(rules.score).all()
+    assert rules.score.dtype == torch.float32
