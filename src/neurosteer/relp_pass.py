@@ -170,9 +170,7 @@ class RelPPass:
         self.counter = counter
         sites = self.layout.site_modules(self.model)
         if self.rules.norm or self.rules.activation_identity or self.rules.gate_half:
-            found = rule_sites(
-                self.model, self.layout, activations=self.rules.activation_identity
-            )
+            found = rule_sites(self.model, self.layout, activations=self.rules.activation_identity)
             if self.rules.norm:
                 add_norm_linearisers(hooks, found.norms)
             if self.rules.activation_identity:
