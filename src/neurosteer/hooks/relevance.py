@@ -130,7 +130,7 @@ def add_activation_identity(hooks: HookSet, activations: Sequence[nn.Module]) ->
     Where |g| < 1e-6 the ratio is the activation's slope at 0, measured once per module.
     """
     for act in dict.fromkeys(activations):
-        hooks.post(act, _identity(act, _slope_at_zero(act)))
+        hooks.post(act, _identity(_slope_at_zero(act)))
 
 
 def _slope_at_zero(act: nn.Module) -> float:
@@ -140,7 +140,7 @@ def _slope_at_zero(act: nn.Module) -> float:
     return float((values[1] - values[0]) / (2 * h))
 
 
-def _identity(_act: nn.Module, slope0: float) -> Callable[[nn.Module, tuple[Any, ...], Any], Any]:
+def _identity(slope0: float) -> Callable[[nn.Module, tuple[Any, ...], Any], Any]:
     def hook(_module: nn.Module, args: tuple[Any, ...], output: Any) -> Any:
         g, a = args[0], first_tensor(output)
         if not g.requires_grad:
