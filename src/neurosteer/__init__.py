@@ -45,10 +45,14 @@ _EXPORTS = {
     "Intervention": "neurosteer.intervention",
     "ModelLayout": "neurosteer.layout",
     "resolve_layout": "neurosteer.layout",
+    "FaithfulnessResult": "neurosteer.faithfulness",
+    "measure_faithfulness": "neurosteer.faithfulness",
     "load_model": "neurosteer.loading",
     "next_token_probs": "neurosteer.probe",
     "load_prompts": "neurosteer.prompts",
     "render_prompts": "neurosteer.prompts",
+    "RelPRules": "neurosteer.relp",
+    "attribute": "neurosteer.relp",
     "SteeringHandle": "neurosteer.steering",
     "steer": "neurosteer.steering",
     "bake_streaming": "neurosteer.streaming",
@@ -62,15 +66,18 @@ __all__ = [
     "CircuitMismatchError",
     "ContrastVectors",
     "DirectionAblation",
+    "FaithfulnessResult",
     "InputError",
     "Intervention",
     "MLPOutputSteering",
     "ModelLayout",
     "ModelLoadError",
     "NeurosteerError",
+    "RelPRules",
     "SteeringHandle",
     "UnsupportedModelError",
     "__version__",
+    "attribute",
     "bake",
     "bake_streaming",
     "contrast_vectors",
@@ -78,6 +85,7 @@ __all__ = [
     "generate",
     "load_model",
     "load_prompts",
+    "measure_faithfulness",
     "neutral_prompts",
     "next_token_probs",
     "render_prompts",
@@ -114,11 +122,13 @@ if TYPE_CHECKING:
         NeurosteerError,
         UnsupportedModelError,
     )
+    from neurosteer.faithfulness import FaithfulnessResult, measure_faithfulness
     from neurosteer.generation import generate
     from neurosteer.intervention import Intervention
     from neurosteer.layout import ModelLayout, resolve_layout
     from neurosteer.loading import load_model
     from neurosteer.probe import next_token_probs
     from neurosteer.prompts import load_prompts, render_prompts
+    from neurosteer.relp import RelPRules, attribute
     from neurosteer.steering import SteeringHandle, steer
     from neurosteer.streaming import bake_streaming

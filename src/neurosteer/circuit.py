@@ -90,8 +90,8 @@ class PromptInfo:
 
 @dataclass(frozen=True)
 class Settings:
-    """How the neurons were chosen (`method` is "cna" or "random") and how prompts were
-    rendered (`chat_template`, `system`)."""
+    """How the neurons were chosen (`method` is "cna", "relp" or "random") and how prompts
+    were rendered (`chat_template`, `system`)."""
 
     method: str = "cna"
     k: int = 0
@@ -108,6 +108,9 @@ class Settings:
     system: str | None = None
     """The system turn the prompts were rendered with (None: the template's default; circuits
     written before this field existed read as None)."""
+    attribution: str | None = None
+    """For method "relp": how the scores were computed (positions, propagation rules, metric);
+    None for other methods (and circuits written before this field existed)."""
 
 
 @dataclass(frozen=True)
@@ -134,8 +137,10 @@ class Circuit(HookedIntervention):
 
     Attributes:
         layers, neurons: [k] int64, the layer and neuron index of each selected neuron.
-        delta: [k] float32, mean(positive) − mean(negative) at the last prompt token.
-        positive_mean, negative_mean: [k] float32, the two means.
+        delta: [k] float32, mean(positive) − mean(negative) at the last prompt token. For a
+            RelP circuit (settings.method "relp"): the summed attribution of its metric.
+        positive_mean, negative_mean: [k] float32, the two means (RelP: the summed
+            attributions of the target's and of the contrast's logit; zeros without one).
         model, settings, prompts: provenance (prompt counts and SHA-256 per set); `model`
             also records where the neurons sit (`layers_path`, `site_path`).
         table: the full statistics, if discovery was asked to keep them.
@@ -382,7 +387,7 @@ class Circuit(HookedIntervention):
             delta=zeros(),
             positive_mean=zeros(),
             negative_mean=zeros(),
-            settings=replace(self.settings, method="random", seed=seed),
+            settings=replace(self.settings, method="random", seed=seed, attribution=None),
             table=None,
             universal=universal,
         )

@@ -16,12 +16,13 @@ from neurosteer._io import check_writable
 from neurosteer._version import __version__
 from neurosteer.cli.options import (
     circuit_layout,
-    contrast_options,
     load,
     model_options,
+    optional_contrast_options,
     parse_layers,
     template_option,
 )
+from neurosteer.cli.relp_cmds import discover_relp, pair_options, read_pairs
 from neurosteer.errors import InputError, NeurosteerError
 
 
@@ -73,7 +74,14 @@ def cli(debug: bool) -> None:
 
 @cli.command()
 @model_options
-@contrast_options
+@optional_contrast_options
+@pair_options
+@click.option(
+    "--positions",
+    type=click.Choice(["last", "prompt"]),
+    default=None,
+    help="RelP: attribute at the last prompt position (default) or sum over every prompt position.",
+)
 @click.option(
     "--output",
     "-o",
@@ -116,12 +124,34 @@ def cli(debug: bool) -> None:
 @click.option("--force", is_flag=True, help="Replace OUTPUT if it exists.")
 @template_option
 def discover(**params: Any) -> None:
-    """Find the neurons that separate POSITIVE from NEGATIVE prompts in MODEL."""
+    """Find the neurons that separate POSITIVE from NEGATIVE prompts in MODEL (contrastive),
+    or, with --prompt/--target pairs, the neurons with the largest RelP attribution to each
+    prompt's next token."""
     from neurosteer.cli.render import print_circuit_summary
     from neurosteer.discovery import discover as run_discover
     from neurosteer.prompts import load_prompts
 
     check_writable(params["output"], force=params["force"])
+    pairs = read_pairs(params)
+    contrastive = params["positive"] is not None or params["negative"] is not None
+    if pairs is not None and contrastive:
+        raise InputError(
+            "discover takes --positive/--negative (contrastive) or --prompt/--target (RelP), "
+            "not both"
+        )
+    if pairs is not None:
+        circuit = discover_relp(params, pairs)
+        circuit.save(params["output"], force=params["force"])
+        print_circuit_summary(circuit, top=10, settings=True)
+        click.echo(f"wrote {params['output']}")
+        return
+    if params["positive"] is None or params["negative"] is None:
+        raise InputError(
+            "discover needs --positive and --negative prompt files (contrastive), or "
+            "--prompt and --target pairs (RelP)"
+        )
+    if params["positions"] is not None:
+        raise InputError("--positions is for RelP (--prompt/--target); drop it")
     positive, negative = load_prompts(params["positive"]), load_prompts(params["negative"])
     neutral = load_prompts(params["neutral"]) if params["neutral"] else None
     model, tokenizer, layout = load(params)
@@ -350,11 +380,11 @@ def _register_commands() -> None:
     from neurosteer.cli.chat_cmd import chat_command
     from neurosteer.cli.organism_cmds import demo_command, organism_group
     from neurosteer.cli.probe_cmd import probe_command
+    from neurosteer.cli.relp_cmds import faithfulness_command
 
-    for command in (sweep_command, report_command, compare_command, demo_command, organism_group):
+    commands = (sweep_command, report_command, compare_command, demo_command, organism_group)
+    for command in (*commands, faithfulness_command, probe_command, chat_command):
         cli.add_command(command)
-    cli.add_command(probe_command)
-    cli.add_command(chat_command)
 
 
 _register_commands()

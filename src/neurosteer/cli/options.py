@@ -143,17 +143,28 @@ def template_option(fn: F) -> F:
 
 def contrast_options(fn: F) -> F:
     """The two prompt sets a circuit (and the baselines) are found from."""
+    return _contrast_options(fn, required=True)
+
+
+def optional_contrast_options(fn: F) -> F:
+    """The two prompt sets, optional: for a command with another mode (discover's RelP)."""
+    return _contrast_options(fn, required=False)
+
+
+def _contrast_options(fn: F, *, required: bool) -> F:
     fn = click.option(
         "--negative",
         "-n",
         type=click.Path(path_type=Path),
-        required=True,
+        required=required,
+        default=None,
         help="Prompts not showing the behaviour.",
     )(fn)
     return click.option(
         "--positive",
         "-p",
         type=click.Path(path_type=Path),
-        required=True,
+        required=required,
+        default=None,
         help="Prompts showing the behaviour (.txt, .jsonl, .json, .csv).",
     )(fn)

@@ -50,8 +50,11 @@ def print_circuit_summary(circuit: Circuit, *, top: int, settings: bool = False)
         layers.add_row(str(layer), str(n), "█" * max(1, round(30 * n / widest)))
     print_table(layers)
 
-    best = Table(title=f"top {min(top, len(circuit))} neurons by |δ|", show_edge=False)
-    for name in ("rank", "layer", "neuron", "δ", "mean +", "mean −"):
+    relp = circuit.settings.method == "relp"  # scores are summed attributions, not means
+    score = "attribution" if relp else "δ"
+    best = Table(title=f"top {min(top, len(circuit))} neurons by |{score}|", show_edge=False)
+    names = ("target", "contrast") if relp else ("mean +", "mean −")
+    for name in ("rank", "layer", "neuron", score, *names):
         best.add_column(name, justify="right")
     for rank in range(min(top, len(circuit))):
         best.add_row(
@@ -74,8 +77,11 @@ def print_circuit_summary(circuit: Circuit, *, top: int, settings: bool = False)
         )
         if s.system is not None:
             console.print(f"system turn: {s.system!r}")
+        if s.attribution is not None:
+            console.print(f"attribution: {s.attribution}")
         for name, p in circuit.prompts.items():
-            console.print(f"{name} prompts: {p.count} (sha256 {p.sha256[:12]})")
+            what = name if relp else f"{name} prompts"  # RelP's: prompts, targets, contrasts
+            console.print(f"{what}: {p.count} (sha256 {p.sha256[:12]})")
         console.print(
             f"config sha256 {info.config_hash[:12]}, neurosteer {circuit.library_version}, "
             f"full table {'kept' if circuit.table is not None else 'not kept'}"

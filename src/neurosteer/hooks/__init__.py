@@ -11,11 +11,18 @@ the same tensor. They return a new input or output instead.
 
 - `hookset`: `HookSet`, `StopForward`, `count_hooks`
 - `positions`: which token positions an edit applies to, under KV-cache decoding too
-- `recorders`: last-token capture of a module's input or output
-- `edits`: scale neurons, add vectors, project out a direction
+- `recorders`: capture of a module's input or output at the last token (or every real token)
+- `edits`: scale neurons, set neurons to values, add vectors, project out a direction
+- `relevance`: RelP's gradient rules (norm scale, attention weights, activation, gated product)
+  and the capture of neuron tensors for a backward pass
 """
 
-from neurosteer.hooks.edits import add_direction_projectors, add_neuron_scalers, add_vector_adders
+from neurosteer.hooks.edits import (
+    add_direction_projectors,
+    add_neuron_scalers,
+    add_neuron_setters,
+    add_vector_adders,
+)
 from neurosteer.hooks.hookset import HookSet, StopForward, count_hooks
 from neurosteer.hooks.positions import EditState, PositionTracker
 from neurosteer.hooks.recorders import add_last_token_recorders
@@ -28,6 +35,7 @@ __all__ = [
     "add_direction_projectors",
     "add_last_token_recorders",
     "add_neuron_scalers",
+    "add_neuron_setters",
     "add_vector_adders",
     "count_hooks",
 ]

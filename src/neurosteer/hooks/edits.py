@@ -174,3 +174,56 @@ def _projector(
         return None if new is None else _replace_output(output, new)
 
     return hook
+
+
+def add_neuron_setters(
+    hooks: HookSet,
+    sites: Sequence[nn.Module],
+    values_by_layer: dict[int, tuple[torch.Tensor, torch.Tensor]],
+    state: EditState,
+) -> None:
+    """Move the given neurons of each layer's site input toward fixed values (mean ablation).
+
+    At strength s each chosen neuron x becomes x + s·(v − x): s = 1 sets it to v exactly,
+    s = 0 leaves the model bit-identical (the hook returns nothing). Only the positions
+    `state.steered_range` allows are edited.
+
+    Args:
+        hooks: the `HookSet` that owns (and later removes) the hooks.
+        sites: [n_layers] modules (the MLP output projections), indexed by layer.
+        values_by_layer: {layer: ([n] int64 neuron indices, [n] float values)}.
+        state: read at call time.
+    """
+    for layer, (neurons, values) in sorted(values_by_layer.items()):
+        hooks.pre(sites[layer], _setter(neurons, values, state))
+
+
+def _setter(
+    neurons: torch.Tensor, values: torch.Tensor, state: EditState
+) -> Callable[[nn.Module, tuple[Any, ...]], tuple[Any, ...] | None]:
+    cache: dict[tuple[torch.device, torch.dtype], tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def hook(_module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...] | None:
+        s = float32_strength(state.strength)
+        if s == 0.0:
+            return None
+        x = args[0]  # [batch, seq, d_mlp]
+        math = edit_dtype(x.dtype)
+        key = (x.device, math)
+        if key not in cache:
+            mask = torch.zeros(x.shape[-1], dtype=torch.bool, device=x.device)
+            mask[neurons.to(x.device)] = True
+            target = torch.zeros(x.shape[-1], dtype=math, device=x.device)
+            target[neurons.to(x.device)] = values.to(device=x.device, dtype=math)
+            cache[key] = (mask, target)
+        mask, target = cache[key]
+
+        def apply(part: torch.Tensor) -> torch.Tensor:
+            p = part.to(math)
+            moved = target if s == 1.0 else p + s * (target - p)
+            return torch.where(mask, moved, p).to(part.dtype)
+
+        edited = _edit_range(x, state, apply)
+        return None if edited is None else (edited, *args[1:])
+
+    return hook

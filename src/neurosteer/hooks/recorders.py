@@ -53,3 +53,23 @@ def add_last_token_recorders(
             hooks.pre(point, on_input(i))
         else:
             hooks.post(point, on_output(i))
+
+
+def add_token_recorders(
+    hooks: HookSet,
+    points: Sequence[nn.Module],
+    real_tokens: Callable[[], torch.Tensor],
+    sink: Callable[[int, torch.Tensor], None],
+) -> None:
+    """Hand `sink(i, acts [n_tokens, width])` the input of `points[i]` at every real token of
+    the batch being run (`real_tokens()`: its [batch, seq] bool mask, False on padding)."""
+
+    def on_input(i: int) -> Callable[[nn.Module, tuple[Any, ...]], None]:
+        def hook(_module: nn.Module, args: tuple[Any, ...]) -> None:
+            x = args[0]  # [batch, seq, width]
+            sink(i, x[real_tokens().to(x.device)])
+
+        return hook
+
+    for i, point in enumerate(points):
+        hooks.pre(point, on_input(i))

@@ -7,6 +7,7 @@
     mmlu_vs_strength      MMLU accuracy per method (only when the sweep measured it)
     neurons_per_layer     the circuit's neurons in each layer
     delta_histogram       |δ| of every candidate neuron (from the kept table), with the cut-off
+    faithfulness_figure   faithfulness and completeness against k (`neurosteer faithfulness`)
 
 Reads summary rows and the saved circuit; never a model. No pyplot: figures are plain
 `Figure` objects saved to PNG, so importing or calling this module leaves the user's matplotlib
@@ -16,6 +17,7 @@ backend (a notebook's inline one, say) as it was.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from matplotlib.axes import Axes
@@ -24,6 +26,9 @@ from matplotlib.figure import Figure
 from neurosteer.circuit import Circuit
 from neurosteer.report.summary import Row, curves
 from neurosteer.sweep.store import CIRCUIT_DIR
+
+if TYPE_CHECKING:
+    from neurosteer.faithfulness import FaithfulnessResult
 
 FIGURES_DIR = "figures"
 _DPI = 100
@@ -178,6 +183,27 @@ def _delta_histogram(circuit: Circuit) -> Figure:
         )
     _finish(
         ax, "|δ| (mean positive − mean negative)", "neurons (log)", title, legend=len(circuit) > 0
+    )
+    return fig
+
+
+def faithfulness_figure(result: FaithfulnessResult) -> Figure:
+    """Faithfulness and completeness of the top-k neurons against k (a symlog axis from 0)."""
+    fig = Figure(figsize=(6, 4))
+    ax = fig.subplots()
+    ks = [p.k for p in result.points]
+    ax.plot(ks, [p.faithfulness for p in result.points], marker="o", label="faithfulness")
+    ax.plot(ks, [p.completeness for p in result.points], marker="s", label="completeness")
+    ax.axhline(1.0, color="tab:gray", linestyle=":", linewidth=1)
+    ax.axhline(0.0, color="tab:gray", linestyle=":", linewidth=1)
+    ax.set_xscale("symlog", linthresh=1)
+    ax.set_xlim(0, max([1, *ks]) * 1.15)
+    _finish(
+        ax,
+        "k (top-k circuit neurons)",
+        "share of m(M) − m(∅)",
+        f"Faithfulness and completeness\nmetric {result.metric}; mean ablation at "
+        f"{result.positions} positions",
     )
     return fig
 
