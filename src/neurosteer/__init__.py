@@ -46,6 +46,8 @@ _EXPORTS = {
     "ModelLayout": "neurosteer.layout",
     "resolve_layout": "neurosteer.layout",
     "load_model": "neurosteer.loading",
+    "OptimizeConfig": "neurosteer.optimization",
+    "optimize": "neurosteer.optimization",
     "load_prompts": "neurosteer.prompts",
     "render_prompts": "neurosteer.prompts",
     "SteeringHandle": "neurosteer.steering",
@@ -67,6 +69,7 @@ __all__ = [
     "ModelLayout",
     "ModelLoadError",
     "NeurosteerError",
+    "OptimizeConfig",
     "SteeringHandle",
     "UnsupportedModelError",
     "__version__",
@@ -78,6 +81,7 @@ __all__ = [
     "load_model",
     "load_prompts",
     "neutral_prompts",
+    "optimize",
     "render_prompts",
     "resolve_layout",
     "save_baked",
@@ -116,6 +120,7 @@ if TYPE_CHECKING:
     from neurosteer.intervention import Intervention
     from neurosteer.layout import ModelLayout, resolve_layout
     from neurosteer.loading import load_model
+    from neurosteer.optimization import OptimizeConfig, optimize
     from neurosteer.prompts import load_prompts, render_prompts
     from neurosteer.steering import SteeringHandle, steer
     from neurosteer.streaming import bake_streaming
