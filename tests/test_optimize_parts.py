@@ -192,3 +192,13 @@ def test_pareto_front_keeps_only_undominated_points() -> None:
         trial_result(4, None, 0.0),
     ]
     assert [t.number for t in pareto_front(trials)] == [0, 1, 3]
+
+
+def test_missing_optuna_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    from neurosteer.optimization.study import optuna_module
+
+    monkeypatch.setitem(sys.modules, "optuna", None)  # `import optuna` raises ImportError
+    with pytest.raises(InputError, match=r"pip install 'neurosteer\[optimize\]'"):
+        optuna_module()
