@@ -15,7 +15,7 @@ import argparse
 from typing import Any
 
 import torch
-from common import char_tokenizer, emit, prompts, random_model, side_by_side, timed
+from common import bench_model, emit, prompts, side_by_side, timed
 
 import neurosteer
 from neurosteer.hooks import HookSet
@@ -54,10 +54,11 @@ def run(
     *,
     device: str = "cpu",
     dtype: str = "float32",
+    model_path: str | None = None,
 ) -> dict[str, Any]:
-    model = random_model(shape, getattr(torch, dtype), device)
+    model, tokenizer, shape = bench_model(shape, model_path, dtype, device)
     layout = neurosteer.resolve_layout(model)
-    tokenizer = char_tokenizer()
+    pad_id = int(tokenizer.pad_token_id or 0)
     half = n_prompts // 2
     positive, negative = prompts(half), prompts(n_prompts - half, offset=half)
     ids = tokenize_rendered(
@@ -69,7 +70,7 @@ def run(
     def plain_forward() -> None:
         with torch.inference_mode():
             for group in (ids[:half], ids[half:]):
-                for batch in iter_batches(group, batch_size, 0):
+                for batch in iter_batches(group, batch_size, pad_id):
                     model(
                         input_ids=batch.input_ids.to(device),
                         attention_mask=batch.attention_mask.to(device),
@@ -119,6 +120,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16, help="0: choose automatically.")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--model", default=None, help="A real model (folder or .gguf file).")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--reference", action="store_true", help="Also time the reference way.")
@@ -133,6 +135,7 @@ def main() -> None:
         args.reference,
         device=args.device,
         dtype=args.dtype,
+        model_path=args.model,
     )
     emit(result, args.json)
 

@@ -11,15 +11,20 @@ import argparse
 from typing import Any
 
 import torch
-from common import char_tokenizer, emit, prompts, random_model, side_by_side
+from common import bench_model, emit, prompts, side_by_side
 
 import neurosteer
 from neurosteer.prompts import render_prompts
 
 
-def run(shape: str, batch_sizes: list[int], new_tokens: int, repeats: int) -> dict[str, Any]:
-    model = random_model(shape)
-    tokenizer = char_tokenizer()
+def run(
+    shape: str,
+    batch_sizes: list[int],
+    new_tokens: int,
+    repeats: int,
+    model_path: str | None = None,
+) -> dict[str, Any]:
+    model, tokenizer, shape = bench_model(shape, model_path)
     circuit = neurosteer.discover(
         model, tokenizer, prompts(8), prompts(8, offset=8), universal_filter=False
     )
@@ -35,7 +40,7 @@ def run(shape: str, batch_sizes: list[int], new_tokens: int, repeats: int) -> di
                     max_new_tokens=new_tokens,
                     min_new_tokens=new_tokens,
                     do_sample=False,
-                    pad_token_id=0,
+                    pad_token_id=int(tokenizer.pad_token_id or 0),
                 )
 
         def hooked() -> None:
@@ -72,11 +77,12 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--model", default=None, help="A real model (folder or .gguf file).")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     sizes = [int(b) for b in args.batch_sizes.split(",")]
-    result = run(args.shape, sizes, args.new_tokens, args.repeats)
+    result = run(args.shape, sizes, args.new_tokens, args.repeats, args.model)
     emit(result, args.json)
 
 

@@ -70,6 +70,17 @@ def random_model(
     return model.eval()
 
 
+def bench_model(
+    shape: str, model_path: str | None = None, dtype: str = "float32", device: str = "cpu"
+) -> tuple[Any, Any, str]:
+    """(model, tokenizer, label): the model at `model_path` (any MODEL `load_model` takes, a
+    GGUF file included) with its own tokenizer, or else a random model of `shape`."""
+    if model_path:
+        model, tokenizer = neurosteer.load_model(model_path, dtype=dtype, device=device)
+        return model, tokenizer, Path(model_path).name
+    return random_model(shape, getattr(torch, dtype), device), char_tokenizer(), shape
+
+
 def char_tokenizer() -> PreTrainedTokenizerFast:
     """A character-level tokenizer with a chat template, built offline."""
     chars = [chr(c) for c in range(32, 127)]

@@ -3,6 +3,7 @@
     python benchmarks/run.py                      # the CPU figures (about 15-25 minutes on 2 cores)
     python benchmarks/run.py --quick              # small shapes, a smoke run (about 2 minutes)
     python benchmarks/run.py --device cuda --shape llama-8b --dtype bfloat16   # on a GPU
+    python benchmarks/run.py --model model.gguf   # a real model: discovery and generation only
 
 Every figure is a ratio of two things measured side by side in the same process (memory: in
 fresh processes), the median of alternating repeats: absolute times on a shared machine drift.
@@ -50,6 +51,11 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="Small shapes and counts.")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", default="benchmarks/results.json")
+    parser.add_argument(
+        "--model",
+        default=None,
+        help="A real model (folder or .gguf file): discovery / forward and generation on it.",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     small = "tiny" if args.quick else "100m"
@@ -62,20 +68,30 @@ def main() -> None:
     }
 
     shapes = [small] if args.quick else [small, "llama-1b"]
+    if args.model:
+        results["model"] = args.model
+        shapes = [args.model]
     for shape in shapes:
-        n = 16 if shape == "llama-1b" else 64
+        n = 16 if shape == "llama-1b" or args.model else 64
+        repeats = 3 if shape == small else 2
         r = bench_discovery.run(
-            shape, n, 16 if shape != "llama-1b" else 8, 3 if shape != "llama-1b" else 2, False
+            shape, n, 8 if n == 16 else 16, repeats, False, model_path=args.model
         )
-        results[f"discovery_vs_forward_{shape}"] = r
+        label = r["shape"]  # the model file's name for --model
+        results[f"discovery_vs_forward_{label}"] = r
         rows.append(
             (
-                f"discovery / plain forward ({shape}, {n} prompts)",
+                f"discovery / plain forward ({label}, {n} prompts)",
                 r["discovery_over_forward"],
                 "≤ 0.85",
                 "ratio",
             )
         )
+
+    if args.model:
+        generation(bench_generation.run(small, [1, 8], 16, 2, args.model), results, rows)
+        report(rows, results, args.out)
+        return
 
     n_ref = 32 if args.quick else 200
     r = bench_discovery.run(small, n_ref, 16, 1, True)
@@ -109,6 +125,13 @@ def main() -> None:
     )
 
     g = bench_generation.run(small, [1, 8], 8 if args.quick else 32, 3 if args.quick else 5)
+    generation(g, results, rows)
+    report(rows, results, args.out)
+
+
+def generation(
+    g: dict[str, Any], results: dict[str, Any], rows: list[tuple[str, float, str, str]]
+) -> None:
     results["generation"] = g
     for run in g["runs"]:
         rows.append(
@@ -128,13 +151,15 @@ def main() -> None:
             )
         )
 
+
+def report(rows: list[tuple[str, float, str, str]], results: dict[str, Any], out: str) -> None:
     width = max(len(r[0]) for r in rows)
     print(f"{'figure':<{width}}  {'value':>8}  target")
     for name, value, target, _ in rows:
         print(f"{name:<{width}}  {value:>8}  {target}")
     results["table"] = [{"figure": n, "value": v, "target": t} for n, v, t, _ in rows]
-    Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    Path(out).write_text(json.dumps(results, indent=2) + "\n")
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":

@@ -48,6 +48,7 @@ _EXPORTS = {
     "load_model": "neurosteer.loading",
     "OptimizeConfig": "neurosteer.optimization",
     "optimize": "neurosteer.optimization",
+    "next_token_probs": "neurosteer.probe",
     "load_prompts": "neurosteer.prompts",
     "render_prompts": "neurosteer.prompts",
     "SteeringHandle": "neurosteer.steering",
@@ -81,6 +82,7 @@ __all__ = [
     "load_model",
     "load_prompts",
     "neutral_prompts",
+    "next_token_probs",
     "optimize",
     "render_prompts",
     "resolve_layout",
@@ -121,6 +123,7 @@ if TYPE_CHECKING:
     from neurosteer.layout import ModelLayout, resolve_layout
     from neurosteer.loading import load_model
     from neurosteer.optimization import OptimizeConfig, optimize
+    from neurosteer.probe import next_token_probs
     from neurosteer.prompts import load_prompts, render_prompts
     from neurosteer.steering import SteeringHandle, steer
     from neurosteer.streaming import bake_streaming

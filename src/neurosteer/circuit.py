@@ -48,6 +48,7 @@ from neurosteer.errors import (
     NeurosteerError,
     UnsupportedModelError,
 )
+from neurosteer.gguf.reader import FileIdentity
 from neurosteer.hooks import EditState, HookSet, add_neuron_scalers
 from neurosteer.intervention import HookedIntervention, Installer
 from neurosteer.layout import ModelLayout, resolve_layout
@@ -68,7 +69,11 @@ _UNIVERSAL_LAYERS, _UNIVERSAL_NEURONS = "universal.layers", "universal.neurons"
 
 @dataclass(frozen=True)
 class ModelInfo:
-    """Which model a circuit was found on, and where its neurons sit."""
+    """Which model a circuit was found on, and where its neurons sit.
+
+    `file` names the GGUF file (name, size, hash of its header and tensor index) when the
+    model was loaded from one; None for transformers checkpoints.
+    """
 
     name_or_path: str
     model_type: str
@@ -79,6 +84,15 @@ class ModelInfo:
     layers_path: str
     site_path: str
     config_hash: str
+    file: FileIdentity | None = None
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelInfo:
+        """The inverse of `dataclasses.asdict` (circuits written before `file` existed load too)."""
+        fields = dict(data)
+        if fields.get("file") is not None:
+            fields["file"] = FileIdentity(**fields["file"])
+        return cls(**fields)
 
 
 @dataclass(frozen=True)
@@ -514,7 +528,7 @@ class Circuit(HookedIntervention):
             table = None
             if meta.get("has_table"):
                 table = DeltaTable(**{key: tensors[f"table.{key}"] for key in _TABLE_KEYS})
-            model = ModelInfo(**meta["model"])
+            model = ModelInfo.from_dict(meta["model"])
             universal = None
             if _UNIVERSAL_LAYERS in tensors:  # older files do not record them
                 universal = torch.zeros(model.n_layers, model.d_mlp, dtype=torch.bool)

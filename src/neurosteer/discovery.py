@@ -29,6 +29,7 @@ from neurosteer.attribution import (
 )
 from neurosteer.circuit import Circuit, DeltaTable, ModelInfo, PromptInfo, Settings
 from neurosteer.errors import InputError
+from neurosteer.gguf.loading import source_file
 from neurosteer.layout import ModelLayout, resolve_layout
 from neurosteer.prompts import encode_for_model, load_prompts, prompt_hash, uses_chat_template
 from neurosteer.recording import ActivationStats, record_stats, top_activation_frequency
@@ -254,6 +255,7 @@ def model_info(model: PreTrainedModel, layout: ModelLayout) -> ModelInfo:
         layers_path=layout.layers_path,
         site_path=layout.site_path,
         config_hash=config_hash(config.to_dict()),
+        file=source_file(model),
     )
 
 

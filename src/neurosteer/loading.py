@@ -1,9 +1,10 @@
 """Stage 1 of the pipeline: load a causal LM and its tokenizer, ready for batched work.
 
-Local folders and hub ids both go through `transformers`; every way this commonly fails
-(not cached while offline, not a causal LM, a bad dtype or device) becomes one
-`ModelLoadError`/`InputError` that says what to do. The tokenizer always pads on the left and
-has a pad token, so that the last real token of every prompt in a batch sits at position -1.
+Local folders, hub ids and GGUF files (`neurosteer.gguf.loading`) all go through
+`transformers`; every way this commonly fails (not cached while offline, not a causal LM, a bad
+dtype or device) becomes one `ModelLoadError`/`InputError` that says what to do. The tokenizer
+always pads on the left and has a pad token, so that the last real token of every prompt in a
+batch sits at position -1.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from transformers import (
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
 from neurosteer.errors import InputError, ModelLoadError
+from neurosteer.gguf.loading import find_gguf, load_gguf
 
 logger = logging.getLogger(__name__)
 
@@ -75,12 +77,14 @@ def load_model(
     max_memory: dict[Any, Any] | None = None,
     offload_folder: str | Path | None = None,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Load a causal LM and its tokenizer from a local folder or a hub id.
+    """Load a causal LM and its tokenizer from a local folder, a GGUF file or a hub id.
 
     Args:
-        name_or_path: a folder written by `save_pretrained`, or a hub id such as
+        name_or_path: a folder written by `save_pretrained`, a .gguf file (or a folder
+            without config.json holding one; needs the gguf package), or a hub id such as
             "meta-llama/Llama-3.2-1B-Instruct" (must be in the local cache when offline).
-        dtype: "auto" (the checkpoint's dtype), "float32", "bfloat16", "float16" or a torch dtype.
+        dtype: "auto" (the checkpoint's dtype; float32 for GGUF files, whose weights are
+            dequantized), "float32", "bfloat16", "float16" or a torch dtype.
         device_map: passed to `from_pretrained` (e.g. "auto" to spread layers over devices).
         device: a single device to move the model to ("cpu", "cuda:0"); not with `device_map`.
         revision: hub revision (branch, tag or commit).
@@ -101,6 +105,15 @@ def load_model(
     if device is not None and device_map is not None:
         raise InputError("give either a device or a device map, not both")
     target = parse_device(device) if device is not None else None
+    local_path = Path(name_or_path).expanduser()
+    gguf_file = find_gguf(local_path) if local_path.exists() else None
+    if gguf_file is not None:
+        if offload_folder is not None:
+            raise InputError("GGUF files cannot be offloaded to disk; drop --offload-folder")
+        model, tokenizer = load_gguf(
+            gguf_file, dtype=torch_dtype, device_map=device_map, max_memory=max_memory
+        )
+        return _ready(model, tokenizer, target)
     source, local = _resolve_source(name_or_path)
     common: dict[str, Any] = {"revision": revision, "trust_remote_code": trust_remote_code}
     config = _load_config(source, local=local, common=common)
@@ -115,11 +128,7 @@ def load_model(
         tokenizer = AutoTokenizer.from_pretrained(source, **common)
     except (OSError, ValueError) as err:
         raise ModelLoadError(f"cannot load the tokenizer of '{source}': {err}") from None
-    if target is not None:
-        model.to(target)  # type: ignore[arg-type]
-    model.eval()
-    prepare_tokenizer(tokenizer)
-    return model, tokenizer
+    return _ready(model, tokenizer, target)
 
 
 def _resolve_source(name_or_path: str | Path) -> tuple[str, bool]:
@@ -153,6 +162,16 @@ def _load_weights(
     except OSError as err:
         raise _not_available(source, err) from None
     return model
+
+
+def _ready(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, target: torch.device | None
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    if target is not None:
+        model.to(target)  # type: ignore[arg-type]
+    model.eval()
+    prepare_tokenizer(tokenizer)
+    return model, tokenizer
 
 
 def prepare_tokenizer(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
@@ -209,7 +228,9 @@ def _check_causal(source: str, config: Any) -> None:
 
 def _check_local_folder(folder: Path) -> None:
     if not folder.is_dir():
-        raise InputError(f"'{folder}' is a file; give the model's folder (with config.json)")
+        raise InputError(
+            f"'{folder}' is a file; give the model's folder (with config.json) or a .gguf file"
+        )
     if not (folder / "config.json").is_file():
         raise InputError(f"'{folder}' has no config.json; give a folder written by save_pretrained")
 

@@ -228,7 +228,7 @@ def generate(**params: Any) -> None:
     "-o",
     type=click.Path(path_type=Path),
     required=True,
-    help="Folder for the steered checkpoint (model + tokenizer).",
+    help="Folder for the steered checkpoint (model + tokenizer); a .gguf file for a GGUF MODEL.",
 )
 @click.option("--force", is_flag=True, help="Replace OUTPUT if it exists.")
 @click.option(
@@ -236,15 +236,29 @@ def generate(**params: Any) -> None:
     is_flag=True,
     help="Edit a local safetensors checkpoint shard by shard, never loading the model.",
 )
+@click.option(
+    "--gguf-fallback",
+    type=click.Choice(["F16", "Q8_0"], case_sensitive=False),
+    default="F16",
+    show_default=True,
+    help="GGUF only: the type of a changed tensor whose own type cannot be kept exactly enough.",
+)
 def bake(**params: Any) -> None:
-    """Write MODEL with the circuit's neurons scaled into the weights, as a plain checkpoint."""
+    """Write MODEL with the circuit's neurons scaled into the weights, as a plain checkpoint.
+
+    A GGUF MODEL is always baked tensor by tensor into a new .gguf file.
+    """
     from neurosteer.baking import save_baked
     from neurosteer.circuit import Circuit
 
-    inputs = [params["model"]] if params["streaming"] else []
+    gguf_file = _gguf_model(params["model"])
+    inputs = [params["model"]] if params["streaming"] or gguf_file is not None else []
     check_writable(params["output"], force=params["force"], inputs=inputs)
     circuit = Circuit.load(params["circuit_path"])
     m = circuit.default_strength if params["multiplier"] is None else params["multiplier"]
+    if gguf_file is not None:
+        _bake_gguf(gguf_file, circuit, m, params)
+        return
     if params["streaming"]:
         from neurosteer.streaming import bake_streaming, skeleton
 
@@ -303,14 +317,53 @@ def _refuse_loading_options(params: dict[str, Any]) -> None:
         )
 
 
+def _gguf_model(model: str) -> Path | None:
+    from neurosteer.gguf.loading import find_gguf
+
+    path = Path(model).expanduser()
+    return find_gguf(path) if path.exists() else None
+
+
+def _bake_gguf(source: Path, circuit: Any, multiplier: float, params: dict[str, Any]) -> None:
+    from neurosteer.errors import InputError
+    from neurosteer.gguf.bake import bake_gguf
+
+    output: Path = params["output"]
+    if output.suffix.lower() != ".gguf":
+        raise InputError(
+            f"a GGUF model is baked into a .gguf file; name the output e.g. {output}.gguf"
+        )
+    report = bake_gguf(
+        source,
+        circuit,
+        multiplier,
+        output,
+        force=params["force"],
+        fallback=params["gguf_fallback"].upper(),
+    )
+    for tensor in report.changed:
+        click.echo(
+            f"  {tensor.name}: {tensor.neurons} neurons, {tensor.source_type} -> "
+            f"{tensor.stored_type} (largest weight error {tensor.max_error:.2e})"
+        )
+    click.echo(
+        f"wrote {output}: {len(report.changed)} tensors changed, {report.copied} copied byte for "
+        "byte; it loads in llama.cpp and with neurosteer/transformers"
+    )
+
+
 def _register_commands() -> None:
     """Commands defined in their own files (they import the shared options, not this file)."""
     from neurosteer.cli.analysis_cmds import compare_command, report_command, sweep_command
+    from neurosteer.cli.chat_cmd import chat_command
     from neurosteer.cli.optimize_cmds import optimize_command
     from neurosteer.cli.organism_cmds import demo_command, organism_group
+    from neurosteer.cli.probe_cmd import probe_command
 
     for command in (sweep_command, report_command, compare_command, demo_command, organism_group):
         cli.add_command(command)
+    cli.add_command(probe_command)
+    cli.add_command(chat_command)
     cli.add_command(optimize_command)
 
 

@@ -1,0 +1,335 @@
+"""The paper's JailbreakBench table on a real model (issue 10, item 4), resumable point by point.
+
+Discovery runs once on the refusal-direction train splits (disjoint from JailbreakBench), with
+the full δ table kept, so every CNA point of the grid is a `reselect` of it; a second discovery
+with the universal filter off gives the reference code's own settings. Every point is judged on
+the JailbreakBench harmful and benign prompts (greedy, `--max-new-tokens`), with the KL to the
+unchanged model on benign prompts, and appended to OUT/points.jsonl as soon as it is measured:
+a killed run resumes where it stopped. `--report` writes OUT/table.md and OUT/refusal_vs_kl.png
+from whatever points exist.
+
+    python benchmarks/real_table.py --model qwen.gguf --data ../shared/data -o real-table/
+    python benchmarks/real_table.py -o real-table/ --report
+
+Points, in the order they run (the cheapest evidence first): unchanged; CNA at the paper's
+default (0.1%, m = 0, both signs) with and without the universal filter; CNA over k x m x sign
+rule; CAA over α; directional ablation over its share; three random circuits of 0.1% at m = 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+FRACTIONS = (0.001, 0.002, 0.005, 0.01, 0.02)
+MULTIPLIERS = (0.0, -0.5, -1.0)
+CAA_ALPHAS = (-0.5, -1.0, -2.0)
+DIRECTION_SHARES = (0.5, 1.0)
+RANDOM_SEEDS = (0, 1, 2)
+
+
+@dataclass(frozen=True)
+class Point:
+    """One row of the table: a method, its settings and its strength."""
+
+    key: str
+    method: str
+    settings: dict[str, Any]
+    strength: float | None
+
+
+def plan() -> Iterator[Point]:
+    """Every point, the most telling first (a run cut short still answers the main questions)."""
+    yield Point("unchanged", "unchanged", {}, None)
+    yield cna(0.001, False, 0.0)
+    yield Point(
+        "cna 0.1% both m=0 (no universal filter)",
+        "cna_reference",
+        {"fraction": 0.001, "positive_only": False},
+        0.0,
+    )
+    yield Point("caa alpha=-1", "caa", {}, -1.0)
+    yield Point("direction s=1", "direction", {}, 1.0)
+    yield Point("random 0.1% seed=0 m=0", "random", {"seed": 0}, 0.0)
+    first = [(f, True, -1.0) for f in (0.002, 0.005, 0.01)] + [(0.02, False, 0.0)]
+    for fraction, positive_only, m in first:
+        yield cna(fraction, positive_only, m)
+    for positive_only in (True, False):
+        for fraction in FRACTIONS:
+            for m in MULTIPLIERS:
+                if (fraction, positive_only, m) not in [*first, (0.001, False, 0.0)]:
+                    yield cna(fraction, positive_only, m)
+    for alpha in CAA_ALPHAS:
+        if alpha != -1.0:
+            yield Point(f"caa alpha={alpha:g}", "caa", {}, alpha)
+    for share in DIRECTION_SHARES:
+        if share != 1.0:
+            yield Point(f"direction s={share:g}", "direction", {}, share)
+    for seed in RANDOM_SEEDS[1:]:
+        yield Point(f"random 0.1% seed={seed} m=0", "random", {"seed": seed}, 0.0)
+
+
+def cna(fraction: float, positive_only: bool, m: float) -> Point:
+    sign = "positive" if positive_only else "both"
+    settings = {"fraction": fraction, "positive_only": positive_only}
+    return Point(f"cna {fraction:.1%} {sign} m={m:g}", "cna", settings, m)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse(argv)
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    if args.report:
+        report(out)
+        return
+    torch.set_num_threads(args.threads)
+    logging.basicConfig(level=logging.WARNING)
+    run(args, out)
+    report(out)
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", help="the model (a .gguf file or a folder)")
+    parser.add_argument("--data", default="../shared/data", help="the shared data folder")
+    parser.add_argument("-o", "--output", required=True, help="run folder (resumed if present)")
+    parser.add_argument("--report", action="store_true", help="only write the table and plot")
+    parser.add_argument("--n-fit", type=int, default=128, help="train prompts per set")
+    parser.add_argument("--n-eval", type=int, default=100, help="JailbreakBench prompts per set")
+    parser.add_argument("--max-new-tokens", type=int, default=150)
+    parser.add_argument("--kl-limit", type=int, default=32, help="benign prompts for the KL")
+    parser.add_argument("--kl-tokens", type=int, default=16, help="continuation scored for KL")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--caa-layer", type=int, default=None, help="default: the heuristic")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--check-one-at-a-time", action="store_true", help="also discover with batch size 1"
+    )
+    parser.add_argument("--only", default=None, help="run only points whose key contains this")
+    args = parser.parse_args(argv)
+    if not args.report and not args.model:
+        parser.error("--model is required unless --report is given")
+    return args
+
+
+def run(args: argparse.Namespace, out: Path) -> None:
+    import neurosteer
+    from neurosteer.ablation import DirectionAblation
+    from neurosteer.baselines import CAA, contrast_vectors
+    from neurosteer.circuit import Circuit
+    from neurosteer.contrast import ContrastVectors
+    from neurosteer.evaluation import PhraseJudge, kl_to_reference, load_dataset_prompts
+    from neurosteer.evaluation.refusal import measure_refusal
+    from neurosteer.layout import resolve_layout
+
+    data = Path(args.data)
+    splits = data / "refusal_direction" / "splits"
+    harmful_fit = load_dataset_prompts(splits, split="harmful_train", limit=args.n_fit)
+    harmless_fit = load_dataset_prompts(splits, split="harmless_train", limit=args.n_fit)
+    jbb = data / "jailbreakbench"
+    harmful = load_dataset_prompts(jbb / "harmful-behaviors.csv", limit=args.n_eval)
+    benign = load_dataset_prompts(jbb / "benign-behaviors.csv", limit=args.n_eval)
+
+    done = read_points(out)
+    todo = [p for p in plan() if p.key not in done and (args.only or "") in p.key]
+    if not todo:
+        return
+    started = time.perf_counter()
+    model, tokenizer = neurosteer.load_model(args.model)
+    log(out, f"loaded in {time.perf_counter() - started:.0f} s")
+    saved = out / "discovery.circuit"
+    if saved.exists():  # discovery is kept, so that a resumed run goes straight to the points
+        base = Circuit.load(saved)
+        base.check_fits(resolve_layout(model))
+    else:
+        started = time.perf_counter()
+        base = neurosteer.discover(
+            model, tokenizer, harmful_fit, harmless_fit, keep_table=True, progress=True
+        )
+        log(
+            out,
+            f"discovery on {len(harmful_fit)}+{len(harmless_fit)} prompts: "
+            f"{time.perf_counter() - started:.0f} s",
+        )
+        base.save(saved)
+    if args.check_one_at_a_time and not (out / "batching.json").exists():
+        check_batching(model, tokenizer, harmful_fit, harmless_fit, base, out)
+    judge = PhraseJudge()
+
+    def intervention(point: Point) -> Any:
+        if point.method == "cna":
+            return base.reselect(**point.settings)
+        if point.method == "cna_reference":
+            return neurosteer.discover(
+                model,
+                tokenizer,
+                harmful_fit,
+                harmless_fit,
+                fraction=point.settings["fraction"],
+                universal_filter=False,
+            )
+        if point.method == "random":
+            return base.random_like(point.settings["seed"])
+        vectors_file = out / "vectors.safetensors"
+        if vectors_file.exists():
+            vectors = ContrastVectors.load(vectors_file)
+        else:
+            vectors = contrast_vectors(model, tokenizer, harmful_fit, harmless_fit)
+            vectors.save(vectors_file)
+        if point.method == "caa":
+            return CAA.fit(vectors, layer=args.caa_layer)
+        return DirectionAblation.fit(vectors, layer=args.caa_layer)
+
+    for point in todo:
+        started = time.perf_counter()
+        target = None if point.method == "unchanged" else intervention(point)
+        measured: dict[str, Any] = {
+            "key": point.key,
+            "method": point.method,
+            "strength": point.strength,
+            **point.settings,
+        }
+        for name, prompts in (("harmful", harmful), ("benign", benign)):
+            judged = measure_refusal(
+                model,
+                tokenizer,
+                prompts,
+                judge,
+                intervention=target,
+                strength=point.strength,
+                max_new_tokens=args.max_new_tokens,
+                batch_size=args.batch_size,
+            )
+            measured[name] = dict(judged.rates)
+            measured[f"{name}_answers"] = list(judged.answers)
+        measured["kl"] = measured["kl_mean"] = 0.0
+        if target is not None:
+            kl = kl_to_reference(
+                model,
+                tokenizer,
+                benign[: args.kl_limit],
+                intervention=target,
+                strength=point.strength,
+                max_new_tokens=args.kl_tokens,
+                batch_size=args.batch_size,
+            )
+            measured["kl"], measured["kl_mean"] = kl.first_token, kl.mean
+        if target is not None and hasattr(target, "neurons"):
+            measured["neurons"] = len(target)
+            measured["layers"] = target.neurons_per_layer()
+        measured["seconds"] = time.perf_counter() - started
+        measured["settings"] = {
+            "n_eval": len(harmful),
+            "max_new_tokens": args.max_new_tokens,
+            "n_fit": len(harmful_fit),
+            "kl_limit": args.kl_limit,
+            "kl_tokens": args.kl_tokens,
+        }
+        with (out / "points.jsonl").open("a") as f:
+            f.write(json.dumps(measured, default=str) + "\n")
+        log(
+            out,
+            f"{point.key}: harmful refused {measured['harmful']['refusal']:.0%}, "
+            f"kl {measured['kl']:.3f}, {measured['seconds']:.0f} s",
+        )
+
+
+def check_batching(
+    model: Any, tokenizer: Any, positive: list[str], negative: list[str], base: Any, out: Path
+) -> None:
+    """Discovery one prompt at a time gives the batched circuit (rules out a padding fault)."""
+    import neurosteer
+
+    started = time.perf_counter()
+    single = neurosteer.discover(model, tokenizer, positive, negative, batch_size=1)
+
+    def by_neuron(circuit: Any) -> dict[tuple[int, int], float]:
+        keys = zip(circuit.layers.tolist(), circuit.neurons.tolist(), strict=True)
+        return dict(zip(keys, circuit.delta.tolist(), strict=True))
+
+    batched, one = by_neuron(base), by_neuron(single)
+    same = batched.keys() == one.keys()
+    delta = max(abs(batched[k] - one[k]) for k in batched) if same else float("nan")
+    (out / "batching.json").write_text(json.dumps({"same_neurons": same, "max_delta": delta}))
+    log(
+        out,
+        f"one prompt at a time: same {len(base)} neurons: {same}; largest δ difference "
+        f"{delta:.2e}; {time.perf_counter() - started:.0f} s",
+    )
+
+
+def read_points(out: Path) -> dict[str, dict[str, Any]]:
+    path = out / "points.jsonl"
+    if not path.exists():
+        return {}
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return {row["key"]: row for row in rows}
+
+
+def log(out: Path, message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+    with (out / "run.log").open("a") as f:
+        f.write(message + "\n")
+
+
+def report(out: Path) -> None:
+    rows = list(read_points(out).values())
+    if not rows:
+        print(f"no points in {out}/points.jsonl yet", file=sys.stderr)
+        return
+    lines = [
+        "| point | neurons | harmful refused | degenerate | benign refused | KL first | KL mean "
+        "| s |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        lines.append(
+            f"| {row['key']} | {row.get('neurons', '')} | {row['harmful']['refusal']:.0%} | "
+            f"{row['harmful']['degenerate']:.0%} | {row['benign']['refusal']:.0%} | "
+            f"{row['kl']:.3f} | {row['kl_mean']:.3f} | {row['seconds']:.0f} |"
+        )
+    settings = rows[0]["settings"]
+    lines.append(
+        f"\n{settings['n_eval']} harmful / {settings['n_eval']} benign JailbreakBench prompts, "
+        f"{settings['max_new_tokens']} new tokens, greedy, sweep judge; KL on "
+        f"{settings['kl_limit']} benign prompts over {settings['kl_tokens']} tokens (first "
+        "answer token, and mean); discovery "
+        f"on {settings['n_fit']} + {settings['n_fit']} refusal-direction train prompts."
+    )
+    (out / "table.md").write_text("\n".join(lines) + "\n")
+    plot(rows, out / "refusal_vs_kl.png")
+    print("\n".join(lines))
+
+
+def plot(rows: list[dict[str, Any]], path: Path) -> None:
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7, 4.5))
+    ax = fig.add_subplot()
+    for method in sorted({row["method"] for row in rows}):
+        chosen = [row for row in rows if row["method"] == method]
+        ax.scatter(
+            [row["kl"] for row in chosen],
+            [row["harmful"]["refusal"] for row in chosen],
+            label=method,
+        )
+    ax.set_xscale("symlog", linthresh=0.01)
+    ax.set_xlabel("KL to the unchanged model on benign prompts (nats, first tokens)")
+    ax.set_ylabel("harmful prompts refused")
+    ax.set_title("JailbreakBench on the real model: refusal vs KL")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,153 @@
+"""`neurosteer chat`: an interactive, streamed conversation with a live steering multiplier.
+
+The session itself (`neurosteer.chat_session.ChatSession`) takes lines and writes to a stream;
+this file loads the model, reads lines from the terminal (with readline editing and a history
+file) or from a pipe (echoing each line after the prompt, so the output reads as a
+transcript), and handles Ctrl-C and Ctrl-D.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any, TextIO
+
+import click
+
+from neurosteer.cli.options import load, model_options
+from neurosteer.errors import InputError
+
+logger = logging.getLogger(__name__)
+
+#: Lines kept in the history file.
+HISTORY_LENGTH = 1000
+
+
+def history_path() -> Path:
+    """Where the chat history lives: $XDG_CACHE_HOME/neurosteer/chat_history (default
+    ~/.cache/neurosteer/chat_history)."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "neurosteer" / "chat_history"
+
+
+class _History:
+    """readline's history, read from and written back to `history_path()`; a history that
+    cannot be read or written is a warning, never an error."""
+
+    def __init__(self) -> None:
+        self.path = history_path()
+        self.readline: ModuleType | None
+        try:
+            import readline
+        except ImportError:  # e.g. Windows without pyreadline: plain input()
+            self.readline = None
+            return
+        self.readline = readline
+        readline.set_history_length(HISTORY_LENGTH)
+        if self.path.is_file():
+            try:
+                readline.read_history_file(str(self.path))
+            except OSError as err:
+                logger.debug("could not read the chat history %s: %s", self.path, err)
+
+    def save(self) -> None:
+        if self.readline is None:
+            return
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.readline.write_history_file(str(self.path))
+        except OSError as err:
+            click.echo(
+                f"warning: could not save the chat history to {self.path}: {err.strerror or err}",
+                err=True,
+            )
+
+
+def _read_line(prompt: str, interactive: bool, out: TextIO) -> str | None:
+    """The next line, None at end of input. On a terminal readline edits it; from a pipe the
+    line is echoed after the prompt."""
+    if interactive:
+        try:
+            return input(prompt)
+        except EOFError:
+            out.write("\n")
+            return None
+    line = sys.stdin.readline()
+    if not line:
+        return None
+    out.write(prompt + line.rstrip("\r\n") + "\n")
+    return line
+
+
+@click.command("chat")
+@model_options
+@click.option(
+    "--circuit",
+    "circuit_path",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Steer the replies with this circuit (/m changes the multiplier, /off turns it off).",
+)
+@click.option(
+    "--multiplier",
+    "-m",
+    type=float,
+    default=None,
+    help="The circuit's multiplier to start with (default: the circuit's default, 0).",
+)
+@click.option("--max-new-tokens", type=int, default=256, show_default=True)
+@click.option(
+    "--temperature",
+    type=float,
+    default=0.0,
+    show_default=True,
+    help="0 decodes greedily; above 0 samples at this temperature.",
+)
+@click.option("--system", default=None, metavar="TEXT", help="A system turn before the chat.")
+def chat_command(**params: Any) -> None:
+    """Talk to MODEL, steered by --circuit; /help inside lists the commands.
+
+    Replies stream as they are generated; Ctrl-C stops a reply, Ctrl-D or /quit leaves.
+    """
+    from neurosteer.chat_session import ChatSession
+    from neurosteer.circuit import Circuit
+
+    if params["multiplier"] is not None and params["circuit_path"] is None:
+        raise InputError("-m sets the circuit's multiplier; give --circuit too")
+    circuit = Circuit.load(params["circuit_path"]) if params["circuit_path"] else None
+    model, tokenizer, layout = load(params, circuit)
+    out = sys.stdout
+    session = ChatSession(
+        model,
+        tokenizer,
+        out,
+        circuit=circuit,
+        circuit_name=None if circuit is None else str(params["circuit_path"]),
+        multiplier=params["multiplier"],
+        layout=layout if circuit is not None else None,
+        system=params["system"],
+        max_new_tokens=params["max_new_tokens"],
+        temperature=params["temperature"],
+        model_name=str(params["model"]),
+    )
+    interactive = sys.stdin.isatty()
+    history = _History() if interactive else None
+    out.write(session.greeting() + "\n")
+    out.flush()
+    try:
+        while True:
+            try:
+                line = _read_line(session.prompt(), interactive, out)
+                if line is None or not session.handle(line):
+                    break
+            except KeyboardInterrupt:  # at the prompt, or outside a reply's generation
+                if not interactive:
+                    raise
+                out.write("\n")
+            out.flush()
+    finally:
+        if history is not None:
+            history.save()

@@ -1,0 +1,181 @@
+"""`neurosteer probe`: the first answer token's probabilities, unsteered and under a circuit.
+
+Parses the options, calls `neurosteer.probe.next_token_probs` and prints one table per prompt
+(or JSON with --json). Bad input raises `InputError`, which the group prints as one line.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+from rich.table import Table
+
+from neurosteer.cli.options import load, model_options, template_option
+from neurosteer.cli.render import console, print_table
+from neurosteer.errors import InputError
+
+if TYPE_CHECKING:  # imported inside the command: `--help` stays fast
+    from neurosteer.probe import NextTokenProbs, TokenChoice
+
+#: Separates --tokens items: a comma and at most one space ("' I, Sure'" is ' I' and 'Sure').
+_TOKEN_SEPARATOR = re.compile(r", ?")
+
+
+def parse_multipliers(text: str) -> tuple[float, ...]:
+    """'0,1,2' -> (0.0, 1.0, 2.0); anything else is an `InputError`."""
+    try:
+        values = tuple(float(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        values = ()
+    if not values or not all(math.isfinite(v) for v in values):
+        raise InputError(f"-m takes comma-separated finite numbers such as 0,1,2; got {text!r}")
+    return values
+
+
+def parse_tokens(values: tuple[str, ...]) -> list[str]:
+    """--tokens values -> token strings: items split at ',' or ', ' (further spaces belong to
+    the token, so ' I,  Sure' is ' I' and ' Sure'); a value that is exactly ',' is the comma."""
+    tokens: list[str] = []
+    for value in values:
+        parts = [value] if value == "," else _TOKEN_SEPARATOR.split(value)
+        if any(part == "" for part in parts):
+            raise InputError(
+                f"--tokens has an empty item in {value!r}; separate tokens with ',' or ', '"
+            )
+        tokens += parts
+    return tokens
+
+
+@click.command("probe")
+@model_options
+@click.argument("prompts", nargs=-1)
+@click.option(
+    "--prompt-file",
+    "-p",
+    "prompt_file",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="More prompts from a file (.txt, .jsonl, .json, .csv).",
+)
+@click.option(
+    "--circuit",
+    "circuit_path",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Also read the probabilities under this circuit.",
+)
+@click.option(
+    "--multiplier",
+    "-m",
+    "multipliers",
+    default=None,
+    help="Comma-separated multipliers, e.g. 0,1,2 (default: the circuit's default, 0).",
+)
+@click.option(
+    "--tokens",
+    "-t",
+    multiple=True,
+    help="Tokens to report, e.g. ' I, Sure' (repeatable). A string of several tokens is "
+    "scored by its first token.",
+)
+@click.option("--top", default=10, show_default=True, help="Most likely tokens to list.")
+@click.option("--batch-size", default=8, show_default=True, help="Prompts per forward pass.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
+@template_option
+def probe_command(**params: Any) -> None:
+    """Probabilities of the first answer token for PROMPTS, unsteered and with --circuit.
+
+    Each prompt is rendered as `generate` renders it (chat template and generation prompt).
+    """
+    from neurosteer.circuit import Circuit
+    from neurosteer.probe import next_token_probs
+    from neurosteer.prompts import load_prompts
+
+    prompts: list[str] = list(params["prompts"])
+    if params["prompt_file"] is not None:
+        prompts += load_prompts(params["prompt_file"])
+    if not prompts:
+        raise InputError("probe needs a prompt: give it as an argument or in a file with -p FILE")
+    if params["top"] < 0:
+        raise InputError(f"--top must be 0 or more, got {params['top']}")
+    if params["batch_size"] < 1:
+        raise InputError(f"--batch-size must be at least 1, got {params['batch_size']}")
+    if params["multipliers"] is not None and params["circuit_path"] is None:
+        raise InputError("-m sets the circuit's multipliers; give --circuit too")
+    multipliers = parse_multipliers(params["multipliers"]) if params["multipliers"] else None
+    tokens = parse_tokens(params["tokens"])
+    circuit = Circuit.load(params["circuit_path"]) if params["circuit_path"] else None
+    model, tokenizer, layout = load(params, circuit)
+    result = next_token_probs(
+        model,
+        tokenizer,
+        prompts,
+        intervention=circuit,
+        strengths=multipliers,
+        tokens=tokens,
+        top=params["top"],
+        system=params["system"],
+        chat_template=params["chat_template"],
+        batch_size=params["batch_size"],
+        layout=layout,
+    )
+    if params["as_json"]:
+        record = {
+            "model": params["model"],
+            "circuit": None if circuit is None else str(params["circuit_path"]),
+            **result.to_dict(),
+        }
+        click.echo(json.dumps(record, indent=2, ensure_ascii=False))
+        return
+    for i in range(len(result.prompts)):
+        if i:
+            console.print()
+        print_table(probe_table(result, i))
+    for note in token_notes(result.tokens):
+        console.print(note, highlight=False)
+
+
+def setting_label(strength: float | None) -> str:
+    return "unsteered" if strength is None else f"m = {strength:g}"
+
+
+def token_label(choice: TokenChoice) -> str:
+    """' I' as given, with the token actually scored when it is spelled otherwise."""
+    label = repr(choice.text)
+    if choice.n_tokens > 1:
+        return f"{label} (first token {choice.token!r})"
+    return label if choice.token == choice.text else f"{label} ({choice.token!r})"
+
+
+def token_notes(tokens: tuple[TokenChoice, ...]) -> list[str]:
+    return [
+        f"note: {c.text!r} is {c.n_tokens} tokens; only its first token {c.token!r} is scored"
+        for c in tokens
+        if c.n_tokens > 1
+    ]
+
+
+def _prob(p: float) -> str:
+    return f"{p:.4f}" if p >= 1e-4 or p == 0 else f"{p:.1e}"
+
+
+def probe_table(result: NextTokenProbs, i: int) -> Table:
+    """One prompt: the top tokens per setting, then the chosen tokens' probabilities."""
+    row = result.probs[i]
+    table = Table(title=f"> {result.prompts[i]}", show_edge=False, title_justify="left")
+    table.add_column("", justify="right")
+    for setting in row:
+        table.add_column(setting_label(setting.strength), justify="left")
+    for rank in range(max((len(s.top) for s in row), default=0)):
+        cells = [f"{s.top[rank].text!r} {_prob(s.top[rank].prob)}" for s in row]
+        table.add_row(str(rank + 1), *cells)
+    if result.tokens:
+        table.add_section()
+        for t, choice in enumerate(result.tokens):
+            table.add_row(token_label(choice), *(_prob(s.chosen[t]) for s in row))
+    return table
