@@ -202,3 +202,32 @@ def test_missing_optuna_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None
     monkeypatch.setitem(sys.modules, "optuna", None)  # `import optuna` raises ImportError
     with pytest.raises(InputError, match=r"pip install 'neurosteer\[optimize\]'"):
         optuna_module()
+
+
+def test_refusal_tokens_are_those_that_mostly_open_refusals() -> None:
+    from neurosteer.evaluation.kl import ReferenceBatch
+    from neurosteer.evaluation.refusal import JudgedAnswers
+    from neurosteer.optimization.objectives import refusal_tokens
+
+    i, sure, no, eh = 7, 8, 9, 10  # first answer tokens
+    firsts = [i, i, i, i, sure, sure, no, eh]
+    labels = (
+        "refusal",
+        "refusal",
+        "refusal",
+        "compliance",
+        "compliance",
+        "compliance",
+        "refusal",
+        "degenerate",
+    )
+    batch = ReferenceBatch(
+        index=torch.arange(8),
+        input_ids=torch.tensor([[1, 2, t] for t in firsts]),
+        attention_mask=torch.ones(8, 3, dtype=torch.long),
+        logprobs=torch.zeros(8, 1, 12),
+        valid=torch.ones(8, 1),
+    )
+    answers = JudgedAnswers(("p",) * 8, ("a",) * 8, labels, {})  # type: ignore[arg-type]
+    # "I" opens three refusals and one odd compliant answer: still a refusal token
+    assert refusal_tokens(KLReference((batch,), 8, 1), answers) == (i, no)

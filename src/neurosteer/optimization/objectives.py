@@ -15,7 +15,7 @@ unchanged answers to the held-out positives, and the first answer tokens that ma
 
 Pruning (optional): before answering, a trial's first-token refusal mass is measured (one
 forward pass over the held-out positives: the probability the steered model gives the tokens
-that open the unchanged model's refusals and none of its compliant answers). A trial that
+that open more of the unchanged model's refusals than of its compliant answers). A trial that
 keeps at least `prune_ratio` of the unchanged model's mass is hopeless (it would refuse about
 as often) and skips its answers, the expensive part.
 """
@@ -52,8 +52,8 @@ class Reference:
         first_token: the unchanged first answer token of each held-out positive prompt and its
             log-probabilities (a one-token KL reference).
         unchanged: the unchanged model's judged answers to the held-out positive prompts.
-        refusal_tokens: token ids that open some unchanged refusal and no unchanged compliant
-            answer (the first-token refusal signal).
+        refusal_tokens: token ids that open more unchanged refusals than compliant answers
+            (the first-token refusal signal; `refusal_tokens`).
         refusal_mass: the unchanged model's mean probability of `refusal_tokens` at the first
             answer token.
     """
@@ -158,14 +158,21 @@ def build_reference(
 
 
 def refusal_tokens(first: KLReference, unchanged: JudgedAnswers) -> tuple[int, ...]:
-    """Token ids that open an unchanged refusal and no unchanged compliant answer (sorted)."""
+    """Token ids that open more unchanged refusals than unchanged compliant answers (sorted).
+
+    A majority, not "never opens a compliant answer": one odd answer ("I'm sorry, but I don't
+    have that product", judged compliant) must not silence "I", which opens most refusals.
+    """
     first_ids: dict[int, int] = {}
     for batch in first.batches:
         for row, token in zip(batch.index.tolist(), batch.input_ids[:, -1].tolist(), strict=True):
             first_ids[row] = int(token)
-    refused = {first_ids[i] for i, lab in enumerate(unchanged.labels) if lab == "refusal"}
-    complied = {first_ids[i] for i, lab in enumerate(unchanged.labels) if lab == "compliance"}
-    return tuple(sorted(refused - complied))
+    balance: dict[int, int] = {}
+    for i, label in enumerate(unchanged.labels):
+        if label != "degenerate":
+            token = first_ids[i]
+            balance[token] = balance.get(token, 0) + (1 if label == "refusal" else -1)
+    return tuple(sorted(token for token, n in balance.items() if n > 0))
 
 
 class Objectives:

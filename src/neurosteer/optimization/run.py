@@ -30,7 +30,13 @@ from neurosteer.optimization import baselines as baseline_points
 from neurosteer.optimization import store
 from neurosteer.optimization.baselines import BaselinePoint
 from neurosteer.optimization.config import OptimizeConfig
-from neurosteer.optimization.objectives import Objectives, Outcome, Reference, build_reference
+from neurosteer.optimization.objectives import (
+    MIN_REFUSAL_MASS,
+    Objectives,
+    Outcome,
+    Reference,
+    build_reference,
+)
 from neurosteer.optimization.space import NoCandidates, build_circuit, suggest
 from neurosteer.optimization.split import Split, split_prompts
 from neurosteer.optimization.study import (
@@ -138,6 +144,13 @@ def optimize(
         table = _table(model, tokenizer, split, config, neutral, layout, folder, progress)
         reference = _reference(model, tokenizer, split, judge, config, folder, progress)
         objectives = Objectives(model, tokenizer, split.held_out_positive, judge, config, reference)
+        if config.prune and not reference.can_prune:
+            logger.warning(
+                "pruning is off: the unchanged model's first answer token hardly tells its "
+                "refusals from its other answers (refusal-token mass %.3f < %.2f)",
+                reference.refusal_mass,
+                MIN_REFUSAL_MASS,
+            )
         study = open_study(folder, config)
         interrupted = recover_interrupted(study) if folder is not None else []
         _run_trials(study, table, objectives, config, progress)
