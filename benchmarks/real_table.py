@@ -114,6 +114,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--check-one-at-a-time", action="store_true", help="also discover with batch size 1"
     )
+    parser.add_argument(
+        "--circuit",
+        action="append",
+        default=[],
+        help="also measure this circuit at its own multiplier (e.g. `optimize --export`), first",
+    )
     parser.add_argument("--only", default=None, help="run only points whose key contains this")
     args = parser.parse_args(argv)
     if not args.report and not args.model:
@@ -140,7 +146,8 @@ def run(args: argparse.Namespace, out: Path) -> None:
     benign = load_dataset_prompts(jbb / "benign-behaviors.csv", limit=args.n_eval)
 
     done = read_points(out)
-    todo = [p for p in plan() if p.key not in done and (args.only or "") in p.key]
+    extra = [Point(f"circuit {path}", "file", {"path": path}, None) for path in args.circuit]
+    todo = [p for p in [*extra, *plan()] if p.key not in done and (args.only or "") in p.key]
     if not todo:
         return
     started = time.perf_counter()
@@ -177,6 +184,8 @@ def run(args: argparse.Namespace, out: Path) -> None:
                 fraction=point.settings["fraction"],
                 universal_filter=False,
             )
+        if point.method == "file":
+            return Circuit.load(point.settings["path"])
         if point.method == "random":
             return base.random_like(point.settings["seed"])
         vectors_file = out / "vectors.safetensors"

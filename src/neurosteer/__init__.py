@@ -48,6 +48,8 @@ _EXPORTS = {
     "FaithfulnessResult": "neurosteer.faithfulness",
     "measure_faithfulness": "neurosteer.faithfulness",
     "load_model": "neurosteer.loading",
+    "OptimizeConfig": "neurosteer.optimization",
+    "optimize": "neurosteer.optimization",
     "next_token_probs": "neurosteer.probe",
     "load_prompts": "neurosteer.prompts",
     "render_prompts": "neurosteer.prompts",
@@ -73,6 +75,7 @@ __all__ = [
     "ModelLayout",
     "ModelLoadError",
     "NeurosteerError",
+    "OptimizeConfig",
     "RelPRules",
     "SteeringHandle",
     "UnsupportedModelError",
@@ -88,6 +91,7 @@ __all__ = [
     "measure_faithfulness",
     "neutral_prompts",
     "next_token_probs",
+    "optimize",
     "render_prompts",
     "resolve_layout",
     "save_baked",
@@ -127,6 +131,7 @@ if TYPE_CHECKING:
     from neurosteer.intervention import Intervention
     from neurosteer.layout import ModelLayout, resolve_layout
     from neurosteer.loading import load_model
+    from neurosteer.optimization import OptimizeConfig, optimize
     from neurosteer.probe import next_token_probs
     from neurosteer.prompts import load_prompts, render_prompts
     from neurosteer.relp import RelPRules, attribute

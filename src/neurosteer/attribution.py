@@ -1,9 +1,10 @@
 """Stage 4 of the pipeline: score neurons, filter candidates, select the circuit.
 
 Pure tensor functions over [n_layers, d_mlp] tables: no model, no hooks. The score is the
-plain difference of means (method.md §1.4); selection is one global top-k by |δ| over the
-candidate layers, with ties broken by (layer, neuron) order so that equal inputs always give
-the same circuit.
+plain difference of means (method.md §1.4), or, as an option, that difference over the pooled
+standard deviation of the two sets (`neuron_scores`); selection is one global top-k by |score|
+over the candidate layers, with ties broken by (layer, neuron) order so that equal inputs
+always give the same circuit.
 """
 
 from __future__ import annotations
@@ -35,6 +36,57 @@ def neurons_for_fraction(fraction: float, n_neurons: int) -> int:
 def difference_of_means(positive_mean: torch.Tensor, negative_mean: torch.Tensor) -> torch.Tensor:
     """δ [n_layers, d_mlp] = mean over positives − mean over negatives."""
     return positive_mean.float() - negative_mean.float()
+
+
+SCORES = ("diff", "standardized")
+"""Neuron scores `neuron_scores` knows: δ itself, and δ over the pooled standard deviation."""
+
+#: The standardized score divides by max(pooled std, this share of the median pooled std), so
+#: a neuron that is nearly constant on both sets cannot win on rounding noise alone.
+STD_FLOOR_SHARE = 0.01
+
+
+def neuron_scores(
+    positive_mean: torch.Tensor,
+    negative_mean: torch.Tensor,
+    positive_var: torch.Tensor,
+    negative_var: torch.Tensor,
+    *,
+    kind: str = "diff",
+    counts: tuple[int, int] | None = None,
+) -> torch.Tensor:
+    """[n_layers, d_mlp] float32 scores whose sign is δ's and whose size ranks neurons.
+
+    Args:
+        positive_mean, negative_mean, positive_var, negative_var: [n_layers, d_mlp] statistics
+            of the two sets (sample variances, as recorded).
+        kind: "diff": δ = mean(positive) − mean(negative). "standardized": δ / s, where s is
+            the pooled standard deviation, sqrt(((n₊ − 1) var₊ + (n₋ − 1) var₋) / (n₊ + n₋ − 2))
+            (the plain mean of the variances without `counts`), floored at
+            `STD_FLOOR_SHARE` of its median: a neuron that moves little between the sets but
+            is steady within each scores high.
+        counts: (n₊, n₋), the number of prompts behind each set's statistics.
+
+    Raises:
+        InputError: an unknown `kind`.
+
+    Example:
+        >>> neuron_scores(mean_p, mean_n, var_p, var_n, kind="standardized", counts=(32, 32))
+    """
+    delta = difference_of_means(positive_mean, negative_mean)
+    if kind == "diff":
+        return delta
+    if kind != "standardized":
+        raise InputError(f"unknown neuron score {kind!r}; known: {', '.join(SCORES)}")
+    var_p, var_n = positive_var.float(), negative_var.float()
+    if counts is not None and counts[0] + counts[1] > 2:
+        n_p, n_n = counts
+        pooled = (max(n_p - 1, 0) * var_p + max(n_n - 1, 0) * var_n) / (n_p + n_n - 2)
+    else:
+        pooled = (var_p + var_n) / 2
+    std = pooled.clamp(min=0).sqrt()
+    floor = max(float(std.median()) * STD_FLOOR_SHARE, 1e-6)
+    return delta / std.clamp(min=floor)
 
 
 def universal_mask(frequency: torch.Tensor, threshold: float = UNIVERSAL_THRESHOLD) -> torch.Tensor:

@@ -4,13 +4,19 @@ A circuit is a frozen record of which neurons were selected (rank order), their 
 the provenance a reader needs to trust or reproduce it. On disk it is a folder:
 
     refusal.circuit/
-        circuit.json          metadata (format version, model, settings, prompt hashes)
+        circuit.json          metadata (format version, model, settings, prompt hashes; for
+                              a circuit exported from `neurosteer optimize`, the search it
+                              came from under "search")
         tensors.safetensors   layers, neurons, delta, positive_mean, negative_mean [k];
                               the universal neurons as "universal.layers", "universal.neurons"
                               [u] (absent in files of older versions); optionally, the full
                               [n_layers, d_mlp] tables ("table.*")
 
 No timestamps: the same inputs give the same files, byte for byte. Writes are atomic.
+
+Format versions: 1 (the first), 2 (adds `Settings.multiplier`, `Settings.score` and the
+"search" section). This version reads both; a version-1 file reads with the defaults of the
+new fields (no stored multiplier, the plain difference of means, no search).
 """
 
 from __future__ import annotations
@@ -28,7 +34,12 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from neurosteer._io import atomic_directory
-from neurosteer.attribution import candidate_mask, neurons_for_fraction, select_top_k
+from neurosteer.attribution import (
+    candidate_mask,
+    neuron_scores,
+    neurons_for_fraction,
+    select_top_k,
+)
 from neurosteer.errors import (
     CircuitFormatError,
     CircuitLayoutError,
@@ -47,7 +58,9 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
+"""Circuit format versions `Circuit.load` reads (see the module docstring)."""
 METADATA_FILE = "circuit.json"
 TENSORS_FILE = "tensors.safetensors"
 _TABLE_KEYS = ("positive_mean", "negative_mean", "positive_var", "negative_var", "universal")
@@ -111,6 +124,43 @@ class Settings:
     attribution: str | None = None
     """For method "relp": how the scores were computed (positions, propagation rules, metric);
     None for other methods (and circuits written before this field existed)."""
+    multiplier: float | None = None
+    """The multiplier m to steer and bake with when none is given (None: the default 0, which
+    ablates). Set by `neurosteer optimize --export`; files of version 1 read as None."""
+    score: str = "diff"
+    """What the neurons were ranked by: "diff" (δ, the difference of means) or "standardized"
+    (δ over the pooled standard deviation); see `neurosteer.attribution.neuron_scores`."""
+
+
+@dataclass(frozen=True)
+class SearchProvenance:
+    """Where a circuit exported from a `neurosteer optimize` study came from.
+
+    Attributes:
+        study: the run folder, as given to the export.
+        trial: the study's trial number the circuit was rebuilt from.
+        rule: how that trial was chosen (the rule and its target, or "--trial N").
+        refusal, degenerate: shares of the held-out positive prompts' answers (in [0, 1]).
+        kl: the KL objective in nats (`kl_measure`: "first_token" or "mean").
+        judge: the refusal judge's name.
+        max_new_tokens: answer length of the refusal objective.
+        held_out: {"positive" | "negative": prompt count and SHA-256} of the held-out sets.
+        n_trials: finished trials in the study at export time.
+        model_name: the model the study ran on.
+    """
+
+    study: str
+    trial: int
+    rule: str
+    refusal: float
+    degenerate: float
+    kl: float
+    kl_measure: str
+    judge: str
+    max_new_tokens: int
+    held_out: dict[str, PromptInfo]
+    n_trials: int
+    model_name: str
 
 
 @dataclass(frozen=True)
@@ -146,6 +196,10 @@ class Circuit(HookedIntervention):
         table: the full statistics, if discovery was asked to keep them.
         universal: [n_layers, d_mlp] bool, the neurons the universal filter marked (all False
             when it was off); None when unknown (files of older versions without a table).
+        search: the `neurosteer optimize` study the circuit was exported from, if any.
+
+    The default strength is `settings.multiplier` when the circuit stores one (an exported
+    search result), else 0.
     """
 
     layers: torch.Tensor
@@ -159,8 +213,14 @@ class Circuit(HookedIntervention):
     library_version: str = ""
     table: DeltaTable | None = None
     universal: torch.Tensor | None = None
-    default_strength: ClassVar[float] = 0.0
+    search: SearchProvenance | None = None
     identity_strength: ClassVar[float] = 1.0
+
+    @property
+    def default_strength(self) -> float:  # type: ignore[override]
+        """The multiplier used when none is given: the stored one, else 0 (ablate)."""
+        stored = self.settings.multiplier
+        return 0.0 if stored is None else float(stored)
 
     def __len__(self) -> int:
         return int(self.layers.numel())
@@ -301,6 +361,27 @@ class Circuit(HookedIntervention):
                 "indices do not carry over between families, so discover a circuit on this model"
             )
 
+    def scores(self, score: str | None = None) -> torch.Tensor:
+        """[n_layers, d_mlp] float32 neuron scores from the kept table (`score` None: the one
+        this circuit was selected by, `settings.score`).
+
+        Raises:
+            InputError: no table kept, or an unknown score.
+        """
+        if self.table is None:
+            raise InputError(
+                "this circuit has no full table; discover it again with keep_table=True"
+            )
+        pos, neg = (self.prompts.get(name) for name in ("positive", "negative"))
+        return neuron_scores(
+            self.table.positive_mean,
+            self.table.negative_mean,
+            self.table.positive_var,
+            self.table.negative_var,
+            kind=self.settings.score if score is None else score,
+            counts=None if pos is None or neg is None else (pos.count, neg.count),
+        )
+
     def reselect(
         self,
         *,
@@ -317,7 +398,7 @@ class Circuit(HookedIntervention):
         frac = self.settings.fraction if fraction is None else fraction
         k = top_k if top_k is not None else neurons_for_fraction(frac, n_neurons)
         pos_only = self.settings.positive_only if positive_only is None else positive_only
-        chosen = select_top_k(self.table.delta, self.candidates(), k, positive_only=pos_only)
+        chosen = select_top_k(self.scores(), self.candidates(), k, positive_only=pos_only)
         settings = replace(
             self.settings,
             k=k,
@@ -419,6 +500,8 @@ class Circuit(HookedIntervention):
             "neurons_per_layer": {str(k): v for k, v in self.neurons_per_layer().items()},
             "has_table": self.table is not None,
         }
+        if self.search is not None:
+            meta["search"] = asdict(self.search)
         with atomic_directory(path, force=force) as staging:
             (staging / METADATA_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
             save_file(tensors, str(staging / TENSORS_FILE))
@@ -439,10 +522,10 @@ class Circuit(HookedIntervention):
         except (ValueError, OSError, RuntimeError, SafetensorError) as err:  # JSON, bytes, I/O
             raise CircuitFormatError(f"'{folder}' is corrupt: {err}") from None
         version = meta.get("format_version")
-        if version != FORMAT_VERSION:
+        if type(version) is not int or version not in READABLE_VERSIONS:
             raise CircuitFormatError(
                 f"'{folder}' has circuit format version {version}; this neurosteer reads version "
-                f"{FORMAT_VERSION} (upgrade neurosteer to read newer files)"
+                f"{FORMAT_VERSION} and older (upgrade neurosteer to read newer files)"
             )
         try:
             settings = dict(meta["settings"])
@@ -467,9 +550,18 @@ class Circuit(HookedIntervention):
                 library_version=str(meta.get("library_version", "")),
                 table=table,
                 universal=universal,
+                search=_search(meta.get("search")),
             )
         except (KeyError, TypeError, IndexError) as err:
             raise CircuitFormatError(f"'{folder}' is missing a field: {err}") from None
+
+
+def _search(data: dict[str, Any] | None) -> SearchProvenance | None:
+    """The "search" section of circuit.json (absent before version 2, and when not exported)."""
+    if data is None:
+        return None
+    held_out = {name: PromptInfo(**info) for name, info in data["held_out"].items()}
+    return SearchProvenance(**{**data, "held_out": held_out})
 
 
 def from_table(

@@ -203,9 +203,9 @@ def inspect(circuit: Path, top: int) -> None:
     "--multiplier",
     "-m",
     type=float,
-    default=0.0,
-    show_default=True,
-    help="0 ablates, 1 is unchanged, 2 amplifies.",
+    default=None,
+    help="0 ablates, 1 is unchanged, 2 amplifies (default: the circuit's stored multiplier, "
+    "else 0).",
 )
 @click.option(
     "--positions",
@@ -237,15 +237,22 @@ def generate(**params: Any) -> None:
         for prompt, answer in zip(prompts, plain, strict=True):
             click.echo(f"> {prompt}\n{answer}\n")
         return
-    with steer(model, circuit, params["multiplier"], positions=params["positions"], layout=layout):
+    m = circuit.default_strength if params["multiplier"] is None else params["multiplier"]
+    with steer(model, circuit, m, positions=params["positions"], layout=layout):
         steered = run_generate(model, tokenizer, prompts, **kwargs)
-    print_side_by_side(prompts, plain, steered, multiplier=params["multiplier"])
+    print_side_by_side(prompts, plain, steered, multiplier=m)
 
 
 @cli.command()
 @model_options
 @click.option("--circuit", "circuit_path", type=click.Path(path_type=Path), required=True)
-@click.option("--multiplier", "-m", type=float, default=0.0, show_default=True)
+@click.option(
+    "--multiplier",
+    "-m",
+    type=float,
+    default=None,
+    help="The multiplier baked in (default: the circuit's stored multiplier, else 0).",
+)
 @click.option(
     "--output",
     "-o",
@@ -278,8 +285,9 @@ def bake(**params: Any) -> None:
     inputs = [params["model"]] if params["streaming"] or gguf_file is not None else []
     check_writable(params["output"], force=params["force"], inputs=inputs)
     circuit = Circuit.load(params["circuit_path"])
+    m = circuit.default_strength if params["multiplier"] is None else params["multiplier"]
     if gguf_file is not None:
-        _bake_gguf(gguf_file, circuit, params)
+        _bake_gguf(gguf_file, circuit, m, params)
         return
     if params["streaming"]:
         from neurosteer.streaming import bake_streaming, skeleton
@@ -289,7 +297,7 @@ def bake(**params: Any) -> None:
         report = bake_streaming(
             params["model"],
             circuit,
-            params["multiplier"],
+            m,
             params["output"],
             force=params["force"],
             layout=layout,
@@ -305,13 +313,13 @@ def bake(**params: Any) -> None:
         model,
         tokenizer,
         circuit,
-        params["multiplier"],
+        m,
         params["output"],
         force=params["force"],
         layout=layout,
     )
     click.echo(
-        f"wrote {params['output']}: {len(circuit)} neurons scaled by {params['multiplier']:g}; "
+        f"wrote {params['output']}: {len(circuit)} neurons scaled by {m:g}; "
         "it loads with plain transformers"
     )
 
@@ -346,7 +354,7 @@ def _gguf_model(model: str) -> Path | None:
     return find_gguf(path) if path.exists() else None
 
 
-def _bake_gguf(source: Path, circuit: Any, params: dict[str, Any]) -> None:
+def _bake_gguf(source: Path, circuit: Any, multiplier: float, params: dict[str, Any]) -> None:
     from neurosteer.errors import InputError
     from neurosteer.gguf.bake import bake_gguf
 
@@ -358,7 +366,7 @@ def _bake_gguf(source: Path, circuit: Any, params: dict[str, Any]) -> None:
     report = bake_gguf(
         source,
         circuit,
-        params["multiplier"],
+        multiplier,
         output,
         force=params["force"],
         fallback=params["gguf_fallback"].upper(),
@@ -378,6 +386,7 @@ def _register_commands() -> None:
     """Commands defined in their own files (they import the shared options, not this file)."""
     from neurosteer.cli.analysis_cmds import compare_command, report_command, sweep_command
     from neurosteer.cli.chat_cmd import chat_command
+    from neurosteer.cli.optimize_cmds import optimize_command
     from neurosteer.cli.organism_cmds import demo_command, organism_group
     from neurosteer.cli.probe_cmd import probe_command
     from neurosteer.cli.relp_cmds import faithfulness_command
@@ -385,6 +394,7 @@ def _register_commands() -> None:
     commands = (sweep_command, report_command, compare_command, demo_command, organism_group)
     for command in (*commands, faithfulness_command, probe_command, chat_command):
         cli.add_command(command)
+    cli.add_command(optimize_command)
 
 
 _register_commands()

@@ -8,16 +8,25 @@ sequence means both distributions are always conditioned on the same context.
 
     report = kl_to_reference(model, tokenizer, harmless, intervention=circuit, strength=0.0)
     report.first_token, report.mean
+
+To score many interventions on the same prompts (a search), compute the unsteered side once
+with `kl_reference` (continuations and their log-probabilities, savable) and score each
+intervention against it with `kl_from_reference`: the same numbers as `kl_to_reference`, one
+steered forward pass per batch each.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
 
 import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save_file
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from neurosteer._io import atomic_file
 from neurosteer.errors import InputError
 from neurosteer.generation import greedy_batch
 from neurosteer.intervention import Intervention
@@ -28,7 +37,7 @@ from neurosteer.prompts import (
     iter_batches,
     new_token_budgets,
 )
-from neurosteer.runtime import forward_takes, model_inputs, pad_id
+from neurosteer.runtime import forward_takes, input_device, model_inputs, pad_id
 
 
 @dataclass(frozen=True)
@@ -88,6 +97,203 @@ def kl_to_reference(
         >>> report = kl_to_reference(model, tok, harmless, intervention=circuit, strength=0.0)
         >>> report.first_token, report.mean  # nats
     """
+    rows = _Rows(len(prompts))
+    with torch.inference_mode():
+        # one batch's reference at a time: the log-probabilities of every batch together
+        # would be [n_prompts, t, vocab]
+        for ref in _reference_batches(
+            model, tokenizer, prompts, max_new_tokens, batch_size, chat_template, system
+        ):
+            rows.add(ref, _steered_kl(model, ref, intervention, strength))
+    return rows.report(max_new_tokens)
+
+
+@dataclass(frozen=True, eq=False)
+class ReferenceBatch:
+    """The unsteered side of one batch: what `kl_from_reference` compares a steered pass with.
+
+    Attributes:
+        index: [b] int64, each row's position in the prompt list.
+        input_ids, attention_mask: [b, s + t] the left-padded prompts and the unsteered greedy
+            continuation (t new tokens; rows that stopped early are padded after it).
+        logprobs: [b, t, vocab] the unsteered log-probabilities that predicted each
+            continuation token (float32, or float16 where a caller stored them smaller).
+        valid: [b, t] float32, 1 at the positions scored (up to and including the first
+            end-of-sequence), 0 after.
+    """
+
+    index: torch.Tensor
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    logprobs: torch.Tensor
+    valid: torch.Tensor
+
+
+@dataclass(frozen=True, eq=False)
+class KLReference:
+    """The unsteered model's continuations of a prompt set and their log-probabilities.
+
+    Made once by `kl_reference`; `kl_from_reference` scores any intervention against it.
+    `save`/`load` keep it in a safetensors file (its size is about n_prompts × t × vocab ×
+    the bytes of `logprobs`' dtype; with t = 1, the first answer token only, it is small).
+
+    Attributes:
+        batches: the batches, in the order they were run.
+        n_prompts: prompts covered (each in exactly one batch).
+        max_new_tokens: the continuation length asked for.
+    """
+
+    batches: tuple[ReferenceBatch, ...]
+    n_prompts: int
+    max_new_tokens: int
+
+    def to(self, dtype: torch.dtype) -> KLReference:
+        """The same reference with `logprobs` stored as `dtype` (e.g. float16 to halve it)."""
+        return replace(
+            self, batches=tuple(replace(b, logprobs=b.logprobs.to(dtype)) for b in self.batches)
+        )
+
+    def save(self, path: str | Path) -> Path:
+        """Write the reference to one safetensors file, atomically (replacing `path`)."""
+        tensors = {
+            f"{i}.{name}": getattr(batch, name).contiguous()
+            for i, batch in enumerate(self.batches)
+            for name in ("index", "input_ids", "attention_mask", "logprobs", "valid")
+        }
+        meta = {
+            "format": "neurosteer.kl_reference",
+            "n_prompts": str(self.n_prompts),
+            "max_new_tokens": str(self.max_new_tokens),
+            "n_batches": str(len(self.batches)),
+        }
+        with atomic_file(path, force=True) as staging:
+            save_file(tensors, str(staging), metadata=meta)
+        return Path(path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> KLReference:
+        """Read a reference written by `save`.
+
+        Raises:
+            InputError: the file is missing, corrupt or not a KL reference.
+        """
+        try:
+            tensors = load_file(str(path))
+            with safe_open(str(path), framework="pt") as handle:
+                meta = handle.metadata() or {}
+            if meta.get("format") != "neurosteer.kl_reference":
+                raise ValueError("not a KL reference file")
+            batches = tuple(
+                ReferenceBatch(
+                    **{
+                        name: tensors[f"{i}.{name}"]
+                        for name in ("index", "input_ids", "attention_mask", "logprobs", "valid")
+                    }
+                )
+                for i in range(int(meta["n_batches"]))
+            )
+            return cls(batches, int(meta["n_prompts"]), int(meta["max_new_tokens"]))
+        except (OSError, ValueError, KeyError, SafetensorError) as err:
+            raise InputError(f"'{path}' is not a readable KL reference ({err})") from None
+
+
+def kl_reference(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[str],
+    *,
+    max_new_tokens: int = 32,
+    batch_size: int = 8,
+    chat_template: bool | None = None,
+    system: str | None = None,
+) -> KLReference:
+    """The unsteered side of `kl_to_reference`, computed once and kept (on the CPU).
+
+    Args: as in `kl_to_reference`. `max_new_tokens=1` keeps only what the first-token KL needs.
+
+    Raises:
+        InputError: as `kl_to_reference`.
+
+    Example:
+        >>> ref = kl_reference(model, tok, harmless, max_new_tokens=1)
+        >>> kl_from_reference(model, ref, intervention=circuit, strength=0.0).first_token
+    """
+    with torch.inference_mode():
+        batches = tuple(
+            replace(
+                ref,
+                **{
+                    name: getattr(ref, name).cpu()
+                    for name in ("index", "input_ids", "attention_mask", "logprobs", "valid")
+                },
+            )
+            for ref in _reference_batches(
+                model, tokenizer, prompts, max_new_tokens, batch_size, chat_template, system
+            )
+        )
+    return KLReference(batches, len(prompts), max_new_tokens)
+
+
+def kl_from_reference(
+    model: PreTrainedModel,
+    reference: KLReference,
+    *,
+    intervention: Intervention,
+    strength: float | None = None,
+) -> KLReport:
+    """KL(P_unsteered || P_steered) on a stored reference: `kl_to_reference`'s numbers for the
+    same prompts and settings, with one steered forward pass per batch.
+
+    Args:
+        model: the unsteered model the reference was made on (nothing else active).
+        reference: from `kl_reference` (or `KLReference.load`).
+        intervention, strength: as in `kl_to_reference`.
+    """
+    rows = _Rows(reference.n_prompts)
+    with torch.inference_mode():
+        for ref in reference.batches:
+            rows.add(ref, _steered_kl(model, ref, intervention, strength))
+    return rows.report(reference.max_new_tokens)
+
+
+class _Rows:
+    """Per-prompt KL values gathered batch by batch, then averaged into a `KLReport`."""
+
+    def __init__(self, n_prompts: int) -> None:
+        self.first = [0.0] * n_prompts
+        self.mean = [0.0] * n_prompts
+        self.counts = [0] * n_prompts
+
+    def add(self, ref: ReferenceBatch, kl: torch.Tensor) -> None:
+        """Record one batch's [b, t] KL values (0 where not scored)."""
+        n = ref.valid.to(kl.device).sum(-1)  # [b], at least 1: the first token is scored
+        for r, row in enumerate(ref.index.tolist()):
+            self.first[row] = float(kl[r, 0])
+            self.mean[row] = float(kl[r].sum() / n[r])
+            self.counts[row] = int(n[r])
+
+    def report(self, max_new_tokens: int) -> KLReport:
+        return KLReport(
+            first_token=sum(self.first) / len(self.first),
+            mean=sum(self.mean) / len(self.mean),
+            per_prompt_first=tuple(self.first),
+            per_prompt_mean=tuple(self.mean),
+            n_positions=tuple(self.counts),
+            max_new_tokens=max_new_tokens,
+        )
+
+
+def _reference_batches(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[str],
+    max_new_tokens: int,
+    batch_size: int,
+    chat_template: bool | None,
+    system: str | None,
+) -> Iterator[ReferenceBatch]:
+    """The unsteered continuation and log-probabilities of each batch, one batch at a time
+    (call under `torch.inference_mode`; tensors stay on the model's devices)."""
     if max_new_tokens < 1:
         raise InputError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
     if isinstance(prompts, str) or not prompts:
@@ -97,42 +303,44 @@ def kl_to_reference(
     )
     budgets = new_token_budgets(token_ids, max_new_tokens, context_limit(model, tokenizer))
     pad, stop_ids = pad_id(tokenizer), _stop_ids(model, tokenizer)
-    first, mean, counts = [0.0] * len(prompts), [0.0] * len(prompts), [0] * len(prompts)
-    with torch.inference_mode():
-        for batch in iter_batches(token_ids, batch_size, pad, budgets):
-            new, inputs = _greedy_continuation(model, batch, budgets[int(batch.index[0])], pad)
-            kl, n = _batch_kl(model, intervention, strength, inputs, new, stop_ids)
-            for r, row in enumerate(batch.index.tolist()):
-                first[row] = float(kl[r, 0])
-                mean[row] = float(kl[r].sum() / n[r])
-                counts[row] = int(n[r])
-    return KLReport(
-        first_token=sum(first) / len(first),
-        mean=sum(mean) / len(mean),
-        per_prompt_first=tuple(first),
-        per_prompt_mean=tuple(mean),
-        n_positions=tuple(counts),
-        max_new_tokens=max_new_tokens,
-    )
+    for batch in iter_batches(token_ids, batch_size, pad, budgets):
+        new, inputs = _greedy_continuation(model, batch, budgets[int(batch.index[0])], pad)
+        yield ReferenceBatch(
+            index=batch.index,
+            input_ids=inputs["input_ids"],
+            attention_mask=inputs["attention_mask"],
+            logprobs=_continuation_logprobs(model, inputs, new.shape[1]),
+            valid=_continuation_mask(new, stop_ids),
+        )
 
 
-def _batch_kl(
+def steered_logprobs(
     model: PreTrainedModel,
+    ref: ReferenceBatch,
     intervention: Intervention,
     strength: float | None,
-    inputs: dict[str, torch.Tensor],
-    new: torch.Tensor,
-    stop_ids: set[int],
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """KL(P_unsteered || P_steered) [batch, t] at each of the t continuation positions `new`
-    (0 where not scored), and [batch] the number of positions scored (at least 1)."""
-    reference = _continuation_logprobs(model, inputs, new.shape[1])
+) -> torch.Tensor:
+    """float32 log-probabilities [b, t, vocab] of the steered model at the continuation
+    positions of `ref` (the same inputs, teacher-forced; call under `torch.inference_mode`)."""
+    device = input_device(model)
+    inputs = model_inputs(model, ref.input_ids.to(device), ref.attention_mask.to(device))
     with intervention.steer(model, strength):
-        steered = _continuation_logprobs(model, inputs, new.shape[1])
-    # KL(p || q) = sum_v p_v (log p_v - log q_v); [batch, t]
-    valid = _continuation_mask(new, stop_ids)  # [batch, t]
-    kl = (reference.exp() * (reference - steered)).sum(-1).clamp(min=0.0) * valid
-    return kl, valid.sum(-1)  # the first generated token is always scored
+        return _continuation_logprobs(model, inputs, ref.logprobs.shape[1])
+
+
+def _steered_kl(
+    model: PreTrainedModel,
+    ref: ReferenceBatch,
+    intervention: Intervention,
+    strength: float | None,
+) -> torch.Tensor:
+    """KL(P_unsteered || P_steered) [b, t] at each continuation position of `ref` (0 where
+    not scored)."""
+    steered = steered_logprobs(model, ref, intervention, strength)
+    reference = ref.logprobs.to(steered.device).float()
+    # KL(p || q) = sum_v p_v (log p_v - log q_v); [b, t]
+    kl = (reference.exp() * (reference - steered)).sum(-1).clamp(min=0.0)
+    return kl * ref.valid.to(kl.device)
 
 
 def _greedy_continuation(

@@ -1,0 +1,319 @@
+"""CLI command `neurosteer optimize`: search, show and export circuits with their multiplier.
+
+    neurosteer optimize MODEL -p harmful.txt -n benign.txt --trials 80 -o search/   # resumable
+    neurosteer optimize search/ --show
+    neurosteer optimize search/ --export best.circuit [--trial N] [--target-refusal 0.1]
+
+It parses options, calls `neurosteer.optimization` and prints rich tables; bad input raises
+`InputError`, which the group prints as one line.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+from rich.table import Table
+
+from neurosteer.cli.options import load, model_options, template_option
+from neurosteer.cli.render import print_table
+from neurosteer.errors import InputError
+
+if TYPE_CHECKING:  # imported at run time inside the command: `--help` stays fast
+    from neurosteer.optimization import OptimizeConfig, SearchResult
+
+_SEARCH_ONLY = ("positive", "negative", "output", "neutral")
+
+
+@click.command("optimize")
+@model_options
+@click.option("--positive", "-p", type=click.Path(path_type=Path), help="Positive prompts.")
+@click.option("--negative", "-n", type=click.Path(path_type=Path), help="Negative prompts.")
+@click.option(
+    "--output",
+    "-o",
+    type=click.Path(path_type=Path),
+    help="Run folder (created, or resumed when it holds the same search).",
+)
+@click.option(
+    "--trials",
+    type=int,
+    default=40,
+    show_default=True,
+    help="Finished trials the study should hold (a resumed run adds the rest).",
+)
+@click.option("--show", is_flag=True, help="MODEL is a run folder: print its Pareto front, plot.")
+@click.option(
+    "--export",
+    "export_path",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="MODEL is a run folder: write the chosen trial's circuit here.",
+)
+@click.option("--trial", type=int, default=None, help="With --export: this trial.")
+@click.option(
+    "--target-refusal",
+    type=float,
+    default=0.1,
+    show_default=True,
+    help="With --export: the lowest-KL trial with refused + degenerate share at most this.",
+)
+@click.option("--force", is_flag=True, help="With --export: replace the circuit folder.")
+@click.option("--held-out-positive", type=int, default=16, show_default=True)
+@click.option("--held-out-negative", type=int, default=16, show_default=True)
+@click.option("--split-seed", type=int, default=0, show_default=True)
+@click.option(
+    "--judge",
+    default="sweep",
+    show_default=True,
+    help="Refusal judge: strict, sweep, patterns, organism, a phrase-list .json, model:PATH.",
+)
+@click.option("--max-new-tokens", type=int, default=24, show_default=True)
+@click.option("--batch-size", type=int, default=16, show_default=True)
+@click.option(
+    "--kl",
+    type=click.Choice(["first_token", "mean"]),
+    default="first_token",
+    show_default=True,
+    help="KL at the first answer token, or the mean over --kl-tokens continuation tokens.",
+)
+@click.option("--kl-tokens", type=int, default=24, show_default=True)
+@click.option("--sampler", type=click.Choice(["tpe", "nsga2"]), default="tpe", show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="The sampler's seed.")
+@click.option("--startup-trials", type=int, default=10, show_default=True)
+@click.option(
+    "--prune",
+    is_flag=True,
+    help="Skip the answers of trials whose first-token refusal stays near the unchanged model's.",
+)
+@click.option("--prune-ratio", type=float, default=0.9, show_default=True)
+@click.option(
+    "--k-range",
+    default="0.0002,0.05",
+    show_default=True,
+    help="Circuit size as shares of all MLP neurons (log scale).",
+)
+@click.option("--multiplier-range", default="-2,1", show_default=True)
+@click.option("--signs", default="both,positive", show_default=True, help="Sign rules to try.")
+@click.option(
+    "--scores", default="diff,standardized", show_default=True, help="Neuron scores to try."
+)
+@click.option(
+    "--first-layer-range",
+    default="0,0.9",
+    show_default=True,
+    help="First candidate layer, as shares of depth.",
+)
+@click.option("--no-universal-filter", is_flag=True, help="Skip the universal-neuron filter.")
+@click.option(
+    "--neutral",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Neutral prompts for the universal filter (default: built-in set).",
+)
+@click.option("--no-baselines", is_flag=True, help="Skip the CAA / ablation comparison.")
+@click.option("--baseline-strengths", default="0.25,0.5,0.75,1", show_default=True)
+@click.option("--baseline-layer", type=int, default=None, help="Default: a heuristic layer.")
+@template_option
+def optimize_command(**params: Any) -> None:
+    """Search circuit size, multiplier, sign rule, score and first layer for the least KL at
+    the least refusal on held-out prompts. MODEL is a model, or with --show / --export a run
+    folder."""
+    if params["show"] and params["export_path"] is not None:
+        raise InputError("give --show or --export, not both")
+    if params["show"] or params["export_path"] is not None:
+        _folder_mode(params)
+        return
+    _quiet_optuna()
+    missing = [f"--{name}" for name in ("positive", "negative", "output") if not params[name]]
+    if missing:
+        hint = ""
+        if (Path(params["model"]) / "optimize.json").is_file():
+            hint = f"; '{params['model']}' is a search folder: add --show or --export FILE"
+        raise InputError(f"a search needs {', '.join(missing)}{hint}")
+    from neurosteer.optimization import optimize, read_search
+    from neurosteer.prompts import load_prompts
+
+    config = _config(params)
+    positive, negative = load_prompts(params["positive"]), load_prompts(params["negative"])
+    neutral = load_prompts(params["neutral"]) if params["neutral"] else None
+    from neurosteer.optimization.split import split_prompts
+
+    split_prompts(  # too few prompts fail here, before the model loads
+        positive,
+        negative,
+        held_out_positive=config.held_out_positive,
+        held_out_negative=config.held_out_negative,
+        seed=config.split_seed,
+    )
+    model, tokenizer, layout = load(params)
+    optimize(
+        model,
+        tokenizer,
+        positive,
+        negative,
+        config=config,
+        run_dir=params["output"],
+        neutral=neutral,
+        layout=layout,
+        progress=True,
+    )
+    _show(read_search(params["output"]))
+    click.echo(
+        f"`neurosteer optimize {params['output']} --export best.circuit` writes the circuit "
+        "(the same command again continues the search; raise --trials for more)"
+    )
+
+
+def _folder_mode(params: dict[str, Any]) -> None:
+    """--show or --export on a run folder."""
+    given = [f"--{name}" for name in _SEARCH_ONLY if params[name]]
+    if given:
+        raise InputError(
+            f"{', '.join(given)} start a search; --show and --export read the run folder only"
+        )
+    from neurosteer.optimization import export_circuit, read_search
+
+    folder = Path(params["model"])
+    if params["show"]:
+        _show(read_search(folder))
+        return
+    circuit, trial = export_circuit(
+        folder,
+        params["export_path"],
+        trial=params["trial"],
+        target=params["target_refusal"],
+        force=params["force"],
+    )
+    assert circuit.search is not None
+    click.echo(
+        f"wrote {params['export_path']}: trial {trial.number} ({circuit.search.rule}), "
+        f"{len(circuit)} neurons from layer {trial.first_layer}, m = {trial.multiplier:.3g}, "
+        f"sign {trial.sign}, score {trial.score}; held-out refusal {trial.refusal:.2f}, "
+        f"degenerate {trial.degenerate:.2f}, KL {trial.kl:.3g}"
+    )
+
+
+def _show(result: SearchResult) -> None:
+    """Print the Pareto table and the baselines; write the plot into the folder."""
+    from neurosteer.optimization.store import PLOT_FILE
+    from neurosteer.report.pareto import write_pareto_plot
+
+    unchanged = result.unchanged
+    pruned = sum(t.state == "pruned" for t in result.trials)
+    line = (
+        f"{len(result.trials)} finished trials ({pruned} pruned, {result.interrupted} interrupted)"
+    )
+    if unchanged is not None:
+        line += (
+            f"; unchanged model: refusal {unchanged['refusal']:.2f}, degenerate "
+            f"{unchanged['degenerate']:.2f}"
+        )
+    click.echo(line)
+    table = Table(title="Pareto front (held-out prompts)", show_edge=False)
+    for name in (
+        "trial",
+        "refusal",
+        "degenerate",
+        "KL",
+        "k",
+        "m",
+        "sign",
+        "score",
+        "first layer",
+    ):
+        table.add_column(name, justify="right")
+    for t in result.pareto:
+        table.add_row(
+            str(t.number),
+            f"{t.refusal:.2f}",
+            f"{t.degenerate:.2f}",
+            f"{t.kl:.3g}",
+            str(t.k),
+            f"{t.multiplier:.3g}",
+            t.sign,
+            t.score,
+            str(t.first_layer),
+        )
+    print_table(table)
+    if result.baselines:
+        base = Table(title="baselines (same prompts, judge and KL)", show_edge=False)
+        for name in ("method", "layer", "s", "refusal", "degenerate", "KL"):
+            base.add_column(name, justify="right")
+        for p in result.baselines:
+            base.add_row(
+                p.method,
+                str(p.layer),
+                f"{p.s:g}",
+                f"{p.refusal:.2f}",
+                f"{p.degenerate:.2f}",
+                f"{p.kl:.3g}",
+            )
+        print_table(base)
+    if result.run_dir is not None:
+        path = write_pareto_plot(result, result.run_dir / PLOT_FILE)
+        click.echo(f"wrote {path}")
+
+
+def _config(params: dict[str, Any]) -> OptimizeConfig:
+    from neurosteer.optimization import OptimizeConfig, SearchSpace
+
+    space = SearchSpace(
+        k_share=_pair(params["k_range"], "--k-range"),
+        multiplier=_pair(params["multiplier_range"], "--multiplier-range"),
+        signs=_names(params["signs"]),
+        scores=_names(params["scores"]),
+        first_layer=_pair(params["first_layer_range"], "--first-layer-range"),
+    )
+    return OptimizeConfig(
+        trials=params["trials"],
+        held_out_positive=params["held_out_positive"],
+        held_out_negative=params["held_out_negative"],
+        split_seed=params["split_seed"],
+        judge=params["judge"],
+        max_new_tokens=params["max_new_tokens"],
+        batch_size=params["batch_size"],
+        kl=params["kl"],
+        kl_tokens=params["kl_tokens"],
+        sampler=params["sampler"],
+        seed=params["seed"],
+        startup_trials=params["startup_trials"],
+        prune=params["prune"],
+        prune_ratio=params["prune_ratio"],
+        space=space,
+        universal_filter=not params["no_universal_filter"],
+        chat_template=params["chat_template"],
+        system=params["system"],
+        baselines=not params["no_baselines"],
+        baseline_strengths=_floats(params["baseline_strengths"], "--baseline-strengths"),
+        baseline_layer=params["baseline_layer"],
+    )
+
+
+def _floats(text: str, option: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise InputError(f"{option} takes comma-separated numbers, got {text!r}") from None
+
+
+def _pair(text: str, option: str) -> tuple[float, float]:
+    values = _floats(text, option)
+    if len(values) != 2:
+        raise InputError(f"{option} takes two numbers, LOW,HIGH; got {text!r}")
+    return values[0], values[1]
+
+
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+def _quiet_optuna() -> None:
+    """Optuna logs every trial at INFO; the progress bar says it already (kept under --debug)."""
+    if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
+        from neurosteer.optimization.study import optuna_module
+
+        optuna = optuna_module()
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
