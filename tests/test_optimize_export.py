@@ -188,6 +188,9 @@ def test_export_writes_the_multiplier_and_provenance(search: Search, tmp_path: P
     reference = KLReference.load(search.folder / "reference" / "kl.safetensors")
     again = kl_from_reference(model, reference, intervention=circuit)
     assert again.first_token == pytest.approx(expected.kl, rel=1e-5, abs=1e-7)
+    shown = _ok(_invoke(["inspect", out])).output
+    assert f"stored multiplier {expected.multiplier:g}" in shown
+    assert f"trial {expected.number}" in shown
     # --trial picks that trial
     other = next(t for t in result.trials if t.state == "complete" and t != expected)
     _ok(
@@ -264,6 +267,10 @@ def test_cli_one_line_errors(search: Search, tmp_path: Path) -> None:
         "holds a search with other settings",
         "settings.kl",
     )
+    # checked before the model loads: no model at that path, still the settings' error
+    args = _search_args(search.files, search.folder, "--trials", 9, "--max-new-tokens", 20)
+    args[1] = tmp_path / "no-such-model"
+    _one_line_error(_invoke(args), "settings.max_new_tokens: 40 -> 20")
     _one_line_error(
         _invoke(["optimize", search.folder]), "is a search folder: add --show or --export"
     )

@@ -134,20 +134,14 @@ def optimize_command(**params: Any) -> None:
             hint = f"; '{params['model']}' is a search folder: add --show or --export FILE"
         raise InputError(f"a search needs {', '.join(missing)}{hint}")
     from neurosteer.optimization import optimize, read_search
+    from neurosteer.optimization.run import check_resumable
     from neurosteer.prompts import load_prompts
 
     config = _config(params)
     positive, negative = load_prompts(params["positive"]), load_prompts(params["negative"])
     neutral = load_prompts(params["neutral"]) if params["neutral"] else None
-    from neurosteer.optimization.split import split_prompts
-
-    split_prompts(  # too few prompts fail here, before the model loads
-        positive,
-        negative,
-        held_out_positive=config.held_out_positive,
-        held_out_negative=config.held_out_negative,
-        seed=config.split_seed,
-    )
+    # too few prompts, or a folder with other settings, fail here, before the model loads
+    check_resumable(params["output"], positive, negative, config=config, neutral=neutral)
     model, tokenizer, layout = load(params)
     optimize(
         model,

@@ -79,6 +79,16 @@ def print_circuit_summary(circuit: Circuit, *, top: int, settings: bool = False)
             console.print(f"system turn: {s.system!r}")
         if s.attribution is not None:
             console.print(f"attribution: {s.attribution}")
+        if s.multiplier is not None or s.score != "diff":
+            stored = "none (0)" if s.multiplier is None else f"{s.multiplier:g}"
+            console.print(f"stored multiplier {stored}, neuron score {s.score}")
+        if circuit.search is not None:
+            found = circuit.search
+            console.print(
+                f"from search {found.study}, trial {found.trial} ({found.rule}): held-out "
+                f"refusal {found.refusal:.2f}, degenerate {found.degenerate:.2f}, KL "
+                f"{found.kl:.3g} ({found.kl_measure})"
+            )
         for name, p in circuit.prompts.items():
             what = name if relp else f"{name} prompts"  # RelP's: prompts, targets, contrasts
             console.print(f"{what}: {p.count} (sha256 {p.sha256[:12]})")

@@ -11,8 +11,9 @@
     objectives  refusal + degenerate on held-out positives, KL on held-out negatives; pruning
     store       the run folder (optimize.json, study.db, table, reference, baselines)
     study       the Optuna study: storage, resume after a kill, trials as plain data, the front
-    baselines   CAA and directional ablation measured on the same terms
-    run         optimize(): the loop; read_search(): a folder's result without a model
+    trials      one trial: ask a point, build its circuit, measure, tell; the progress bar
+    baselines   CAA and directional ablation measured on the same terms (cached)
+    run         optimize(): the stages in order; read_search(): a folder's result, no model
     export      the export rule and the circuit file with its multiplier and provenance
 
 Needs Optuna (`pip install 'neurosteer[optimize]'`). See docs/optimize.md.

@@ -12,16 +12,20 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from neurosteer.baselines import CAA, DirectionAblation, contrast_vectors
+from neurosteer.errors import InputError
 from neurosteer.intervention import Bound, Intervention
 from neurosteer.layout import ModelLayout
+from neurosteer.optimization import store
 from neurosteer.optimization.config import OptimizeConfig
 from neurosteer.optimization.objectives import Objectives
+from neurosteer.optimization.split import Split
 
 METHODS = ("caa", "direction")
 
@@ -119,3 +123,39 @@ def from_json(data: Any) -> list[BaselinePoint]:
     if not isinstance(data, dict):
         return []
     return [BaselinePoint(**p) for p in data.get("points", [])]
+
+
+def cached_baselines(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    split: Split,
+    objectives: Objectives,
+    config: OptimizeConfig,
+    layout: ModelLayout,
+    folder: Path | None,
+    progress: bool,
+) -> list[BaselinePoint]:
+    """The baselines' points: cached in `folder` when their settings match, else measured now
+    (and cached)."""
+    if not config.baselines:
+        return []
+    file = None if folder is None else folder / store.BASELINES_FILE
+    cached = None if file is None else store.read_json(file)
+    if isinstance(cached, dict) and cached.get("settings") == baseline_settings(config):
+        return from_json(cached)
+    try:
+        points = measure_baselines(
+            model,
+            tokenizer,
+            split.positive,
+            split.negative,
+            objectives,
+            config,
+            layout=layout,
+            progress=progress,
+        )
+    except InputError as err:
+        raise InputError(f"the baseline comparison failed: {err} (or pass --no-baselines)") from err
+    if file is not None:
+        store.write_json(file, to_json(points, config))
+    return points

@@ -17,40 +17,34 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from neurosteer._version import __version__
 from neurosteer.circuit import Circuit
 from neurosteer.discovery import discover, model_info
-from neurosteer.errors import InputError
 from neurosteer.evaluation.judges import get_judge
 from neurosteer.layout import ModelLayout, resolve_layout
 from neurosteer.optimization import baselines as baseline_points
 from neurosteer.optimization import store
-from neurosteer.optimization.baselines import BaselinePoint
+from neurosteer.optimization.baselines import BaselinePoint, cached_baselines
 from neurosteer.optimization.config import OptimizeConfig
 from neurosteer.optimization.objectives import (
     MIN_REFUSAL_MASS,
     Objectives,
-    Outcome,
     Reference,
     build_reference,
 )
-from neurosteer.optimization.space import NoCandidates, build_circuit, suggest
 from neurosteer.optimization.split import Split, split_prompts
 from neurosteer.optimization.study import (
     TrialResult,
-    finished,
     load_study,
     open_study,
     optuna_module,
     pareto_front,
     recover_interrupted,
-    requeue,
-    result_of,
     trial_results,
 )
+from neurosteer.optimization.trials import run_trials
 from neurosteer.prompts import encode_for_model, prompt_hash
 
 logger = logging.getLogger(__name__)
@@ -153,8 +147,10 @@ def optimize(
             )
         study = open_study(folder, config)
         interrupted = recover_interrupted(study) if folder is not None else []
-        _run_trials(study, table, objectives, config, progress)
-        points = _baselines(model, tokenizer, split, objectives, config, layout, folder, progress)
+        run_trials(study, table, objectives, config, progress)
+        points = cached_baselines(
+            model, tokenizer, split, objectives, config, layout, folder, progress
+        )
         results = trial_results(study)
         return SearchResult(
             pareto=tuple(pareto_front(results)),
@@ -220,15 +216,37 @@ def _check_fits(
         )
 
 
-def _meta(
-    model: PreTrainedModel,
-    layout: ModelLayout,
+def check_resumable(
+    run_dir: str | Path,
+    positive: Sequence[str],
+    negative: Sequence[str],
+    *,
     config: OptimizeConfig,
-    split: Split,
-    neutral: Sequence[str] | None,
+    neutral: Sequence[str] | None = None,
+) -> None:
+    """Refuse, without a model, a run folder whose search has other settings or prompts
+    (`optimize` checks the model too, once it is loaded); a new folder passes.
+
+    Raises:
+        InputError: as `optimize` for the split and the folder.
+    """
+    folder = Path(run_dir)
+    store.check_folder(folder)
+    split = split_prompts(
+        positive,
+        negative,
+        held_out_positive=config.held_out_positive,
+        held_out_negative=config.held_out_negative,
+        seed=config.split_seed,
+    )
+    meta = _sections(config, split, neutral)
+    store.check_or_write_meta(folder, meta, sections=tuple(meta), write=False)
+
+
+def _sections(
+    config: OptimizeConfig, split: Split, neutral: Sequence[str] | None
 ) -> dict[str, Any]:
-    """What optimize.json records: the sections a resumed run must match, and the rest."""
-    info = model_info(model, layout)
+    """The identity sections known without a model: settings and prompt hashes."""
     sets = {
         "positive": split.positive,
         "negative": split.negative,
@@ -238,6 +256,21 @@ def _meta(
     if neutral is not None:
         sets["neutral"] = tuple(neutral)
     return {
+        "settings": config.identity(),
+        "prompts": {k: {"count": len(v), "sha256": prompt_hash(v)} for k, v in sets.items()},
+    }
+
+
+def _meta(
+    model: PreTrainedModel,
+    layout: ModelLayout,
+    config: OptimizeConfig,
+    split: Split,
+    neutral: Sequence[str] | None,
+) -> dict[str, Any]:
+    """What optimize.json records: the sections a resumed run must match, and the rest."""
+    info = model_info(model, layout)
+    return {
         "model": {
             "name_or_path": info.name_or_path,
             "config_hash": info.config_hash,
@@ -245,8 +278,7 @@ def _meta(
             "n_layers": info.n_layers,
             "d_mlp": info.d_mlp,
         },
-        "settings": config.identity(),
-        "prompts": {k: {"count": len(v), "sha256": prompt_hash(v)} for k, v in sets.items()},
+        **_sections(config, split, neutral),
         "library_version": __version__,
     }
 
@@ -315,129 +347,3 @@ def _reference(
     if folder is not None:
         store.save_reference(folder, reference)
     return reference
-
-
-def _run_trials(
-    study: Any,
-    table: Circuit,
-    objectives: Objectives,
-    config: OptimizeConfig,
-    progress: bool,
-) -> None:
-    """Ask, measure and tell trials until the study holds `config.trials` finished ones."""
-    done = finished(study)
-    results = trial_results(study)
-    with tqdm(
-        total=config.trials,
-        initial=min(done, config.trials),
-        desc="optimize",
-        unit="trial",
-        disable=not progress,
-    ) as bar:
-        bar.set_postfix_str(_best(results))
-        while done < config.trials:
-            result = _one_trial(study, table, objectives, config)
-            if result is not None:
-                results.append(result)
-            done += 1
-            bar.update(1)
-            bar.set_postfix_str(_best(results))
-
-
-def _one_trial(
-    study: Any, table: Circuit, objectives: Objectives, config: OptimizeConfig
-) -> TrialResult | None:
-    """Run one trial to its end (COMPLETE or PRUNED); on any error mark it FAIL, enqueue its
-    point again and re-raise."""
-    optuna = optuna_module()
-    trial = study.ask()
-    try:
-        params = suggest(trial, config.space, table.model.n_layers * table.model.d_mlp)
-        try:
-            circuit = build_circuit(table, params)
-        except NoCandidates as err:
-            trial.set_user_attr("pruned_reason", str(err))
-            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
-            return None
-        outcome = objectives.measure(circuit, params.multiplier, prune=config.prune)
-        attrs = _attributes(outcome, len(circuit), params.first_layer(table.model.n_layers))
-        for key, value in attrs.items():
-            trial.set_user_attr(key, value)
-        if outcome.pruned:
-            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
-        else:
-            study.tell(trial, [outcome.not_success, outcome.kl])
-    except BaseException:
-        with contextlib.suppress(Exception):
-            study.tell(trial, state=optuna.trial.TrialState.FAIL)
-            requeue(study, trial.params, trial.number)
-        raise
-    return result_of(trial.number, not outcome.pruned, trial.params, attrs)
-
-
-def _attributes(outcome: Outcome, k: int, first_layer: int) -> dict[str, Any]:
-    attrs: dict[str, Any] = {
-        "k": k,
-        "first_layer": first_layer,
-        "kl": outcome.kl,
-        "kl_first_token": outcome.kl_first_token,
-        "seconds": round(outcome.seconds, 3),
-    }
-    optional = {
-        "refusal": outcome.refusal,
-        "degenerate": outcome.degenerate,
-        "compliance": outcome.compliance,
-        "kl_mean": outcome.kl_mean,
-        "refusal_mass": outcome.refusal_mass,
-    }
-    attrs.update({key: value for key, value in optional.items() if value is not None})
-    return attrs
-
-
-def _best(results: list[TrialResult]) -> str:
-    """The progress bar's note: the lowest refusal + degenerate so far, and the front's size."""
-    done = [r for r in results if r.not_success is not None]
-    if not done:
-        return "no finished trial yet"
-    best = min(done, key=lambda r: (r.not_success or 0.0, r.kl, r.number))
-    return (
-        f"best refusal+degenerate {best.not_success:.2f} at KL {best.kl:.3g} "
-        f"(#{best.number}); front {len(pareto_front(results))}"
-    )
-
-
-def _baselines(
-    model: PreTrainedModel,
-    tokenizer: PreTrainedTokenizerBase,
-    split: Split,
-    objectives: Objectives,
-    config: OptimizeConfig,
-    layout: ModelLayout,
-    folder: Path | None,
-    progress: bool,
-) -> list[BaselinePoint]:
-    """The baselines' points: cached ones when their settings match, else measured now."""
-    if not config.baselines:
-        return []
-    file = None if folder is None else folder / store.BASELINES_FILE
-    cached = None if file is None else store.read_json(file)
-    if isinstance(cached, dict) and cached.get("settings") == baseline_points.baseline_settings(
-        config
-    ):
-        return baseline_points.from_json(cached)
-    try:
-        points = baseline_points.measure_baselines(
-            model,
-            tokenizer,
-            split.positive,
-            split.negative,
-            objectives,
-            config,
-            layout=layout,
-            progress=progress,
-        )
-    except InputError as err:
-        raise InputError(f"the baseline comparison failed: {err} (or pass --no-baselines)") from err
-    if file is not None:
-        store.write_json(file, baseline_points.to_json(points, config))
-    return points

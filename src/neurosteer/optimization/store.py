@@ -85,9 +85,16 @@ def read_meta(run_dir: Path) -> dict[str, Any]:
     return data
 
 
-def check_or_write_meta(run_dir: Path, meta: dict[str, Any]) -> None:
+def check_or_write_meta(
+    run_dir: Path,
+    meta: dict[str, Any],
+    *,
+    sections: tuple[str, ...] = IDENTITY_SECTIONS,
+    write: bool = True,
+) -> None:
     """Write optimize.json, or refuse when the folder holds a search that differs in any of
-    `IDENTITY_SECTIONS` (the message names each difference).
+    `sections` (the message names each difference). `write=False` only checks (before a
+    model is loaded, with the sections known without it).
 
     Raises:
         InputError: another model, other settings or other prompts.
@@ -97,7 +104,7 @@ def check_or_write_meta(run_dir: Path, meta: dict[str, Any]) -> None:
         old = read_meta(run_dir)
         differences = [
             f"{section}.{key}: {_short(before)} -> {_short(after)}"
-            for section in IDENTITY_SECTIONS
+            for section in sections
             for key, before, after in _differences(old.get(section, {}), meta.get(section, {}))
         ]
         if differences:
@@ -106,7 +113,8 @@ def check_or_write_meta(run_dir: Path, meta: dict[str, Any]) -> None:
                 "a new output folder, or rerun with the original settings to resume"
             )
         full = {**old, **full}
-    write_json(run_dir / META_FILE, full)
+    if write:
+        write_json(run_dir / META_FILE, full)
 
 
 def _differences(before: dict[str, Any], after: dict[str, Any]) -> Iterator[tuple[str, Any, Any]]:
