@@ -161,6 +161,31 @@ def _settings(
         InputError: `top_k` below 1, `fraction` outside (0, 1], `skip_layers` out of range or
             leaving fewer neurons than asked for.
     """
+    k, skip = circuit_size(layout, top_k, fraction, skip_layers)
+    return Settings(
+        method="cna",
+        k=k,
+        top_k=top_k,
+        fraction=fraction,
+        skip_layers=skip,
+        universal_filter=universal_filter,
+        universal_threshold=UNIVERSAL_THRESHOLD,
+        positive_only=positive_only,
+        chat_template=chat_template,
+        system=system,
+    )
+
+
+def circuit_size(
+    layout: ModelLayout, top_k: int | None, fraction: float, skip_layers: Sequence[int]
+) -> tuple[int, tuple[int, ...]]:
+    """(k, the skipped layers normalised and sorted): the circuit size every selector checks
+    (contrastive discovery and RelP alike).
+
+    Raises:
+        InputError: `top_k` below 1, `fraction` outside (0, 1], or fewer neurons in the
+            candidate layers than asked for.
+    """
     if top_k is not None and top_k < 1:
         raise InputError(f"top_k must be at least 1, got {top_k}")
     if not 0.0 < fraction <= 1.0:
@@ -172,18 +197,7 @@ def _settings(
             f"asked for {k} neurons but the candidate layers hold only {in_layers}; "
             "lower top_k/fraction or skip fewer layers"
         )
-    return Settings(
-        method="cna",
-        k=k,
-        top_k=top_k,
-        fraction=fraction,
-        skip_layers=tuple(sorted(i % layout.n_layers for i in skip_layers)),
-        universal_filter=universal_filter,
-        universal_threshold=UNIVERSAL_THRESHOLD,
-        positive_only=positive_only,
-        chat_template=chat_template,
-        system=system,
-    )
+    return k, tuple(sorted(i % layout.n_layers for i in skip_layers))
 
 
 def _record(

@@ -38,9 +38,9 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from neurosteer._version import __version__
-from neurosteer.attribution import candidate_mask, layer_mask, neurons_for_fraction, select_top_k
+from neurosteer.attribution import candidate_mask, select_top_k
 from neurosteer.circuit import Circuit, DeltaTable, PromptInfo, Settings
-from neurosteer.discovery import model_info
+from neurosteer.discovery import circuit_size, model_info
 from neurosteer.errors import InputError
 from neurosteer.hooks import HookSet
 from neurosteer.layout import ModelLayout, resolve_layout
@@ -210,7 +210,7 @@ def attribute(
     """
     prompts, target_list, contrast_list = check_pairs(prompts, targets, contrasts)
     layout = layout or resolve_layout(model)
-    k, skip = _size(layout, top_k, fraction, skip_layers)
+    k, skip = circuit_size(layout, top_k, fraction, skip_layers)
     rules = rules or RelPRules()
     scores = attribution_scores(
         model,
@@ -271,21 +271,3 @@ def attribute(
 
 def _info(items: Sequence[Target]) -> PromptInfo:
     return PromptInfo(count=len(items), sha256=prompt_hash([str(i) for i in items]))
-
-
-def _size(
-    layout: ModelLayout, top_k: int | None, fraction: float, skip_layers: Sequence[int]
-) -> tuple[int, tuple[int, ...]]:
-    """(k, normalised skip layers), checked as `discover` checks them."""
-    if top_k is not None and top_k < 1:
-        raise InputError(f"top_k must be at least 1, got {top_k}")
-    if not 0.0 < fraction <= 1.0:
-        raise InputError(f"fraction must be in (0, 1], got {fraction}")
-    k = top_k if top_k is not None else neurons_for_fraction(fraction, layout.n_neurons)
-    in_layers = int(layer_mask(layout.n_layers, layout.d_mlp, skip_layers).sum())
-    if k > in_layers:
-        raise InputError(
-            f"asked for {k} neurons but the candidate layers hold only {in_layers}; "
-            "lower top_k/fraction or skip fewer layers"
-        )
-    return k, tuple(sorted(i % layout.n_layers for i in skip_layers))
