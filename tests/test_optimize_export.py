@@ -314,3 +314,15 @@ def test_multiplier_round_trips_and_sets_the_default(tmp_path: Path) -> None:
     loaded = Circuit.load(stored.save(tmp_path / "m.circuit"))
     assert loaded.settings.multiplier == -0.75
     assert loaded.default_strength == -0.75
+
+
+def test_the_printed_export_command_is_one_that_works() -> None:
+    from neurosteer.cli.optimize_cmds import _export_hint
+
+    folder = Path("search")
+    assert "--export best.circuit`" in _export_hint(folder, TRIALS)  # the rule finds trial 2
+    # No trial meets the default target: the hint names the closest trial instead.
+    hopeless = [trial_result(0, 0.9, 0.001), trial_result(1, 0.5, 0.3), trial_result(2, None, 0.0)]
+    hint = _export_hint(folder, hopeless)
+    assert "--export best.circuit --trial 1`" in hint
+    assert "no trial is complete" in _export_hint(folder, [trial_result(0, None, 0.0)])

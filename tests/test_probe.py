@@ -350,3 +350,12 @@ def test_token_separators() -> None:
     assert parse_tokens((",", "a,b")) == [",", "a", "b"]
     with pytest.raises(InputError, match="empty item"):
         parse_tokens(("a, ",))
+
+
+@pytest.mark.parametrize("text", ["0,,1", "0,1,", ",0", "", "x", "0,nan"])
+def test_multiplier_lists_with_empty_or_bad_items_are_refused(text: str) -> None:
+    from neurosteer.cli.probe_cmd import parse_multipliers
+
+    with pytest.raises(InputError, match="comma-separated finite numbers"):
+        parse_multipliers(text)
+    assert parse_multipliers("0, 1,-0.5") == (0.0, 1.0, -0.5)

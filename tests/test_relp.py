@@ -474,6 +474,10 @@ RELP_ERRORS = {
     ),
     "target without prompt": (["--target", "a"], "need a --prompt"),
     "neither mode": ([], "--positive and --negative"),
+    "target outside the vocabulary": (
+        ["--prompt", "Hi", "--target", "\u00e9"],
+        "not in this tokenizer's vocabulary",
+    ),
     "positions without relp": (["-p", "{pos}", "-n", "{pos}", "--positions", "prompt"], "RelP"),
     "pairs and prompt": (["--pairs", "{pos}", "--prompt", "Hi", "--target", "a"], "not both"),
     "neutral in relp": (["--prompt", "Hi", "--target", "a", "--neutral", "{pos}"], "neutral"),

@@ -112,8 +112,8 @@ def encode_pairs(
     """Render and tokenize the prompts (context-checked) and resolve every target's token id.
 
     Raises:
-        InputError: as `encode_for_model`; a target that tokenizes to nothing, or a token id
-            outside the vocabulary.
+        InputError: as `encode_for_model`; a target that tokenizes to nothing or to the
+            unknown token, or a token id outside the vocabulary.
     """
     templated = uses_chat_template(tokenizer, chat_template)
     ids = encode_for_model(model, tokenizer, prompts, chat_template=templated, system=system)
@@ -154,6 +154,12 @@ def _token_id(
         continuation = list(tokenizer(target, add_special_tokens=False)["input_ids"])
     if not continuation:
         raise InputError(f"the target {target!r} tokenizes to nothing; give visible text")
+    unk = tokenizer.unk_token_id
+    if unk is not None and target != tokenizer.unk_token and continuation[0] == unk:
+        raise InputError(
+            f"the target {target!r} is not in this tokenizer's vocabulary (it encodes to "
+            f"{tokenizer.unk_token}); give a token the model knows"
+        )
     if len(continuation) > 1:
         logger.info(
             "target %r is %d tokens; its first, %r, is scored",

@@ -11,6 +11,7 @@ It parses options, calls `neurosteer.optimization` and prints rich tables; bad i
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -23,6 +24,7 @@ from neurosteer.errors import InputError
 
 if TYPE_CHECKING:  # imported at run time inside the command: `--help` stays fast
     from neurosteer.optimization import OptimizeConfig, SearchResult
+    from neurosteer.optimization.study import TrialResult
 
 _SEARCH_ONLY = ("positive", "negative", "output", "neutral")
 
@@ -154,10 +156,28 @@ def optimize_command(**params: Any) -> None:
         layout=layout,
         progress=True,
     )
-    _show(read_search(params["output"]))
-    click.echo(
-        f"`neurosteer optimize {params['output']} --export best.circuit` writes the circuit "
-        "(the same command again continues the search; raise --trials for more)"
+    search = read_search(params["output"])
+    _show(search)
+    click.echo(_export_hint(params["output"], search.trials))
+
+
+def _export_hint(folder: Path, trials: Sequence[TrialResult]) -> str:
+    """The export command that works on this study: the default rule where a trial meets the
+    default target, else the closest trial by number."""
+    from neurosteer.optimization.export import choose_trial
+
+    try:
+        choose_trial(list(trials))
+        how = "--export best.circuit"
+    except InputError:
+        complete = [t for t in trials if t.not_success is not None]
+        if not complete:
+            return "no trial is complete yet; the same command again continues the search"
+        closest = min(complete, key=lambda t: (t.not_success or 0.0, t.kl, t.number))
+        how = f"--export best.circuit --trial {closest.number}"
+    return (
+        f"`neurosteer optimize {folder} {how}` writes the circuit (the same command again "
+        "continues the search; raise --trials for more)"
     )
 
 

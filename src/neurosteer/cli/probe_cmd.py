@@ -29,8 +29,8 @@ _TOKEN_SEPARATOR = re.compile(r", ?")
 def parse_multipliers(text: str) -> tuple[float, ...]:
     """'0,1,2' -> (0.0, 1.0, 2.0); anything else is an `InputError`."""
     try:
-        values = tuple(float(part) for part in text.split(",") if part.strip())
-    except ValueError:
+        values = tuple(float(part) for part in text.split(","))
+    except ValueError:  # also an empty item: "0,,1" or "0,1,"
         values = ()
     if not values or not all(math.isfinite(v) for v in values):
         raise InputError(f"-m takes comma-separated finite numbers such as 0,1,2; got {text!r}")
