@@ -63,17 +63,39 @@ _SEARCH_ONLY = ("positive", "negative", "output", "neutral")
     help="With --export: the lowest-KL trial with refused + degenerate share at most this.",
 )
 @click.option("--force", is_flag=True, help="With --export: replace the circuit folder.")
-@click.option("--held-out-positive", type=int, default=16, show_default=True)
-@click.option("--held-out-negative", type=int, default=16, show_default=True)
-@click.option("--split-seed", type=int, default=0, show_default=True)
+@click.option(
+    "--held-out-positive",
+    type=int,
+    default=16,
+    show_default=True,
+    help="Positive prompts split off for the refusal objective (never used for discovery).",
+)
+@click.option(
+    "--held-out-negative",
+    type=int,
+    default=16,
+    show_default=True,
+    help="Negative prompts split off for the KL objective (never used for discovery).",
+)
+@click.option(
+    "--split-seed", type=int, default=0, show_default=True, help="Seed of the held-out split."
+)
 @click.option(
     "--judge",
     default="sweep",
     show_default=True,
     help="Refusal judge: strict, sweep, patterns, organism, a phrase-list .json, model:PATH.",
 )
-@click.option("--max-new-tokens", type=int, default=24, show_default=True)
-@click.option("--batch-size", type=int, default=16, show_default=True)
+@click.option(
+    "--max-new-tokens",
+    type=int,
+    default=24,
+    show_default=True,
+    help="Length of the answers the refusal objective judges.",
+)
+@click.option(
+    "--batch-size", type=int, default=16, show_default=True, help="Prompts per forward pass."
+)
 @click.option(
     "--kl",
     type=click.Choice(["first_token", "mean"]),
@@ -81,23 +103,46 @@ _SEARCH_ONLY = ("positive", "negative", "output", "neutral")
     show_default=True,
     help="KL at the first answer token, or the mean over --kl-tokens continuation tokens.",
 )
-@click.option("--kl-tokens", type=int, default=24, show_default=True)
+@click.option(
+    "--kl-tokens",
+    type=int,
+    default=24,
+    show_default=True,
+    help="Continuation length scored with --kl mean.",
+)
 @click.option("--sampler", type=click.Choice(["tpe", "nsga2"]), default="tpe", show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True, help="The sampler's seed.")
-@click.option("--startup-trials", type=int, default=10, show_default=True)
+@click.option(
+    "--startup-trials",
+    type=int,
+    default=10,
+    show_default=True,
+    help="Random trials before the sampler starts modelling the objectives.",
+)
 @click.option(
     "--prune",
     is_flag=True,
     help="Skip the answers of trials whose first-token refusal stays near the unchanged model's.",
 )
-@click.option("--prune-ratio", type=float, default=0.9, show_default=True)
+@click.option(
+    "--prune-ratio",
+    type=float,
+    default=0.9,
+    show_default=True,
+    help="With --prune: skip a trial keeping at least this share of the refusal-token mass.",
+)
 @click.option(
     "--k-range",
     default="0.0002,0.05",
     show_default=True,
     help="Circuit size as shares of all MLP neurons (log scale).",
 )
-@click.option("--multiplier-range", default="-2,1", show_default=True)
+@click.option(
+    "--multiplier-range",
+    default="-2,1",
+    show_default=True,
+    help="Lowest,highest multiplier m (1 is unchanged, 0 ablates, below 0 flips).",
+)
 @click.option("--signs", default="both,positive", show_default=True, help="Sign rules to try.")
 @click.option(
     "--scores", default="diff,standardized", show_default=True, help="Neuron scores to try."
