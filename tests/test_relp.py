@@ -413,9 +413,12 @@ def test_targets_are_the_first_token_that_continues_the_prompt(
 ) -> None:
     model, tokenizer = tiny_llama
     vocab = tokenizer.get_vocab()
-    pairs = encode_pairs(model, tokenizer, ["Hi", "Hi"], [" Paris", "xyz"], [5, "\u00e9"])
+    pairs = encode_pairs(model, tokenizer, ["Hi", "Hi"], [" Paris", "xyz"], [5, "y"])
     assert pairs.targets == [vocab["\u0120"], vocab["x"]]  # a leading space is its own token
-    assert pairs.contrasts == [5, tokenizer.unk_token_id]
+    assert pairs.contrasts == [5, vocab["y"]]
+    # A text outside the vocabulary would score the unknown token: refused, as probe refuses it.
+    with pytest.raises(InputError, match="not in this tokenizer's vocabulary"):
+        encode_pairs(model, tokenizer, ["Hi"], ["x"], ["\u00e9"])
     with pytest.raises(InputError, match="outside the vocabulary"):
         encode_pairs(model, tokenizer, ["Hi"], [VOCAB])
     with pytest.raises(InputError, match="2 prompts but 3 targets"):
