@@ -21,6 +21,7 @@ from neurosteer.cli.options import (
     model_options,
     parse_layers,
     template_option,
+    universal_filter_options,
 )
 from neurosteer.cli.render import console, print_table
 from neurosteer.errors import InputError
@@ -127,13 +128,7 @@ def _names(text: str) -> tuple[str, ...]:
     show_default=True,
     help="Layers that are not circuit candidates; '' for none.",
 )
-@click.option("--no-universal-filter", is_flag=True, help="Skip the universal-neuron filter.")
-@click.option(
-    "--neutral",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="Neutral prompts for the universal filter (default: built-in set).",
-)
+@universal_filter_options
 @click.option(
     "--caa-layer",
     type=int,

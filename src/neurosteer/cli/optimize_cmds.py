@@ -18,7 +18,12 @@ from typing import TYPE_CHECKING, Any
 import click
 from rich.table import Table
 
-from neurosteer.cli.options import load, model_options, template_option
+from neurosteer.cli.options import (
+    load,
+    model_options,
+    template_option,
+    universal_filter_options,
+)
 from neurosteer.cli.render import print_table
 from neurosteer.errors import InputError
 
@@ -153,13 +158,7 @@ _SEARCH_ONLY = ("positive", "negative", "output", "neutral")
     show_default=True,
     help="First candidate layer, as shares of depth.",
 )
-@click.option("--no-universal-filter", is_flag=True, help="Skip the universal-neuron filter.")
-@click.option(
-    "--neutral",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="Neutral prompts for the universal filter (default: built-in set).",
-)
+@universal_filter_options
 @click.option("--no-baselines", is_flag=True, help="Skip the CAA / ablation comparison.")
 @click.option("--baseline-strengths", default="0.25,0.5,0.75,1", show_default=True)
 @click.option("--baseline-layer", type=int, default=None, help="Default: a heuristic layer.")

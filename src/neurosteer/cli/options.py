@@ -141,6 +141,19 @@ def template_option(fn: F) -> F:
     )(fn)
 
 
+def universal_filter_options(fn: F) -> F:
+    """The universal-neuron filter's switch and its neutral prompts (sweep, optimize)."""
+    fn = click.option(
+        "--neutral",
+        type=click.Path(path_type=Path),
+        default=None,
+        help="Neutral prompts for the universal filter (default: built-in set).",
+    )(fn)
+    return click.option(
+        "--no-universal-filter", is_flag=True, help="Skip the universal-neuron filter."
+    )(fn)
+
+
 def contrast_options(fn: F) -> F:
     """The two prompt sets a circuit (and the baselines) are found from."""
     return _contrast_options(fn, required=True)
