@@ -6,11 +6,14 @@ a copy (`copy.deepcopy(model)`) or build their own with `make_tiny`.
 
 from __future__ import annotations
 
+import logging
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
+import transformers
 from transformers import PreTrainedModel, PreTrainedTokenizerFast
 
 sys.path.insert(0, str(Path(__file__).parent))  # lets test modules `import tiny_models`
@@ -86,3 +89,18 @@ def positive_prompts() -> list[str]:
 def negative_prompts() -> list[str]:
     """~8 short "negative" prompts of varying lengths."""
     return list(NEGATIVE_PROMPTS)
+
+
+@pytest.fixture(scope="module")
+def restore_library_logging() -> Iterator[None]:
+    """The CLI quiets transformers and the hub for the whole process; undo that for the
+    tests that run after a module of CLI tests (`pytest.mark.usefixtures` on the module)."""
+    verbosity = transformers.utils.logging.get_verbosity()
+    bars = transformers.utils.logging.is_progress_bar_enabled()
+    hub = logging.getLogger("huggingface_hub")
+    hub_level = hub.level
+    yield
+    transformers.utils.logging.set_verbosity(verbosity)
+    if bars:
+        transformers.utils.logging.enable_progress_bar()
+    hub.setLevel(hub_level)

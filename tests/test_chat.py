@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import io
 import json
-import logging
 import os
 import pty
 import re
@@ -17,13 +16,11 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import torch
-import transformers
 from click.testing import CliRunner
 from transformers import PreTrainedModel, PreTrainedTokenizerFast
 
@@ -290,17 +287,7 @@ def test_organism_context_drops_the_oldest_exchanges() -> None:
 # --- the command, through a pseudo-terminal and a pipe ---------------------------------------
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _restore_library_logging() -> Iterator[None]:
-    """The CLI quiets transformers for the whole process; undo that for later tests."""
-    verbosity = transformers.utils.logging.get_verbosity()
-    bars = transformers.utils.logging.is_progress_bar_enabled()
-    hub_level = logging.getLogger("huggingface_hub").level
-    yield
-    transformers.utils.logging.set_verbosity(verbosity)
-    if bars:
-        transformers.utils.logging.enable_progress_bar()
-    logging.getLogger("huggingface_hub").setLevel(hub_level)
+pytestmark = pytest.mark.usefixtures("restore_library_logging")
 
 
 PROMPT = re.compile(r"you(?: \[[^\]]*\])?> ")

@@ -9,13 +9,12 @@ import logging
 import subprocess
 import sys
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import torch
-import transformers
 from click.testing import CliRunner, Result
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, BertConfig, BertModel
@@ -34,20 +33,7 @@ from tiny_models import (
     tiny_config,
 )
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _restore_library_logging() -> Iterator[None]:
-    """The CLI quiets transformers and the hub for the whole process; undo that for the
-    tests that run after these."""
-    verbosity = transformers.utils.logging.get_verbosity()
-    bars = transformers.utils.logging.is_progress_bar_enabled()
-    hub = logging.getLogger("huggingface_hub")
-    hub_level = hub.level
-    yield
-    transformers.utils.logging.set_verbosity(verbosity)
-    if bars:
-        transformers.utils.logging.enable_progress_bar()
-    hub.setLevel(hub_level)
+pytestmark = pytest.mark.usefixtures("restore_library_logging")
 
 
 @dataclass(frozen=True)

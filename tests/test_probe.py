@@ -7,13 +7,10 @@ from __future__ import annotations
 
 import itertools
 import json
-import logging
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
-import transformers
 from click.testing import CliRunner, Result
 from transformers import PreTrainedModel, PreTrainedTokenizerFast
 
@@ -195,17 +192,7 @@ def test_organism_refusal_start_loses_its_probability_at_m0() -> None:
 # --- the command line ------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _restore_library_logging() -> Iterator[None]:
-    """The CLI quiets transformers for the whole process; undo that for later tests."""
-    verbosity = transformers.utils.logging.get_verbosity()
-    bars = transformers.utils.logging.is_progress_bar_enabled()
-    hub_level = logging.getLogger("huggingface_hub").level
-    yield
-    transformers.utils.logging.set_verbosity(verbosity)
-    if bars:
-        transformers.utils.logging.enable_progress_bar()
-    logging.getLogger("huggingface_hub").setLevel(hub_level)
+pytestmark = pytest.mark.usefixtures("restore_library_logging")
 
 
 @pytest.fixture(scope="module")
