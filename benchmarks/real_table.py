@@ -121,6 +121,17 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         help="also measure this circuit at its own multiplier (e.g. `optimize --export`), first",
     )
     parser.add_argument("--only", default=None, help="run only points whose key contains this")
+    parser.add_argument(
+        "--mmlu",
+        action="append",
+        default=[],
+        metavar="KEY",
+        help="also score MMLU (5-shot) at the point with this key; the unchanged model is "
+        "scored first (repeatable; needs the `eval` extra)",
+    )
+    parser.add_argument(
+        "--mmlu-limit", type=int, default=4, help="MMLU questions per subject (default 4)"
+    )
     args = parser.parse_args(argv)
     if not args.report and not args.model:
         parser.error("--model is required unless --report is given")
@@ -133,7 +144,12 @@ def run(args: argparse.Namespace, out: Path) -> None:
     from neurosteer.baselines import CAA, contrast_vectors
     from neurosteer.circuit import Circuit
     from neurosteer.contrast import ContrastVectors
-    from neurosteer.evaluation import PhraseJudge, kl_to_reference, load_dataset_prompts
+    from neurosteer.evaluation import (
+        PhraseJudge,
+        kl_to_reference,
+        load_dataset_prompts,
+        mmlu_accuracy,
+    )
     from neurosteer.evaluation.refusal import measure_refusal
     from neurosteer.layout import resolve_layout
 
@@ -147,8 +163,10 @@ def run(args: argparse.Namespace, out: Path) -> None:
 
     done = read_points(out)
     extra = [Point(f"circuit {path}", "file", {"path": path}, None) for path in args.circuit]
-    todo = [p for p in [*extra, *plan()] if p.key not in done and (args.only or "") in p.key]
-    if not todo:
+    every = {point.key: point for point in [*extra, *plan()]}
+    todo = [p for p in every.values() if p.key not in done and (args.only or "") in p.key]
+    mmlu_todo = mmlu_plan(args.mmlu, every, read_mmlu(out))
+    if not todo and not mmlu_todo:
         return
     started = time.perf_counter()
     model, tokenizer = neurosteer.load_model(args.model)
@@ -250,6 +268,28 @@ def run(args: argparse.Namespace, out: Path) -> None:
             f"{point.key}: harmful refused {measured['harmful']['refusal']:.0%}, "
             f"kl {measured['kl']:.3f}, {measured['seconds']:.0f} s",
         )
+    for point in mmlu_todo:
+        started = time.perf_counter()
+        target = None if point.method == "unchanged" else intervention(point)
+        result = mmlu_accuracy(
+            model,
+            tokenizer,
+            data / "mmlu",
+            n_shot=5,
+            limit=args.mmlu_limit,
+            intervention=target,
+            strength=point.strength,
+        )
+        row = {
+            "key": point.key,
+            "accuracy": result.accuracy,
+            "n": result.n,
+            "seconds": time.perf_counter() - started,
+        }
+        with (out / "mmlu.jsonl").open("a") as f:
+            f.write(json.dumps(row) + "\n")
+        seconds = row["seconds"]
+        log(out, f"MMLU at {point.key}: {result.accuracy:.1%} of {result.n}, {seconds:.0f} s")
 
 
 def check_batching(
@@ -276,8 +316,27 @@ def check_batching(
     )
 
 
+def mmlu_plan(keys: list[str], every: dict[str, Point], done: dict[str, Any]) -> list[Point]:
+    """The points to score on MMLU: the unchanged model, then `keys`, minus those scored."""
+    if not keys:
+        return []
+    unknown = [key for key in keys if key not in every]
+    if unknown:
+        raise SystemExit(f"--mmlu: no point is called {unknown[0]!r}; the keys are in points.jsonl")
+    chosen = dict.fromkeys(["unchanged", *keys])
+    return [every[key] for key in chosen if key not in done]
+
+
 def read_points(out: Path) -> dict[str, dict[str, Any]]:
-    path = out / "points.jsonl"
+    return read_rows(out / "points.jsonl")
+
+
+def read_mmlu(out: Path) -> dict[str, dict[str, Any]]:
+    return read_rows(out / "mmlu.jsonl")
+
+
+def read_rows(path: Path) -> dict[str, dict[str, Any]]:
+    """JSON lines keyed by their `key` (a later line for the same key wins)."""
     if not path.exists():
         return {}
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
@@ -291,29 +350,38 @@ def log(out: Path, message: str) -> None:
 
 
 def report(out: Path) -> None:
+    from neurosteer.evaluation import quality
+
     rows = list(read_points(out).values())
     if not rows:
         print(f"no points in {out}/points.jsonl yet", file=sys.stderr)
         return
+    mmlu = read_mmlu(out)
     lines = [
-        "| point | neurons | harmful refused | degenerate | benign refused | KL first | KL mean "
-        "| s |",
-        "|---|---|---|---|---|---|---|---|",
+        "| point | neurons | harmful refused | degenerate | distinct-4 | benign refused "
+        "| KL first | KL mean | MMLU | s |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
+        distinct4 = quality(row["harmful_answers"]).mean_distinct4
+        scored = f"{mmlu[row['key']]['accuracy']:.1%}" if row["key"] in mmlu else ""
         lines.append(
             f"| {row['key']} | {row.get('neurons', '')} | {row['harmful']['refusal']:.0%} | "
-            f"{row['harmful']['degenerate']:.0%} | {row['benign']['refusal']:.0%} | "
-            f"{row['kl']:.3f} | {row['kl_mean']:.3f} | {row['seconds']:.0f} |"
+            f"{row['harmful']['degenerate']:.0%} | {distinct4:.3f} | "
+            f"{row['benign']['refusal']:.0%} | {row['kl']:.3f} | {row['kl_mean']:.3f} | "
+            f"{scored} | {row['seconds']:.0f} |"
         )
     settings = rows[0]["settings"]
     lines.append(
         f"\n{settings['n_eval']} harmful / {settings['n_eval']} benign JailbreakBench prompts, "
-        f"{settings['max_new_tokens']} new tokens, greedy, sweep judge; KL on "
-        f"{settings['kl_limit']} benign prompts over {settings['kl_tokens']} tokens (first "
-        "answer token, and mean); discovery "
-        f"on {settings['n_fit']} + {settings['n_fit']} refusal-direction train prompts."
+        f"{settings['max_new_tokens']} new tokens, greedy, sweep judge; distinct-4 averaged "
+        f"over the harmful answers; KL on {settings['kl_limit']} benign prompts over "
+        f"{settings['kl_tokens']} tokens (first answer token, and mean); discovery on "
+        f"{settings['n_fit']} + {settings['n_fit']} refusal-direction train prompts."
     )
+    if mmlu:
+        n = next(iter(mmlu.values()))["n"]
+        lines.append(f"MMLU: the shared subset, 5-shot, {n} questions, scored by lm-eval.")
     (out / "table.md").write_text("\n".join(lines) + "\n")
     plot(rows, out / "refusal_vs_kl.png")
     print("\n".join(lines))
