@@ -12,8 +12,10 @@ from whatever points exist.
     python benchmarks/real_table.py -o real-table/ --report
 
 Points, in the order they run (the cheapest evidence first): unchanged; CNA at the paper's
-default (0.1%, m = 0, both signs) with and without the universal filter; CNA over k x m x sign
-rule; CAA over α; directional ablation over its share; three random circuits of 0.1% at m = 0.
+default (0.1%, m = 0, both signs) with and without the universal filter; CAA and directional
+ablation at their default strengths; a random circuit; four CNA settings that removed refusal in
+the real-model test; CAA over α and directional ablation over its share; the rest of CNA over
+k x m x sign rule; two more random circuits of 0.1% at m = 0.
 """
 
 from __future__ import annotations
@@ -63,17 +65,17 @@ def plan() -> Iterator[Point]:
     first = [(f, True, -1.0) for f in (0.002, 0.005, 0.01)] + [(0.02, False, 0.0)]
     for fraction, positive_only, m in first:
         yield cna(fraction, positive_only, m)
-    for positive_only in (True, False):
-        for fraction in FRACTIONS:
-            for m in MULTIPLIERS:
-                if (fraction, positive_only, m) not in [*first, (0.001, False, 0.0)]:
-                    yield cna(fraction, positive_only, m)
     for alpha in CAA_ALPHAS:
         if alpha != -1.0:
             yield Point(f"caa alpha={alpha:g}", "caa", {}, alpha)
     for share in DIRECTION_SHARES:
         if share != 1.0:
             yield Point(f"direction s={share:g}", "direction", {}, share)
+    for positive_only in (True, False):
+        for fraction in FRACTIONS:
+            for m in MULTIPLIERS:
+                if (fraction, positive_only, m) not in [*first, (0.001, False, 0.0)]:
+                    yield cna(fraction, positive_only, m)
     for seed in RANDOM_SEEDS[1:]:
         yield Point(f"random 0.1% seed={seed} m=0", "random", {"seed": seed}, 0.0)
 
@@ -120,7 +122,17 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         default=[],
         help="also measure this circuit at its own multiplier (e.g. `optimize --export`), first",
     )
-    parser.add_argument("--only", default=None, help="run only points whose key contains this")
+    parser.add_argument(
+        "--only",
+        action="append",
+        default=[],
+        help="run only points whose key contains this (repeatable: any of them)",
+    )
+    parser.add_argument(
+        "--dtype",
+        default="float32",
+        help="weights and activations (bfloat16 is about 2.5x faster on CPUs with AMX)",
+    )
     parser.add_argument(
         "--mmlu",
         action="append",
@@ -164,12 +176,13 @@ def run(args: argparse.Namespace, out: Path) -> None:
     done = read_points(out)
     extra = [Point(f"circuit {path}", "file", {"path": path}, None) for path in args.circuit]
     every = {point.key: point for point in [*extra, *plan()]}
-    todo = [p for p in every.values() if p.key not in done and (args.only or "") in p.key]
+    wanted = args.only or [""]
+    todo = [p for p in every.values() if p.key not in done and any(w in p.key for w in wanted)]
     mmlu_todo = mmlu_plan(args.mmlu, every, read_mmlu(out))
     if not todo and not mmlu_todo:
         return
     started = time.perf_counter()
-    model, tokenizer = neurosteer.load_model(args.model)
+    model, tokenizer = neurosteer.load_model(args.model, dtype=args.dtype)
     log(out, f"loaded in {time.perf_counter() - started:.0f} s")
     saved = out / "discovery.circuit"
     if saved.exists():  # discovery is kept, so that a resumed run goes straight to the points
@@ -260,6 +273,7 @@ def run(args: argparse.Namespace, out: Path) -> None:
             "n_fit": len(harmful_fit),
             "kl_limit": args.kl_limit,
             "kl_tokens": args.kl_tokens,
+            "dtype": args.dtype,
         }
         with (out / "points.jsonl").open("a") as f:
             f.write(json.dumps(measured, default=str) + "\n")
@@ -377,7 +391,8 @@ def report(out: Path) -> None:
         f"{settings['max_new_tokens']} new tokens, greedy, sweep judge; distinct-4 averaged "
         f"over the harmful answers; KL on {settings['kl_limit']} benign prompts over "
         f"{settings['kl_tokens']} tokens (first answer token, and mean); discovery on "
-        f"{settings['n_fit']} + {settings['n_fit']} refusal-direction train prompts."
+        f"{settings['n_fit']} + {settings['n_fit']} refusal-direction train prompts; "
+        f"{settings.get('dtype', 'float32')}."
     )
     if mmlu:
         n = next(iter(mmlu.values()))["n"]
