@@ -80,6 +80,16 @@ def plan() -> Iterator[Point]:
         yield Point(f"random 0.1% seed={seed} m=0", "random", {"seed": seed}, 0.0)
 
 
+def file_point(spec: str) -> Point:
+    """`PATH` (the circuit at its stored multiplier) or `PATH@M` (at multiplier M)."""
+    path, _, multiplier = spec.rpartition("@") if "@" in spec else (spec, "", "")
+    if not multiplier:
+        return Point(f"circuit {path}", "file", {"path": path}, None)
+    return Point(
+        f"circuit {path} m={float(multiplier):g}", "file", {"path": path}, float(multiplier)
+    )
+
+
 def cna(fraction: float, positive_only: bool, m: float) -> Point:
     sign = "positive" if positive_only else "both"
     settings = {"fraction": fraction, "positive_only": positive_only}
@@ -120,7 +130,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         "--circuit",
         action="append",
         default=[],
-        help="also measure this circuit at its own multiplier (e.g. `optimize --export`), first",
+        help="also measure this circuit (e.g. from `optimize --export`) first: PATH at its "
+        "stored multiplier, PATH@M at multiplier M (repeatable)",
     )
     parser.add_argument(
         "--only",
@@ -174,7 +185,7 @@ def run(args: argparse.Namespace, out: Path) -> None:
     benign = load_dataset_prompts(jbb / "benign-behaviors.csv", limit=args.n_eval)
 
     done = read_points(out)
-    extra = [Point(f"circuit {path}", "file", {"path": path}, None) for path in args.circuit]
+    extra = [file_point(spec) for spec in args.circuit]
     every = {point.key: point for point in [*extra, *plan()]}
     wanted = args.only or [""]
     todo = [p for p in every.values() if p.key not in done and any(w in p.key for w in wanted)]
