@@ -375,12 +375,16 @@ def log(out: Path, message: str) -> None:
 
 
 def report(out: Path) -> None:
-    from neurosteer.evaluation import quality
+    from neurosteer.evaluation import PhraseJudge, quality, refusal_rates
 
     rows = list(read_points(out).values())
     if not rows:
         print(f"no points in {out}/points.jsonl yet", file=sys.stderr)
         return
+    judge = PhraseJudge()  # the answers are judged anew, so that a judge fix reaches old points
+    for row in rows:
+        for name in ("harmful", "benign"):
+            row[name] = refusal_rates([judge.label(a) for a in row[f"{name}_answers"]])
     mmlu = read_mmlu(out)
     lines = [
         "| point | neurons | harmful refused | degenerate | distinct-4 | benign refused "
@@ -399,7 +403,8 @@ def report(out: Path) -> None:
     settings = rows[0]["settings"]
     lines.append(
         f"\n{settings['n_eval']} harmful / {settings['n_eval']} benign JailbreakBench prompts, "
-        f"{settings['max_new_tokens']} new tokens, greedy, sweep judge; distinct-4 averaged "
+        f"{settings['max_new_tokens']} new tokens, greedy, the default judge (answers judged "
+        "anew by this version); distinct-4 averaged "
         f"over the harmful answers; KL on {settings['kl_limit']} benign prompts over "
         f"{settings['kl_tokens']} tokens (first answer token, and mean); discovery on "
         f"{settings['n_fit']} + {settings['n_fit']} refusal-direction train prompts; "
