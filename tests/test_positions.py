@@ -6,6 +6,7 @@ organism, where the refusal is decided by the first answer token."""
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import weakref
 from collections.abc import Iterator
@@ -15,7 +16,7 @@ from typing import Any
 
 import pytest
 import torch
-from transformers import PreTrainedModel, PreTrainedTokenizerFast
+from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerFast
 
 import neurosteer
 from neurosteer import Circuit, discover, render_prompts, steer
@@ -230,3 +231,129 @@ def test_generated_only_ablation_turns_organism_refusals_into_answers() -> None:
             )
     assert turned["all"] >= 3
     assert turned["generated"] >= 2
+
+
+# --- a KV cache that comes in already filled -------------------------------------------------
+#
+# The rule is about the prompt of the call: P = cached + new tokens of its first pass. Each check
+# builds a cache one way, generates on it under steering, and compares with a cache-free greedy
+# loop that scales by hand exactly the columns the rule (and the cache's own making) steered.
+
+CACHE_FAMILIES = ["llama", "gpt2"]
+FOLLOW_UP = 4  # tokens of a second turn appended to the first call's output
+
+
+@contextmanager
+def _scale_column_ranges(
+    model: PreTrainedModel, circuit: Circuit, m: float, ranges: list[tuple[int, int]]
+) -> Iterator[None]:
+    """`_scale_columns` over several [start, end) column ranges at once (disjoint)."""
+    with contextlib.ExitStack() as stack:
+        for start, end in ranges:
+            stack.enter_context(_scale_columns(model, circuit, m, start, end))
+        yield
+
+
+def _prefix_cache(model: PreTrainedModel, batch: dict[str, torch.Tensor], k: int) -> Any:
+    """A KV cache of the first k columns of `batch` (a stored prefix, as prefix caching keeps)."""
+    ids, mask = batch["input_ids"][:, :k], batch["attention_mask"][:, :k]
+    inputs: dict[str, Any] = {"input_ids": ids, "attention_mask": mask}
+    if "position_ids" in inspect.signature(model.forward).parameters:
+        inputs["position_ids"] = position_ids_from_mask(mask)  # as `generate` numbers them
+    cache = DynamicCache()
+    with torch.no_grad():
+        model(**inputs, cache=cache, use_cache=True)
+    return cache
+
+
+def _check_against_hand(
+    model: PreTrainedModel,
+    batch: dict[str, torch.Tensor],
+    run: Any,
+    ranges: list[tuple[int, int]],
+    circuit: Circuit,
+) -> None:
+    """`run` (a `generate` output) equals a cache-free greedy loop steered at `ranges`."""
+    width = batch["input_ids"].shape[1]
+    with _scale_column_ranges(model, circuit, 0.0, ranges):
+        tokens, scores = _greedy_by_hand(model, batch)
+    assert torch.equal(run.sequences[:, width:], tokens)
+    for step, expected in zip(run.logits, scores, strict=True):
+        torch.testing.assert_close(step, expected, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("positions", ["generated", "prompt"])
+@pytest.mark.parametrize("family", CACHE_FAMILIES)
+def test_a_prefilled_unsteered_cache_is_placed_by_the_rule(
+    family: str, positions: Positions, positive_prompts: list[str], negative_prompts: list[str]
+) -> None:
+    # the cache holds the first k prompt columns, unsteered; the rest of the prompt is new
+    model, tokenizer = _tiny(family)
+    circuit = _circuit(_tiny(family), positive_prompts, negative_prompts)
+    batch = _batch(tokenizer, positive_prompts[:3])
+    width = batch["input_ids"].shape[1]
+    k = width - 4
+    cache = _prefix_cache(model, batch, k)
+    with steer(model, circuit, 0.0, positions=positions):
+        run = _greedy(model, batch, cache=cache)
+    # "generated": only the last prompt column onwards; "prompt": the uncached prompt columns
+    ranges = {"generated": [(width - 1, 10**6)], "prompt": [(k, width)]}[positions]
+    _check_against_hand(model, batch, run, ranges, circuit)
+
+
+@pytest.mark.parametrize("positions", ["generated", "prompt"])
+@pytest.mark.parametrize("family", CACHE_FAMILIES)
+def test_a_cache_reused_for_a_second_call_is_steered_as_that_calls_prompt(
+    family: str, positions: Positions, positive_prompts: list[str], negative_prompts: list[str]
+) -> None:
+    # a chat's second turn: the first call's cache, its answer and a follow-up as the new prompt
+    model, tokenizer = _tiny(family)
+    circuit = _circuit(_tiny(family), positive_prompts, negative_prompts)
+    first = _batch(tokenizer, positive_prompts[:3])
+    width = first["input_ids"].shape[1]
+    cache = DynamicCache()
+    with steer(model, circuit, 0.0, positions=positions):
+        one = _greedy(model, first, cache=cache)
+        follow = torch.tensor(tokenizer.encode("ok?", add_special_tokens=False)[:1] * FOLLOW_UP)
+        ids = torch.cat([one.sequences, follow.expand(3, -1)], dim=1)
+        second = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+        second["attention_mask"][:, :width] = first["attention_mask"]
+        two = _greedy(model, second, cache=cache)
+    width2 = ids.shape[1]
+    cached = width + N_NEW - 1  # the first call never feeds its last token back
+    # the first call's columns as it steered them, then the second call's own rule
+    ranges = {
+        "generated": [(width - 1, cached), (width2 - 1, 10**6)],
+        "prompt": [(0, width), (cached, width2)],
+    }[positions]
+    _check_against_hand(model, second, two, ranges, circuit)
+
+
+@pytest.mark.parametrize("made_by", ["another handle", "the same handle"])
+@pytest.mark.parametrize("positions", ["generated", "prompt"])
+@pytest.mark.parametrize("family", CACHE_FAMILIES)
+def test_a_cache_built_under_steering_is_taken_as_it_is(
+    family: str,
+    positions: Positions,
+    made_by: str,
+    positive_prompts: list[str],
+    negative_prompts: list[str],
+) -> None:
+    # the prefix cache of k columns comes from a steered pass: at every position under another
+    # handle, or as a prompt of its own under this one (its last column steered by "generated")
+    model, tokenizer = _tiny(family)
+    circuit = _circuit(_tiny(family), positive_prompts, negative_prompts)
+    batch = _batch(tokenizer, positive_prompts[:3])
+    width = batch["input_ids"].shape[1]
+    k = width - 4
+    if made_by == "another handle":
+        with steer(model, circuit, 0.0):
+            cache = _prefix_cache(model, batch, k)
+        prefix = (0, k)
+    with steer(model, circuit, 0.0, positions=positions):
+        if made_by == "the same handle":
+            cache = _prefix_cache(model, batch, k)
+            prefix = (k - 1, k) if positions == "generated" else (0, k)
+        run = _greedy(model, batch, cache=cache)
+    ranges = {"generated": [prefix, (width - 1, 10**6)], "prompt": [(0, width)]}[positions]
+    _check_against_hand(model, batch, run, ranges, circuit)

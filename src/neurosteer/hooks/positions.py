@@ -14,6 +14,15 @@ So "prompt" and "generated" share position P - 1: both can change the first answ
 Under KV-cache decoding a forward pass sees only the new tokens, so "the prompt" cannot be
 found inside one chunk; a model-level pre-hook reads the cache length instead, and every edit
 asks `EditState.steered_range(seq_len)` for the slice of the current chunk it may touch.
+
+A pass starts a new prompt, whose length P is then the cached length plus the pass's new
+tokens, unless it is a decoding step: exactly one new token on the cache the previous pass
+left. So a cache that comes in already filled (a stored prefix, a cache reused from an earlier
+call, or one built under other steering) is placed right: its positions are taken as they are,
+and only the uncached rest of the prompt is steered by the rule. Not told apart: a new call
+whose only uncached token directly continues the previous pass counts as a decoding step, and
+prefill split into several chunks (or several draft tokens at once) counts as prompts; give
+`prompt_length` there.
 """
 
 from __future__ import annotations
@@ -41,7 +50,8 @@ class EditState(Protocol):
 class PositionTracker:
     """Knows, during a forward pass, where the current chunk sits in the whole sequence.
 
-    A pass with an empty cache starts a new sequence whose length is the prompt length (unless
+    A pass that is not a decoding step (one new token on the cache the previous pass left)
+    starts a new prompt of length cached + new tokens, whatever the cache holds (unless
     `prompt_length` is given, which generation without a KV cache needs).
     """
 
@@ -49,6 +59,8 @@ class PositionTracker:
         self.fixed_prompt_length = prompt_length
         self.prompt_length = prompt_length or 0
         self.past_length = 0
+        # (batch, sequence length) the previous pass left in its cache; None before any pass
+        self._left: tuple[int, int] | None = None
 
     def on_forward(self, _module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         cache = kwargs.get("cache", kwargs.get("past_key_values"))
@@ -58,10 +70,12 @@ class PositionTracker:
             tokens = kwargs.get("inputs_embeds")
         if tokens is None and args:
             tokens = args[0]
-        seq = int(tokens.shape[1]) if isinstance(tokens, torch.Tensor) and tokens.dim() > 1 else 0
+        batch, seq = _chunk_shape(tokens)
+        decoding = past > 0 and seq == 1 and self._left == (batch, past)
+        if self.fixed_prompt_length is None and not decoding:
+            self.prompt_length = past + seq
         self.past_length = past
-        if self.fixed_prompt_length is None and past == 0:
-            self.prompt_length = seq
+        self._left = (batch, past + seq)
 
     def first_generated(self, seq_len: int) -> int:
         """Index within the current chunk of its first generated (non-prompt) position."""
@@ -83,6 +97,14 @@ class PositionTracker:
     def _in_chunk(self, position: int, seq_len: int) -> int:
         """Absolute sequence `position` as an index into the current chunk, clamped to it."""
         return min(seq_len, max(0, position - self.past_length))
+
+
+def _chunk_shape(tokens: Any) -> tuple[int, int]:
+    """(batch, new tokens) of a pass's input ids [batch, seq] or embeddings [batch, seq, d];
+    (0, 0) for anything else."""
+    if isinstance(tokens, torch.Tensor) and tokens.dim() > 1:
+        return int(tokens.shape[0]), int(tokens.shape[1])
+    return 0, 0
 
 
 def _cache_length(cache: Any) -> int:
