@@ -357,3 +357,67 @@ def test_a_cache_built_under_steering_is_taken_as_it_is(
         run = _greedy(model, batch, cache=cache)
     ranges = {"generated": [prefix, (width - 1, 10**6)], "prompt": [(0, width)]}[positions]
     _check_against_hand(model, batch, run, ranges, circuit)
+
+
+@pytest.mark.parametrize("kind", ["CAA", "MLPOutputSteering", "DirectionAblation", "MeanAblation"])
+def test_every_kind_places_a_prefilled_cache_by_the_rule(
+    kind: str, positive_prompts: list[str], negative_prompts: list[str]
+) -> None:
+    # under "generated" the first k prompt columns are never steered, so generating on an
+    # unsteered cache of them must equal generating from scratch, for every intervention kind
+    from neurosteer import CAA, DirectionAblation, MLPOutputSteering, contrast_vectors
+    from neurosteer.mean_ablation import MeanAblation
+
+    model, tokenizer = _tiny("llama")
+    point = "mlp_output" if kind == "MLPOutputSteering" else "residual"
+    vectors = contrast_vectors(model, tokenizer, positive_prompts, negative_prompts, point=point)
+    circuit = _circuit(_tiny("llama"), positive_prompts, negative_prompts)
+    made: dict[str, Any] = {
+        "CAA": lambda: CAA.fit(vectors, layer=2),
+        "MLPOutputSteering": lambda: MLPOutputSteering.fit(vectors),
+        "DirectionAblation": lambda: DirectionAblation.fit(vectors, layer=2),
+        "MeanAblation": lambda: MeanAblation(  # the circuit's neurons set to 0
+            torch.sparse_coo_tensor(
+                torch.stack([circuit.layers, circuit.neurons]),
+                torch.ones(circuit.layers.numel(), dtype=torch.bool),
+                size=(4, 37),
+            ).to_dense(),
+            torch.zeros(4, 37),
+        ),
+    }
+    intervention = made[kind]()
+    batch = _batch(tokenizer, positive_prompts[:3])
+    k = batch["input_ids"].shape[1] - 4
+    cache = _prefix_cache(model, batch, k)
+    with steer(model, intervention, positions="generated"):
+        cached = _greedy(model, batch, cache=cache)
+    with steer(model, intervention, positions="generated"):
+        fresh = _greedy(model, batch)
+    assert torch.equal(cached.sequences, fresh.sequences)
+    for a, b in zip(cached.logits, fresh.logits, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+    plain = _greedy(model, batch)
+    assert not torch.allclose(fresh.logits[0], plain.logits[0], atol=1e-3)  # it does steer
+
+
+@pytest.mark.parametrize("positions", ["generated", "prompt"])
+def test_kl_teacher_forcing_steers_the_columns_generation_would(
+    positions: Positions, positive_prompts: list[str], negative_prompts: list[str]
+) -> None:
+    # the KL's one pass holds prompt and continuation: a bound "prompt" rule must not reach the
+    # continuation columns (nor "generated" the prompt's), as while generating it
+    from neurosteer.evaluation.kl import kl_reference, steered_logprobs
+    from neurosteer.intervention import Bound
+
+    model, tokenizer = _tiny("llama")
+    circuit = _circuit(_tiny("llama"), positive_prompts, negative_prompts)
+    ref = kl_reference(model, tokenizer, negative_prompts[:3], max_new_tokens=4).batches[0]
+    n_new = ref.logprobs.shape[1]
+    width = ref.input_ids.shape[1] - n_new
+    with torch.inference_mode():
+        steered = steered_logprobs(model, ref, Bound(circuit, positions=positions), 0.0)
+    with _scale_columns(model, circuit, 0.0, *_expected_columns(positions, width)):
+        by_hand = _forward(model, ref.input_ids, ref.attention_mask)[:, -n_new - 1 : -1]
+    torch.testing.assert_close(
+        steered, torch.log_softmax(by_hand.float(), -1), atol=1e-4, rtol=1e-4
+    )

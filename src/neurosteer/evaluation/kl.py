@@ -321,10 +321,15 @@ def steered_logprobs(
     strength: float | None,
 ) -> torch.Tensor:
     """float32 log-probabilities [b, t, vocab] of the steered model at the continuation
-    positions of `ref` (the same inputs, teacher-forced; call under `torch.inference_mode`)."""
+    positions of `ref` (the same inputs, teacher-forced; call under `torch.inference_mode`).
+
+    The one pass holds prompt and continuation together, so the prompt width is given to the
+    steering: an intervention bound to positions "prompt" or "generated" edits the columns it
+    would edit while generating that continuation."""
     device = input_device(model)
     inputs = model_inputs(model, ref.input_ids.to(device), ref.attention_mask.to(device))
-    with intervention.steer(model, strength):
+    width = ref.input_ids.shape[1] - ref.logprobs.shape[1]  # the padded prompt
+    with intervention.steer(model, strength, prompt_length=width):
         return _continuation_logprobs(model, inputs, ref.logprobs.shape[1])
 
 
