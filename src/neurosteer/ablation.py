@@ -15,12 +15,13 @@ from typing import ClassVar
 import torch
 from torch import nn
 
+from neurosteer._compat import renamed_keywords
 from neurosteer.baking import BakeHandle, require_editable
 from neurosteer.contrast import ContrastVectors
 from neurosteer.errors import InputError, UnsupportedModelError
 from neurosteer.hooks import EditState, HookSet, add_direction_projectors
 from neurosteer.hooks.edits import edit_dtype, float32_strength
-from neurosteer.intervention import HookedIntervention, Installer, check_strength
+from neurosteer.intervention import OLD_STRENGTH, HookedIntervention, Installer, check_strength
 from neurosteer.layout import ModelLayout, residual_writers, resolve_layout
 
 
@@ -71,6 +72,7 @@ class DirectionAblation(HookedIntervention):
 
         return install
 
+    @renamed_keywords(OLD_STRENGTH)
     def bake(
         self, model: nn.Module, strength: float | None = None, *, layout: ModelLayout | None = None
     ) -> BakeHandle:

@@ -31,6 +31,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from neurosteer._compat import deprecated_name, renamed_keywords
 from neurosteer._io import atomic_directory
 from neurosteer._version import __version__
 from neurosteer.circuit import Circuit, as_circuits
@@ -48,6 +49,12 @@ class BakeHandle:
 
     def __init__(self) -> None:
         self._steps: list[Callable[[], None]] = []
+
+    @property
+    def active(self) -> bool:
+        """Deprecated (removed in the next release): whether there is anything to undo."""
+        deprecated_name("BakeHandle.active", "call undo(), which is idempotent")
+        return bool(self._steps)
 
     def on_undo(self, step: Callable[[], None]) -> None:
         """Register a restoring step; steps run in reverse order of registration."""
@@ -113,6 +120,7 @@ def _offloaded_by_hook(module: nn.Module) -> bool:
     return any(bool(getattr(h, "offload", False)) for h in hooks)
 
 
+@renamed_keywords({"circuit": "intervention", "multiplier": "strength"})
 def bake(
     model: nn.Module,
     intervention: Steerable,
@@ -197,6 +205,14 @@ def bake_circuits(
     return handle
 
 
+@renamed_keywords(
+    {"circuit": "intervention", "multiplier": "strength"},
+    old_positional=(
+        "model",
+        "tokenizer",
+        "out_dir",
+    ),  # 0.1: save_baked(model, tok, out_dir, *, circuit, multiplier)
+)
 def save_baked(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,

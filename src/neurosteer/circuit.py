@@ -33,6 +33,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from neurosteer._compat import renamed_keywords
 from neurosteer._io import atomic_directory
 from neurosteer.attribution import (
     candidate_mask,
@@ -50,7 +51,7 @@ from neurosteer.errors import (
 )
 from neurosteer.gguf.reader import FileIdentity
 from neurosteer.hooks import EditState, HookSet, add_neuron_scalers
-from neurosteer.intervention import HookedIntervention, Installer
+from neurosteer.intervention import OLD_STRENGTH, HookedIntervention, Installer
 from neurosteer.layout import ModelLayout, resolve_layout
 
 if TYPE_CHECKING:
@@ -259,6 +260,7 @@ class Circuit(HookedIntervention):
 
         return install
 
+    @renamed_keywords(OLD_STRENGTH)
     def bake(
         self, model: nn.Module, strength: float | None = None, *, layout: ModelLayout | None = None
     ) -> BakeHandle:

@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING, ClassVar, Protocol, runtime_checkable
 
 from torch import nn
 
+from neurosteer._compat import deprecated_name, renamed_keywords
 from neurosteer.errors import InputError, UnsupportedModelError
 from neurosteer.hooks import EditState, HookSet, PositionTracker
 from neurosteer.hooks.positions import Positions
@@ -105,6 +106,9 @@ def check_strength(strength: float | None, default: float) -> float:
     return float(value)
 
 
+#: The 0.1 names of the strength (`multiplier` for circuits, `alpha` for added vectors).
+OLD_STRENGTH = {"multiplier": "strength", "alpha": "strength"}
+
 Installer = Callable[[HookSet, EditState], None]
 """Registers an intervention's hooks on the `HookSet` it is given; the hooks read the strength
 and the positions from the `EditState` (the `SteeringHandle`) at every call."""
@@ -128,6 +132,7 @@ class SteeringHandle:
             position and every new one); see `neurosteer.hooks.positions`.
     """
 
+    @renamed_keywords({"multiplier": "strength"})
     def __init__(
         self,
         model: nn.Module,
@@ -168,6 +173,12 @@ class SteeringHandle:
     def multiplier(self, value: float) -> None:
         self.strength = value
 
+    @property
+    def active(self) -> bool:
+        """Deprecated (removed in the next release): whether the hooks are still in place."""
+        deprecated_name("SteeringHandle.active", "leave the `with` block or call remove()")
+        return len(self._hooks) > 0
+
     def steered_range(self, seq_len: int) -> tuple[int, int]:
         """[start, end) of the current chunk's positions that are edited."""
         return self._tracker.steered_range(self.positions, seq_len)
@@ -206,6 +217,7 @@ class HookedIntervention:
         state it is given)."""
         raise NotImplementedError
 
+    @renamed_keywords(OLD_STRENGTH)
     def steer(
         self,
         model: nn.Module,

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 from torch import nn
 
+from neurosteer._compat import renamed_keywords
 from neurosteer.circuit import Circuit, as_circuits
 from neurosteer.errors import InputError
 from neurosteer.hooks import EditState, HookSet
@@ -41,6 +42,7 @@ Steerable = Intervention | Circuit | Sequence[Circuit]
 """What `steer` and `neurosteer.bake` take: an intervention, or one or several circuits."""
 
 
+@renamed_keywords({"circuit": "intervention", "multiplier": "strength"})
 def steer(
     model: nn.Module,
     intervention: Steerable,

@@ -21,6 +21,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from transformers import AutoConfig, AutoModelForCausalLM
 
+from neurosteer._compat import renamed_keywords
 from neurosteer._io import atomic_directory, check_writable
 from neurosteer.baking import PROVENANCE_FILE, provenance
 from neurosteer.circuit import Circuit, as_circuits
@@ -52,6 +53,7 @@ class StreamingReport:
     peak_bytes: int
 
 
+@renamed_keywords({"multiplier": "strength"})
 def bake_streaming(
     checkpoint: str | Path,
     circuit: Circuit | Sequence[Circuit],
