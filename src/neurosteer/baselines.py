@@ -36,7 +36,7 @@ from neurosteer.intervention import HookedIntervention, Installer
 from neurosteer.layout import ModelLayout, resolve_layout
 from neurosteer.prompts import encode_for_model
 from neurosteer.recording import RunningStats, run_last_token_pass
-from neurosteer.runtime import auto_batch_size, pad_id
+from neurosteer.runtime import auto_batch_size, pad_id, runs_model
 
 __all__ = [
     "CAA",
@@ -48,6 +48,7 @@ __all__ = [
 ]
 
 
+@runs_model
 def contrast_vectors(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,

@@ -23,7 +23,7 @@ from transformers.generation.streamers import BaseStreamer
 
 from neurosteer.errors import InputError
 from neurosteer.prompts import context_limit, tokenize_rendered
-from neurosteer.runtime import input_device, pad_id
+from neurosteer.runtime import input_device, pad_id, runs_model
 
 logger = logging.getLogger(__name__)
 
@@ -176,6 +176,7 @@ class _Streamer(BaseStreamer):
             self.write(new)
 
 
+@runs_model
 def stream_reply(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,

@@ -33,7 +33,7 @@ from neurosteer.gguf.loading import source_file
 from neurosteer.layout import ModelLayout, resolve_layout
 from neurosteer.prompts import encode_for_model, load_prompts, prompt_hash, uses_chat_template
 from neurosteer.recording import ActivationStats, record_stats, top_activation_frequency
-from neurosteer.runtime import auto_batch_size, pad_id
+from neurosteer.runtime import auto_batch_size, pad_id, runs_model
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +56,7 @@ def neutral_prompts() -> list[str]:
         return load_prompts(file)
 
 
+@runs_model
 def discover(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,

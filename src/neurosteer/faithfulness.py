@@ -44,7 +44,14 @@ from neurosteer.hooks.positions import Positions
 from neurosteer.layout import ModelLayout
 from neurosteer.mean_ablation import AblationPositions, MeanAblation, mean_activations
 from neurosteer.prompts import Batch, encode_for_model
-from neurosteer.runtime import forward_takes, input_device, model_inputs, pad_id, run_batches
+from neurosteer.runtime import (
+    forward_takes,
+    input_device,
+    model_inputs,
+    pad_id,
+    run_batches,
+    runs_model,
+)
 from neurosteer.targets import Target, check_pairs, encode_pairs
 
 logger = logging.getLogger(__name__)
@@ -101,6 +108,7 @@ def default_ks(n: int) -> list[int]:
     return [*ks, n]
 
 
+@runs_model
 def measure_faithfulness(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,

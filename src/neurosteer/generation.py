@@ -16,11 +16,12 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from neurosteer.errors import InputError
 from neurosteer.prompts import Batch, context_limit, encode_for_model, new_token_budgets
-from neurosteer.runtime import input_device, pad_id, run_batches
+from neurosteer.runtime import input_device, pad_id, run_batches, runs_model
 
 logger = logging.getLogger(__name__)
 
 
+@runs_model
 def generate(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -86,6 +87,7 @@ def generate(
     return answers
 
 
+@runs_model
 def greedy_batch(
     model: PreTrainedModel, batch: Batch, max_new_tokens: int, pad_id: int
 ) -> torch.Tensor:

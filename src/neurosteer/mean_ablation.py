@@ -21,7 +21,7 @@ from neurosteer.intervention import HookedIntervention, Installer
 from neurosteer.layout import ModelLayout, resolve_layout
 from neurosteer.prompts import Batch
 from neurosteer.recording import RunningStats, record_stats
-from neurosteer.runtime import input_device, model_inputs, run_batches
+from neurosteer.runtime import input_device, model_inputs, run_batches, runs_model
 
 AblationPositions = Literal["last", "all"]
 
@@ -56,6 +56,7 @@ class MeanAblation(HookedIntervention):
         return install
 
 
+@runs_model
 def mean_activations(
     model: PreTrainedModel,
     layout: ModelLayout,

@@ -31,7 +31,14 @@ from neurosteer.hooks.positions import Positions
 from neurosteer.intervention import check_strength
 from neurosteer.layout import ModelLayout
 from neurosteer.prompts import Batch, encode_for_model
-from neurosteer.runtime import forward_takes, input_device, model_inputs, pad_id, run_batches
+from neurosteer.runtime import (
+    forward_takes,
+    input_device,
+    model_inputs,
+    pad_id,
+    run_batches,
+    runs_model,
+)
 from neurosteer.steering import Steerable, steer
 
 
@@ -158,6 +165,7 @@ def resolve_tokens(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str]) -> 
     return choices
 
 
+@runs_model
 def next_token_probs(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,

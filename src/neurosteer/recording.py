@@ -22,7 +22,7 @@ from transformers import PreTrainedModel
 from neurosteer.hooks import HookSet, StopForward, add_last_token_recorders
 from neurosteer.layout import ModelLayout
 from neurosteer.prompts import Batch
-from neurosteer.runtime import input_device, model_inputs, run_batches
+from neurosteer.runtime import input_device, model_inputs, run_batches, runs_model
 
 logger = logging.getLogger(__name__)
 
@@ -118,6 +118,7 @@ class TopActivationCounter:
         return share.view(self.layout.n_layers, self.layout.d_mlp)
 
 
+@runs_model
 def run_last_token_pass(
     model: PreTrainedModel,
     layout: ModelLayout,
@@ -211,6 +212,7 @@ class _PassState:
         self.bar.update(batch.input_ids.shape[0])
 
 
+@runs_model
 def record_stats(
     model: PreTrainedModel,
     layout: ModelLayout,
@@ -236,6 +238,7 @@ def record_stats(
     return stats.result()
 
 
+@runs_model
 def top_activation_frequency(
     model: PreTrainedModel,
     layout: ModelLayout,

@@ -52,7 +52,7 @@ from neurosteer.relp_pass import (
     RelPRules,
     attention_rule,
 )
-from neurosteer.runtime import auto_batch_size, input_device, pad_id, run_batches
+from neurosteer.runtime import auto_batch_size, input_device, pad_id, run_batches, runs_model
 from neurosteer.targets import Target, check_pairs, encode_pairs
 
 __all__ = ["Attribution", "AttributionPositions", "RelPRules", "attribute", "attribution_scores"]
@@ -89,6 +89,7 @@ class Attribution:
         return self.target_logits - self.contrast_logits
 
 
+@runs_model
 def attribution_scores(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -159,6 +160,7 @@ def attribution_scores(
     return result
 
 
+@runs_model
 def attribute(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,

@@ -8,12 +8,15 @@ the accelerator runs out of memory. They live here once.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import inspect
 import logging
-from collections.abc import Callable, Sequence
-from typing import TypeVar
+from collections.abc import Callable, Iterator, Sequence
+from typing import ParamSpec, TypeVar, cast
 
 import torch
+from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from neurosteer.layout import ModelLayout
@@ -22,6 +25,50 @@ from neurosteer.prompts import Batch, iter_batches
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
+P = ParamSpec("P")
+
+#: Set on every function `runs_model` wraps (a test checks that each model-running entry
+#: point carries it).
+RUNS_MODEL_MARK = "__neurosteer_runs_model__"
+
+
+@contextlib.contextmanager
+def evaluating(model: nn.Module) -> Iterator[None]:
+    """Run the block with `model` in eval mode (dropout off), then give back each submodule's
+    own mode, as the caller had it (a model from a training loop stays in training mode).
+
+    Every pass that measures (discovery, attribution, probes, KL, generation, ...) runs under
+    this, through `runs_model`: dropout would give another circuit, probe and KL on each call.
+    """
+    modes = [(module, module.training) for module in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for module, mode in modes:
+            module.training = mode
+
+
+def runs_model(func: Callable[P, T]) -> Callable[P, T]:
+    """Decorator for a function that runs its `model` argument: the call runs under
+    `evaluating(model)`, whichever mode the caller left the model in.
+
+    The function must take a parameter named `model` (an `nn.Module`).
+    """
+    signature = inspect.signature(func)
+    if "model" not in signature.parameters:
+        raise TypeError(f"runs_model needs a 'model' parameter on {func.__qualname__}")
+
+    @functools.wraps(func)
+    def call(*args: P.args, **kwargs: P.kwargs) -> T:
+        model = signature.bind_partial(*args, **kwargs).arguments.get("model")
+        if not isinstance(model, nn.Module):  # the function's own checks report it
+            return func(*args, **kwargs)
+        with evaluating(model):
+            return func(*args, **kwargs)
+
+    setattr(call, RUNS_MODEL_MARK, True)
+    return cast(Callable[P, T], call)
 
 
 def input_device(model: PreTrainedModel) -> torch.device:

@@ -37,7 +37,7 @@ from neurosteer.prompts import (
     iter_batches,
     new_token_budgets,
 )
-from neurosteer.runtime import forward_takes, input_device, model_inputs, pad_id
+from neurosteer.runtime import forward_takes, input_device, model_inputs, pad_id, runs_model
 
 
 @dataclass(frozen=True)
@@ -61,6 +61,7 @@ class KLReport:
     max_new_tokens: int
 
 
+@runs_model
 def kl_to_reference(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -197,6 +198,7 @@ class KLReference:
             raise InputError(f"'{path}' is not a readable KL reference ({err})") from None
 
 
+@runs_model
 def kl_reference(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -234,6 +236,7 @@ def kl_reference(
     return KLReference(batches, len(prompts), max_new_tokens)
 
 
+@runs_model
 def kl_from_reference(
     model: PreTrainedModel,
     reference: KLReference,
@@ -314,6 +317,7 @@ def _reference_batches(
         )
 
 
+@runs_model
 def steered_logprobs(
     model: PreTrainedModel,
     ref: ReferenceBatch,

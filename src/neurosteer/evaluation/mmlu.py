@@ -43,6 +43,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from neurosteer.errors import InputError
 from neurosteer.evaluation.mmlu_data import LETTERS, MMLUData, MMLUQuestion, load_mmlu
 from neurosteer.intervention import Intervention
+from neurosteer.runtime import runs_model
 
 logger = logging.getLogger(__name__)
 
@@ -113,6 +114,7 @@ class MMLUSweep:
         ]
 
 
+@runs_model
 def mmlu_accuracy(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -232,6 +234,7 @@ def _result(
     )
 
 
+@runs_model
 def mmlu_sweep(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,

@@ -19,6 +19,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from neurosteer.evaluation.judges import Judge, Label, refusal_rates
 from neurosteer.generation import generate
 from neurosteer.intervention import Intervention
+from neurosteer.runtime import runs_model
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,7 @@ def judge_answers(prompts: Sequence[str], answers: Sequence[str], judge: Judge) 
     return JudgedAnswers(tuple(prompts), tuple(answers), tuple(labels), rates)
 
 
+@runs_model
 def measure_refusal(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,

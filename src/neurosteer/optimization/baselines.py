@@ -26,6 +26,7 @@ from neurosteer.optimization import store
 from neurosteer.optimization.config import OptimizeConfig
 from neurosteer.optimization.objectives import Objectives
 from neurosteer.optimization.split import Split
+from neurosteer.runtime import runs_model
 
 METHODS = ("caa", "direction")
 
@@ -62,6 +63,7 @@ def baseline_settings(config: OptimizeConfig) -> dict[str, Any]:
     return {"strengths": list(config.baseline_strengths), "layer": config.baseline_layer}
 
 
+@runs_model
 def measure_baselines(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -125,6 +127,7 @@ def from_json(data: Any) -> list[BaselinePoint]:
     return [BaselinePoint(**p) for p in data.get("points", [])]
 
 
+@runs_model
 def cached_baselines(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,

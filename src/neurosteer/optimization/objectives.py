@@ -35,6 +35,7 @@ from neurosteer.evaluation.kl import KLReference, kl_from_reference, kl_referenc
 from neurosteer.evaluation.refusal import JudgedAnswers, measure_refusal
 from neurosteer.intervention import Intervention
 from neurosteer.optimization.config import OptimizeConfig
+from neurosteer.runtime import runs_model
 
 logger = logging.getLogger(__name__)
 
@@ -103,6 +104,7 @@ class Outcome:
         return self.refusal + self.degenerate
 
 
+@runs_model
 def build_reference(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,

@@ -46,6 +46,7 @@ from neurosteer.optimization.study import (
 )
 from neurosteer.optimization.trials import run_trials
 from neurosteer.prompts import encode_for_model, prompt_hash
+from neurosteer.runtime import runs_model
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +73,7 @@ class SearchResult:
     run_dir: Path | None
 
 
+@runs_model
 def optimize(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,

@@ -30,6 +30,7 @@ from neurosteer.organism import corpus
 from neurosteer.organism.evaluate import ANSWER_BATCH, ANSWER_TOKENS, OrganismJudge, Rates
 from neurosteer.organism.tokenizer import build_tokenizer
 from neurosteer.prompts import render_prompts
+from neurosteer.runtime import runs_model
 
 log = logging.getLogger(__name__)
 
@@ -172,6 +173,7 @@ def _train(
     return loss_value
 
 
+@runs_model
 def heldout_metrics(
     model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast, n: int
 ) -> dict[str, float]:

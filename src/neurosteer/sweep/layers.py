@@ -32,6 +32,7 @@ from neurosteer.evaluation.refusal import judge_answers
 from neurosteer.generation import generate
 from neurosteer.hooks.positions import Positions
 from neurosteer.layout import ModelLayout
+from neurosteer.runtime import runs_model
 from neurosteer.sweep.config import SweepConfig
 
 logger = logging.getLogger(__name__)
@@ -81,6 +82,7 @@ def scan_candidates(n_layers: int) -> list[int]:
     return sorted({round(x) for x in torch.linspace(1, top - 1, steps=steps).tolist()})
 
 
+@runs_model
 def scan_layer(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,

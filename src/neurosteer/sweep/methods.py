@@ -32,6 +32,7 @@ from neurosteer.evaluation.judges import Judge
 from neurosteer.hooks.positions import Positions
 from neurosteer.intervention import Bound, Intervention
 from neurosteer.layout import ModelLayout
+from neurosteer.runtime import runs_model
 from neurosteer.sweep.config import SweepConfig
 from neurosteer.sweep.layers import SCANNED, LayerScan, ScannedMethod, scan_layer
 from neurosteer.sweep.store import CIRCUIT_DIR, VECTORS_FILE, read_config, store_fitted
@@ -127,6 +128,7 @@ class _Job:
     progress: bool
 
 
+@runs_model
 def fit_methods(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,

@@ -33,6 +33,7 @@ from neurosteer.evaluation.refusal import measure_refusal
 from neurosteer.intervention import Intervention
 from neurosteer.layout import ModelLayout, resolve_layout
 from neurosteer.prompts import encode_for_model, prompt_hash
+from neurosteer.runtime import runs_model
 from neurosteer.sweep.config import BASELINE, SweepConfig, knob
 from neurosteer.sweep.methods import Fitted, fit_methods
 from neurosteer.sweep.store import (
@@ -62,6 +63,7 @@ def planned_points(config: SweepConfig) -> list[PointKey]:
     return points
 
 
+@runs_model
 def run_sweep(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
