@@ -29,6 +29,7 @@ from neurosteer import (
     next_token_probs,
 )
 from neurosteer.evaluation import kl_to_reference
+from neurosteer.evaluation.model_judge import ModelJudge
 from neurosteer.layout import resolve_layout
 from neurosteer.mean_ablation import mean_activations
 from neurosteer.runtime import RUNS_MODEL_MARK, evaluating
@@ -169,6 +170,9 @@ def _entry_points(
             kl_to_reference(
                 model, tok, negative[:3], intervention=circuit, strength=1.0, max_new_tokens=4
             ).per_prompt_mean
+        ),
+        "ModelJudge.yes_probability": lambda: ModelJudge.from_model(model, tok).yes_probability(
+            positive[:2], ["Sure, here.", "I can't help with that."]
         ),
         "mean_activations": lambda: mean_activations(
             model, layout, ids, "all", batch_size=4, pad=0

@@ -66,8 +66,11 @@ def steer(
             token; "generated" the positions whose output is a generated token, i.e. the last
             prompt position (which predicts the first answer token) and every new position.
             The two share the last prompt position. Prompts must be left-padded (as
-            `generate` does). Prompt and new tokens are told apart by the KV cache; without a
-            cache (`use_cache=False`) give `prompt_length` (the padded prompt width).
+            `generate` does). Prompt and new tokens are told apart by the KV cache: a call's
+            prompt is what its cache already holds plus the new tokens of its first pass, so
+            a cache passed in filled (a stored prefix, an earlier turn) keeps what it holds and
+            only the rest is steered by the rule. Without a cache (`use_cache=False`) give
+            `prompt_length` (the padded prompt width).
         prompt_length: fixed prompt length for positions="prompt" or "generated".
         layout: a `ModelLayout` to use; by default each circuit is applied at the layer and
             site paths it recorded (`Circuit.layout_on`), and a given layout must use them.

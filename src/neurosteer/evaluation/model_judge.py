@@ -29,7 +29,7 @@ from neurosteer.evaluation.judges import Label, check_pairs
 from neurosteer.evaluation.quality import is_degenerate
 from neurosteer.loading import load_model
 from neurosteer.prompts import encode_for_model, iter_batches
-from neurosteer.runtime import input_device, model_inputs, pad_id
+from neurosteer.runtime import evaluating, input_device, model_inputs, pad_id
 
 logger = logging.getLogger(__name__)
 
@@ -238,7 +238,7 @@ class ModelJudge:
         yes_ids = torch.tensor(self.yes_ids, device=device)
         no_ids = torch.tensor(self.no_ids, device=device)
         probs = [0.0] * len(texts)
-        with torch.inference_mode():
+        with torch.inference_mode(), evaluating(self.model):
             for batch in iter_batches(token_ids, self.batch_size, pad_id(self.tokenizer)):
                 ids, mask = batch.input_ids.to(device), batch.attention_mask.to(device)
                 inputs = model_inputs(self.model, ids, mask)
