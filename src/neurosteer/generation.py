@@ -17,6 +17,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from neurosteer.errors import InputError
 from neurosteer.prompts import Batch, context_limit, encode_for_model, new_token_budgets
 from neurosteer.runtime import input_device, pad_id, run_batches
+from neurosteer.stop_tokens import stop_token_ids
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +34,8 @@ def generate(
     progress: bool = False,
 ) -> list[str]:
     """Greedy completions (new text only, special tokens dropped), one per prompt.
+
+    Each answer ends at the model's stop tokens (`neurosteer.stop_tokens.stop_token_ids`).
 
     Prompts are batched by length; an out-of-memory error halves the batch and retries it,
     keeping the completions already made. `system` is a system turn (see `render_prompts`).
@@ -57,10 +60,12 @@ def generate(
     )
     budgets = new_token_budgets(token_ids, max_new_tokens, context_limit(model, tokenizer))
     device, pad = input_device(model), pad_id(tokenizer)
+    stop_ids = stop_token_ids(model, tokenizer)
     answers: list[str] = [""] * len(prompts)
 
     def attempt(batch: Batch) -> torch.Tensor:
-        return greedy_batch(model, batch, budgets[int(batch.index[0])], pad)
+        budget = budgets[int(batch.index[0])]
+        return greedy_batch(model, batch, budget, pad, stop_ids=stop_ids)
 
     def finish(batch: Batch, output: torch.Tensor) -> None:
         new_tokens = output[:, batch.input_ids.shape[1] :].cpu()
@@ -87,16 +92,24 @@ def generate(
 
 
 def greedy_batch(
-    model: PreTrainedModel, batch: Batch, max_new_tokens: int, pad_id: int
+    model: PreTrainedModel,
+    batch: Batch,
+    max_new_tokens: int,
+    pad_id: int,
+    *,
+    stop_ids: Sequence[int] | None = None,
 ) -> torch.Tensor:
     """[batch, seq + t] int64: a left-padded batch of prompts followed by the model's greedy
-    continuation (t <= `max_new_tokens`; rows that ended early are padded with `pad_id`), on
-    the model's input device."""
+    continuation, on the model's input device. t <= `max_new_tokens`; a row ends at its first
+    token of `stop_ids` (None or empty: the generation config's eos), then is padded with
+    `pad_id`."""
     device = input_device(model)
+    stops = {"eos_token_id": list(stop_ids)} if stop_ids else {}
     return model.generate(  # type: ignore[operator]
         input_ids=batch.input_ids.to(device),
         attention_mask=batch.attention_mask.to(device),
         max_new_tokens=max_new_tokens,
         do_sample=False,
         pad_token_id=pad_id,
+        **stops,
     )

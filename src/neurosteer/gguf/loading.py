@@ -24,6 +24,7 @@ from transformers import (
 
 from neurosteer.errors import InputError, ModelLoadError
 from neurosteer.gguf.reader import FileIdentity, GGUFHeader, read_header, require_gguf
+from neurosteer.stop_tokens import GGUF_STOP_KEYS, merge_gguf_stop_ids
 
 logger = logging.getLogger(__name__)
 
@@ -104,6 +105,8 @@ def load_gguf(
     except (ValueError, NotImplementedError, KeyError) as err:
         raise _unsupported(header, err) from None
     model.config._name_or_path = str(path)
+    stops = {key: header.value(key) for key in GGUF_STOP_KEYS}
+    merge_gguf_stop_ids(model, stops, len(tokenizer))
     setattr(model, _SOURCE_ATTRIBUTE, header.identity())
     return model, tokenizer
 
