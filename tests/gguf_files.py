@@ -62,7 +62,8 @@ def write_gguf(
 ) -> Path:
     """Write `model` and `tokenizer` to the GGUF file `path`; returns `path`.
 
-    `token_ids` adds `tokenizer.ggml.<key>_token_id` entries (e.g. {"eot": 5, "eom": 6});
+    `token_ids` adds `tokenizer.ggml.<key>_token_id` entries (e.g. {"eot": 5, "eom": 6}; "eos"
+    replaces the tokenizer's eos);
     `chat_template` replaces the tokenizer's template in the file.
     """
     config = model.config
@@ -71,8 +72,9 @@ def write_gguf(
     names = gguf.get_tensor_name_map(arch, config.num_hidden_layers)
     writer = gguf.GGUFWriter(str(path), gguf.MODEL_ARCH_NAMES[arch])
     _write_metadata(writer, config, name)
-    _write_tokenizer(writer, tokenizer, chat_template or tokenizer.chat_template)
-    for key, token in (token_ids or {}).items():
+    ids = {"eos": tokenizer.eos_token_id, **(token_ids or {})}
+    _write_tokenizer(writer, tokenizer, chat_template or tokenizer.chat_template, ids.pop("eos"))
+    for key, token in ids.items():
         writer.add_uint32(f"tokenizer.ggml.{key}_token_id", token)
     for hf_name, tensor in model.state_dict().items():
         base, suffix = hf_name.rsplit(".", 1)
@@ -111,7 +113,7 @@ def _rope_theta(config: Any) -> float:
 
 
 def _write_tokenizer(
-    writer: gguf.GGUFWriter, tokenizer: PreTrainedTokenizerFast, chat_template: str
+    writer: gguf.GGUFWriter, tokenizer: PreTrainedTokenizerFast, chat_template: str, eos: int
 ) -> None:
     vocab = sorted(tokenizer.get_vocab().items(), key=lambda item: item[1])
     tokens = [MERGED_TOKEN if tok == REPLACED_TOKEN else tok for tok, _ in vocab]
@@ -124,7 +126,7 @@ def _write_tokenizer(
     )
     writer.add_token_merges([" ".join([MERGED_TOKEN[0]] * 2)])
     writer.add_bos_token_id(tokenizer.bos_token_id)
-    writer.add_eos_token_id(tokenizer.eos_token_id)
+    writer.add_eos_token_id(eos)
     writer.add_pad_token_id(tokenizer.pad_token_id)
     writer.add_unk_token_id(tokenizer.unk_token_id)
     writer.add_add_bos_token(False)
