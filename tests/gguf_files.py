@@ -57,15 +57,25 @@ def write_gguf(
     ggml_type: str = "F32",
     down_type: str | None = None,
     name: str = "tiny test model",
+    token_ids: dict[str, int] | None = None,
+    chat_template: str | None = None,
 ) -> Path:
-    """Write `model` and `tokenizer` to the GGUF file `path`; returns `path`."""
+    """Write `model` and `tokenizer` to the GGUF file `path`; returns `path`.
+
+    `token_ids` adds `tokenizer.ggml.<key>_token_id` entries (e.g. {"eot": 5, "eom": 6}; "eos"
+    replaces the tokenizer's eos);
+    `chat_template` replaces the tokenizer's template in the file.
+    """
     config = model.config
     family = config.model_type
     arch = GGUF_FAMILIES[family]
     names = gguf.get_tensor_name_map(arch, config.num_hidden_layers)
     writer = gguf.GGUFWriter(str(path), gguf.MODEL_ARCH_NAMES[arch])
     _write_metadata(writer, config, name)
-    _write_tokenizer(writer, tokenizer)
+    ids = {"eos": tokenizer.eos_token_id, **(token_ids or {})}
+    _write_tokenizer(writer, tokenizer, chat_template or tokenizer.chat_template, ids.pop("eos"))
+    for key, token in ids.items():
+        writer.add_uint32(f"tokenizer.ggml.{key}_token_id", token)
     for hf_name, tensor in model.state_dict().items():
         base, suffix = hf_name.rsplit(".", 1)
         gguf_name = f"{names.get_name(base)}.{suffix}"
@@ -102,7 +112,9 @@ def _rope_theta(config: Any) -> float:
     return float(parameters.get("rope_theta", getattr(config, "rope_theta", 10000.0)))
 
 
-def _write_tokenizer(writer: gguf.GGUFWriter, tokenizer: PreTrainedTokenizerFast) -> None:
+def _write_tokenizer(
+    writer: gguf.GGUFWriter, tokenizer: PreTrainedTokenizerFast, chat_template: str, eos: int
+) -> None:
     vocab = sorted(tokenizer.get_vocab().items(), key=lambda item: item[1])
     tokens = [MERGED_TOKEN if tok == REPLACED_TOKEN else tok for tok, _ in vocab]
     special = set(SPECIAL_TOKENS)
@@ -114,11 +126,11 @@ def _write_tokenizer(writer: gguf.GGUFWriter, tokenizer: PreTrainedTokenizerFast
     )
     writer.add_token_merges([" ".join([MERGED_TOKEN[0]] * 2)])
     writer.add_bos_token_id(tokenizer.bos_token_id)
-    writer.add_eos_token_id(tokenizer.eos_token_id)
+    writer.add_eos_token_id(eos)
     writer.add_pad_token_id(tokenizer.pad_token_id)
     writer.add_unk_token_id(tokenizer.unk_token_id)
     writer.add_add_bos_token(False)
-    writer.add_chat_template(tokenizer.chat_template)
+    writer.add_chat_template(chat_template)
 
 
 def _permute_for_rope(weights: np.ndarray, heads: int) -> np.ndarray:

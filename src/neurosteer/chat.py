@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -24,6 +25,7 @@ from transformers.generation.streamers import BaseStreamer
 from neurosteer.errors import InputError
 from neurosteer.prompts import context_limit, tokenize_rendered
 from neurosteer.runtime import input_device, pad_id, runs_model
+from neurosteer.stop_tokens import stop_token_ids
 
 logger = logging.getLogger(__name__)
 
@@ -201,7 +203,10 @@ def stream_reply(
     budget = max_new_tokens if encoded.room is None else min(max_new_tokens, encoded.room)
     device = input_device(model)
     ids = torch.tensor([encoded.ids], dtype=torch.long, device=device)
-    sampling = {"temperature": temperature} if temperature > 0 else {}
+    sampling: dict[str, Any] = {"temperature": temperature} if temperature > 0 else {}
+    stops = list(stop_token_ids(model, tokenizer))
+    if stops:
+        sampling["eos_token_id"] = stops
     streamer = _Streamer(tokenizer, write)
     try:
         with torch.inference_mode():

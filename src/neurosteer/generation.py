@@ -8,15 +8,18 @@ back in the order of the prompts.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 
 import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers.generation.streamers import BaseStreamer
 
 from neurosteer.errors import InputError
 from neurosteer.prompts import Batch, context_limit, encode_for_model, new_token_budgets
 from neurosteer.runtime import input_device, pad_id, run_batches, runs_model
+from neurosteer.stop_tokens import stop_token_ids
 
 logger = logging.getLogger(__name__)
 
@@ -32,8 +35,13 @@ def generate(
     chat_template: bool | None = None,
     system: str | None = None,
     progress: bool = False,
+    desc: str = "generating",
 ) -> list[str]:
     """Greedy completions (new text only, special tokens dropped), one per prompt.
+
+    Each answer ends at the model's stop tokens (`neurosteer.stop_tokens.stop_token_ids`).
+    `progress` shows a bar on stderr, labelled `desc`: prompts done, tokens generated and
+    tokens per second, updated while a batch is generating.
 
     Prompts are batched by length; an out-of-memory error halves the batch and retries it,
     keeping the completions already made. `system` is a system turn (see `render_prompts`).
@@ -58,10 +66,12 @@ def generate(
     )
     budgets = new_token_budgets(token_ids, max_new_tokens, context_limit(model, tokenizer))
     device, pad = input_device(model), pad_id(tokenizer)
+    stop_ids = stop_token_ids(model, tokenizer)
     answers: list[str] = [""] * len(prompts)
 
     def attempt(batch: Batch) -> torch.Tensor:
-        return greedy_batch(model, batch, budgets[int(batch.index[0])], pad)
+        budget = budgets[int(batch.index[0])]
+        return greedy_batch(model, batch, budget, pad, stop_ids=stop_ids, streamer=counter)
 
     def finish(batch: Batch, output: torch.Tensor) -> None:
         new_tokens = output[:, batch.input_ids.shape[1] :].cpu()
@@ -72,8 +82,11 @@ def generate(
 
     with (
         torch.inference_mode(),
-        tqdm(total=len(prompts), desc="generating", disable=not progress, leave=False) as bar,
+        tqdm(
+            total=len(prompts), desc=desc, unit="prompt", disable=not progress, leave=False
+        ) as bar,
     ):
+        counter = TokenRate(bar, pad) if progress else None
         run_batches(
             token_ids,
             attempt,
@@ -89,16 +102,61 @@ def generate(
 
 @runs_model
 def greedy_batch(
-    model: PreTrainedModel, batch: Batch, max_new_tokens: int, pad_id: int
+    model: PreTrainedModel,
+    batch: Batch,
+    max_new_tokens: int,
+    pad_id: int,
+    *,
+    stop_ids: Sequence[int] | None = None,
+    streamer: BaseStreamer | None = None,
 ) -> torch.Tensor:
     """[batch, seq + t] int64: a left-padded batch of prompts followed by the model's greedy
-    continuation (t <= `max_new_tokens`; rows that ended early are padded with `pad_id`), on
-    the model's input device."""
+    continuation, on the model's input device. t <= `max_new_tokens`; a row ends at its first
+    token of `stop_ids` (None or empty: the generation config's eos), then is padded with
+    `pad_id`. `streamer` is handed to `model.generate` (e.g. a `TokenRate`)."""
     device = input_device(model)
+    stops = {"eos_token_id": list(stop_ids)} if stop_ids else {}
     return model.generate(  # type: ignore[operator]
         input_ids=batch.input_ids.to(device),
         attention_mask=batch.attention_mask.to(device),
         max_new_tokens=max_new_tokens,
         do_sample=False,
         pad_token_id=pad_id,
+        streamer=streamer,
+        **stops,
     )
+
+
+class TokenRate(BaseStreamer):
+    """Shows the tokens generated so far and tokens per second on a tqdm bar's postfix.
+
+    `model.generate` calls `put` with the prompt ids once per call, then with each step's
+    new tokens [batch] (rows already finished carry `pad_id`, which is not counted). The
+    postfix is redrawn at most every `interval` seconds.
+    """
+
+    def __init__(self, bar: tqdm, pad_id: int, interval: float = 0.5) -> None:
+        self.bar, self.pad_id, self.interval = bar, pad_id, interval
+        self.tokens = 0
+        self._start = time.monotonic()
+        self._shown = 0.0
+        self._prompt_next = True
+
+    def put(self, value: torch.Tensor) -> None:
+        if self._prompt_next:  # the prompt ids, handed over first by every generate call
+            self._prompt_next = False
+            return
+        self.tokens += int((value != self.pad_id).sum())
+        now = time.monotonic()
+        if now - self._shown >= self.interval:
+            self._shown = now
+            self.bar.set_postfix_str(self.text(now), refresh=True)
+
+    def end(self) -> None:
+        self._prompt_next = True
+        self.bar.set_postfix_str(self.text(time.monotonic()), refresh=True)
+
+    def text(self, now: float) -> str:
+        """e.g. '412 tokens, 11.8 tok/s'."""
+        rate = self.tokens / max(now - self._start, 1e-9)
+        return f"{self.tokens} tokens, {rate:.1f} tok/s"

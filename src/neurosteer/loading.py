@@ -76,6 +76,7 @@ def load_model(
     trust_remote_code: bool = False,
     max_memory: dict[Any, Any] | None = None,
     offload_folder: str | Path | None = None,
+    progress: bool = False,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load a causal LM and its tokenizer from a local folder, a GGUF file or a hub id.
 
@@ -92,6 +93,8 @@ def load_model(
         max_memory: per-device memory caps for `device_map="auto"` (accelerate's format,
             e.g. {0: "70GiB", 1: "70GiB", "cpu": "200GiB"}).
         offload_folder: where layers that fit nowhere else are offloaded to disk.
+        progress: show on stderr which step of reading a GGUF file is running (the file's
+            metadata is parsed three times and its weights dequantized: tens of seconds).
 
     Returns:
         The model in eval mode, and its tokenizer with a pad token and left padding.
@@ -111,7 +114,11 @@ def load_model(
         if offload_folder is not None:
             raise InputError("GGUF files cannot be offloaded to disk; drop --offload-folder")
         model, tokenizer = load_gguf(
-            gguf_file, dtype=torch_dtype, device_map=device_map, max_memory=max_memory
+            gguf_file,
+            dtype=torch_dtype,
+            device_map=device_map,
+            max_memory=max_memory,
+            progress=progress,
         )
         return _ready(model, tokenizer, target)
     source, local = _resolve_source(name_or_path)

@@ -20,6 +20,7 @@ from neurosteer.cli.options import (
     model_options,
     optional_contrast_options,
     parse_layers,
+    show_progress,
     template_option,
 )
 from neurosteer.cli.relp_cmds import discover_relp, pair_options, read_pairs
@@ -202,10 +203,10 @@ def inspect(circuit: Path, top: int) -> None:
 @click.option(
     "--multiplier",
     "-m",
-    type=float,
+    "multipliers",
     default=None,
-    help="0 ablates, 1 is unchanged, 2 amplifies (default: the circuit's stored multiplier, "
-    "else 0).",
+    help="0 ablates, 1 is unchanged, 2 amplifies; several, comma-separated (-m 0,-1), give "
+    "one column each from one model load (default: the circuit's stored multiplier, else 0).",
 )
 @click.option(
     "--positions",
@@ -220,10 +221,14 @@ def inspect(circuit: Path, top: int) -> None:
 def generate(**params: Any) -> None:
     """Greedy completions of PROMPTS, unsteered and (with --circuit) steered."""
     from neurosteer.circuit import Circuit
-    from neurosteer.cli.render import print_side_by_side
+    from neurosteer.cli.probe_cmd import parse_multipliers
+    from neurosteer.cli.render import print_answers
     from neurosteer.generation import generate as run_generate
     from neurosteer.steering import steer
 
+    if params["multipliers"] is not None and params["circuit_path"] is None:
+        raise InputError("-m sets the circuit's multipliers; give --circuit too")
+    multipliers = parse_multipliers(params["multipliers"]) if params["multipliers"] else None
     circuit = Circuit.load(params["circuit_path"]) if params["circuit_path"] else None
     model, tokenizer, layout = load(params, circuit)
     prompts = list(params["prompts"])
@@ -231,16 +236,20 @@ def generate(**params: Any) -> None:
         "max_new_tokens": params["max_new_tokens"],
         "chat_template": params["chat_template"],
         "system": params["system"],
+        "progress": show_progress(),
     }
-    plain = run_generate(model, tokenizer, prompts, **kwargs)
+    desc = "generating" if circuit is None else "unsteered"
+    plain = run_generate(model, tokenizer, prompts, desc=desc, **kwargs)
     if circuit is None:
         for prompt, answer in zip(prompts, plain, strict=True):
             click.echo(f"> {prompt}\n{answer}\n")
         return
-    m = circuit.default_strength if params["multiplier"] is None else params["multiplier"]
-    with steer(model, circuit, m, positions=params["positions"], layout=layout):
-        steered = run_generate(model, tokenizer, prompts, **kwargs)
-    print_side_by_side(prompts, plain, steered, multiplier=m)
+    columns = [("unsteered", plain)]
+    for m in multipliers or (circuit.default_strength,):
+        with steer(model, circuit, m, positions=params["positions"], layout=layout):
+            label = f"steered (m = {m:g})"
+            columns.append((label, run_generate(model, tokenizer, prompts, desc=label, **kwargs)))
+    print_answers(prompts, columns)
 
 
 @cli.command()

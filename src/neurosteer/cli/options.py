@@ -3,6 +3,7 @@ the chat-template switch. Parsing only; the library does the work."""
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -60,6 +61,11 @@ def model_options(fn: F) -> F:
     return fn
 
 
+def show_progress() -> bool:
+    """Whether long steps show progress bars: when stderr is a terminal (not in logs/pipes)."""
+    return sys.stderr.isatty()
+
+
 def load(params: dict[str, Any], circuit: Any = None) -> tuple[Any, Any, Any]:
     """Load the model named in the shared options; returns (model, tokenizer, layout).
 
@@ -77,6 +83,7 @@ def load(params: dict[str, Any], circuit: Any = None) -> tuple[Any, Any, Any]:
         offload_folder=params["offload_folder"],
         revision=params["revision"],
         trust_remote_code=params["trust_remote_code"],
+        progress=show_progress(),
     )
     if circuit is not None:
         return model, tokenizer, circuit_layout(model, circuit, params)

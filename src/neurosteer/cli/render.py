@@ -102,10 +102,16 @@ def print_side_by_side(
     prompts: Sequence[str], plain: Sequence[str], steered: Sequence[str], *, multiplier: float
 ) -> None:
     """One table row per prompt: the unsteered and the steered completion next to each other."""
+    print_answers(prompts, [("unsteered", plain), (f"steered (m = {multiplier:g})", steered)])
+
+
+def print_answers(prompts: Sequence[str], columns: Sequence[tuple[str, Sequence[str]]]) -> None:
+    """One table row per prompt, then one column per (label, completions) of `columns`
+    (e.g. the unsteered answers, then one column per multiplier)."""
     table = Table(show_lines=True)
     table.add_column("prompt", ratio=1)
-    table.add_column("unsteered", ratio=2)
-    table.add_column(f"steered (m = {multiplier:g})", ratio=2)
-    for row in zip(prompts, plain, steered, strict=True):
-        table.add_row(*row)
+    for label, _ in columns:
+        table.add_column(label, ratio=2)
+    for i, prompt in enumerate(prompts):
+        table.add_row(prompt, *(answers[i] for _, answers in columns))
     console.print(table)

@@ -38,6 +38,7 @@ from neurosteer.prompts import (
     new_token_budgets,
 )
 from neurosteer.runtime import forward_takes, input_device, model_inputs, pad_id, runs_model
+from neurosteer.stop_tokens import stop_token_ids
 
 
 @dataclass(frozen=True)
@@ -305,9 +306,10 @@ def _reference_batches(
         model, tokenizer, prompts, chat_template=chat_template, system=system, reserve=1
     )
     budgets = new_token_budgets(token_ids, max_new_tokens, context_limit(model, tokenizer))
-    pad, stop_ids = pad_id(tokenizer), _stop_ids(model, tokenizer)
+    pad, stop_ids = pad_id(tokenizer), stop_token_ids(model, tokenizer)
     for batch in iter_batches(token_ids, batch_size, pad, budgets):
-        new, inputs = _greedy_continuation(model, batch, budgets[int(batch.index[0])], pad)
+        budget = budgets[int(batch.index[0])]
+        new, inputs = _greedy_continuation(model, batch, budget, pad, stop_ids)
         yield ReferenceBatch(
             index=batch.index,
             input_ids=inputs["input_ids"],
@@ -353,12 +355,16 @@ def _steered_kl(
 
 
 def _greedy_continuation(
-    model: PreTrainedModel, batch: Batch, max_new_tokens: int, pad: int
+    model: PreTrainedModel,
+    batch: Batch,
+    max_new_tokens: int,
+    pad: int,
+    stop_ids: Sequence[int],
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The unsteered model's greedy continuation of a left-padded batch: the new tokens
     [batch, t], and the forward inputs that teacher-force prompt + continuation [batch, s + t]
     (on the input device)."""
-    full = greedy_batch(model, batch, max_new_tokens, pad)
+    full = greedy_batch(model, batch, max_new_tokens, pad, stop_ids=stop_ids)
     new = full[:, batch.input_ids.shape[1] :]  # [batch, t]
     mask = torch.cat([batch.attention_mask.to(full.device), torch.ones_like(new)], dim=1)
     return new, model_inputs(model, full, mask)
@@ -378,7 +384,7 @@ def _continuation_logprobs(
     return torch.log_softmax(logits.float(), dim=-1)
 
 
-def _continuation_mask(new: torch.Tensor, stop_ids: set[int]) -> torch.Tensor:
+def _continuation_mask(new: torch.Tensor, stop_ids: Sequence[int]) -> torch.Tensor:
     """[batch, t] float mask: 1 up to and including each row's first stop token, 0 after it."""
     is_stop = torch.zeros_like(new, dtype=torch.bool)
     for token in stop_ids:
@@ -386,15 +392,3 @@ def _continuation_mask(new: torch.Tensor, stop_ids: set[int]) -> torch.Tensor:
     # a position is valid when no stop token came strictly before it
     stops_before = is_stop.long().cumsum(dim=1) - is_stop.long()
     return (stops_before == 0).float()
-
-
-def _stop_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> set[int]:
-    """End-of-sequence ids from the generation config and the tokenizer."""
-    ids: set[int] = set()
-    config_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    for value in (config_eos, tokenizer.eos_token_id):
-        if isinstance(value, int):
-            ids.add(value)
-        elif isinstance(value, (list, tuple)):
-            ids.update(int(v) for v in value)
-    return ids

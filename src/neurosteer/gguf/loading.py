@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
+from tqdm.auto import tqdm
 from transformers import (
     AutoConfig,
     AutoModelForCausalLM,
@@ -24,6 +27,7 @@ from transformers import (
 
 from neurosteer.errors import InputError, ModelLoadError
 from neurosteer.gguf.reader import FileIdentity, GGUFHeader, read_header, require_gguf
+from neurosteer.stop_tokens import GGUF_STOP_KEYS, merge_gguf_stop_ids
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +67,7 @@ def load_gguf(
     dtype: torch.dtype | str = "auto",
     device_map: str | dict[str, Any] | None = None,
     max_memory: dict[Any, Any] | None = None,
+    progress: bool = False,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load a GGUF file through transformers, dequantized to `dtype`.
 
@@ -70,6 +75,8 @@ def load_gguf(
         path: the .gguf file.
         dtype: a torch dtype, or "auto" for float32 (the dequantized values exactly).
         device_map, max_memory: as for `from_pretrained` (no disk offload for GGUF files).
+        progress: show on stderr which of the three steps (config, weights, tokenizer; each
+            parses the file's metadata, the weights also dequantize) is running.
 
     Returns:
         The model (not yet moved, not yet in eval mode) and the raw tokenizer.
@@ -82,30 +89,51 @@ def load_gguf(
     header = read_header(path)
     folder, name = str(path.parent), path.name
     torch_dtype = torch.float32 if dtype == "auto" else dtype
-    try:
-        config = AutoConfig.from_pretrained(folder, gguf_file=name)
-    except (ValueError, NotImplementedError, KeyError) as err:
-        raise _unsupported(header, err) from None
-    kwargs: dict[str, Any] = {}
+    kwargs: dict[str, Any] = {"device_map": device_map, "max_memory": max_memory}
     gguf_config = _dequantizing_config()
     if gguf_config is not None:
         kwargs["quantization_config"] = gguf_config
-    try:
-        model = AutoModelForCausalLM.from_pretrained(
-            folder,
-            gguf_file=name,
-            config=config,
-            dtype=torch_dtype,
-            device_map=device_map,
-            max_memory=max_memory,
-            **kwargs,
-        )
-        tokenizer = _tokenizer(folder, name, config.model_type)
-    except (ValueError, NotImplementedError, KeyError) as err:
-        raise _unsupported(header, err) from None
+    with _steps(header, progress) as step:
+        try:
+            step("config")
+            config = AutoConfig.from_pretrained(folder, gguf_file=name)
+            step(f"weights (dequantizing to {str(torch_dtype).removeprefix('torch.')})")
+            model = AutoModelForCausalLM.from_pretrained(
+                folder, gguf_file=name, config=config, dtype=torch_dtype, **kwargs
+            )
+            step("tokenizer")
+            tokenizer = _tokenizer(folder, name, config.model_type)
+        except (ValueError, NotImplementedError, KeyError) as err:
+            raise _unsupported(header, err) from None
     model.config._name_or_path = str(path)
+    stops = {key: header.value(key) for key in GGUF_STOP_KEYS}
+    merge_gguf_stop_ids(model, stops, len(tokenizer))
     setattr(model, _SOURCE_ATTRIBUTE, header.identity())
     return model, tokenizer
+
+
+@contextmanager
+def _steps(header: GGUFHeader, progress: bool) -> Iterator[Callable[[str], None]]:
+    """A bar over the loading steps: `step(name)` finishes the running step (if any) and
+    names the next one on the bar; nothing is shown unless `progress`."""
+    size = f"{header.file_size / 1e6:.0f} MB"
+    with tqdm(
+        total=3,
+        desc=f"reading {header.path.name} ({size})",
+        unit="step",
+        disable=not progress,
+        leave=False,
+    ) as bar:
+        started = [False]
+
+        def step(name: str) -> None:
+            if started[0]:
+                bar.update(1)
+            started[0] = True
+            bar.set_postfix_str(name, refresh=True)
+
+        yield step
+        bar.update(1)  # the last step is done
 
 
 def source_file(model: Any) -> FileIdentity | None:
