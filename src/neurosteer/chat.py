@@ -24,6 +24,7 @@ from transformers.generation.streamers import BaseStreamer
 from neurosteer.errors import InputError
 from neurosteer.prompts import context_limit, tokenize_rendered
 from neurosteer.runtime import input_device, pad_id
+from neurosteer.text_check import check_text
 
 logger = logging.getLogger(__name__)
 
@@ -102,6 +103,12 @@ def render_conversation(
         )
     from jinja2 import TemplateError  # the engine of transformers' chat templates
 
+    check_text(user, "the message")
+    if system is not None:
+        check_text(system, "the system text (--system, system=)")
+    for asked, answered in exchanges:
+        check_text(asked, "an earlier message")
+        check_text(answered, "an earlier reply")
     messages = [] if system is None else [{"role": "system", "content": system}]
     for asked, answered in exchanges:
         messages += [{"role": "user", "content": asked}, {"role": "assistant", "content": answered}]

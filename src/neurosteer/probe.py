@@ -33,6 +33,7 @@ from neurosteer.layout import ModelLayout
 from neurosteer.prompts import Batch, encode_for_model
 from neurosteer.runtime import forward_takes, input_device, model_inputs, pad_id, run_batches
 from neurosteer.steering import Steerable, steer
+from neurosteer.text_check import check_text
 
 
 @dataclass(frozen=True)
@@ -145,6 +146,7 @@ def resolve_tokens(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str]) -> 
     for text in texts:
         if not text:
             raise InputError("a chosen token is empty; give its text, e.g. ' I' or 'Sure'")
+        check_text(text, f"the token {text!r}")
         ids = [int(i) for i in tokenizer(text, add_special_tokens=False)["input_ids"]]
         if not ids:
             raise InputError(f"the token {text!r} encodes to no token at all; give another")

@@ -27,6 +27,7 @@ from transformers import PreTrainedTokenizerBase
 from neurosteer.context import check_context, context_limit, describe_prompt, new_token_budgets
 from neurosteer.errors import InputError
 from neurosteer.prompt_files import PROMPT_FIELDS, SourcedPrompt, load_prompts
+from neurosteer.text_check import check_prompts, check_text
 
 __all__ = [
     "PROMPT_FIELDS",
@@ -88,7 +89,11 @@ def render_prompts(
                 "a system text needs a chat template, and these prompts are rendered raw "
                 "(--raw, or a tokenizer without a template); drop --system"
             )
+        check_prompts(prompts)
         return list(prompts)
+    check_prompts(prompts)
+    if system is not None:
+        check_text(system, "the system text (--system, system=)")
     from jinja2 import TemplateError  # the engine of transformers' chat templates
 
     rendered = []
@@ -221,7 +226,13 @@ class Batch:
 def tokenize_rendered(
     tokenizer: PreTrainedTokenizerBase, rendered: Sequence[str], templated: bool
 ) -> list[list[int]]:
-    """Token ids of each rendered prompt (templates carry their own BOS text)."""
+    """Token ids of each rendered prompt (templates carry their own BOS text).
+
+    Raises:
+        InputError: a rendered prompt holds text no tokenizer encodes (see `check_prompts`),
+            or renders to zero tokens.
+    """
+    check_prompts(rendered, "rendered prompt")
     encoded = tokenizer(list(rendered), add_special_tokens=not templated)["input_ids"]
     ids = [list(map(int, row)) for row in encoded]
     if any(len(row) == 0 for row in ids):

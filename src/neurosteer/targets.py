@@ -34,6 +34,7 @@ from neurosteer.prompts import (
     tokenize_rendered,
     uses_chat_template,
 )
+from neurosteer.text_check import check_text
 
 logger = logging.getLogger(__name__)
 
@@ -146,6 +147,7 @@ def _token_id(
         if not 0 <= target < vocab:
             raise InputError(f"token id {target} is outside the vocabulary (0..{vocab - 1})")
         return target
+    check_text(target, f"the target {target!r}")
     joined = tokenize_rendered(tokenizer, [rendered + target], templated)[0]
     n = len(prompt_ids)
     if joined[:n] == prompt_ids and len(joined) > n:
@@ -198,9 +200,12 @@ def load_pairs(path: str | Path) -> tuple[list[str], list[str], list[str] | None
             raise InputError(f"'{where}' has no prompt")
         if not isinstance(target, str) or not target:
             raise InputError(f"'{where}' has no target")
+        contrast = fields.get("contrast")
+        for name, value in (("prompt", prompt), ("target", target), ("contrast", contrast)):
+            if isinstance(value, str):
+                check_text(value, f"the {name} of '{where}'")
         prompts.append(prompt.strip())
         targets.append(target)
-        contrast = fields.get("contrast")
         if isinstance(contrast, str) and contrast:
             contrasts.append(contrast)
     if not prompts:

@@ -66,6 +66,16 @@ class _History:
             )
 
 
+def _tolerate_undecodable_input() -> None:
+    """Read bytes that are not text in the terminal's encoding (a pasted Latin-1 byte) as lone
+    surrogates instead of ending the chat with a decode error; the session then says the
+    message is not valid text and keeps the conversation. Output escapes them."""
+    for stream, errors in ((sys.stdin, "surrogateescape"), (sys.stdout, "backslashreplace")):
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None:
+            reconfigure(errors=errors)
+
+
 def _read_line(prompt: str, interactive: bool, out: TextIO) -> str | None:
     """The next line, None at end of input. On a terminal readline edits it; from a pipe the
     line is echoed after the prompt."""
@@ -133,6 +143,7 @@ def chat_command(**params: Any) -> None:
         temperature=params["temperature"],
         model_name=str(params["model"]),
     )
+    _tolerate_undecodable_input()
     interactive = sys.stdin.isatty()
     history = _History() if interactive else None
     out.write(session.greeting() + "\n")

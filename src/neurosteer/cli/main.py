@@ -36,7 +36,7 @@ class _Group(click.Group):
         except NeurosteerError as err:
             if debug:
                 raise
-            click.echo(f"error: {err}", err=True)
+            click.echo(f"error: {_printable(err)}", err=True)
             ctx.exit(2)
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
@@ -47,11 +47,16 @@ class _Group(click.Group):
             if debug:
                 raise
             click.echo(
-                f"error: unexpected {type(err).__name__}: {err} (run with --debug for the "
-                "traceback, and please report it)",
+                f"error: unexpected {type(err).__name__}: {_printable(err)} (run with --debug "
+                "for the traceback, and please report it)",
                 err=True,
             )
             ctx.exit(1)
+
+
+def _printable(err: Exception) -> str:
+    """The message, with anything a terminal cannot print (lone surrogates) escaped."""
+    return str(err).encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
