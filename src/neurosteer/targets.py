@@ -19,7 +19,7 @@ import csv
 import io
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +34,7 @@ from neurosteer.prompts import (
     tokenize_rendered,
     uses_chat_template,
 )
+from neurosteer.template_vars import pin_clock
 from neurosteer.text_check import check_text
 
 logger = logging.getLogger(__name__)
@@ -109,6 +110,7 @@ def encode_pairs(
     *,
     chat_template: bool | None = None,
     system: str | None = None,
+    template_vars: Mapping[str, Any] | None = None,
 ) -> EncodedPairs:
     """Render and tokenize the prompts (context-checked) and resolve every target's token id.
 
@@ -117,8 +119,19 @@ def encode_pairs(
             unknown token, or a token id outside the vocabulary.
     """
     templated = uses_chat_template(tokenizer, chat_template)
-    ids = encode_for_model(model, tokenizer, prompts, chat_template=templated, system=system)
-    rendered = render_prompts(tokenizer, prompts, templated, system=system)
+    # one date for both renderings, should the template read the clock
+    template_vars = pin_clock(tokenizer, template_vars) if templated else template_vars
+    ids = encode_for_model(
+        model,
+        tokenizer,
+        prompts,
+        chat_template=templated,
+        system=system,
+        template_vars=template_vars,
+    )
+    rendered = render_prompts(
+        tokenizer, prompts, templated, system=system, template_vars=template_vars
+    )
     vocab = int(model.get_output_embeddings().weight.shape[0])
 
     def resolve(values: Sequence[Target]) -> list[int]:

@@ -175,23 +175,28 @@ def today() -> str:
 
 
 def pin_clock(
-    tokenizer: PreTrainedTokenizerBase,
+    tokenizer: PreTrainedTokenizerBase | None,
     template_vars: Mapping[str, Any] | None,
     stored: Mapping[str, Any] | None = None,
 ) -> dict[str, Any] | None:
     """Template variables with the clock fixed, when the template reads it and the caller did
     not fix it: the date of `stored` (the template variables a resumed run recorded), else
-    today. Unchanged for templates that do not read the clock.
+    today. Unchanged for templates that do not read the clock. Without a tokenizer (a check
+    before the model is loaded) only a stored date is taken over.
 
     Raises:
         InputError: as `check_template_vars`.
     """
     checked = check_template_vars(template_vars) or {}
-    if CLOCK_VAR in checked or not reads_clock(tokenizer):
-        return checked or None
     previous = (stored or {}).get(CLOCK_VAR)
-    checked[CLOCK_VAR] = str(previous) if previous is not None else today()
-    return checked
+    if CLOCK_VAR in checked:
+        return checked
+    if tokenizer is None or reads_clock(tokenizer):
+        if previous is not None:
+            checked[CLOCK_VAR] = str(previous)
+        elif tokenizer is not None:
+            checked[CLOCK_VAR] = today()
+    return checked or None
 
 
 def template_kwargs(

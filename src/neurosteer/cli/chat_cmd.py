@@ -17,7 +17,7 @@ from typing import Any, TextIO
 
 import click
 
-from neurosteer.cli.options import load, model_options
+from neurosteer.cli.options import load, model_options, template_vars_option
 from neurosteer.errors import InputError
 
 logger = logging.getLogger(__name__)
@@ -117,6 +117,7 @@ def _read_line(prompt: str, interactive: bool, out: TextIO) -> str | None:
     help="0 decodes greedily; above 0 samples at this temperature.",
 )
 @click.option("--system", default=None, metavar="TEXT", help="A system turn before the chat.")
+@template_vars_option
 def chat_command(**params: Any) -> None:
     """Talk to MODEL, steered by --circuit; /help inside lists the commands.
 
@@ -139,6 +140,7 @@ def chat_command(**params: Any) -> None:
         multiplier=params["multiplier"],
         layout=layout if circuit is not None else None,
         system=params["system"],
+        template_vars=params["template_vars"],
         max_new_tokens=params["max_new_tokens"],
         temperature=params["temperature"],
         model_name=str(params["model"]),

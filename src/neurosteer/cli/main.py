@@ -174,6 +174,7 @@ def discover(**params: Any) -> None:
         batch_size=params["batch_size"],
         chat_template=params["chat_template"],
         system=params["system"],
+        template_vars=params["template_vars"],
         keep_table=params["keep_table"],
         layout=layout,
         progress=True,
@@ -236,6 +237,7 @@ def generate(**params: Any) -> None:
         "max_new_tokens": params["max_new_tokens"],
         "chat_template": params["chat_template"],
         "system": params["system"],
+        "template_vars": params["template_vars"],
     }
     plain = run_generate(model, tokenizer, prompts, **kwargs)
     if circuit is None:

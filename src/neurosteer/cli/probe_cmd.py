@@ -120,6 +120,7 @@ def probe_command(**params: Any) -> None:
         tokens=tokens,
         top=params["top"],
         system=params["system"],
+        template_vars=params["template_vars"],
         chat_template=params["chat_template"],
         batch_size=params["batch_size"],
         layout=layout,

@@ -117,6 +117,7 @@ def discover_relp(params: dict[str, Any], pairs: Pairs) -> Any:
         batch_size=params["batch_size"],
         chat_template=params["chat_template"],
         system=params["system"],
+        template_vars=params["template_vars"],
         keep_table=params["keep_table"],
         layout=layout,
         progress=True,
@@ -187,6 +188,7 @@ def faithfulness_command(**params: Any) -> None:
         batch_size=params["batch_size"],
         chat_template=params["chat_template"],
         system=params["system"],
+        template_vars=params["template_vars"],
         layout=layout,
         progress=True,
     )

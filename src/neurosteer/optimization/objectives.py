@@ -115,6 +115,7 @@ def build_reference(
 ) -> Reference:
     """Measure the unchanged model once: KL reference, answers, refusal tokens."""
     size, template, system = config.batch_size, config.chat_template, config.system
+    template_vars = config.template_vars
     kl = kl_reference(
         model,
         tokenizer,
@@ -123,6 +124,7 @@ def build_reference(
         batch_size=size,
         chat_template=template,
         system=system,
+        template_vars=template_vars,
     )
     # float16 halves the file; every trial compares with these same rounded values
     kl = kl.to(torch.float16)
@@ -134,6 +136,7 @@ def build_reference(
         batch_size=size,
         chat_template=template,
         system=system,
+        template_vars=template_vars,
     )
     unchanged = measure_refusal(
         model,
@@ -144,6 +147,7 @@ def build_reference(
         batch_size=size,
         chat_template=template,
         system=system,
+        template_vars=template_vars,
     )
     tokens = refusal_tokens(first, unchanged)
     mass = _mean_mass(_first_token_probs(first), tokens)
@@ -226,6 +230,7 @@ class Objectives:
             batch_size=config.batch_size,
             chat_template=config.chat_template,
             system=config.system,
+            template_vars=config.template_vars,
         )
         return Outcome(
             judged.refusal,
