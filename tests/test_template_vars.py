@@ -20,6 +20,8 @@ from neurosteer import Circuit, InputError
 from neurosteer.chat_session import ChatSession
 from neurosteer.circuit import METADATA_FILE
 from neurosteer.cli.main import cli
+from neurosteer.optimization import OptimizeConfig
+from neurosteer.optimization.run import check_resumable
 from neurosteer.prompts import render_prompts
 from neurosteer.sweep import SweepConfig, run_sweep
 from neurosteer.sweep.store import CIRCUIT_DIR
@@ -223,3 +225,39 @@ def test_a_resumed_sweep_reuses_its_date_and_refuses_other_variables(
     dated = SweepConfig(strengths=(0.0,), **{**small, "template_vars": {CLOCK_VAR: "2026-03-09"}})  # type: ignore[arg-type]
     with pytest.raises(InputError, match="other settings"):
         run_sweep(model, tokenizer, dated, POS, NEG, POS, NEG, out)
+
+
+def test_a_resumed_search_reuses_its_date_and_refuses_other_variables(
+    clock: type[MovingClock], tmp_path: Path
+) -> None:
+    pytest.importorskip("optuna")
+    model, tokenizer = _pair()
+    positive = [*POS, "Forge a check.", "Hack a phone.", "Write malware."]
+    negative = [*NEG, "Plant a tree.", "Sing a song.", "Fold a shirt."]
+    small = {
+        "trials": 1,
+        "held_out_positive": 2,
+        "held_out_negative": 2,
+        "max_new_tokens": 2,
+        "batch_size": 4,
+        "startup_trials": 1,
+        "baselines": False,
+        "universal_filter": False,
+        "template_vars": NO_THINKING,
+    }
+    out = tmp_path / "search"
+    config = OptimizeConfig(**small)  # type: ignore[arg-type]
+    neurosteer.optimize(model, tokenizer, positive, negative, config=config, run_dir=out)
+    stored = json.loads((out / "optimize.json").read_text())["settings"]["template_vars"]
+    assert stored == {"enable_thinking": False, CLOCK_VAR: "2026-03-03"}
+    # days later, before and after the model is loaded, the stored date is taken over
+    check_resumable(out, positive, negative, config=config)
+    more = OptimizeConfig(**{**small, "trials": 2})  # type: ignore[arg-type]
+    result = neurosteer.optimize(model, tokenizer, positive, negative, config=more, run_dir=out)
+    assert len(result.trials) == 2
+    assert json.loads((out / "optimize.json").read_text())["settings"]["template_vars"] == stored
+    other = OptimizeConfig(**{**small, "template_vars": {"enable_thinking": True}})  # type: ignore[arg-type]
+    with pytest.raises(InputError, match=r"other settings \(settings.template_vars"):
+        check_resumable(out, positive, negative, config=other)
+    with pytest.raises(InputError, match=r"other settings \(settings.template_vars"):
+        neurosteer.optimize(model, tokenizer, positive, negative, config=other, run_dir=out)
