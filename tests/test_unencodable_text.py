@@ -113,3 +113,15 @@ def test_chat_reports_a_pasted_latin1_byte_and_goes_on(
     assert ESCAPED in errors[0]
     turns = json.loads(transcript.read_text())["turns"]
     assert [t["user"] for t in turns] == ["hello", "how are you"]
+
+
+def test_a_search_checked_before_loading_names_the_prompt(tmp_path: Path) -> None:
+    pytest.importorskip("optuna")
+    from neurosteer.optimization import OptimizeConfig
+    from neurosteer.optimization.run import check_resumable
+
+    positive = [f"harmful prompt {i}" for i in range(8)] + [f"bad {LONE}"]
+    negative = [f"benign prompt {i}" for i in range(9)]
+    config = OptimizeConfig(held_out_positive=2, held_out_negative=2)
+    with pytest.raises(InputError, match=r"prompt \d+ \('bad \\ud83d'\)"):
+        check_resumable(tmp_path / "search", positive, negative, config=config)

@@ -50,7 +50,12 @@ _PROBE_SYSTEM = "You are a helpful assistant."
 
 
 def prompt_hash(prompts: Sequence[str]) -> str:
-    """A stable SHA-256 of a prompt list (order matters), for provenance."""
+    """A stable SHA-256 of a prompt list (order matters), for provenance.
+
+    Raises:
+        InputError: a prompt holds text that cannot be encoded (see `check_prompts`).
+    """
+    check_prompts(prompts)
     return hashlib.sha256(json.dumps(list(prompts), ensure_ascii=False).encode()).hexdigest()
 
 
