@@ -91,6 +91,11 @@ def test_cli_prompt_files_and_arguments(tmp_path: Path, tiny_llama_dir: Path) ->
     gen = ["generate", str(tiny_llama_dir), "--max-new-tokens", "2"]
     _one_line_error(runner.invoke(cli, [*gen, "fine", latin]), "prompt 2", ESCAPED)
     _one_line_error(runner.invoke(cli, [*gen, "fine", "--system", latin]), "--system")
+    # refused before the model loads: no model at this path, still the text's error
+    nowhere = ["generate", str(tmp_path / "no-model"), "fine", latin]
+    _one_line_error(runner.invoke(cli, nowhere), "prompt 2")
+    _one_line_error(runner.invoke(cli, ["probe", str(tmp_path / "no-model"), latin]), "prompt 1")
+    _one_line_error(runner.invoke(cli, [*nowhere[:3], "--system", latin]), "--system")
     relp = ["discover", str(tiny_llama_dir), "-o", str(out), "--prompt", "Hi", "--target"]
     _one_line_error(runner.invoke(cli, [*relp, latin]), "--target", ESCAPED)
     assert not out.exists()

@@ -17,7 +17,7 @@ from typing import Any, TextIO
 
 import click
 
-from neurosteer.cli.options import load, model_options, template_vars_option
+from neurosteer.cli.options import check_system, load, model_options, template_vars_option
 from neurosteer.errors import InputError
 
 logger = logging.getLogger(__name__)
@@ -116,7 +116,13 @@ def _read_line(prompt: str, interactive: bool, out: TextIO) -> str | None:
     show_default=True,
     help="0 decodes greedily; above 0 samples at this temperature.",
 )
-@click.option("--system", default=None, metavar="TEXT", help="A system turn before the chat.")
+@click.option(
+    "--system",
+    default=None,
+    metavar="TEXT",
+    callback=check_system,
+    help="A system turn before the chat.",
+)
 @template_vars_option
 def chat_command(**params: Any) -> None:
     """Talk to MODEL, steered by --circuit; /help inside lists the commands.

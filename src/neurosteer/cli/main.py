@@ -229,10 +229,12 @@ def generate(**params: Any) -> None:
     from neurosteer.cli.render import print_side_by_side
     from neurosteer.generation import generate as run_generate
     from neurosteer.steering import steer
+    from neurosteer.text_check import check_prompts
 
+    prompts = list(params["prompts"])
+    check_prompts(prompts)  # before the model loads
     circuit = Circuit.load(params["circuit_path"]) if params["circuit_path"] else None
     model, tokenizer, layout = load(params, circuit)
-    prompts = list(params["prompts"])
     kwargs = {
         "max_new_tokens": params["max_new_tokens"],
         "chat_template": params["chat_template"],

@@ -131,6 +131,7 @@ def template_option(fn: F) -> F:
         "--system",
         default=None,
         metavar="TEXT",
+        callback=check_system,
         help="System turn before every prompt (chat templates only; `discover` records it in "
         "the circuit, `sweep` in its config). "
         "Default: the template's own.",
@@ -141,6 +142,15 @@ def template_option(fn: F) -> F:
         default=None,
         help="Force the chat template on or off (default: on when the tokenizer has one).",
     )(fn)
+
+
+def check_system(_ctx: click.Context, _param: click.Parameter, text: str | None) -> str | None:
+    """--system, refused before any model loads when it is not valid text."""
+    if text is not None:
+        from neurosteer.text_check import check_text
+
+        check_text(text, "--system")
+    return text
 
 
 def template_vars_option(fn: F) -> F:
