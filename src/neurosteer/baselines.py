@@ -19,9 +19,9 @@ behaviour; a sweep that removes it uses α = −s (see method.md §4 for the str
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -59,6 +59,7 @@ def contrast_vectors(
     batch_size: int | None = None,
     chat_template: bool | None = None,
     system: str | None = None,
+    template_vars: Mapping[str, Any] | None = None,
     layout: ModelLayout | None = None,
     progress: bool = False,
 ) -> ContrastVectors:
@@ -73,7 +74,7 @@ def contrast_vectors(
         point: "residual" (each decoder layer's output) or "mlp_output" (each MLP output
             projection's output).
         batch_size: prompts per forward pass; None picks one from free memory.
-        chat_template, system: how prompts are rendered (see `discover`).
+        chat_template, system, template_vars: how prompts are rendered (see `discover`).
         layout: a `ModelLayout` to use (default: resolved from the model).
         progress: show a progress bar on stderr.
 
@@ -97,7 +98,14 @@ def contrast_vectors(
     layout = layout or resolve_layout(model)
     modules = layout.layer_modules(model) if point == "residual" else layout.site_modules(model)
     pos_ids, neg_ids = (
-        encode_for_model(model, tokenizer, p, chat_template=chat_template, system=system)
+        encode_for_model(
+            model,
+            tokenizer,
+            p,
+            chat_template=chat_template,
+            system=system,
+            template_vars=template_vars,
+        )
         for p in (positive, negative)
     )
     size = batch_size or auto_batch_size(model, layout, max(map(len, pos_ids + neg_ids)))

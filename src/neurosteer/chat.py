@@ -14,7 +14,7 @@ The records of a conversation (`Steering`, `Reply`, `Turn`) are frozen dataclass
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +26,8 @@ from neurosteer.errors import InputError
 from neurosteer.prompts import context_limit, tokenize_rendered
 from neurosteer.runtime import input_device, pad_id, runs_model
 from neurosteer.stop_tokens import stop_token_ids
+from neurosteer.template_vars import pin_clock, template_kwargs
+from neurosteer.text_check import check_text
 
 logger = logging.getLogger(__name__)
 
@@ -90,6 +92,7 @@ def render_conversation(
     user: str,
     *,
     system: str | None = None,
+    template_vars: Mapping[str, Any] | None = None,
 ) -> str:
     """The conversation as text: an optional system turn, each (user, assistant) exchange, the
     new user message and the template's generation prompt.
@@ -104,12 +107,21 @@ def render_conversation(
         )
     from jinja2 import TemplateError  # the engine of transformers' chat templates
 
+    check_text(user, "the message")
+    if system is not None:
+        check_text(system, "the system text (--system, system=)")
+    for asked, answered in exchanges:
+        check_text(asked, "an earlier message")
+        check_text(answered, "an earlier reply")
     messages = [] if system is None else [{"role": "system", "content": system}]
     for asked, answered in exchanges:
         messages += [{"role": "user", "content": asked}, {"role": "assistant", "content": answered}]
     messages.append({"role": "user", "content": user})
+    kwargs = template_kwargs(tokenizer, pin_clock(tokenizer, template_vars))
     try:
-        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        text = tokenizer.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=True, **kwargs
+        )
     except TemplateError as err:
         hint = "; try without --system" if system is not None else ""
         raise InputError(f"the chat template fails on this conversation: {err}{hint}") from None
@@ -123,6 +135,7 @@ def encode_conversation(
     user: str,
     *,
     system: str | None = None,
+    template_vars: Mapping[str, Any] | None = None,
 ) -> Encoded:
     """Token ids of the conversation (see `render_conversation`), leaving out the oldest
     exchanges until it and one new token fit the model's context.
@@ -132,7 +145,9 @@ def encode_conversation(
     """
     limit = context_limit(model, tokenizer)
     for dropped in range(len(exchanges) + 1):
-        rendered = render_conversation(tokenizer, exchanges[dropped:], user, system=system)
+        rendered = render_conversation(
+            tokenizer, exchanges[dropped:], user, system=system, template_vars=template_vars
+        )
         ids = tokenize_rendered(tokenizer, [rendered], templated=True)[0]
         if limit is None or len(ids) + 1 <= limit:
             return Encoded(ids, dropped, None if limit is None else limit - len(ids))

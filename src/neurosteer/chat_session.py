@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any, TextIO
@@ -35,6 +35,7 @@ from neurosteer.intervention import check_strength
 from neurosteer.layout import ModelLayout
 from neurosteer.prompts import render_prompts
 from neurosteer.steering import steer
+from neurosteer.template_vars import pin_clock
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +68,8 @@ class ChatSession:
         multiplier: the circuit's multiplier m; None: the circuit's default (0).
         layout: the layout the circuit applies at (None: its recorded paths).
         system: a system turn before the conversation (None: the template's own default).
+        template_vars: chat-template variables (see `neurosteer.template_vars`); a template
+            that reads the clock gets one date for the whole session.
         max_new_tokens: each reply's budget (capped by the model's context).
         temperature: 0 decodes greedily; above 0 samples.
         model_name: how the transcript names the model.
@@ -94,6 +97,7 @@ class ChatSession:
         multiplier: float | None = None,
         layout: ModelLayout | None = None,
         system: str | None = None,
+        template_vars: Mapping[str, Any] | None = None,
         max_new_tokens: int = 256,
         temperature: float = 0.0,
         model_name: str = "",
@@ -107,9 +111,12 @@ class ChatSession:
                 "chat needs a chat template and this tokenizer has none (a base model?); use "
                 "`neurosteer generate` for plain completions"
             )
-        render_prompts(tokenizer, ["hello"], True, system=system)  # template errors, now
+        # one date for the whole conversation, should the template read the clock
+        template_vars = pin_clock(tokenizer, template_vars)
+        render_prompts(tokenizer, ["hello"], True, system=system, template_vars=template_vars)
         self.model, self.tokenizer, self.out = model, tokenizer, out
         self.system, self.max_new_tokens, self.temperature = system, max_new_tokens, temperature
+        self.template_vars = template_vars
         self.model_name = model_name
         self.circuit: Circuit | None = None
         self.circuit_name = ""
@@ -186,7 +193,12 @@ class ChatSession:
     def _reply(self, user: str, before: list[Turn], steering: Steering | None) -> Reply:
         """Generate (and stream to `out`) the answer to `user` after the turns `before`."""
         encoded = encode_conversation(
-            self.model, self.tokenizer, self._exchanges(before), user, system=self.system
+            self.model,
+            self.tokenizer,
+            self._exchanges(before),
+            user,
+            system=self.system,
+            template_vars=self.template_vars,
         )
         if encoded.dropped:
             self._say(
@@ -295,6 +307,7 @@ class ChatSession:
             "neurosteer": __version__,
             "model": self.model_name,
             "system": self.system,
+            "template_vars": self.template_vars,
             "turns": [asdict(t) for t in self.turns],
         }
 

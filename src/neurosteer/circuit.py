@@ -105,7 +105,7 @@ class PromptInfo:
 @dataclass(frozen=True)
 class Settings:
     """How the neurons were chosen (`method` is "cna", "relp" or "random") and how prompts
-    were rendered (`chat_template`, `system`)."""
+    were rendered (`chat_template`, `system`, `template_vars`)."""
 
     method: str = "cna"
     k: int = 0
@@ -128,6 +128,10 @@ class Settings:
     multiplier: float | None = None
     """The multiplier m to steer and bake with when none is given (None: the default 0, which
     ablates). Set by `neurosteer optimize --export`; files of version 1 read as None."""
+    template_vars: dict[str, Any] | None = None
+    """Chat-template variables the prompts were rendered with (`--template-var`), including
+    the date a template that reads the clock was given (`neurosteer.template_vars`); None:
+    none (and circuits written before this field existed)."""
     score: str = "diff"
     """What the neurons were ranked by: "diff" (δ, the difference of means) or "standardized"
     (δ over the pooled standard deviation); see `neurosteer.attribution.neuron_scores`."""

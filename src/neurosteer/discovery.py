@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from importlib import resources
 from typing import Any
@@ -34,6 +34,7 @@ from neurosteer.layout import ModelLayout, resolve_layout
 from neurosteer.prompts import encode_for_model, load_prompts, prompt_hash, uses_chat_template
 from neurosteer.recording import ActivationStats, record_stats, top_activation_frequency
 from neurosteer.runtime import auto_batch_size, pad_id, runs_model
+from neurosteer.template_vars import pin_clock
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +72,7 @@ def discover(
     batch_size: int | None = None,
     chat_template: bool | None = None,
     system: str | None = None,
+    template_vars: Mapping[str, Any] | None = None,
     neutral: Sequence[str] | None = None,
     keep_table: bool = False,
     layout: ModelLayout | None = None,
@@ -94,6 +96,9 @@ def discover(
             tokenizer has one.
         system: a system turn rendered before every prompt (needs a chat template); None keeps
             the template's default. Recorded in `circuit.settings.system`.
+        template_vars: chat-template variables, e.g. {"enable_thinking": False}; a template
+            that reads the clock gets today's date, fixed for the whole run. Recorded in
+            `circuit.settings.template_vars` (see `neurosteer.template_vars`).
         neutral: prompts for the universal filter (default: the built-in set).
         keep_table: store the full [n_layers, d_mlp] statistics in the circuit, so that
             `Circuit.reselect` can change k later without re-recording.
@@ -109,6 +114,7 @@ def discover(
     # work is in the helpers below, one per stage.
     positive, negative = _check_prompts(positive, "positive"), _check_prompts(negative, "negative")
     layout = layout or resolve_layout(model)
+    templated = uses_chat_template(tokenizer, chat_template)
     settings = _settings(
         layout,
         top_k=top_k,
@@ -116,8 +122,9 @@ def discover(
         skip_layers=skip_layers,
         universal_filter=universal_filter,
         positive_only=positive_only,
-        chat_template=uses_chat_template(tokenizer, chat_template),
+        chat_template=templated,
         system=system,
+        template_vars=pin_clock(tokenizer, template_vars) if templated else None,
     )
     sets = {"positive": positive, "negative": negative}
     if universal_filter:
@@ -132,6 +139,7 @@ def discover(
             prompts,
             chat_template=settings.chat_template,
             system=system,
+            template_vars=settings.template_vars if templated else template_vars,
             hint=BUILTIN_NEUTRAL_HINT if builtin and name == "neutral" else "shorten or remove it",
         )
         for name, prompts in sets.items()
@@ -155,6 +163,7 @@ def _settings(
     positive_only: bool,
     chat_template: bool,
     system: str | None,
+    template_vars: dict[str, Any] | None = None,
 ) -> Settings:
     """The circuit's settings before selection (no candidate counts yet), checked.
 
@@ -174,6 +183,7 @@ def _settings(
         positive_only=positive_only,
         chat_template=chat_template,
         system=system,
+        template_vars=template_vars,
     )
 
 

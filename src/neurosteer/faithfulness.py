@@ -31,8 +31,9 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
@@ -123,6 +124,7 @@ def measure_faithfulness(
     batch_size: int = 16,
     chat_template: bool | None = None,
     system: str | None = None,
+    template_vars: Mapping[str, Any] | None = None,
     layout: ModelLayout | None = None,
     progress: bool = False,
 ) -> FaithfulnessResult:
@@ -137,7 +139,8 @@ def measure_faithfulness(
         ks: the sizes to measure (default: `default_ks(len(circuit))`, 0 to the circuit).
         positions: "all" (ablate every position, default) or "last" (the last prompt position).
         batch_size: prompts per forward pass.
-        chat_template, system: rendering of every prompt; None: as the circuit was found.
+        chat_template, system, template_vars: rendering of every prompt; None: as the
+            circuit was found.
         layout: as in `Circuit.layout_on`.
         progress: a progress bar over the sweep on stderr.
 
@@ -159,10 +162,26 @@ def measure_faithfulness(
     ranked = _ranked(circuit, ks)
     template = circuit.settings.chat_template if chat_template is None else chat_template
     system = circuit.settings.system if system is None else system
+    if template_vars is None:
+        template_vars = circuit.settings.template_vars
     pairs = encode_pairs(
-        model, tokenizer, prompts, target_list, contrast_list, chat_template=template, system=system
+        model,
+        tokenizer,
+        prompts,
+        target_list,
+        contrast_list,
+        chat_template=template,
+        system=system,
+        template_vars=template_vars,
     )
-    neg_ids = encode_for_model(model, tokenizer, negative, chat_template=template, system=system)
+    neg_ids = encode_for_model(
+        model,
+        tokenizer,
+        negative,
+        chat_template=template,
+        system=system,
+        template_vars=template_vars,
+    )
     pad = pad_id(tokenizer)
     means = mean_activations(model, layout, neg_ids, positions, batch_size=batch_size, pad=pad)
     measure = _Measure(model, layout, pairs.token_ids, pairs.targets, pairs.contrasts, means)

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
@@ -34,6 +35,7 @@ def generate(
     batch_size: int = 8,
     chat_template: bool | None = None,
     system: str | None = None,
+    template_vars: Mapping[str, Any] | None = None,
     progress: bool = False,
     desc: str = "generating",
 ) -> list[str]:
@@ -44,7 +46,8 @@ def generate(
     tokens per second, updated while a batch is generating.
 
     Prompts are batched by length; an out-of-memory error halves the batch and retries it,
-    keeping the completions already made. `system` is a system turn (see `render_prompts`).
+    keeping the completions already made. `system` is a system turn and `template_vars` the chat
+    template's variables (see `render_prompts`).
 
     Context: a prompt that leaves no position for a new token in the model's context is an
     `InputError` (before any forward pass); a prompt whose answer would run past the context
@@ -62,7 +65,13 @@ def generate(
     if not prompts:
         return []
     token_ids = encode_for_model(
-        model, tokenizer, prompts, chat_template=chat_template, system=system, reserve=1
+        model,
+        tokenizer,
+        prompts,
+        chat_template=chat_template,
+        system=system,
+        template_vars=template_vars,
+        reserve=1,
     )
     budgets = new_token_budgets(token_ids, max_new_tokens, context_limit(model, tokenizer))
     device, pad = input_device(model), pad_id(tokenizer)

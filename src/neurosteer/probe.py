@@ -19,7 +19,7 @@ is an `InputError`.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,6 +40,7 @@ from neurosteer.runtime import (
     runs_model,
 )
 from neurosteer.steering import Steerable, steer
+from neurosteer.text_check import check_text
 
 
 @dataclass(frozen=True)
@@ -152,6 +153,7 @@ def resolve_tokens(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str]) -> 
     for text in texts:
         if not text:
             raise InputError("a chosen token is empty; give its text, e.g. ' I' or 'Sure'")
+        check_text(text, f"the token {text!r}")
         ids = [int(i) for i in tokenizer(text, add_special_tokens=False)["input_ids"]]
         if not ids:
             raise InputError(f"the token {text!r} encodes to no token at all; give another")
@@ -176,6 +178,7 @@ def next_token_probs(
     tokens: Sequence[str] = (),
     top: int = 10,
     system: str | None = None,
+    template_vars: Mapping[str, Any] | None = None,
     chat_template: bool | None = None,
     batch_size: int = 8,
     positions: Positions = "all",
@@ -192,7 +195,8 @@ def next_token_probs(
         tokens: strings whose probabilities to report (only a string's first token is scored,
             see the module docstring).
         top: how many of the most likely tokens to list per prompt and setting (0: none).
-        system, chat_template: how prompts are rendered (see `render_prompts`).
+        system, template_vars, chat_template: how prompts are rendered (see
+            `render_prompts`).
         batch_size: prompts per forward pass (halved on out-of-memory errors).
         positions, layout: passed to `steer` (the edit applies at every position by default).
 
@@ -218,7 +222,13 @@ def next_token_probs(
     settings = _settings(intervention, strengths)
     choices = resolve_tokens(tokenizer, tokens)
     token_ids = encode_for_model(
-        model, tokenizer, prompts, chat_template=chat_template, system=system, reserve=1
+        model,
+        tokenizer,
+        prompts,
+        chat_template=chat_template,
+        system=system,
+        template_vars=template_vars,
+        reserve=1,
     )
     chosen_ids = torch.tensor([c.token_id for c in choices], dtype=torch.long)
     # [setting][prompt]

@@ -44,6 +44,7 @@ from typing import Any
 
 from neurosteer._io import read_text
 from neurosteer.errors import InputError
+from neurosteer.text_check import check_text
 
 logger = logging.getLogger(__name__)
 
@@ -189,6 +190,7 @@ def _collect(
                 f"'{origin}': the '{by_name[field]}' value is {type(value).__name__}, not text"
             )
         if value and value.strip():
+            check_text(value, f"prompt {origin}")
             prompts.append(SourcedPrompt(value.strip(), origin))
             if limit is not None and len(prompts) >= limit:
                 break

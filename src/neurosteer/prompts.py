@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Generator, Sequence
+from collections.abc import Generator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +27,8 @@ from transformers import PreTrainedTokenizerBase
 from neurosteer.context import check_context, context_limit, describe_prompt, new_token_budgets
 from neurosteer.errors import InputError
 from neurosteer.prompt_files import PROMPT_FIELDS, SourcedPrompt, load_prompts
+from neurosteer.template_vars import pin_clock, template_kwargs
+from neurosteer.text_check import check_prompts, check_text
 
 __all__ = [
     "PROMPT_FIELDS",
@@ -48,7 +50,12 @@ _PROBE_SYSTEM = "You are a helpful assistant."
 
 
 def prompt_hash(prompts: Sequence[str]) -> str:
-    """A stable SHA-256 of a prompt list (order matters), for provenance."""
+    """A stable SHA-256 of a prompt list (order matters), for provenance.
+
+    Raises:
+        InputError: a prompt holds text that cannot be encoded (see `check_prompts`).
+    """
+    check_prompts(prompts)
     return hashlib.sha256(json.dumps(list(prompts), ensure_ascii=False).encode()).hexdigest()
 
 
@@ -68,6 +75,7 @@ def render_prompts(
     chat_template: bool | None = None,
     *,
     system: str | None = None,
+    template_vars: Mapping[str, Any] | None = None,
 ) -> list[str]:
     """Render prompts as the model sees them: one chat user turn, or the raw text.
 
@@ -77,9 +85,13 @@ def render_prompts(
         chat_template: True/False forces the template on/off; None uses it when there is one.
         system: a system turn before each user turn (needs a chat template); None keeps the
             template's own default, if it has one.
+        template_vars: variables the chat template reads, e.g. {"enable_thinking": False}
+            (see `neurosteer.template_vars`); a template that reads the clock gets one date
+            for the whole call (today, unless `template_vars` fixes it).
 
     Raises:
-        InputError: `system` without a template; a template that needs a system turn (pass
+        InputError: `system` or `template_vars` without a template, a variable the template
+            does not read; a template that needs a system turn (pass
             `system`), refuses or drops one (leave `system` out), or fails on a prompt.
     """
     if not uses_chat_template(tokenizer, chat_template):
@@ -88,15 +100,25 @@ def render_prompts(
                 "a system text needs a chat template, and these prompts are rendered raw "
                 "(--raw, or a tokenizer without a template); drop --system"
             )
+        if template_vars:
+            raise InputError(
+                "template variables need a chat template, and these prompts are rendered raw "
+                "(--raw, or a tokenizer without a template); drop --template-var"
+            )
+        check_prompts(prompts)
         return list(prompts)
+    check_prompts(prompts)
+    if system is not None:
+        check_text(system, "the system text (--system, system=)")
     from jinja2 import TemplateError  # the engine of transformers' chat templates
 
+    kwargs = template_kwargs(tokenizer, pin_clock(tokenizer, template_vars))
     rendered = []
     for i, prompt in enumerate(prompts):
         try:
-            rendered.append(_render(tokenizer, prompt, system))
+            rendered.append(_render(tokenizer, prompt, system, kwargs))
         except TemplateError as err:
-            raise _template_error(tokenizer, prompts, i, system, err) from None
+            raise _template_error(tokenizer, prompts, i, system, err, kwargs) from None
     if system is not None and system.strip() and rendered and system.strip() not in rendered[0]:
         raise InputError(
             "this chat template drops the system turn (the system text is not in the rendered "
@@ -105,11 +127,21 @@ def render_prompts(
     return rendered
 
 
-def _render(tokenizer: PreTrainedTokenizerBase, prompt: str, system: str | None) -> str:
+def _render(
+    tokenizer: PreTrainedTokenizerBase,
+    prompt: str,
+    system: str | None,
+    kwargs: Mapping[str, Any],
+) -> str:
+    """One prompt as a user turn; `kwargs` from `template_kwargs`."""
     messages = [{"role": "user", "content": str(prompt)}]
     if system is not None:
         messages.insert(0, {"role": "system", "content": system})
-    return str(tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
+    return str(
+        tokenizer.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=True, **kwargs
+        )
+    )
 
 
 def _template_error(
@@ -118,13 +150,14 @@ def _template_error(
     i: int,
     system: str | None,
     err: Exception,
+    kwargs: Mapping[str, Any],
 ) -> InputError:
     """Why a template failed, found by rendering the prompt once with the other choice."""
     from jinja2 import TemplateError
 
     other = _PROBE_SYSTEM if system is None else None
     try:
-        _render(tokenizer, prompts[i], other)
+        _render(tokenizer, prompts[i], other, kwargs)
     except TemplateError:
         return InputError(
             f"the chat template fails on {describe_prompt(prompts, i)}: {err}; fix the prompt "
@@ -146,11 +179,14 @@ def encode_prompts(
     chat_template: bool | None = None,
     *,
     system: str | None = None,
+    template_vars: Mapping[str, Any] | None = None,
 ) -> list[list[int]]:
     """Render and tokenize prompts as the model sees them (see `render_prompts`); no context
     check (`encode_for_model` adds it)."""
     templated = uses_chat_template(tokenizer, chat_template)
-    rendered = render_prompts(tokenizer, prompts, templated, system=system)
+    rendered = render_prompts(
+        tokenizer, prompts, templated, system=system, template_vars=template_vars
+    )
     return tokenize_rendered(tokenizer, rendered, templated)
 
 
@@ -161,6 +197,7 @@ def encode_for_model(
     *,
     chat_template: bool | None = None,
     system: str | None = None,
+    template_vars: Mapping[str, Any] | None = None,
     reserve: int = 0,
     what: str = "prompt",
     hint: str = "shorten or remove it",
@@ -172,7 +209,7 @@ def encode_for_model(
 
     Args:
         model: the model the tokens are for (its config gives `context_limit`).
-        tokenizer, prompts, chat_template, system: as in `render_prompts`.
+        tokenizer, prompts, chat_template, system, template_vars: as in `render_prompts`.
         reserve: positions that must stay free after the prompt (1 when generating: the first
             new token; longer answers are capped, see `new_token_budgets`).
         what, hint: how the error names a prompt and what it suggests.
@@ -186,7 +223,9 @@ def encode_for_model(
             and the model's limit.
     """
     templated = uses_chat_template(tokenizer, chat_template)
-    token_ids = encode_prompts(tokenizer, prompts, templated, system=system)
+    token_ids = encode_prompts(
+        tokenizer, prompts, templated, system=system, template_vars=template_vars
+    )
     check_context(
         token_ids,
         prompts,
@@ -221,7 +260,13 @@ class Batch:
 def tokenize_rendered(
     tokenizer: PreTrainedTokenizerBase, rendered: Sequence[str], templated: bool
 ) -> list[list[int]]:
-    """Token ids of each rendered prompt (templates carry their own BOS text)."""
+    """Token ids of each rendered prompt (templates carry their own BOS text).
+
+    Raises:
+        InputError: a rendered prompt holds text no tokenizer encodes (see `check_prompts`),
+            or renders to zero tokens.
+    """
+    check_prompts(rendered, "rendered prompt")
     encoded = tokenizer(list(rendered), add_special_tokens=not templated)["input_ids"]
     ids = [list(map(int, row)) for row in encoded]
     if any(len(row) == 0 for row in ids):

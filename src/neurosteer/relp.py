@@ -30,8 +30,9 @@ Inspect, compare, steer, bake and (with `keep_table`) reselect work on it.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
@@ -54,6 +55,7 @@ from neurosteer.relp_pass import (
 )
 from neurosteer.runtime import auto_batch_size, input_device, pad_id, run_batches, runs_model
 from neurosteer.targets import Target, check_pairs, encode_pairs
+from neurosteer.template_vars import pin_clock
 
 __all__ = ["Attribution", "AttributionPositions", "RelPRules", "attribute", "attribution_scores"]
 
@@ -102,6 +104,7 @@ def attribution_scores(
     batch_size: int | None = None,
     chat_template: bool | None = None,
     system: str | None = None,
+    template_vars: Mapping[str, Any] | None = None,
     layout: ModelLayout | None = None,
     progress: bool = False,
 ) -> Attribution:
@@ -125,6 +128,7 @@ def attribution_scores(
         contrast_list,
         chat_template=chat_template,
         system=system,
+        template_vars=template_vars,
     )
     if batch_size is None:  # a backward pass keeps every layer's activations alive
         longest = max(map(len, pairs.token_ids))
@@ -177,6 +181,7 @@ def attribute(
     batch_size: int | None = None,
     chat_template: bool | None = None,
     system: str | None = None,
+    template_vars: Mapping[str, Any] | None = None,
     keep_table: bool = False,
     layout: ModelLayout | None = None,
     progress: bool = False,
@@ -196,7 +201,8 @@ def attribute(
             overrides fraction), ranked by |summed attribution|.
         rules: the propagation rules (default: all of RelP; `RelPRules.plain()`: none).
         batch_size: pairs per forward/backward pass (default: a quarter of `discover`'s).
-        chat_template, system: prompt rendering, as in `discover` (recorded in the circuit).
+        chat_template, system, template_vars: prompt rendering, as in `discover` (recorded
+            in the circuit).
         keep_table: keep the full [n_layers, d_mlp] attribution tables (for `reselect`).
         layout, progress: as in `discover`.
 
@@ -214,6 +220,8 @@ def attribute(
     layout = layout or resolve_layout(model)
     k, skip = circuit_size(layout, top_k, fraction, skip_layers)
     rules = rules or RelPRules()
+    templated = uses_chat_template(tokenizer, chat_template)
+    template_vars = pin_clock(tokenizer, template_vars) if templated else template_vars
     scores = attribution_scores(
         model,
         tokenizer,
@@ -225,6 +233,7 @@ def attribute(
         batch_size=batch_size,
         chat_template=chat_template,
         system=system,
+        template_vars=template_vars,
         layout=layout,
         progress=progress,
     )
@@ -252,9 +261,10 @@ def attribute(
             skip_layers=skip,
             universal_filter=False,
             positive_only=positive_only,
-            chat_template=uses_chat_template(tokenizer, chat_template),
+            chat_template=templated,
             n_candidates=chosen.n_candidates,
             system=system,
+            template_vars=dict(template_vars) if template_vars else None,
             attribution=f"positions={positions}; rules={rules.describe()}; metric={metric}",
         ),
         prompts=info,

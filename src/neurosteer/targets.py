@@ -19,7 +19,7 @@ import csv
 import io
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +34,8 @@ from neurosteer.prompts import (
     tokenize_rendered,
     uses_chat_template,
 )
+from neurosteer.template_vars import pin_clock
+from neurosteer.text_check import check_text
 
 logger = logging.getLogger(__name__)
 
@@ -108,6 +110,7 @@ def encode_pairs(
     *,
     chat_template: bool | None = None,
     system: str | None = None,
+    template_vars: Mapping[str, Any] | None = None,
 ) -> EncodedPairs:
     """Render and tokenize the prompts (context-checked) and resolve every target's token id.
 
@@ -116,8 +119,19 @@ def encode_pairs(
             unknown token, or a token id outside the vocabulary.
     """
     templated = uses_chat_template(tokenizer, chat_template)
-    ids = encode_for_model(model, tokenizer, prompts, chat_template=templated, system=system)
-    rendered = render_prompts(tokenizer, prompts, templated, system=system)
+    # one date for both renderings, should the template read the clock
+    template_vars = pin_clock(tokenizer, template_vars) if templated else template_vars
+    ids = encode_for_model(
+        model,
+        tokenizer,
+        prompts,
+        chat_template=templated,
+        system=system,
+        template_vars=template_vars,
+    )
+    rendered = render_prompts(
+        tokenizer, prompts, templated, system=system, template_vars=template_vars
+    )
     vocab = int(model.get_output_embeddings().weight.shape[0])
 
     def resolve(values: Sequence[Target]) -> list[int]:
@@ -146,6 +160,7 @@ def _token_id(
         if not 0 <= target < vocab:
             raise InputError(f"token id {target} is outside the vocabulary (0..{vocab - 1})")
         return target
+    check_text(target, f"the target {target!r}")
     joined = tokenize_rendered(tokenizer, [rendered + target], templated)[0]
     n = len(prompt_ids)
     if joined[:n] == prompt_ids and len(joined) > n:
@@ -198,9 +213,12 @@ def load_pairs(path: str | Path) -> tuple[list[str], list[str], list[str] | None
             raise InputError(f"'{where}' has no prompt")
         if not isinstance(target, str) or not target:
             raise InputError(f"'{where}' has no target")
+        contrast = fields.get("contrast")
+        for name, value in (("prompt", prompt), ("target", target), ("contrast", contrast)):
+            if isinstance(value, str):
+                check_text(value, f"the {name} of '{where}'")
         prompts.append(prompt.strip())
         targets.append(target)
-        contrast = fields.get("contrast")
         if isinstance(contrast, str) and contrast:
             contrasts.append(contrast)
     if not prompts:

@@ -199,6 +199,7 @@ def _sweep_config(params: dict[str, Any]) -> SweepConfig:
         judge=params["judge"],
         chat_template=params["chat_template"],
         system=params["system"],
+        template_vars=params["template_vars"],
         eval_limit=params["eval_limit"],
         kl_limit=params["kl_limit"],
         kl_max_new_tokens=params["kl_tokens"],

@@ -17,7 +17,7 @@ from typing import Any, TextIO
 
 import click
 
-from neurosteer.cli.options import load, model_options
+from neurosteer.cli.options import check_system, load, model_options, template_vars_option
 from neurosteer.errors import InputError
 
 logger = logging.getLogger(__name__)
@@ -66,6 +66,16 @@ class _History:
             )
 
 
+def _tolerate_undecodable_input() -> None:
+    """Read bytes that are not text in the terminal's encoding (a pasted Latin-1 byte) as lone
+    surrogates instead of ending the chat with a decode error; the session then says the
+    message is not valid text and keeps the conversation. Output escapes them."""
+    for stream, errors in ((sys.stdin, "surrogateescape"), (sys.stdout, "backslashreplace")):
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None:
+            reconfigure(errors=errors)
+
+
 def _read_line(prompt: str, interactive: bool, out: TextIO) -> str | None:
     """The next line, None at end of input. On a terminal readline edits it; from a pipe the
     line is echoed after the prompt."""
@@ -106,7 +116,14 @@ def _read_line(prompt: str, interactive: bool, out: TextIO) -> str | None:
     show_default=True,
     help="0 decodes greedily; above 0 samples at this temperature.",
 )
-@click.option("--system", default=None, metavar="TEXT", help="A system turn before the chat.")
+@click.option(
+    "--system",
+    default=None,
+    metavar="TEXT",
+    callback=check_system,
+    help="A system turn before the chat.",
+)
+@template_vars_option
 def chat_command(**params: Any) -> None:
     """Talk to MODEL, steered by --circuit; /help inside lists the commands.
 
@@ -129,10 +146,12 @@ def chat_command(**params: Any) -> None:
         multiplier=params["multiplier"],
         layout=layout if circuit is not None else None,
         system=params["system"],
+        template_vars=params["template_vars"],
         max_new_tokens=params["max_new_tokens"],
         temperature=params["temperature"],
         model_name=str(params["model"]),
     )
+    _tolerate_undecodable_input()
     interactive = sys.stdin.isatty()
     history = _History() if interactive else None
     out.write(session.greeting() + "\n")

@@ -37,7 +37,7 @@ class _Group(click.Group):
         except NeurosteerError as err:
             if debug:
                 raise
-            click.echo(f"error: {err}", err=True)
+            click.echo(f"error: {_printable(err)}", err=True)
             ctx.exit(2)
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
@@ -48,11 +48,16 @@ class _Group(click.Group):
             if debug:
                 raise
             click.echo(
-                f"error: unexpected {type(err).__name__}: {err} (run with --debug for the "
-                "traceback, and please report it)",
+                f"error: unexpected {type(err).__name__}: {_printable(err)} (run with --debug "
+                "for the traceback, and please report it)",
                 err=True,
             )
             ctx.exit(1)
+
+
+def _printable(err: Exception) -> str:
+    """The message, with anything a terminal cannot print (lone surrogates) escaped."""
+    return str(err).encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -170,6 +175,7 @@ def discover(**params: Any) -> None:
         batch_size=params["batch_size"],
         chat_template=params["chat_template"],
         system=params["system"],
+        template_vars=params["template_vars"],
         keep_table=params["keep_table"],
         layout=layout,
         progress=True,
@@ -225,18 +231,21 @@ def generate(**params: Any) -> None:
     from neurosteer.cli.render import print_answers
     from neurosteer.generation import generate as run_generate
     from neurosteer.steering import steer
+    from neurosteer.text_check import check_prompts
 
     if params["multipliers"] is not None and params["circuit_path"] is None:
         raise InputError("-m sets the circuit's multipliers; give --circuit too")
     multipliers = parse_multipliers(params["multipliers"]) if params["multipliers"] else None
+    prompts = list(params["prompts"])
+    check_prompts(prompts)  # before the model loads
     circuit = Circuit.load(params["circuit_path"]) if params["circuit_path"] else None
     model, tokenizer, layout = load(params, circuit)
-    prompts = list(params["prompts"])
     kwargs = {
         "max_new_tokens": params["max_new_tokens"],
         "chat_template": params["chat_template"],
         "system": params["system"],
         "progress": show_progress(),
+        "template_vars": params["template_vars"],
     }
     desc = "generating" if circuit is None else "unsteered"
     plain = run_generate(model, tokenizer, prompts, desc=desc, **kwargs)

@@ -344,6 +344,7 @@ def _config(params: dict[str, Any]) -> OptimizeConfig:
         universal_filter=not params["no_universal_filter"],
         chat_template=params["chat_template"],
         system=params["system"],
+        template_vars=params["template_vars"],
         baselines=not params["no_baselines"],
         baseline_strengths=_floats(params["baseline_strengths"], "--baseline-strengths"),
         baseline_layer=params["baseline_layer"],

@@ -131,11 +131,14 @@ def parse_layers(text: str) -> tuple[int, ...]:
 
 
 def template_option(fn: F) -> F:
-    """How prompts are rendered: the chat-template switch and the system turn."""
+    """How prompts are rendered: the chat-template switch, the system turn and the template
+    variables."""
+    fn = template_vars_option(fn)
     fn = click.option(
         "--system",
         default=None,
         metavar="TEXT",
+        callback=check_system,
         help="System turn before every prompt (chat templates only; `discover` records it in "
         "the circuit, `sweep` in its config). "
         "Default: the template's own.",
@@ -146,6 +149,37 @@ def template_option(fn: F) -> F:
         default=None,
         help="Force the chat template on or off (default: on when the tokenizer has one).",
     )(fn)
+
+
+def check_system(_ctx: click.Context, _param: click.Parameter, text: str | None) -> str | None:
+    """--system, refused before any model loads when it is not valid text."""
+    if text is not None:
+        from neurosteer.text_check import check_text
+
+        check_text(text, "--system")
+    return text
+
+
+def template_vars_option(fn: F) -> F:
+    """`--template-var KEY=VALUE` (repeatable) → params["template_vars"]: dict or None."""
+    return click.option(
+        "--template-var",
+        "template_vars",
+        multiple=True,
+        metavar="KEY=VALUE",
+        callback=_parse_template_vars,
+        help="A variable the chat template reads, e.g. enable_thinking=false (true/false, "
+        "numbers, else text; repeatable). strftime_now=YYYY-MM-DD fixes the date a template "
+        "reads (default: today, fixed per run). Recorded like --system.",
+    )(fn)
+
+
+def _parse_template_vars(
+    _ctx: click.Context, _param: click.Parameter, items: tuple[str, ...]
+) -> dict[str, Any] | None:
+    from neurosteer.template_vars import parse_template_vars
+
+    return parse_template_vars(items)
 
 
 def universal_filter_options(fn: F) -> F:

@@ -95,12 +95,14 @@ def probe_command(**params: Any) -> None:
     from neurosteer.circuit import Circuit
     from neurosteer.probe import next_token_probs
     from neurosteer.prompts import load_prompts
+    from neurosteer.text_check import check_prompts
 
     prompts: list[str] = list(params["prompts"])
     if params["prompt_file"] is not None:
         prompts += load_prompts(params["prompt_file"])
     if not prompts:
         raise InputError("probe needs a prompt: give it as an argument or in a file with -p FILE")
+    check_prompts(prompts)  # before the model loads
     if params["top"] < 0:
         raise InputError(f"--top must be 0 or more, got {params['top']}")
     if params["batch_size"] < 1:
@@ -120,6 +122,7 @@ def probe_command(**params: Any) -> None:
         tokens=tokens,
         top=params["top"],
         system=params["system"],
+        template_vars=params["template_vars"],
         chat_template=params["chat_template"],
         batch_size=params["batch_size"],
         layout=layout,

@@ -16,6 +16,7 @@ from rich.table import Table
 from neurosteer.cli.options import F, load, model_options, template_option
 from neurosteer.cli.render import console, print_table
 from neurosteer.errors import InputError
+from neurosteer.text_check import check_text
 
 Pairs = tuple[list[str], list[str], list[str] | None]
 
@@ -87,6 +88,9 @@ def read_pairs(params: dict[str, Any]) -> Pairs | None:
             f"{len(prompts)} --prompt but {len(contrasts)} --contrast; give one --contrast per "
             "--prompt, or none"
         )
+    for flag, values in (("--prompt", prompts), ("--target", targets), ("--contrast", contrasts)):
+        for i, value in enumerate(values, 1):
+            check_text(value, f"{flag} {i}" if len(values) > 1 else flag)
     return prompts, targets, contrasts or None
 
 
@@ -113,6 +117,7 @@ def discover_relp(params: dict[str, Any], pairs: Pairs) -> Any:
         batch_size=params["batch_size"],
         chat_template=params["chat_template"],
         system=params["system"],
+        template_vars=params["template_vars"],
         keep_table=params["keep_table"],
         layout=layout,
         progress=True,
@@ -183,6 +188,7 @@ def faithfulness_command(**params: Any) -> None:
         batch_size=params["batch_size"],
         chat_template=params["chat_template"],
         system=params["system"],
+        template_vars=params["template_vars"],
         layout=layout,
         progress=True,
     )

@@ -77,6 +77,8 @@ def print_circuit_summary(circuit: Circuit, *, top: int, settings: bool = False)
         )
         if s.system is not None:
             console.print(f"system turn: {s.system!r}")
+        if s.template_vars:
+            console.print(f"template variables: {s.template_vars!r}")
         if s.attribution is not None:
             console.print(f"attribution: {s.attribution}")
         if s.multiplier is not None or s.score != "diff":

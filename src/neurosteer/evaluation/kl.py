@@ -17,9 +17,10 @@ steered forward pass per batch each.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -74,6 +75,7 @@ def kl_to_reference(
     batch_size: int = 8,
     chat_template: bool | None = None,
     system: str | None = None,
+    template_vars: Mapping[str, Any] | None = None,
 ) -> KLReport:
     """KL divergence of the intervened model from the unsteered one, on its own continuations.
 
@@ -89,7 +91,8 @@ def kl_to_reference(
         max_new_tokens: length of the greedy continuation (capped where prompt + continuation
             would exceed the model's context, as in `generate`).
         batch_size: prompts per forward pass.
-        chat_template, system: how prompts are rendered (see `render_prompts`).
+        chat_template, system, template_vars: how prompts are rendered (see
+            `render_prompts`).
 
     Raises:
         InputError: no prompts, `max_new_tokens` below 1, or a prompt that leaves no room in
@@ -104,7 +107,14 @@ def kl_to_reference(
         # one batch's reference at a time: the log-probabilities of every batch together
         # would be [n_prompts, t, vocab]
         for ref in _reference_batches(
-            model, tokenizer, prompts, max_new_tokens, batch_size, chat_template, system
+            model,
+            tokenizer,
+            prompts,
+            max_new_tokens,
+            batch_size,
+            chat_template,
+            system,
+            template_vars,
         ):
             rows.add(ref, _steered_kl(model, ref, intervention, strength))
     return rows.report(max_new_tokens)
@@ -209,6 +219,7 @@ def kl_reference(
     batch_size: int = 8,
     chat_template: bool | None = None,
     system: str | None = None,
+    template_vars: Mapping[str, Any] | None = None,
 ) -> KLReference:
     """The unsteered side of `kl_to_reference`, computed once and kept (on the CPU).
 
@@ -231,7 +242,14 @@ def kl_reference(
                 },
             )
             for ref in _reference_batches(
-                model, tokenizer, prompts, max_new_tokens, batch_size, chat_template, system
+                model,
+                tokenizer,
+                prompts,
+                max_new_tokens,
+                batch_size,
+                chat_template,
+                system,
+                template_vars,
             )
         )
     return KLReference(batches, len(prompts), max_new_tokens)
@@ -295,6 +313,7 @@ def _reference_batches(
     batch_size: int,
     chat_template: bool | None,
     system: str | None,
+    template_vars: Mapping[str, Any] | None,
 ) -> Iterator[ReferenceBatch]:
     """The unsteered continuation and log-probabilities of each batch, one batch at a time
     (call under `torch.inference_mode`; tensors stay on the model's devices)."""
@@ -303,7 +322,13 @@ def _reference_batches(
     if isinstance(prompts, str) or not prompts:
         raise InputError("kl_to_reference() needs a non-empty list of prompts")
     token_ids = encode_for_model(
-        model, tokenizer, prompts, chat_template=chat_template, system=system, reserve=1
+        model,
+        tokenizer,
+        prompts,
+        chat_template=chat_template,
+        system=system,
+        template_vars=template_vars,
+        reserve=1,
     )
     budgets = new_token_budgets(token_ids, max_new_tokens, context_limit(model, tokenizer))
     pad, stop_ids = pad_id(tokenizer), stop_token_ids(model, tokenizer)

@@ -11,8 +11,9 @@ judge and one set of generation settings give one number wherever it is reported
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
@@ -67,6 +68,7 @@ def measure_refusal(
     batch_size: int,
     chat_template: bool | None = None,
     system: str | None = None,
+    template_vars: Mapping[str, Any] | None = None,
 ) -> JudgedAnswers:
     """Greedy answers to `prompts` (`neurosteer.generate`) under an intervention, then judged.
 
@@ -77,7 +79,8 @@ def measure_refusal(
         intervention: applied with `intervention.steer(model, strength)` around the generation
             only (the judge runs after it is removed); None answers with the model as it is.
         strength: the intervention's strength (None: its default; see `neurosteer.intervention`).
-        max_new_tokens, batch_size, chat_template, system: as in `neurosteer.generate`.
+        max_new_tokens, batch_size, chat_template, system, template_vars: as in
+            `neurosteer.generate`.
 
     Raises:
         InputError: no prompts, a prompt too long for the context, bad generation settings, or
@@ -98,5 +101,6 @@ def measure_refusal(
             batch_size=batch_size,
             chat_template=chat_template,
             system=system,
+            template_vars=template_vars,
         )
     return judge_answers(prompts, answers, judge)

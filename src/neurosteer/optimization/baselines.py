@@ -84,6 +84,7 @@ def measure_baselines(
         batch_size=config.batch_size,
         chat_template=config.chat_template,
         system=config.system,
+        template_vars=config.template_vars,
         layout=layout,
     )
     layer = vectors.checked_layer(config.baseline_layer)

@@ -14,6 +14,7 @@ from typing import Any
 
 from neurosteer.errors import InputError
 from neurosteer.optimization.space import SearchSpace
+from neurosteer.template_vars import check_template_vars
 
 KL_MEASURES = ("first_token", "mean")
 SAMPLERS = ("tpe", "nsga2")
@@ -49,6 +50,8 @@ class OptimizeConfig:
         space: the search space.
         universal_filter: drop universal neurons from every trial's candidates.
         chat_template, system: how prompts are rendered (see `discover`).
+        template_vars: chat-template variables for every rendering; `optimize` adds the date
+            a template that reads the clock gets, and a resumed search reuses the stored one.
         baselines: also measure CAA and directional ablation on the held-out prompts (once,
             cached in the run folder), for the comparison plot.
         baseline_strengths: the baselines' strengths s (CAA α = −s; ablation removes a share s).
@@ -73,11 +76,13 @@ class OptimizeConfig:
     universal_filter: bool = True
     chat_template: bool | None = None
     system: str | None = None
+    template_vars: dict[str, Any] | None = None
     baselines: bool = True
     baseline_strengths: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0)
     baseline_layer: int | None = None
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "template_vars", check_template_vars(self.template_vars))
         _at_least(1, trials=self.trials, max_new_tokens=self.max_new_tokens)
         _at_least(1, batch_size=self.batch_size, kl_tokens=self.kl_tokens)
         _at_least(1, held_out_positive=self.held_out_positive)

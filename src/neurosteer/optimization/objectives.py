@@ -117,6 +117,7 @@ def build_reference(
 ) -> Reference:
     """Measure the unchanged model once: KL reference, answers, refusal tokens."""
     size, template, system = config.batch_size, config.chat_template, config.system
+    template_vars = config.template_vars
     kl = kl_reference(
         model,
         tokenizer,
@@ -125,6 +126,7 @@ def build_reference(
         batch_size=size,
         chat_template=template,
         system=system,
+        template_vars=template_vars,
     )
     # float16 halves the file; every trial compares with these same rounded values
     kl = kl.to(torch.float16)
@@ -136,6 +138,7 @@ def build_reference(
         batch_size=size,
         chat_template=template,
         system=system,
+        template_vars=template_vars,
     )
     unchanged = measure_refusal(
         model,
@@ -146,6 +149,7 @@ def build_reference(
         batch_size=size,
         chat_template=template,
         system=system,
+        template_vars=template_vars,
     )
     tokens = refusal_tokens(first, unchanged)
     mass = _mean_mass(_first_token_probs(first), tokens)
@@ -228,6 +232,7 @@ class Objectives:
             batch_size=config.batch_size,
             chat_template=config.chat_template,
             system=config.system,
+            template_vars=config.template_vars,
         )
         return Outcome(
             judged.refusal,

@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -45,8 +45,9 @@ from neurosteer.optimization.study import (
     trial_results,
 )
 from neurosteer.optimization.trials import run_trials
-from neurosteer.prompts import encode_for_model, prompt_hash
+from neurosteer.prompts import encode_for_model, prompt_hash, uses_chat_template
 from neurosteer.runtime import runs_model
+from neurosteer.template_vars import pin_clock
 
 logger = logging.getLogger(__name__)
 
@@ -130,6 +131,9 @@ def optimize(
     folder = None if run_dir is None else Path(run_dir)
     if folder is not None:
         store.check_folder(folder)
+    if uses_chat_template(tokenizer, config.chat_template):
+        stored = _stored_template_vars(folder)
+        config = replace(config, template_vars=pin_clock(tokenizer, config.template_vars, stored))
     _check_fits(model, tokenizer, split, config, neutral)
     meta = _meta(model, layout, config, split, neutral)
     with contextlib.ExitStack() as stack:
@@ -213,6 +217,7 @@ def _check_fits(
             prompts,
             chat_template=config.chat_template,
             system=config.system,
+            template_vars=config.template_vars,
             reserve=reserve,
             what=f"{name} prompt",
         )
@@ -241,8 +246,20 @@ def check_resumable(
         held_out_negative=config.held_out_negative,
         seed=config.split_seed,
     )
+    # a search resumed on another day reuses the date its template was given
+    config = replace(
+        config, template_vars=pin_clock(None, config.template_vars, _stored_template_vars(folder))
+    )
     meta = _sections(config, split, neutral)
     store.check_or_write_meta(folder, meta, sections=tuple(meta), write=False)
+
+
+def _stored_template_vars(folder: Path | None) -> dict[str, Any] | None:
+    """The template variables a search folder recorded (None: no search there yet)."""
+    if folder is None or not (folder / store.META_FILE).is_file():
+        return None
+    stored = store.read_meta(folder).get("settings", {}).get("template_vars")
+    return dict(stored) if isinstance(stored, dict) else None
 
 
 def _sections(
@@ -313,6 +330,7 @@ def _table(
             batch_size=config.batch_size,
             chat_template=config.chat_template,
             system=config.system,
+            template_vars=config.template_vars,
             keep_table=True,
             layout=layout,
             progress=progress,

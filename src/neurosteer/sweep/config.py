@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from neurosteer.errors import InputError
+from neurosteer.template_vars import check_template_vars
 
 METHODS = ("cna", "caa", "mlp_output", "direction", "random")
 """Methods a sweep knows, in the order reports list them."""
@@ -45,6 +46,9 @@ class SweepConfig:
         chat_template: True/False forces the chat template; None uses it when there is one.
         system: a system turn rendered before every prompt the steered model sees (discovery,
             baselines, answers, KL); None keeps the template's default.
+        template_vars: chat-template variables for every rendering (e.g. enable_thinking);
+            `run_sweep` adds the date a template that reads the clock gets, and a resumed
+            run reuses the stored one (see `neurosteer.template_vars`).
         eval_limit: use only the first `eval_limit` harmful and harmless evaluation prompts.
         kl_limit: KL on the first `kl_limit` harmless prompts (None: all of them).
         kl_max_new_tokens: length of the unsteered continuation the KL is measured on.
@@ -74,6 +78,7 @@ class SweepConfig:
     judge: str = "sweep"
     chat_template: bool | None = None
     system: str | None = None
+    template_vars: dict[str, Any] | None = None
     eval_limit: int | None = None
     kl_limit: int | None = 32
     kl_max_new_tokens: int = 32
@@ -106,6 +111,7 @@ class SweepConfig:
             raise InputError(f"strengths must be finite numbers, got {list(self.strengths)}")
         if len(set(strengths)) != len(strengths):
             raise InputError(f"strengths repeat: {list(strengths)}")
+        object.__setattr__(self, "template_vars", check_template_vars(self.template_vars))
         object.__setattr__(self, "methods", methods)
         object.__setattr__(self, "strengths", strengths)
         object.__setattr__(self, "skip_layers", tuple(int(i) for i in self.skip_layers))

@@ -161,6 +161,7 @@ def _answers(
             batch_size=config.batch_size,
             chat_template=config.chat_template,
             system=config.system,
+            template_vars=config.template_vars,
         )
         bar.update(len(chunk))
     return answers

@@ -205,6 +205,7 @@ def _fit_circuit(job: _Job, neutral: Sequence[str] | None) -> Circuit:
             batch_size=config.batch_size,
             chat_template=config.chat_template,
             system=config.system,
+            template_vars=config.template_vars,
             keep_table=True,
             layout=job.layout,
             progress=job.progress,
@@ -246,6 +247,7 @@ def _fit_vectors(job: _Job) -> dict[Point, ContrastVectors]:
             batch_size=job.config.batch_size,
             chat_template=job.config.chat_template,
             system=job.config.system,
+            template_vars=job.config.template_vars,
             layout=job.layout,
             progress=job.progress,
         )

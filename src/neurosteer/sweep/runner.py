@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,7 @@ from neurosteer.evaluation.quality import quality
 from neurosteer.evaluation.refusal import measure_refusal
 from neurosteer.intervention import Intervention
 from neurosteer.layout import ModelLayout, resolve_layout
-from neurosteer.prompts import encode_for_model, prompt_hash
+from neurosteer.prompts import encode_for_model, prompt_hash, uses_chat_template
 from neurosteer.runtime import runs_model
 from neurosteer.sweep.config import BASELINE, SweepConfig, knob
 from neurosteer.sweep.methods import Fitted, fit_methods
@@ -44,9 +45,11 @@ from neurosteer.sweep.store import (
     check_or_write_config,
     point_key,
     point_label,
+    read_config,
     read_results,
     write_answers,
 )
+from neurosteer.template_vars import pin_clock
 
 logger = logging.getLogger(__name__)
 
@@ -103,6 +106,7 @@ def run_sweep(
     judge = get_judge(config.judge)
     mmlu_data = None if config.mmlu is None else load_mmlu(config.mmlu)
     layout = layout or resolve_layout(model)
+    config = _pin_clock(tokenizer, config, run_dir)
     meta = _start_run(model, tokenizer, layout, config, sets, run_dir)
     fitted = fit_methods(
         model,
@@ -120,6 +124,17 @@ def run_sweep(
     evaluator = _Evaluator(model, tokenizer, config, judge, sets, mmlu_data)
     _run_points(run_dir, evaluator, fitted, layout, progress=progress)
     return read_results(run_dir)
+
+
+def _pin_clock(
+    tokenizer: PreTrainedTokenizerBase, config: SweepConfig, run_dir: Path
+) -> SweepConfig:
+    """The config with the date fixed for a template that reads the clock: the one the run
+    folder recorded when resuming, else today (see `neurosteer.template_vars`)."""
+    if not uses_chat_template(tokenizer, config.chat_template):
+        return config
+    stored = ((read_config(run_dir) or {}).get("identity") or {}).get("template_vars")
+    return replace(config, template_vars=pin_clock(tokenizer, config.template_vars, stored))
 
 
 def _run_folder(out_dir: str | Path) -> Path:
@@ -246,6 +261,7 @@ class _Evaluator:
                 batch_size=config.batch_size,
                 chat_template=config.chat_template,
                 system=config.system,
+                template_vars=config.template_vars,
             )
             report = quality(judged.answers)
             sets[name] = {"n": len(prompts)}
@@ -286,6 +302,7 @@ class _Evaluator:
             batch_size=self.config.batch_size,
             chat_template=self.config.chat_template,
             system=self.config.system,
+            template_vars=self.config.template_vars,
         )
         return {
             "first_token": report.first_token,
@@ -333,6 +350,7 @@ def _check_fits(
             prompts,
             chat_template=config.chat_template,
             system=config.system,
+            template_vars=config.template_vars,
             reserve=1 if name in generated else 0,
         )
 
