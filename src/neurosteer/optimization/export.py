@@ -24,7 +24,12 @@ from neurosteer.circuit import Circuit, PromptInfo, SearchProvenance
 from neurosteer.errors import InputError
 from neurosteer.optimization import store
 from neurosteer.optimization.space import Params, build_circuit
-from neurosteer.optimization.study import TrialResult, load_study, trial_results
+from neurosteer.optimization.study import (
+    TrialResult,
+    database_errors,
+    load_study,
+    trial_results,
+)
 
 DEFAULT_TARGET = 0.10
 """The default `--target-refusal`: at most 10% of held-out answers refused or degenerate."""
@@ -81,8 +86,8 @@ def export_circuit(
     """
     folder = Path(run_dir)
     meta = store.read_meta(folder)
-    study = load_study(folder)
-    results = trial_results(study)
+    with database_errors(folder):
+        results = trial_results(load_study(folder))
     chosen, rule = choose_trial(results, trial=trial, target=target)
     table = Circuit.load(folder / store.TABLE_DIR)
     params = Params(

@@ -22,6 +22,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from neurosteer._version import __version__
 from neurosteer.circuit import Circuit
 from neurosteer.discovery import discover, model_info
+from neurosteer.errors import CircuitFormatError, InputError
 from neurosteer.evaluation.judges import get_judge
 from neurosteer.layout import ModelLayout, resolve_layout
 from neurosteer.optimization import baselines as baseline_points
@@ -37,6 +38,7 @@ from neurosteer.optimization.objectives import (
 from neurosteer.optimization.split import Split, split_prompts
 from neurosteer.optimization.study import (
     TrialResult,
+    database_errors,
     load_study,
     open_study,
     optuna_module,
@@ -170,15 +172,17 @@ def read_search(run_dir: str | Path) -> SearchResult:
     """
     folder = Path(run_dir)
     store.read_meta(folder)
-    study = load_study(folder)
-    results = trial_results(study)
-    cached = baseline_points.from_json(store.read_json(folder / store.BASELINES_FILE))
+    with database_errors(folder):
+        study = load_study(folder)
+        results = trial_results(study)
+        interrupted = _failed(study)
+    _, cached = baseline_points.read_cached(folder)
     return SearchResult(
         pareto=tuple(pareto_front(results)),
         trials=tuple(results),
         unchanged=store.unchanged_rates(folder),
         baselines=tuple(cached),
-        interrupted=_failed(study),
+        interrupted=interrupted,
         run_dir=folder,
     )
 
@@ -296,7 +300,10 @@ def _table(
     """The statistics every trial selects from: read back, or recorded once (and saved)."""
     path = None if folder is None else folder / store.TABLE_DIR
     if path is not None and path.exists():
-        table = Circuit.load(path)
+        try:
+            table = Circuit.load(path)
+        except CircuitFormatError as err:
+            raise InputError(f"{err}; delete it and the next run records the table again") from None
         logger.info("resuming with the table in %s", path)
     else:
         table = discover(
