@@ -118,3 +118,43 @@ def test_show_and_export_state_the_resolution(
     assert result.exit_code == 0, (result.output, result.exception)
     assert "allow one" not in caplog.text
     assert "--target-refusal 1 allows 16 of 16 held-out answers" in result.output
+
+
+# --- no silent stages ------------------------------------------------------------------------
+
+
+def test_every_stage_before_the_trials_says_what_it_does(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The stages that were silent (the unchanged model's answers, opening the study, fitting
+    the baselines' vectors) have shown a bar naming them by the time their work starts."""
+    from neurosteer.optimization import baselines, objectives
+    from neurosteer.optimization import run as run_module
+
+    shown: list[str] = []
+    at_start: dict[str, str] = {}
+
+    def spy(module: object, name: str) -> None:
+        real = getattr(module, name)
+
+        def wrapper(*args: object, **kwargs: object) -> object:
+            shown.append(capsys.readouterr().err)
+            at_start[name] = "".join(shown)
+            if name == "contrast_vectors":
+                assert kwargs.get("progress") is True
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(module, name, wrapper)
+
+    spy(objectives, "measure_refusal")
+    spy(run_module, "open_study")
+    spy(baselines, "contrast_vectors")
+    model, tok = organism()
+    harmful, benign = prompts()
+    config = quick(trials=1, baselines=True, baseline_strengths=(1.0,))
+    run_module.optimize(
+        model, tok, harmful, benign, config=config, run_dir=tmp_path / "s", progress=True
+    )
+    assert "answers of 40 tokens to 16 held-out positive prompts" in at_start["measure_refusal"]
+    assert f"opening {tmp_path / 's' / 'study.db'}" in at_start["open_study"]
+    assert "contrast_vectors" in at_start

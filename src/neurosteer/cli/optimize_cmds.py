@@ -295,9 +295,6 @@ def _folder_mode(params: dict[str, Any]) -> None:
 
 def _show(result: SearchResult) -> None:
     """Print the Pareto table and the baselines; write the plot into the folder."""
-    from neurosteer.optimization.store import PLOT_FILE
-    from neurosteer.report.pareto import write_pareto_plot
-
     unchanged = result.unchanged
     pruned = sum(t.state == "pruned" for t in result.trials)
     line = (
@@ -353,6 +350,9 @@ def _show(result: SearchResult) -> None:
             )
         print_table(base)
     if result.run_dir is not None:
+        from neurosteer.optimization.store import PLOT_FILE
+        from neurosteer.report.pareto import write_pareto_plot  # matplotlib: after the tables
+
         path = write_pareto_plot(result, result.run_dir / PLOT_FILE)
         click.echo(f"wrote {path}")
 

@@ -83,6 +83,7 @@ def measure_baselines(
         chat_template=config.chat_template,
         system=config.system,
         layout=layout,
+        progress=progress,
     )
     layer = vectors.checked_layer(config.baseline_layer)
     fitted: dict[str, Intervention] = {

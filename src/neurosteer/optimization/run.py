@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from neurosteer._version import __version__
@@ -147,8 +148,7 @@ def optimize(
                 reference.refusal_mass,
                 MIN_REFUSAL_MASS,
             )
-        study = open_study(folder, config)
-        interrupted = recover_interrupted(study) if folder is not None else []
+        study, interrupted = _open(folder, config, progress)
         run_trials(study, table, objectives, config, progress)
         points = cached_baselines(
             model, tokenizer, split, objectives, config, layout, folder, progress
@@ -162,6 +162,18 @@ def optimize(
             interrupted=_failed(study) if folder is not None else len(interrupted),
             run_dir=folder,
         )
+
+
+def _open(folder: Path | None, config: OptimizeConfig, progress: bool) -> tuple[Any, list[int]]:
+    """The study, opened (or created) with a one-step bar: Optuna's database set-up takes
+    seconds; and the trials a killed run left, run again first (see `recover_interrupted`)."""
+    where = "in memory" if folder is None else f"{folder / store.STUDY_FILE}"
+    with tqdm(total=1, desc="study", unit="step", disable=not progress, leave=False) as bar:
+        bar.set_postfix_str(f"opening {where}")
+        study = open_study(folder, config)
+        interrupted = recover_interrupted(study) if folder is not None else []
+        bar.update()
+    return study, interrupted
 
 
 def read_search(run_dir: str | Path) -> SearchResult:
