@@ -29,6 +29,7 @@ from neurosteer.errors import InputError
 
 if TYPE_CHECKING:  # imported at run time inside the command: `--help` stays fast
     from neurosteer.optimization import OptimizeConfig, SearchResult
+    from neurosteer.optimization.baselines import BaselinePoint
     from neurosteer.optimization.study import TrialResult
 
 _SEARCH_ONLY = ("positive", "negative", "output", "neutral")
@@ -202,26 +203,57 @@ def optimize_command(**params: Any) -> None:
     )
     search = read_search(params["output"])
     _show(search)
-    click.echo(_export_hint(params["output"], search.trials))
+    click.echo(_export_hint(params["output"], search.trials, search.baselines, _held_out(search)))
 
 
-def _export_hint(folder: Path, trials: Sequence[TrialResult]) -> str:
-    """The export command that works on this study: the default rule where a trial meets the
+def _held_out(result: SearchResult) -> int:
+    """The search's held-out positive prompts (0 when unknown: a search kept in memory)."""
+    from neurosteer.optimization.export import held_out_count
+    from neurosteer.optimization.store import read_meta
+
+    return 0 if result.run_dir is None else held_out_count(read_meta(result.run_dir))
+
+
+def _export_hint(
+    folder: Path,
+    trials: Sequence[TrialResult],
+    baselines: Sequence[BaselinePoint] = (),
+    held_out: int = 0,
+) -> str:
+    """The closing hint: first whether a baseline beats the CNA front (in words), then the
+    export command that works on this study: the default rule where a trial meets the
     default target, else the closest trial by number."""
-    from neurosteer.optimization.export import choose_trial
+    from neurosteer.optimization.export import (
+        DEFAULT_TARGET,
+        baseline_verdict,
+        choose_trial,
+        target_in_answers,
+    )
+    from neurosteer.optimization.study import pareto_front
 
+    verdict = baseline_verdict(pareto_front(list(trials)), baselines)
+    lead = "" if verdict is None else f"{verdict}. To export the best CNA trial anyway: "
     try:
-        choose_trial(list(trials))
+        chosen, _ = choose_trial(list(trials))
         how = "--export best.circuit"
+        target = (
+            f"trial {chosen.number}, the lowest KL at refused + degenerate <= {DEFAULT_TARGET:g}"
+        )
     except InputError:
         complete = [t for t in trials if t.not_success is not None]
         if not complete:
             return "no trial is complete yet; the same command again continues the search"
         closest = min(complete, key=lambda t: (t.not_success or 0.0, t.kl, t.number))
         how = f"--export best.circuit --trial {closest.number}"
+        target = (
+            f"no trial meets --target-refusal {DEFAULT_TARGET:g}; trial {closest.number} "
+            "comes closest"
+        )
+    if held_out:
+        target += f"; {target_in_answers(DEFAULT_TARGET, held_out)}"
     return (
-        f"`neurosteer optimize {folder} {how}` writes the circuit (the same command again "
-        "continues the search; raise --trials for more)"
+        f"{lead}`neurosteer optimize {folder} {how}` writes the circuit ({target}; the same "
+        "command again continues the search; raise --trials for more)"
     )
 
 
@@ -246,6 +278,13 @@ def _folder_mode(params: dict[str, Any]) -> None:
         force=params["force"],
     )
     assert circuit.search is not None
+    if params["trial"] is None:
+        from neurosteer.optimization.export import held_out_count, target_in_answers
+        from neurosteer.optimization.store import read_meta
+
+        held_out = held_out_count(read_meta(folder))
+        if held_out:
+            click.echo(f"{target_in_answers(params['target_refusal'], held_out)}")
     click.echo(
         f"wrote {params['export_path']}: trial {trial.number} ({circuit.search.rule}), "
         f"{len(circuit)} neurons from layer {trial.first_layer}, m = {trial.multiplier:.3g}, "
@@ -256,14 +295,14 @@ def _folder_mode(params: dict[str, Any]) -> None:
 
 def _show(result: SearchResult) -> None:
     """Print the Pareto table and the baselines; write the plot into the folder."""
-    from neurosteer.optimization.store import PLOT_FILE
-    from neurosteer.report.pareto import write_pareto_plot
-
     unchanged = result.unchanged
     pruned = sum(t.state == "pruned" for t in result.trials)
     line = (
         f"{len(result.trials)} finished trials ({pruned} pruned, {result.interrupted} interrupted)"
     )
+    held_out = _held_out(result)
+    if held_out:
+        line += f"; {held_out} held-out positive prompts (one answer = {100 / held_out:.3g}%)"
     if unchanged is not None:
         line += (
             f"; unchanged model: refusal {unchanged['refusal']:.2f}, degenerate "
@@ -311,6 +350,9 @@ def _show(result: SearchResult) -> None:
             )
         print_table(base)
     if result.run_dir is not None:
+        from neurosteer.optimization.store import PLOT_FILE
+        from neurosteer.report.pareto import write_pareto_plot  # matplotlib: after the tables
+
         path = write_pareto_plot(result, result.run_dir / PLOT_FILE)
         click.echo(f"wrote {path}")
 

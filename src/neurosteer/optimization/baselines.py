@@ -86,6 +86,7 @@ def measure_baselines(
         system=config.system,
         template_vars=config.template_vars,
         layout=layout,
+        progress=progress,
     )
     layer = vectors.checked_layer(config.baseline_layer)
     fitted: dict[str, Intervention] = {
@@ -123,9 +124,40 @@ def to_json(points: Sequence[BaselinePoint], config: OptimizeConfig) -> dict[str
 
 
 def from_json(data: Any) -> list[BaselinePoint]:
-    if not isinstance(data, dict):
+    """The points of a `to_json` value ([] for None).
+
+    Raises:
+        InputError: `data` is not of `to_json`'s form.
+    """
+    if data is None:
         return []
-    return [BaselinePoint(**p) for p in data.get("points", [])]
+    try:
+        return [BaselinePoint(**p) for p in data["points"]]
+    except (KeyError, TypeError) as err:
+        raise InputError(f"not a list of baseline points ({err})") from None
+
+
+def read_cached(folder: Path) -> tuple[dict[str, Any] | None, list[BaselinePoint]]:
+    """The run folder's cached baselines: (their settings, their points); (None, []) when
+    none are cached.
+
+    Raises:
+        InputError: baselines.json is damaged (the message says to delete it).
+    """
+    file = folder / store.BASELINES_FILE
+    what = "the baselines"
+    data = store.read_json(file, what)
+    if data is None:
+        return None, []
+    try:
+        points = from_json(data)
+        settings = data["settings"]
+    except (InputError, KeyError, TypeError):
+        raise InputError(
+            f"'{file}' does not hold baseline points of this neurosteer; delete it and the next "
+            f"run measures {what} again"
+        ) from None
+    return settings, points
 
 
 @runs_model
@@ -143,10 +175,9 @@ def cached_baselines(
     (and cached)."""
     if not config.baselines:
         return []
-    file = None if folder is None else folder / store.BASELINES_FILE
-    cached = None if file is None else store.read_json(file)
-    if isinstance(cached, dict) and cached.get("settings") == baseline_settings(config):
-        return from_json(cached)
+    settings, cached = (None, []) if folder is None else read_cached(folder)
+    if settings is not None and settings == baseline_settings(config):
+        return cached
     try:
         points = measure_baselines(
             model,
@@ -160,6 +191,6 @@ def cached_baselines(
         )
     except InputError as err:
         raise InputError(f"the baseline comparison failed: {err} (or pass --no-baselines)") from err
-    if file is not None:
-        store.write_json(file, to_json(points, config))
+    if folder is not None:
+        store.write_json(folder / store.BASELINES_FILE, to_json(points, config))
     return points

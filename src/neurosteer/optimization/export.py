@@ -16,18 +16,103 @@ given), its sign rule and score, and the search it came from (`Circuit.search`).
 
 from __future__ import annotations
 
+import logging
 import math
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
 from neurosteer.circuit import Circuit, PromptInfo, SearchProvenance
 from neurosteer.errors import InputError
 from neurosteer.optimization import store
+from neurosteer.optimization.baselines import BaselinePoint
 from neurosteer.optimization.space import Params, build_circuit
-from neurosteer.optimization.study import TrialResult, load_study, trial_results
+from neurosteer.optimization.study import (
+    TrialResult,
+    database_errors,
+    load_study,
+    trial_results,
+)
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_TARGET = 0.10
 """The default `--target-refusal`: at most 10% of held-out answers refused or degenerate."""
+
+METHOD_NAMES = {"caa": "CAA", "direction": "directional ablation"}
+
+
+def target_in_answers(target: float, held_out: int) -> str:
+    """The target refusal in held-out answers, in words: with `held_out` answers the share
+    refused + degenerate moves in steps of one answer (1 / held_out), so a target allows
+    floor(target · held_out) answers.
+
+    Example: `target_in_answers(0.1, 8)` says 0.1 allows 0 of 8 answers (one = 12.5%).
+    """
+    allowed = math.floor(target * held_out + 1e-9)
+    return (
+        f"--target-refusal {target:g} allows {allowed} of {held_out} held-out answers refused "
+        f"or degenerate (one answer = {100 / held_out:.3g}%)"
+    )
+
+
+def coarse_target_warning(target: float, held_out: int) -> str | None:
+    """A warning when a target above 0 is finer than one held-out answer (it then means
+    zero refusals), else None.
+
+    The target is not rounded: rounding up would let the export pick a trial that refuses
+    more than the user asked for, and rounding down is what the rule does anyway; so the
+    rule keeps the target as given and this says what it amounts to.
+    """
+    if held_out < 1 or not 0 < target < 1 / held_out - 1e-12:
+        return None
+    return (
+        f"{target_in_answers(target, held_out)}: it asks for no refused answer at all; give "
+        f"--target-refusal {1 / held_out:.3g} to allow one, or hold out more prompts"
+    )
+
+
+def dominating_baselines(
+    trial: TrialResult, baselines: Sequence[BaselinePoint]
+) -> list[BaselinePoint]:
+    """The baseline points at least as good as `trial` on both objectives (refusal +
+    degenerate, KL) and better on one, best first (lowest refusal + degenerate, then KL)."""
+    if trial.not_success is None:
+        return []
+    a, b = trial.not_success, trial.kl
+    better = [
+        p
+        for p in baselines
+        if p.not_success <= a + 1e-12 and p.kl <= b and (p.not_success < a - 1e-12 or p.kl < b)
+    ]
+    return sorted(better, key=lambda p: (p.not_success, p.kl, p.method, p.s))
+
+
+def baseline_verdict(
+    front: Sequence[TrialResult], baselines: Sequence[BaselinePoint]
+) -> str | None:
+    """One plain sentence when a baseline beats the CNA search's front, else None.
+
+    "Beats" is Pareto dominance on the search's two objectives: every front trial a
+    baseline point dominates is named by the best such point (`dominating_baselines`).
+    """
+    beaten = [(t, dominating_baselines(t, baselines)) for t in front]
+    beaten = [(t, b) for t, b in beaten if b]
+    if not beaten:
+        return None
+    trial, points = min(beaten, key=lambda tb: (tb[0].not_success or 0.0, tb[0].kl))
+    best = points[0]
+    which = (
+        "every trial on the CNA front"
+        if len(beaten) == len(front)
+        else f"{len(beaten)} of the {len(front)} trials on the CNA front"
+    )
+    return (
+        f"A baseline beats {which}: {METHOD_NAMES.get(best.method, best.method)} at s = "
+        f"{best.s:g} (layer {best.layer}) has refused + degenerate {best.not_success:.0%} at "
+        f"KL {best.kl:.3g}, where CNA trial {trial.number} has {trial.not_success:.0%} at KL "
+        f"{trial.kl:.3g}; on these prompts that baseline is the better choice"
+    )
 
 
 def choose_trial(
@@ -81,8 +166,12 @@ def export_circuit(
     """
     folder = Path(run_dir)
     meta = store.read_meta(folder)
-    study = load_study(folder)
-    results = trial_results(study)
+    with database_errors(folder):
+        results = trial_results(load_study(folder))
+    if trial is None:
+        warning = coarse_target_warning(target, held_out_count(meta))
+        if warning is not None:
+            logger.warning("%s", warning)
     chosen, rule = choose_trial(results, trial=trial, target=target)
     table = Circuit.load(folder / store.TABLE_DIR)
     params = Params(
@@ -114,3 +203,13 @@ def export_circuit(
     circuit = replace(circuit, search=provenance)
     circuit.save(out, force=force)
     return circuit, chosen
+
+
+def held_out_count(meta: dict[str, object]) -> int:
+    """The number of held-out positive prompts a search's optimize.json records (0 if none)."""
+    prompts = meta.get("prompts")
+    if not isinstance(prompts, dict):
+        return 0
+    side = prompts.get("held_out_positive")
+    count = side.get("count") if isinstance(side, dict) else None
+    return count if isinstance(count, int) else 0

@@ -28,6 +28,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from neurosteer.evaluation.judges import Judge
@@ -115,9 +116,15 @@ def build_reference(
     *,
     progress: bool = False,
 ) -> Reference:
-    """Measure the unchanged model once: KL reference, answers, refusal tokens."""
+    """Measure the unchanged model once: KL reference, answers, refusal tokens.
+
+    With `progress`, a three-step bar on stderr names each step as it starts (the answers
+    step generates `config.max_new_tokens` tokens per held-out positive prompt, the longest).
+    """
     size, template, system = config.batch_size, config.chat_template, config.system
     template_vars = config.template_vars
+    steps = tqdm(total=3, desc="unchanged model", unit="step", disable=not progress, leave=False)
+    steps.set_postfix_str(f"KL reference, {len(held_out_negative)} held-out negative prompts")
     kl = kl_reference(
         model,
         tokenizer,
@@ -130,6 +137,8 @@ def build_reference(
     )
     # float16 halves the file; every trial compares with these same rounded values
     kl = kl.to(torch.float16)
+    steps.update()
+    steps.set_postfix_str(f"first answer token, {len(held_out_positive)} held-out positive prompts")
     first = kl_reference(
         model,
         tokenizer,
@@ -139,6 +148,11 @@ def build_reference(
         chat_template=template,
         system=system,
         template_vars=template_vars,
+    )
+    steps.update()
+    steps.set_postfix_str(
+        f"answers of {config.max_new_tokens} tokens to {len(held_out_positive)} held-out "
+        "positive prompts"
     )
     unchanged = measure_refusal(
         model,
@@ -151,6 +165,8 @@ def build_reference(
         system=system,
         template_vars=template_vars,
     )
+    steps.update()
+    steps.close()
     tokens = refusal_tokens(first, unchanged)
     mass = _mean_mass(_first_token_probs(first), tokens)
     logger.info(

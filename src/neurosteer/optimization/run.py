@@ -17,11 +17,13 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from neurosteer._version import __version__
 from neurosteer.circuit import Circuit
 from neurosteer.discovery import discover, model_info
+from neurosteer.errors import CircuitFormatError, InputError
 from neurosteer.evaluation.judges import get_judge
 from neurosteer.layout import ModelLayout, resolve_layout
 from neurosteer.optimization import baselines as baseline_points
@@ -37,6 +39,7 @@ from neurosteer.optimization.objectives import (
 from neurosteer.optimization.split import Split, split_prompts
 from neurosteer.optimization.study import (
     TrialResult,
+    database_errors,
     load_study,
     open_study,
     optuna_module,
@@ -151,8 +154,7 @@ def optimize(
                 reference.refusal_mass,
                 MIN_REFUSAL_MASS,
             )
-        study = open_study(folder, config)
-        interrupted = recover_interrupted(study) if folder is not None else []
+        study, interrupted = _open(folder, config, progress)
         run_trials(study, table, objectives, config, progress)
         points = cached_baselines(
             model, tokenizer, split, objectives, config, layout, folder, progress
@@ -168,6 +170,18 @@ def optimize(
         )
 
 
+def _open(folder: Path | None, config: OptimizeConfig, progress: bool) -> tuple[Any, list[int]]:
+    """The study, opened (or created) with a one-step bar: Optuna's database set-up takes
+    seconds; and the trials a killed run left, run again first (see `recover_interrupted`)."""
+    where = "in memory" if folder is None else f"{folder / store.STUDY_FILE}"
+    with tqdm(total=1, desc="study", unit="step", disable=not progress, leave=False) as bar:
+        bar.set_postfix_str(f"opening {where}")
+        study = open_study(folder, config)
+        interrupted = recover_interrupted(study) if folder is not None else []
+        bar.update()
+    return study, interrupted
+
+
 def read_search(run_dir: str | Path) -> SearchResult:
     """A search folder's result without a model (for `--show`).
 
@@ -176,15 +190,17 @@ def read_search(run_dir: str | Path) -> SearchResult:
     """
     folder = Path(run_dir)
     store.read_meta(folder)
-    study = load_study(folder)
-    results = trial_results(study)
-    cached = baseline_points.from_json(store.read_json(folder / store.BASELINES_FILE))
+    with database_errors(folder):
+        study = load_study(folder)
+        results = trial_results(study)
+        interrupted = _failed(study)
+    _, cached = baseline_points.read_cached(folder)
     return SearchResult(
         pareto=tuple(pareto_front(results)),
         trials=tuple(results),
         unchanged=store.unchanged_rates(folder),
         baselines=tuple(cached),
-        interrupted=_failed(study),
+        interrupted=interrupted,
         run_dir=folder,
     )
 
@@ -315,7 +331,10 @@ def _table(
     """The statistics every trial selects from: read back, or recorded once (and saved)."""
     path = None if folder is None else folder / store.TABLE_DIR
     if path is not None and path.exists():
-        table = Circuit.load(path)
+        try:
+            table = Circuit.load(path)
+        except CircuitFormatError as err:
+            raise InputError(f"{err}; delete it and the next run records the table again") from None
         logger.info("resuming with the table in %s", path)
     else:
         table = discover(

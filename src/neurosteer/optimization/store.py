@@ -24,6 +24,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from neurosteer import _run_files
 from neurosteer._io import atomic_file
 from neurosteer.errors import InputError
 from neurosteer.evaluation.kl import KLReference
@@ -47,10 +48,19 @@ IDENTITY_SECTIONS = ("model", "settings", "prompts")
 
 
 def check_folder(run_dir: Path) -> None:
-    """Refuse, before any work, a path that cannot hold a search."""
+    """Refuse, before any work, a path that cannot hold a search.
+
+    A folder holding only hidden entries (the lock file, staging files of a run killed before
+    it wrote optimize.json) recorded nothing: it passes, and the search starts afresh.
+
+    Raises:
+        InputError: a file at `run_dir`, a folder holding other things, an optimize.json that
+            is not a file, or a missing parent folder.
+    """
     if run_dir.exists() and not run_dir.is_dir():
         raise InputError(f"'{run_dir}' is a file; give a folder for the search")
-    if run_dir.is_dir() and any(run_dir.iterdir()) and not (run_dir / META_FILE).is_file():
+    has_meta = _run_files.check_regular(run_dir / META_FILE, _NEW_FOLDER)
+    if _run_files.recorded(run_dir) and not has_meta:
         raise InputError(
             f"'{run_dir}' exists and is not a search folder (no {META_FILE}); choose a new or "
             "empty folder"
@@ -66,15 +76,12 @@ def read_meta(run_dir: Path) -> dict[str, Any]:
         InputError: the folder holds no search, or its optimize.json is unreadable.
     """
     file = run_dir / META_FILE
-    if not file.is_file():
+    data = _run_files.read_object(file, _NEW_FOLDER)
+    if data is None:
         raise InputError(
             f"'{run_dir}' is not a search folder (no {META_FILE}); run `neurosteer optimize "
             "MODEL ... -o FOLDER` first"
         )
-    try:
-        data: dict[str, Any] = json.loads(file.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise InputError(f"{file} is not valid JSON ({err}); is this a search folder?") from None
     if data.get("format") != FORMAT:
         raise InputError(f"{file} is not a neurosteer search file")
     if data.get("format_version") != FORMAT_VERSION:
@@ -135,7 +142,14 @@ def locked(run_dir: Path) -> Iterator[None]:
     except ImportError:  # pragma: no cover - no advisory locks on this system
         yield
         return
-    with (run_dir / LOCK_FILE).open("a") as handle:
+    try:
+        opened = (run_dir / LOCK_FILE).open("a")
+    except OSError as err:
+        raise InputError(
+            f"cannot open the lock file '{run_dir / LOCK_FILE}' ({err.strerror or err}); "
+            "remove it (no run may be using the folder)"
+        ) from None
+    with opened as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -173,41 +187,71 @@ def save_reference(run_dir: Path, reference: Reference) -> None:
 def load_reference(run_dir: Path) -> Reference | None:
     """The stored reference, or None when it was not (completely) written."""
     folder = run_dir / REFERENCE_DIR
-    if not (folder / "unchanged.json").is_file():
+    file = folder / "unchanged.json"
+    fix = _remeasure(folder, "the unchanged model's answers and KL reference")
+    data = _run_files.read_object(file, fix)
+    if data is None:
         return None
-    data = json.loads((folder / "unchanged.json").read_text(encoding="utf-8"))
-    unchanged = JudgedAnswers(
-        tuple(data["prompts"]), tuple(data["answers"]), tuple(data["labels"]), data["rates"]
-    )
+    try:
+        unchanged = JudgedAnswers(
+            tuple(data["prompts"]), tuple(data["answers"]), tuple(data["labels"]), data["rates"]
+        )
+        refusal_tokens = tuple(int(t) for t in data["refusal_tokens"])
+        refusal_mass = float(data["refusal_mass"])
+    except (KeyError, TypeError, ValueError) as err:
+        raise InputError(f"'{file}' lacks a readable {err}; {fix}") from None
+    try:
+        kl = KLReference.load(folder / "kl.safetensors")
+        first_token = KLReference.load(folder / "first_token.safetensors")
+    except InputError as err:
+        raise InputError(f"{err}; {fix}") from None
     return Reference(
-        kl=KLReference.load(folder / "kl.safetensors"),
-        first_token=KLReference.load(folder / "first_token.safetensors"),
+        kl=kl,
+        first_token=first_token,
         unchanged=unchanged,
-        refusal_tokens=tuple(int(t) for t in data["refusal_tokens"]),
-        refusal_mass=float(data["refusal_mass"]),
+        refusal_tokens=refusal_tokens,
+        refusal_mass=refusal_mass,
     )
 
 
 def unchanged_rates(run_dir: Path) -> dict[str, float] | None:
     """The unchanged model's rates on the held-out positives, without loading tensors."""
-    file = run_dir / REFERENCE_DIR / "unchanged.json"
-    if not file.is_file():
+    folder = run_dir / REFERENCE_DIR
+    fix = _remeasure(folder, "the unchanged model's answers and KL reference")
+    data = _run_files.read_object(folder / "unchanged.json", fix)
+    if data is None:
         return None
-    rates: dict[str, float] = json.loads(file.read_text(encoding="utf-8"))["rates"]
+    rates = data.get("rates")
+    if not isinstance(rates, dict):
+        raise InputError(f"'{folder / 'unchanged.json'}' lacks the unchanged rates; {fix}")
     return rates
 
 
-def read_json(file: Path) -> Any:
-    """A JSON file of the folder, or None when absent."""
-    if not file.is_file():
-        return None
-    return json.loads(file.read_text(encoding="utf-8"))
+def read_json(file: Path, what: str = "its contents") -> Any:
+    """A JSON file of the folder, or None when absent.
+
+    Args:
+        file: the file.
+        what: what a run measures again when the file is deleted (for the error's fix).
+
+    Raises:
+        InputError: the file is unreadable, not JSON, or a folder (`_run_files.read_json`).
+    """
+    return _run_files.read_json(file, _remeasure(file, what))
 
 
 def write_json(file: Path, data: Any) -> None:
     """Write `data` as JSON atomically."""
     with atomic_file(file, force=True) as staging:
         staging.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+_NEW_FOLDER = "move it away, or start the search in a new output folder"
+
+
+def _remeasure(path: Path, what: str) -> str:
+    """The fix for a damaged file that a run can measure again."""
+    return f"delete '{path}' and the next run measures {what} again"
 
 
 def _short(value: Any) -> str:

@@ -15,10 +15,13 @@ with exactly `trials` finished trials, each point measured once.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from neurosteer import _run_files
 from neurosteer.errors import InputError
 from neurosteer.optimization.config import OptimizeConfig
 from neurosteer.optimization.store import STUDY_FILE
@@ -27,6 +30,7 @@ logger = logging.getLogger(__name__)
 
 STUDY_NAME = "neurosteer-optimize"
 OBJECTIVES = ("refusal+degenerate", "kl")
+SQLITE_HEADER = b"SQLite format 3\x00"
 
 
 def optuna_module() -> Any:
@@ -55,40 +59,119 @@ def open_study(run_dir: Path | None, config: OptimizeConfig) -> Any:
     storage = None
     existing = 0
     if run_dir is not None:
-        storage = optuna.storages.RDBStorage(
-            storage_url(run_dir), engine_kwargs={"connect_args": {"timeout": 60}}
-        )
-        try:
-            study_id = storage.get_study_id_from_name(STUDY_NAME)
-        except KeyError:
-            existing = 0
-        else:
-            existing = len(storage.get_all_trials(study_id, deepcopy=False))
+        with database_errors(run_dir):
+            check_database(run_dir)
+            storage = optuna.storages.RDBStorage(
+                storage_url(run_dir), engine_kwargs={"connect_args": {"timeout": 60}}
+            )
+            try:
+                study_id = storage.get_study_id_from_name(STUDY_NAME)
+            except KeyError:  # a run stopped before it created the study: start afresh
+                existing = 0
+            else:
+                existing = len(storage.get_all_trials(study_id, deepcopy=False))
     seed = config.seed + existing
     if config.sampler == "tpe":
         sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=config.startup_trials)
     else:
         sampler = optuna.samplers.NSGAIISampler(seed=seed)
-    return optuna.create_study(
-        study_name=STUDY_NAME,
-        storage=storage,
-        sampler=sampler,
-        directions=["minimize", "minimize"],
-        load_if_exists=True,
-    )
+    with database_errors(run_dir):
+        return optuna.create_study(
+            study_name=STUDY_NAME,
+            storage=storage,
+            sampler=sampler,
+            directions=["minimize", "minimize"],
+            load_if_exists=True,
+        )
 
 
 def load_study(run_dir: Path) -> Any:
     """The study of a search folder, read only (no sampler needed).
 
     Raises:
-        InputError: the folder has no study.
+        InputError: the folder has no study (no study.db, an empty one, or one a run killed
+            before its first trial left without a study), or study.db is damaged, not SQLite,
+            unreadable or of another Optuna's schema (`check_database`, `database_errors`).
     """
     optuna = optuna_module()
-    if not (run_dir / STUDY_FILE).is_file():
-        raise InputError(f"'{run_dir}' holds no study yet ({STUDY_FILE}); run the search first")
-    storage = optuna.storages.RDBStorage(storage_url(run_dir))
-    return optuna.load_study(study_name=STUDY_NAME, storage=storage)
+    none_yet = f"'{run_dir}' holds no study yet ({STUDY_FILE}"
+    if not check_database(run_dir):
+        raise InputError(f"{none_yet}); run the search first")
+    with database_errors(run_dir):
+        storage = optuna.storages.RDBStorage(storage_url(run_dir))
+        try:
+            storage.get_study_id_from_name(STUDY_NAME)
+        except KeyError:
+            raise InputError(
+                f"{none_yet} has none: the search was stopped before it began); run the search "
+                "again to start it"
+            ) from None
+        return optuna.load_study(study_name=STUDY_NAME, storage=storage)
+
+
+def check_database(run_dir: Path) -> bool:
+    """Whether the folder's study.db holds anything (False: absent or zero bytes, which
+    SQLite reads as a new database).
+
+    Raises:
+        InputError: study.db is a folder, unreadable, or not an SQLite database.
+    """
+    file = run_dir / STUDY_FILE
+    if not _run_files.check_regular(file, _FIX):
+        return False
+    try:
+        with file.open("rb") as handle:
+            head = handle.read(len(SQLITE_HEADER))
+    except OSError as err:
+        raise InputError(f"cannot read '{file}' ({err.strerror or err}); {_FIX}") from None
+    if not head:
+        return False
+    if head != SQLITE_HEADER:
+        raise InputError(f"'{file}' is not an SQLite database, so not the search's study; {_FIX}")
+    return True
+
+
+@contextmanager
+def database_errors(run_dir: Path | None) -> Iterator[None]:
+    """Turn what Optuna and SQLAlchemy raise for a damaged or foreign study.db into one line.
+
+    Raises:
+        InputError: for a schema of another Optuna version (Optuna's RuntimeError) or a
+            database error (truncated, malformed, locked, unreadable).
+    """
+    if run_dir is None:
+        yield
+        return
+    from sqlalchemy.exc import SQLAlchemyError
+
+    file = run_dir / STUDY_FILE
+    try:
+        yield
+    except RuntimeError as err:
+        if "table schema" not in str(err):
+            raise
+        optuna = optuna_module()
+        fix = (
+            f"upgrade it with `optuna storage upgrade --storage {storage_url(run_dir)}`"
+            if "upgrade --storage" in str(err)
+            else "install the newer Optuna that wrote it (pip install -U optuna)"
+        )
+        raise InputError(
+            f"'{file}' was written by an Optuna whose database schema differs from the "
+            f"installed Optuna {optuna.__version__}'s; {fix}, or start the search in a new "
+            "output folder"
+        ) from None
+    except SQLAlchemyError as err:
+        reason = str(getattr(err, "orig", None) or err).splitlines()[0]
+        raise InputError(
+            f"'{file}' cannot be read as the search's study ({reason}); {_FIX}"
+        ) from None
+
+
+_FIX = (
+    "move it away (the search then starts afresh, keeping the recorded table and reference), "
+    "or start the search in a new output folder"
+)
 
 
 def recover_interrupted(study: Any) -> list[int]:

@@ -22,6 +22,7 @@ from typing import Any
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from neurosteer import _run_files
 from neurosteer._version import __version__
 from neurosteer.discovery import model_info
 from neurosteer.errors import InputError
@@ -142,7 +143,7 @@ def _run_folder(out_dir: str | Path) -> Path:
     run_dir = Path(out_dir)
     if run_dir.exists() and not run_dir.is_dir():
         raise InputError(f"'{run_dir}' is a file; give a folder for the sweep")
-    if run_dir.is_dir() and any(run_dir.iterdir()) and not (run_dir / CONFIG_FILE).is_file():
+    if _run_files.recorded(run_dir) and read_config(run_dir) is None:
         raise InputError(
             f"'{run_dir}' exists and is not a sweep folder (no {CONFIG_FILE}); choose a new or "
             "empty folder"

@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from neurosteer import _run_files
 from neurosteer.errors import InputError
 
 logger = logging.getLogger(__name__)
@@ -56,15 +57,13 @@ def answers_name(method: str, strength: float, seed: int | None) -> str:
 def read_results(run_dir: str | Path) -> list[dict[str, Any]]:
     """The finished points of a run, in the order they finished (a torn last line is skipped)."""
     file = Path(run_dir) / RESULTS_FILE
-    if not file.is_file():
-        return []
     records = []
-    lines = file.read_text(encoding="utf-8").split("\n")
+    lines = _lines(file)
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         try:
-            records.append(json.loads(line))
+            record = json.loads(line)
         except json.JSONDecodeError:
             if number == len(lines):  # no newline after it: the write was cut off
                 logger.warning("%s: ignoring a torn last line (an interrupted write)", file)
@@ -72,7 +71,27 @@ def read_results(run_dir: str | Path) -> list[dict[str, Any]]:
             raise InputError(
                 f"{file}:{number} is not valid JSON; fix or remove that line"
             ) from None
+        if not isinstance(record, dict) or "method" not in record or "strength" not in record:
+            raise InputError(f"{file}:{number} is not a sweep point; fix or remove that line")
+        records.append(record)
     return records
+
+
+def _lines(file: Path) -> list[str]:
+    """The lines of a run folder's JSON-lines file ([] when absent).
+
+    Raises:
+        InputError: a folder at its name, an unreadable file, or bytes that are not UTF-8.
+    """
+    fix = "move it away, or use a new output folder"
+    if not _run_files.check_regular(file, fix):
+        return []
+    try:
+        return file.read_bytes().decode("utf-8").split("\n")
+    except OSError as err:
+        raise InputError(f"cannot read '{file}' ({err.strerror or err}); {fix}") from None
+    except UnicodeDecodeError as err:
+        raise InputError(f"'{file}' is not UTF-8 text (byte {err.start}); {fix}") from None
 
 
 def append_result(run_dir: str | Path, record: dict[str, Any]) -> None:
@@ -93,10 +112,27 @@ def write_answers(run_dir: str | Path, name: str, rows: Sequence[dict[str, Any]]
 
 
 def read_answers(run_dir: str | Path, name: str) -> list[dict[str, Any]]:
+    """A point's answers ([] when the file is absent).
+
+    Raises:
+        InputError: the file is unreadable, or a line is not a JSON object (names file:line).
+    """
     file = Path(run_dir) / name
-    if not file.is_file():
-        return []
-    return [json.loads(line) for line in file.read_text(encoding="utf-8").splitlines() if line]
+    rows = []
+    for number, line in enumerate(_lines(file), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            row = None
+        if not isinstance(row, dict):
+            raise InputError(
+                f"{file}:{number} is not a JSON object (truncated or damaged); delete the file "
+                "and its line in results.jsonl to measure that point again"
+            )
+        rows.append(row)
+    return rows
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -116,14 +152,16 @@ def write_atomic(path: Path, text: str) -> None:
 
 
 def read_config(run_dir: str | Path) -> dict[str, Any] | None:
+    """config.json of a sweep folder, or None when absent.
+
+    Raises:
+        InputError: it is damaged, unreadable, a folder, or not a JSON object
+            (`_run_files.read_object`).
+    """
     file = Path(run_dir) / CONFIG_FILE
-    if not file.is_file():
-        return None
-    try:
-        data: dict[str, Any] = json.loads(file.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise InputError(f"{file} is not valid JSON ({err.msg}); is this a sweep folder?") from None
-    return data
+    return _run_files.read_object(
+        file, "is this a sweep folder? Move the file away, or use a new output folder"
+    )
 
 
 def check_or_write_config(run_dir: str | Path, meta: dict[str, Any]) -> None:
