@@ -264,13 +264,13 @@ def test_cli_one_line_errors(search: Search, tmp_path: Path) -> None:
     )
     _one_line_error(
         _invoke(_search_args(search.files, search.folder, "--trials", 9, "--kl", "mean")),
-        "holds a search with other settings",
-        "settings.kl",
+        "holds a search from other settings",
+        "kl:",
     )
     # checked before the model loads: no model at that path, still the settings' error
     args = _search_args(search.files, search.folder, "--trials", 9, "--max-new-tokens", 20)
     args[1] = tmp_path / "no-such-model"
-    _one_line_error(_invoke(args), "settings.max_new_tokens: 40 -> 20")
+    _one_line_error(_invoke(args), "max_new_tokens: 40 -> 20")
     _one_line_error(
         _invoke(["optimize", search.folder]), "is a search folder: add --show or --export"
     )
