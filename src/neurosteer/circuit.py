@@ -50,7 +50,7 @@ from neurosteer.errors import (
     NeurosteerError,
     UnsupportedModelError,
 )
-from neurosteer.fingerprint import WeightsFingerprint, baked_on, weights_fingerprint
+from neurosteer.fingerprint import WeightsFingerprint, baked_on, same_weights
 from neurosteer.gguf.reader import FileIdentity
 from neurosteer.hooks import EditState, HookSet, add_neuron_scalers
 from neurosteer.intervention import HookedIntervention, Installer
@@ -351,11 +351,8 @@ class Circuit(HookedIntervention):
 
     def _check_weights(self, model: nn.Module) -> None:
         """Warn (once per model) when the model's weights differ from those this circuit was
-        found on, by `WeightsFingerprint.same_as` (the shapes already fit)."""
-        if (
-            self.model.weights is None
-            or self.model.weights.same_as(weights_fingerprint(model)) is not False
-        ):
+        found on, by `neurosteer.fingerprint.same_weights` (the shapes already fit)."""
+        if self.model.weights is None or same_weights(self.model.weights, model) is not False:
             return
         _warn_once(
             model,

@@ -27,13 +27,14 @@ import hashlib
 import json
 import struct
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import torch
 from torch import nn
 
-from neurosteer.gguf.reader import read_header
+from neurosteer.gguf.reader import GGUFHeader, read_header
 
 _FILES_ATTRIBUTE = "neurosteer_weight_files"
 _BAKED_ATTRIBUTE = "neurosteer_baked"
@@ -99,6 +100,15 @@ def weights_fingerprint(source: nn.Module | str | Path) -> WeightsFingerprint:
     return WeightsFingerprint(files=files_digest(weight_files(Path(source))))
 
 
+def same_weights(recorded: WeightsFingerprint, model: nn.Module) -> bool | None:
+    """`recorded.same_as(weights_fingerprint(model))`, reading the model's values only when
+    the files kind cannot decide (steering calls this on every `steer`)."""
+    files = getattr(model, _FILES_ATTRIBUTE, None)
+    if recorded.files is not None and isinstance(files, str):
+        return recorded.files == files
+    return recorded.same_as(weights_fingerprint(model))
+
+
 def remember_files(model: nn.Module, files: list[Path]) -> None:
     """Record on `model` the fingerprint of the files it was just loaded from, and what a
     baked checkpoint among them says it carries (`baked_on`)."""
@@ -160,7 +170,7 @@ def _layout(file: Path, handle: BinaryIO, size: int) -> tuple[int, list[tuple[in
     """(end of the header, [(start, end) byte span of each tensor's data]) of a weight file;
     a file without a readable index is one span after its first 64 KiB."""
     if file.suffix == ".gguf":
-        header = read_header(file)
+        header = gguf_header(file)
         starts = sorted(header.data_offset + t.offset for t in header.tensors)
         return header.index_end, list(zip(starts, [*starts[1:], size], strict=True))
     if file.suffix == ".safetensors" and size >= 8:
@@ -207,7 +217,7 @@ def baked_record(path: Path) -> dict[str, Any] | None:
     if path.is_dir() and (path / BAKED_FILE).is_file():
         text = (path / BAKED_FILE).read_text(encoding="utf-8", errors="replace")
     elif path.suffix.lower() == ".gguf" and path.is_file():
-        text = read_header(path).value(GGUF_PROVENANCE_KEY)
+        text = gguf_header(path).value(GGUF_PROVENANCE_KEY)
     if not isinstance(text, str):
         return None
     try:
@@ -215,3 +225,16 @@ def baked_record(path: Path) -> dict[str, Any] | None:
     except ValueError:  # a damaged record says nothing reliable; treat it as absent
         return None
     return data if isinstance(data, dict) else None
+
+
+def gguf_header(path: Path) -> GGUFHeader:
+    """`read_header`, kept for the same unchanged file (a 150k-token vocabulary takes about a
+    second to skip, and a load reads the header for the fingerprint, the baked record and the
+    circuit's shape check)."""
+    stat = path.stat()
+    return _cached_header(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+@lru_cache(maxsize=4)
+def _cached_header(path: str, _size: int, _mtime_ns: int) -> GGUFHeader:
+    return read_header(path)

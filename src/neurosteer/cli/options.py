@@ -99,10 +99,10 @@ def check_before_loading(circuit: Any, params: dict[str, Any]) -> None:
         return
     gguf_file = find_gguf(path)
     if gguf_file is not None:
+        from neurosteer.fingerprint import gguf_header
         from neurosteer.gguf.bake import circuit_tensors
-        from neurosteer.gguf.reader import read_header
 
-        circuit_tensors(read_header(gguf_file), circuit)
+        circuit_tensors(gguf_header(gguf_file), circuit)
         circuit.refuse_baked(baked_record(gguf_file), f"'{gguf_file}'", warn=False)
         return
     if params["trust_remote_code"] or not (path / "config.json").is_file():
