@@ -188,12 +188,17 @@ def test_a_model_that_carries_the_circuit_is_not_steered_or_baked_with_it_again(
         neurosteer.steer(baked, circuit).__enter__()
     with pytest.raises(CircuitMismatchError, match="already has this circuit baked"):
         neurosteer.bake(baked, circuit, 0.0)
-    with (
-        caplog.at_level(logging.WARNING, logger="neurosteer.circuit"),
-        neurosteer.steer(baked, other),
-    ):
-        pass
-    assert any("another circuit baked" in r.getMessage() for r in caplog.records)
+    part = hand_circuit(instruct, {3: [0]})  # a smaller circuit of the same neurons
+    with pytest.raises(CircuitMismatchError, match="already has this circuit baked"):
+        neurosteer.steer(baked, part).__enter__()
+    overlapping = hand_circuit(instruct, {3: [0, 2]})
+    with caplog.at_level(logging.WARNING, logger="neurosteer.circuit"):
+        for intervention in (other, overlapping):
+            with neurosteer.steer(baked, intervention):
+                pass
+    said = [r.getMessage() for r in caplog.records]
+    assert any("already has another circuit baked" in m for m in said)
+    assert any("already has 1 of this circuit's neurons baked" in m for m in said)
 
 
 def _no_load(*_args: object, **_kwargs: object) -> None:

@@ -334,19 +334,21 @@ class Circuit(HookedIntervention):
         """
         if record is None:
             return
-        baked = record.get("circuits") or [record.get("circuit") or {}]
-        mine = {str(layer): idx.tolist() for layer, idx in self.by_layer().items()}
-        if any(isinstance(c, dict) and c.get("neurons") == mine for c in baked):
+        baked = _baked_neurons(record)
+        mine = set(zip(self.layers.tolist(), self.neurons.tolist(), strict=True))
+        if mine and mine <= baked:
             raise CircuitMismatchError(
                 f"{where} already has this circuit baked into its weights (multiplier "
                 f"{record.get('multiplier', record.get('strength'))}); applying it again would "
                 "scale its neurons twice: use the model it was baked from, or this one as it is"
             )
         if warn:
+            shared = len(mine & baked)
+            what = f"{shared} of this circuit's neurons" if shared else "another circuit"
             _warn_once(
                 where if about is None else about,
-                f"{where} already has another circuit baked into its weights; the result carries "
-                "both",
+                f"{where} already has {what} baked into its weights; the result scales "
+                f"{'them twice' if shared else 'both'}",
             )
 
     def _check_weights(self, model: nn.Module) -> None:
@@ -610,6 +612,17 @@ class Circuit(HookedIntervention):
             )
         except (KeyError, TypeError, IndexError) as err:
             raise CircuitFormatError(f"'{folder}' is missing a field: {err}") from None
+
+
+def _baked_neurons(record: dict[str, Any]) -> set[tuple[int, int]]:
+    """{(layer, neuron)} of every circuit a baked checkpoint's record names."""
+    circuits = record.get("circuits") or [record.get("circuit") or {}]
+    found: set[tuple[int, int]] = set()
+    for circuit in circuits:
+        neurons = circuit.get("neurons") if isinstance(circuit, dict) else None
+        for layer, indices in (neurons or {}).items():
+            found.update((int(layer), int(n)) for n in indices)
+    return found
 
 
 _WARNED: weakref.WeakKeyDictionary[Any, set[str]] = weakref.WeakKeyDictionary()
