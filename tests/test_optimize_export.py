@@ -301,8 +301,11 @@ def test_a_version_1_circuit_still_loads(tiny_llama: tuple, tmp_path: Path) -> N
     model, _ = tiny_llama
     with neurosteer.steer(model, circuit) as handle:
         assert handle.strength == 0.0
-    again = Circuit.load(circuit.save(tmp_path / "v2.circuit"))
-    assert json.loads((tmp_path / "v2.circuit" / "circuit.json").read_text())["format_version"] == 2
+    again = Circuit.load(circuit.save(tmp_path / "new.circuit"))
+    assert (
+        json.loads((tmp_path / "new.circuit" / "circuit.json").read_text())["format_version"] == 3
+    )
+    assert circuit.model.weights is None  # a version-1 file does not know its weights
     assert again.settings == circuit.settings
     assert torch.equal(again.neurons, circuit.neurons)
 
