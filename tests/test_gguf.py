@@ -435,7 +435,10 @@ def test_baking_a_baked_file_replaces_the_provenance(f16_case: Case, tmp_path: P
     first = tmp_path / "once.gguf"
     bake_gguf(case.path, case.circuit, 0.0, first)
     second = tmp_path / "twice.gguf"
-    bake_gguf(first, case.circuit, 0.5, second)
+    with pytest.raises(CircuitMismatchError, match="already has this circuit baked"):
+        bake_gguf(first, case.circuit, 0.5, second)  # its neurons would be scaled twice
+    another = hand_circuit(case.model, {2: [1, 4]})
+    bake_gguf(first, another, 0.5, second)
     header = read_header(second)
     assert len(header.metadata) == len(read_header(first).metadata)
     assert header.value("neurosteer.multiplier") == 0.5

@@ -234,7 +234,7 @@ def test_folder_of_another_model_or_other_settings_is_refused(
     folder = tmp_path / "s"
     optimize(model, tok, harmful, benign, config=quick(trials=1), run_dir=folder, neutral=neutral())
     meta = (folder / META_FILE).read_text()
-    with pytest.raises(InputError, match=r"settings\.max_new_tokens: 40 -> 20") as info:
+    with pytest.raises(InputError, match=r"other settings \(max_new_tokens: 40 -> 20") as info:
         optimize(
             model,
             tok,
@@ -245,7 +245,7 @@ def test_folder_of_another_model_or_other_settings_is_refused(
             neutral=neutral(),
         )
     assert "\n" not in str(info.value)
-    with pytest.raises(InputError, match=r"prompts\.held_out_positive"):
+    with pytest.raises(InputError, match=r"other prompts \(.*held_out_positive"):
         optimize(
             model,
             tok,
@@ -259,7 +259,9 @@ def test_folder_of_another_model_or_other_settings_is_refused(
     small = quick(
         trials=2, held_out_positive=2, held_out_negative=2, judge="sweep", max_new_tokens=40
     )
-    with pytest.raises(InputError, match=r"model\.config_hash"):
+    with pytest.raises(
+        InputError, match=r"holds a search from another model \(it ran on .*organism.*config hash"
+    ):
         optimize(
             other,
             other_tok,

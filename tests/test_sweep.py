@@ -147,9 +147,9 @@ def test_a_different_sweep_in_the_same_folder_is_refused(
     config = _config(methods=("cna",), strengths=(1.0,))
     _run(tiny_llama, config, out, positive_prompts, negative_prompts)
     other = _config(methods=("cna",), strengths=(1.0,), max_new_tokens=7)
-    with pytest.raises(InputError, match=r"other settings.*max_new_tokens: 5 -> 7"):
+    with pytest.raises(InputError, match=r"other settings \(max_new_tokens: 5 -> 7"):
         _run(tiny_llama, other, out, positive_prompts, negative_prompts)
-    with pytest.raises(InputError, match=r"prompts\.positive"):
+    with pytest.raises(InputError, match=r"other prompts \(positive: 8 -> 4 prompts"):
         _run(tiny_llama, config, out, positive_prompts[:4], negative_prompts)
     assert len(read_results(out)) == 2  # nothing was added or lost
 

@@ -36,12 +36,13 @@ from neurosteer._io import atomic_directory
 from neurosteer._version import __version__
 from neurosteer.circuit import Circuit, as_circuits
 from neurosteer.errors import InputError
+from neurosteer.fingerprint import BAKED_FILE, baked_on, mark_baked, weights_fingerprint
 from neurosteer.hooks.edits import scale_values
 from neurosteer.intervention import Bound, Intervention, check_strength
 from neurosteer.layout import ModelLayout
 from neurosteer.steering import Steerable
 
-PROVENANCE_FILE = "neurosteer.json"
+PROVENANCE_FILE = BAKED_FILE
 
 
 class BakeHandle:
@@ -189,6 +190,8 @@ def bake_circuits(
     edited = [sites[layer] for _, sites, by_layer in plans for layer in by_layer]
     require_editable(model, edited, "bake the circuit")
     handle = BakeHandle()
+    before = baked_on(model)
+    handle.on_undo(lambda: mark_baked(model, before))
     try:
         with torch.no_grad():
             for c_layout, sites, by_layer in plans:
@@ -202,6 +205,9 @@ def bake_circuits(
     except BaseException:
         handle.undo()
         raise
+    # Steering this model with one of these circuits now would apply it twice (see
+    # `Circuit.layout_on`); the mark goes with `handle.undo()`.
+    mark_baked(model, provenance(list(circuits), m))
     return handle
 
 
@@ -249,6 +255,7 @@ def save_baked(
     )
     value = check_strength(strength, default)
     require_editable(model, [model], "save a baked checkpoint")
+    source = weights_fingerprint(model)
     with atomic_directory(out_dir, force=force) as staging:
         handle = bake(model, intervention, value, layout=layout)
         try:
@@ -256,7 +263,7 @@ def save_baked(
         finally:
             handle.undo()
         tokenizer.save_pretrained(staging)
-        record = provenance(intervention, value)
+        record = provenance(intervention, value) | {"source_weights": asdict(source)}
         (staging / PROVENANCE_FILE).write_text(json.dumps(record, indent=2, sort_keys=True))
     return Path(out_dir)
 

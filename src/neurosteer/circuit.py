@@ -15,14 +15,16 @@ the provenance a reader needs to trust or reproduce it. On disk it is a folder:
 No timestamps: the same inputs give the same files, byte for byte. Writes are atomic.
 
 Format versions: 1 (the first), 2 (adds `Settings.multiplier`, `Settings.score` and the
-"search" section). This version reads both; a version-1 file reads with the defaults of the
-new fields (no stored multiplier, the plain difference of means, no search).
+"search" section), 3 (adds `ModelInfo.weights`, the fingerprint of the weights). This version
+reads all three; an older file reads with the defaults of the new fields (no stored
+multiplier, the plain difference of means, no search, weights unknown).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import weakref
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -49,6 +51,7 @@ from neurosteer.errors import (
     NeurosteerError,
     UnsupportedModelError,
 )
+from neurosteer.fingerprint import WeightsFingerprint, baked_on, same_weights
 from neurosteer.gguf.reader import FileIdentity
 from neurosteer.hooks import EditState, HookSet, add_neuron_scalers
 from neurosteer.intervention import OLD_STRENGTH, HookedIntervention, Installer
@@ -59,8 +62,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-FORMAT_VERSION = 2
-READABLE_VERSIONS = (1, 2)
+FORMAT_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
 """Circuit format versions `Circuit.load` reads (see the module docstring)."""
 METADATA_FILE = "circuit.json"
 TENSORS_FILE = "tensors.safetensors"
@@ -73,7 +76,9 @@ class ModelInfo:
     """Which model a circuit was found on, and where its neurons sit.
 
     `file` names the GGUF file (name, size, hash of its header and tensor index) when the
-    model was loaded from one; None for transformers checkpoints.
+    model was loaded from one; None for transformers checkpoints. `weights` is the
+    fingerprint of the weights (`neurosteer.fingerprint`); None in files of version 2 and
+    older.
     """
 
     name_or_path: str
@@ -86,13 +91,16 @@ class ModelInfo:
     site_path: str
     config_hash: str
     file: FileIdentity | None = None
+    weights: WeightsFingerprint | None = None
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelInfo:
-        """The inverse of `dataclasses.asdict` (circuits written before `file` existed load too)."""
+        """The inverse of `dataclasses.asdict` (circuits written before `file` or `weights`
+        existed load too)."""
         fields = dict(data)
         if fields.get("file") is not None:
             fields["file"] = FileIdentity(**fields["file"])
+        fields["weights"] = WeightsFingerprint.from_dict(fields.get("weights"))
         return cls(**fields)
 
 
@@ -310,7 +318,57 @@ class Circuit(HookedIntervention):
             except UnsupportedModelError as err:
                 raise self._unresolved(model, err) from None
         self.check_fits(layout)
+        self.refuse_baked(baked_on(model), "this model", about=model)
+        self._check_weights(model)
         return layout
+
+    def refuse_baked(
+        self, record: dict[str, Any] | None, where: str, *, about: object = None, warn: bool = True
+    ) -> None:
+        """Refuse a checkpoint that already carries this circuit in its weights; warn when it
+        carries another one.
+
+        Args:
+            record: what the checkpoint says was baked into it (`neurosteer.fingerprint.
+                baked_record`, `baked_on`); None for a checkpoint that was not baked.
+            where: how to name the checkpoint in the message ("this model", a path).
+            about: what the warning is said once for (default: `where`).
+            warn: False: only refuse (a check made again once the model is loaded warns).
+
+        Raises:
+            CircuitMismatchError: this circuit's neurons are among those baked in.
+        """
+        if record is None:
+            return
+        baked = _baked_neurons(record)
+        mine = set(zip(self.layers.tolist(), self.neurons.tolist(), strict=True))
+        if mine and mine <= baked:
+            raise CircuitMismatchError(
+                f"{where} already has this circuit baked into its weights (multiplier "
+                f"{record.get('multiplier', record.get('strength'))}); applying it again would "
+                "scale its neurons twice: use the model it was baked from, or this one as it is"
+            )
+        if warn:
+            shared = len(mine & baked)
+            what = f"{shared} of this circuit's neurons" if shared else "another circuit"
+            _warn_once(
+                where if about is None else about,
+                f"{where} already has {what} baked into its weights; the result scales "
+                f"{'them twice' if shared else 'both'}",
+            )
+
+    def _check_weights(self, model: nn.Module) -> None:
+        """Warn (once per model) when the model's weights differ from those this circuit was
+        found on, by `neurosteer.fingerprint.same_weights` (the shapes already fit)."""
+        if self.model.weights is None or same_weights(self.model.weights, model) is not False:
+            return
+        _warn_once(
+            model,
+            f"this circuit was found on other weights of the same shape ({self.model.name_or_path}"
+            f", weights {self.model.weights.short()}) than this model's; its neurons may mean "
+            "something else here (a quantized or float16 copy also counts as other weights): "
+            "discover a circuit on this model",
+        )
 
     def _unresolved(self, model: nn.Module, err: UnsupportedModelError) -> NeurosteerError:
         """The error for recorded paths that do not resolve: a shape or family mismatch if
@@ -560,6 +618,36 @@ class Circuit(HookedIntervention):
             )
         except (KeyError, TypeError, IndexError) as err:
             raise CircuitFormatError(f"'{folder}' is missing a field: {err}") from None
+
+
+def _baked_neurons(record: dict[str, Any]) -> set[tuple[int, int]]:
+    """{(layer, neuron)} of every circuit a baked checkpoint's record names."""
+    circuits = record.get("circuits") or [record.get("circuit") or {}]
+    found: set[tuple[int, int]] = set()
+    for circuit in circuits:
+        neurons = circuit.get("neurons") if isinstance(circuit, dict) else None
+        for layer, indices in (neurons or {}).items():
+            found.update((int(layer), int(n)) for n in indices)
+    return found
+
+
+_WARNED: weakref.WeakKeyDictionary[Any, set[str]] = weakref.WeakKeyDictionary()
+_WARNED_PATHS: set[tuple[str, str]] = set()
+
+
+def _warn_once(about: object, message: str) -> None:
+    """Log `message` as a warning the first time it is said about `about` (a model, or a
+    path given as text), so a sweep steering one model many times says it once."""
+    if isinstance(about, str):
+        if (about, message) in _WARNED_PATHS:
+            return
+        _WARNED_PATHS.add((about, message))
+    else:
+        said = _WARNED.setdefault(about, set())
+        if message in said:
+            return
+        said.add(message)
+    logger.warning(message)
 
 
 def _search(data: dict[str, Any] | None) -> SearchProvenance | None:

@@ -29,6 +29,7 @@ from neurosteer.attribution import (
 )
 from neurosteer.circuit import Circuit, DeltaTable, ModelInfo, PromptInfo, Settings
 from neurosteer.errors import InputError
+from neurosteer.fingerprint import weights_fingerprint
 from neurosteer.gguf.loading import source_file
 from neurosteer.layout import ModelLayout, resolve_layout
 from neurosteer.prompts import encode_for_model, load_prompts, prompt_hash, uses_chat_template
@@ -265,7 +266,8 @@ def _select(
 
 
 def model_info(model: PreTrainedModel, layout: ModelLayout) -> ModelInfo:
-    """Provenance of the model: name, type, shape and a hash of its config."""
+    """Provenance of the model: name, type, shape, a hash of its config and a fingerprint of
+    its weights."""
     config = model.config
     architectures = getattr(config, "architectures", None) or [type(model).__name__]
     return ModelInfo(
@@ -281,6 +283,7 @@ def model_info(model: PreTrainedModel, layout: ModelLayout) -> ModelInfo:
         site_path=layout.site_path,
         config_hash=config_hash(config.to_dict()),
         file=source_file(model),
+        weights=weights_fingerprint(model),
     )
 
 

@@ -27,6 +27,7 @@ from transformers import (
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
 from neurosteer.errors import InputError, ModelLoadError
+from neurosteer.fingerprint import remember_files, weight_files
 from neurosteer.gguf.loading import find_gguf, load_gguf
 
 logger = logging.getLogger(__name__)
@@ -120,6 +121,7 @@ def load_model(
             max_memory=max_memory,
             progress=progress,
         )
+        remember_files(model, [gguf_file])
         return _ready(model, tokenizer, target)
     source, local = _resolve_source(name_or_path)
     common: dict[str, Any] = {"revision": revision, "trust_remote_code": trust_remote_code}
@@ -131,6 +133,7 @@ def load_model(
         "offload_folder": str(offload_folder) if offload_folder is not None else None,
     }
     model = _load_weights(source, config, torch_dtype, {**placement, **common})
+    remember_files(model, _checkpoint_files(source, local=local, revision=revision))
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, **common)
     except (OSError, ValueError) as err:
@@ -169,6 +172,19 @@ def _load_weights(
     except OSError as err:
         raise _not_available(source, err) from None
     return model
+
+
+def _checkpoint_files(source: str, *, local: bool, revision: str | None) -> list[Path]:
+    """The weight files `from_pretrained` just read (a hub id: from the local cache); none
+    when they cannot be found, which leaves the weights to the params fingerprint."""
+    try:
+        if local:
+            return weight_files(Path(source))
+        folder = huggingface_hub.snapshot_download(source, revision=revision, local_files_only=True)
+        return weight_files(Path(folder))
+    except (OSError, ValueError, InputError) as err:
+        logger.info("no weight files found for %s (%s); fingerprinting the values", source, err)
+        return []
 
 
 def _ready(

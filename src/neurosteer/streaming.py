@@ -26,6 +26,7 @@ from neurosteer._io import atomic_directory, check_writable
 from neurosteer.baking import PROVENANCE_FILE, provenance
 from neurosteer.circuit import Circuit, as_circuits
 from neurosteer.errors import InputError
+from neurosteer.fingerprint import baked_record
 from neurosteer.hooks.edits import scale_values
 from neurosteer.intervention import check_strength
 from neurosteer.layout import ModelLayout, resolve_layout
@@ -100,6 +101,8 @@ def bake_streaming(
     check_writable(out_dir, force=force, inputs=[source])  # before the model is built
     model = skeleton(source)
     layouts = [c.layout_on(model, layout) for c in circuits]
+    for c in circuits:
+        c.refuse_baked(baked_record(source), f"'{source}'")
     if any(lay != layouts[0] for lay in layouts):
         raise InputError("the circuits sit at different layer or site paths; bake them one by one")
     targets = _target_names(layouts[0], circuits, set(shard_of))

@@ -74,6 +74,8 @@ def load(params: dict[str, Any], circuit: Any = None) -> tuple[Any, Any, Any]:
     from neurosteer.layout import resolve_layout
     from neurosteer.loading import load_model
 
+    if circuit is not None:
+        check_before_loading(circuit, params)
     model, tokenizer = load_model(
         params["model"],
         dtype=params["dtype"],
@@ -89,6 +91,33 @@ def load(params: dict[str, Any], circuit: Any = None) -> tuple[Any, Any, Any]:
         return model, tokenizer, circuit_layout(model, circuit, params)
     layout = resolve_layout(model, layers_path=params["layers_path"], site_path=params["site_path"])
     return model, tokenizer, layout
+
+
+def check_before_loading(circuit: Any, params: dict[str, Any]) -> None:
+    """Refuse, from a local MODEL's files alone, a circuit that does not fit its shape or is
+    already baked into it (the checks `bake` makes on a GGUF header), so that no load is
+    waited for; a hub id, or a model whose config cannot be built here, is checked once
+    loaded."""
+    from neurosteer.fingerprint import baked_record
+    from neurosteer.gguf.loading import find_gguf
+
+    path = Path(params["model"]).expanduser()
+    if not path.exists():
+        return
+    gguf_file = find_gguf(path)
+    if gguf_file is not None:
+        from neurosteer.fingerprint import gguf_header
+        from neurosteer.gguf.bake import circuit_tensors
+
+        circuit_tensors(gguf_header(gguf_file), circuit)
+        circuit.refuse_baked(baked_record(gguf_file), f"'{gguf_file}'", warn=False)
+        return
+    if params["trust_remote_code"] or not (path / "config.json").is_file():
+        return  # custom code is not built without the load; the load reports a bad folder
+    from neurosteer.streaming import skeleton
+
+    circuit_layout(skeleton(path), circuit, params)
+    circuit.refuse_baked(baked_record(path), f"'{path}'", warn=False)
 
 
 def circuit_layout(model: Any, circuit: Any, params: dict[str, Any]) -> Any:

@@ -26,6 +26,7 @@ from neurosteer._version import __version__
 from neurosteer.baking import provenance
 from neurosteer.circuit import Circuit, as_circuits
 from neurosteer.errors import CircuitMismatchError, InputError
+from neurosteer.fingerprint import GGUF_PROVENANCE_KEY, baked_record, weights_fingerprint
 from neurosteer.gguf.quants import FALLBACKS, Fallback, ScaledTensor, scale_neurons
 from neurosteer.gguf.reader import STRING, GGUFHeader, TensorInfo, align, read_header, type_name
 from neurosteer.intervention import check_strength
@@ -113,6 +114,8 @@ def bake_gguf(
     target = check_writable(output, force=force, inputs=[source])
     header = read_header(source)
     targets = _merge([circuit_tensors(header, c) for c in circuits])
+    for c in circuits:
+        c.refuse_baked(baked_record(header.path), f"'{header.path.name}'")
     extra = _provenance_entries(header, circuit, multiplier, fallback)
     with (
         atomic_file(target, force=force, inputs=[source]) as staging,
@@ -280,12 +283,13 @@ def _provenance_entries(
     and a JSON record of the circuit, the source file and the fallback type."""
     record = provenance(circuit, multiplier) | {
         "source": asdict(header.identity()),
+        "source_weights": asdict(weights_fingerprint(header.path)),
         "fallback_type": fallback,
     }
     text = json.dumps(record, sort_keys=True)
     values = {
         "neurosteer.multiplier": (FLOAT64, struct.pack("<d", multiplier)),
-        "neurosteer.provenance": (STRING, _string(text)),
+        GGUF_PROVENANCE_KEY: (STRING, _string(text)),
         "neurosteer.version": (STRING, _string(__version__)),
     }
     return [_string(k) + struct.pack("<I", t) + v for k, (t, v) in values.items()]

@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -312,6 +312,7 @@ def _meta(
             "model_type": info.model_type,
             "n_layers": info.n_layers,
             "d_mlp": info.d_mlp,
+            "weights": None if info.weights is None else asdict(info.weights),
         },
         **_sections(config, split, neutral),
         "library_version": __version__,

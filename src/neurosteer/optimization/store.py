@@ -30,6 +30,7 @@ from neurosteer.errors import InputError
 from neurosteer.evaluation.kl import KLReference
 from neurosteer.evaluation.refusal import JudgedAnswers
 from neurosteer.optimization.objectives import Reference
+from neurosteer.run_identity import differences_in_words
 
 logger = logging.getLogger(__name__)
 
@@ -109,25 +110,15 @@ def check_or_write_meta(
     full = {"format": FORMAT, "format_version": FORMAT_VERSION, **meta}
     if (run_dir / META_FILE).is_file():
         old = read_meta(run_dir)
-        differences = [
-            f"{section}.{key}: {_short(before)} -> {_short(after)}"
-            for section in sections
-            for key, before, after in _differences(old.get(section, {}), meta.get(section, {}))
-        ]
+        differences = differences_in_words(old, meta, sections)
         if differences:
             raise InputError(
-                f"'{run_dir}' holds a search with other settings ({'; '.join(differences)}); use "
-                "a new output folder, or rerun with the original settings to resume"
+                f"'{run_dir}' holds a search from {differences}; use a new output folder, or "
+                "rerun with the original model, prompts and settings to resume"
             )
         full = {**old, **full}
     if write:
         write_json(run_dir / META_FILE, full)
-
-
-def _differences(before: dict[str, Any], after: dict[str, Any]) -> Iterator[tuple[str, Any, Any]]:
-    for key in sorted(set(before) | set(after)):
-        if before.get(key) != after.get(key):
-            yield key, before.get(key), after.get(key)
 
 
 @contextmanager
@@ -252,8 +243,3 @@ _NEW_FOLDER = "move it away, or start the search in a new output folder"
 def _remeasure(path: Path, what: str) -> str:
     """The fix for a damaged file that a run can measure again."""
     return f"delete '{path}' and the next run measures {what} again"
-
-
-def _short(value: Any) -> str:
-    text = json.dumps(value)
-    return text if len(text) <= 60 else text[:57] + "..."

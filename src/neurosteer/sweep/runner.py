@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -191,7 +191,11 @@ def _start_run(
     meta: dict[str, Any] = {
         "identity": config.identity(),
         "prompts": {k: {"count": len(v), "sha256": prompt_hash(v)} for k, v in sets.items()},
-        "model": {"name_or_path": info.name_or_path, "config_hash": info.config_hash},
+        "model": {
+            "name_or_path": info.name_or_path,
+            "config_hash": info.config_hash,
+            "weights": None if info.weights is None else asdict(info.weights),
+        },
         "settings": config.to_dict(),
         "library_version": __version__,
     }

@@ -24,6 +24,7 @@ from typing import Any
 
 from neurosteer import _run_files
 from neurosteer.errors import InputError
+from neurosteer.run_identity import differences_in_words
 
 logger = logging.getLogger(__name__)
 
@@ -183,18 +184,11 @@ def check_or_write_config(run_dir: str | Path, meta: dict[str, Any]) -> None:
     if old is not None:
         if old.get("format") != FORMAT:
             raise InputError(f"{folder / CONFIG_FILE} is not a neurosteer sweep config")
-        differences = []
-        for section in ("identity", "prompts", "model"):
-            before, after = old.get(section, {}), meta.get(section, {})
-            for key in sorted(set(before) | set(after)):
-                if before.get(key) != after.get(key):
-                    differences.append(
-                        f"{section}.{key}: {_short(before.get(key))} -> {_short(after.get(key))}"
-                    )
+        differences = differences_in_words(old, meta, ("model", "prompts", "identity"))
         if differences:
             raise InputError(
-                f"'{folder}' holds a sweep with other settings ({'; '.join(differences)}); "
-                "use a new output folder, or rerun with the original settings to resume"
+                f"'{folder}' holds a sweep from {differences}; use a new output folder, or "
+                "rerun with the original model, prompts and settings to resume"
             )
         full = merge_stored(old, full)
     write_atomic(folder / CONFIG_FILE, json.dumps(full, indent=2, sort_keys=True) + "\n")
@@ -233,11 +227,6 @@ def merge_stored(old: Any, new: Any) -> Any:
         numbers = all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in union)
         return sorted(union) if numbers else union
     return new
-
-
-def _short(value: Any) -> str:
-    text = json.dumps(value)
-    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def _drop_torn_tail(file: Path) -> None:
