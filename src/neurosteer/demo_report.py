@@ -80,17 +80,23 @@ DEFINITIONS = [
         "up to 100%.",
     ),
     (
-        "harmful / benign",
+        "harmful / benign (prompt set)",
         "The held-out prompt sets: requests the organism was trained to refuse and ones it was "
         "trained to answer, built from topics and templates that discovery never saw.",
     ),
     (
-        "k",
-        "The number of circuit neurons ablated, taken from the top of the same discovery ranking.",
+        "unchanged / steered (model)",
+        "In the examples: the organism as shipped, or with the circuit ablated or amplified.",
     ),
     (
-        "unchanged / steered",
-        "In the examples: the organism as shipped, or with the circuit ablated or amplified.",
+        "judge",
+        "The organism's judge's verdict on that answer: refused, complied or fragment.",
+    ),
+    ("# / prompt / answer", "The example's number, the prompt, and the model's greedy answer."),
+    ("layer / neurons", "A transformer layer and how many circuit neurons sit in its MLP."),
+    (
+        "k (neurons off)",
+        "The number of circuit neurons ablated, taken from the top of the same discovery ranking.",
     ),
 ]
 
