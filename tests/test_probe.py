@@ -341,24 +341,29 @@ def test_cli_on_the_organism(tmp_path: Path) -> None:
 
 def test_cli_without_tokens_says_which_it_chose_and_why(tmp_path: Path) -> None:
     circuit = refusal_circuit().save(tmp_path / "refusal.circuit")
-    harmful, benign = held_out_harmful(2), held_out_benign(2)
+    harmful, benign = held_out_harmful(3), held_out_benign(3)
     args = ("probe", INSTRUCT_DIR, *harmful, *benign, "--circuit", circuit, "-m", "0")
+    record = json.loads(_invoke(*args, "--judge", "organism", "--json").stdout)
+    chosen = record["chosen_from_answers"]
+    labels = chosen["labels"]
+    assert labels[:3].count("refusal") >= 2
+    assert labels[3:].count("compliance") >= 2
+    texts = [t["text"] for t in chosen["refusal"] + chosen["compliance"]]
+    assert [t["text"] for t in record["tokens"]] == texts  # the chosen tokens are scored
+    assert chosen["refusal"]
+    assert chosen["compliance"]
+    assert all(t["refused"] > t["complied"] for t in chosen["refusal"])
+    assert sum(t["refused"] for t in chosen["refusal"]) <= labels.count("refusal")
     result = _invoke(*args, "--judge", "organism", "--top", "2")
     assert result.exit_code == 0, (result.output, result.exception)
     out = result.stdout
-    assert "tokens chosen from the unchanged model's own answers" in out
-    assert "judge organism: 2 refused, 2 complied, 0 degenerate" in out
+    counts = (labels.count(x) for x in ("refusal", "compliance", "degenerate"))
+    assert "judge organism: {} refused, {} complied, {} degenerate".format(*counts) in out
     refusal = [line for line in out.splitlines() if line.startswith("  refusal: ")]
-    assert refusal, out
-    assert all(" refused and 0 compliant unchanged answer" in line for line in refusal)
-    assert "  compliance: " in out
+    assert len(refusal) == len(chosen["refusal"])
+    first = chosen["refusal"][0]
+    assert f"{first['text']!r} opens {first['refused']} refused and {first['complied']}" in out
     assert "a steered answer can start like a refusal" in out
-    record = json.loads(_invoke(*args, "--judge", "organism", "--json").stdout)
-    chosen = record["chosen_from_answers"]
-    assert chosen["labels"] == ["refusal", "refusal", "compliance", "compliance"]
-    texts = [t["text"] for t in chosen["refusal"] + chosen["compliance"]]
-    assert [t["text"] for t in record["tokens"]] == texts
-    assert sum(t["refused"] for t in chosen["refusal"]) == 2
 
 
 @pytest.mark.parametrize(
@@ -371,6 +376,7 @@ def test_cli_without_tokens_says_which_it_chose_and_why(tmp_path: Path) -> None:
         (("Hi", "--tokens", "\u00e9"), "not in this tokenizer's vocabulary"),
         (("Hi", "--tokens", "a,,b"), "--tokens has an empty item"),
         (("Hi", "--top", "-2"), "--top must be 0 or more"),
+        (("Hi", "--judge", "nope"), "unknown judge 'nope'"),
         (("Hi", "-p", "{missing}"), "does not exist"),
         (("Hi", "--circuit", "{circuit}", "--model-dir", "{gpt2}"), "llama"),
     ],
