@@ -220,7 +220,7 @@ def test_the_demo_page_captions_every_table_defines_every_column_and_says_what_i
     html_path, md_path = write_demo_report(result, tmp_path)
     page, markdown = html_path.read_text(), md_path.read_text()
     # every table but the facts has a caption; every figure too
-    assert page.count("<table>") + page.count('<table class="examples">') == 4
+    assert page.count("<table>") + page.count('<table class="examples min40">') == 4
     assert page.count('<figure class="table"><figcaption>Table ') == 4
     assert page.count("<figcaption>Figure ") == 3
     assert markdown.count("\n*Table ") == 4

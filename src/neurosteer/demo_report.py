@@ -339,7 +339,7 @@ def _html(record: Record, out: Path, figures: list[str]) -> str:
             EXAMPLE_HEADER,
             _example_rows(record),
             caption=" ".join(notes),
-            css_class="examples",
+            css_class="examples min40",
             text_columns=len(EXAMPLE_HEADER),
             widths=EXAMPLE_WIDTHS,
         )

@@ -50,6 +50,7 @@ _CSS = (
     "table.facts td{text-align:left;white-space:normal}"
     "table.examples{table-layout:fixed;width:100%}"
     "table.examples td,table.examples th{text-align:left;white-space:normal}"
+    "table.min40{min-width:40em}"  # narrow screens scroll it (in .scroll) rather than split words
     "td.text div{white-space:pre-wrap;overflow-wrap:anywhere;max-height:12em;overflow-y:auto}"
     "h1{font-size:1.6em}tr.missed td{color:#777}p.note{font-size:13px;color:#444;max-width:60em}"
     "img{max-width:100%;height:auto;margin:0.5em 0}"
@@ -212,7 +213,8 @@ def html_table(
         caption: sentences above the table saying what it shows (None: no caption); the table
             and its caption are a <figure>, so the caption keeps the page's width however
             narrow the table is.
-        css_class: a class for the <table> ("examples": wrapped text columns).
+        css_class: classes for the <table> ("examples": wrapped text columns; "min40": at
+            least 40em wide, scrolling sideways on a narrower screen).
         text_columns: how many leading columns are names (left-aligned); the rest are numbers.
         widths: each column's share of the table's width in percent (None: by content).
     """
