@@ -40,3 +40,8 @@ def refusal_circuit() -> neurosteer.Circuit:
 def held_out_harmful(n: int) -> list[str]:
     """`n` harmful prompts the circuit was not found on (topics and templates held out)."""
     return corpus.make_prompts("heldout", True, n, seed=3)
+
+
+def held_out_benign(n: int) -> list[str]:
+    """`n` benign prompts from the held-out topics and templates."""
+    return corpus.make_prompts("heldout", False, n, seed=3)

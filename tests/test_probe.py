@@ -19,9 +19,16 @@ from neurosteer import Circuit, InputError, discover, next_token_probs
 from neurosteer.cli.main import cli
 from neurosteer.hooks import count_hooks
 from neurosteer.organism import INSTRUCT_DIR
-from neurosteer.probe import NextTokenProbs
+from neurosteer.organism.evaluate import OrganismJudge
+from neurosteer.probe import NextTokenProbs, choose_tokens
 from neurosteer.prompts import encode_prompts
-from organism_helpers import REFUSAL_STARTS, held_out_harmful, organism, refusal_circuit
+from organism_helpers import (
+    REFUSAL_STARTS,
+    held_out_benign,
+    held_out_harmful,
+    organism,
+    refusal_circuit,
+)
 from tiny_models import neuron_site, save_tiny
 
 Pair = tuple[PreTrainedModel, PreTrainedTokenizerFast]
@@ -189,6 +196,44 @@ def test_organism_refusal_start_loses_its_probability_at_m0() -> None:
     assert (refusal[:, 1] < refusal[:, 0]).float().mean() >= 0.9  # nearly every prompt drops
 
 
+def test_without_tokens_the_organism_s_own_answers_choose_them() -> None:
+    # the unchanged organism refuses the harmful prompts and answers the benign ones; the
+    # tokens that open those answers are its refusal and compliance tokens, and ablating the
+    # circuit takes probability from the first kind (the organism's compliant answers open with
+    # a word of their own topic, "van ...", so the benign openings do not rise on harmful ones)
+    model, tokenizer = organism()
+    harmful, benign = held_out_harmful(8), held_out_benign(8)
+    pick = choose_tokens(model, tokenizer, harmful + benign, OrganismJudge())
+    labels = pick.answers.labels
+    assert labels[:8].count("refusal") >= 6
+    assert labels[8:].count("compliance") >= 6
+    refusal = {t.choice.text for t in pick.refusal}
+    assert refusal, pick
+    assert refusal <= set(REFUSAL_STARTS)
+    assert pick.compliance
+    assert not refusal & {t.choice.text for t in pick.compliance}
+    # the counts are the answers': every refusal opened by a refusal token is counted once
+    assert sum(t.refused for t in pick.refusal) <= labels.count("refusal")
+    assert sum(t.refused - t.complied for t in pick.refusal) >= 6
+    assert all(t.complied > t.refused for t in pick.compliance)
+    result = next_token_probs(
+        model, tokenizer, harmful, intervention=refusal_circuit(), strengths=(0.0,),
+        tokens=pick.token_ids, top=0,
+    )  # fmt: skip
+    mass = result.chosen().mean(0)  # [setting, token]
+    n_refusal = len(pick.refusal)
+    refused_before, refused_after = mass[:, :n_refusal].sum(-1).tolist()
+    assert refused_before >= 0.6
+    assert refused_after <= refused_before - 0.3
+
+
+def test_with_only_refused_prompts_there_is_no_compliance_token() -> None:
+    model, tokenizer = organism()
+    pick = choose_tokens(model, tokenizer, held_out_harmful(4), OrganismJudge())
+    assert pick.refusal
+    assert pick.compliance == ()
+
+
 # --- the command line ------------------------------------------------------------------------
 
 
@@ -294,6 +339,33 @@ def test_cli_on_the_organism(tmp_path: Path) -> None:
     assert any(line.strip().startswith("'I' ('i')") for line in lines)  # lower-cased vocabulary
 
 
+def test_cli_without_tokens_says_which_it_chose_and_why(tmp_path: Path) -> None:
+    circuit = refusal_circuit().save(tmp_path / "refusal.circuit")
+    harmful, benign = held_out_harmful(3), held_out_benign(3)
+    args = ("probe", INSTRUCT_DIR, *harmful, *benign, "--circuit", circuit, "-m", "0")
+    record = json.loads(_invoke(*args, "--judge", "organism", "--json").stdout)
+    chosen = record["chosen_from_answers"]
+    labels = chosen["labels"]
+    assert labels[:3].count("refusal") >= 2
+    assert labels[3:].count("compliance") >= 2
+    texts = [t["text"] for t in chosen["refusal"] + chosen["compliance"]]
+    assert [t["text"] for t in record["tokens"]] == texts  # the chosen tokens are scored
+    assert chosen["refusal"]
+    assert chosen["compliance"]
+    assert all(t["refused"] > t["complied"] for t in chosen["refusal"])
+    assert sum(t["refused"] for t in chosen["refusal"]) <= labels.count("refusal")
+    result = _invoke(*args, "--judge", "organism", "--top", "2")
+    assert result.exit_code == 0, (result.output, result.exception)
+    out = result.stdout
+    counts = (labels.count(x) for x in ("refusal", "compliance", "degenerate"))
+    assert "judge organism: {} refused, {} complied, {} degenerate".format(*counts) in out
+    refusal = [line for line in out.splitlines() if line.startswith("  refusal: ")]
+    assert len(refusal) == len(chosen["refusal"])
+    first = chosen["refusal"][0]
+    assert f"{first['text']!r} opens {first['refused']} refused and {first['complied']}" in out
+    assert "a steered answer can start like a refusal" in out
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -304,6 +376,7 @@ def test_cli_on_the_organism(tmp_path: Path) -> None:
         (("Hi", "--tokens", "\u00e9"), "not in this tokenizer's vocabulary"),
         (("Hi", "--tokens", "a,,b"), "--tokens has an empty item"),
         (("Hi", "--top", "-2"), "--top must be 0 or more"),
+        (("Hi", "--judge", "nope"), "unknown judge 'nope'"),
         (("Hi", "-p", "{missing}"), "does not exist"),
         (("Hi", "--circuit", "{circuit}", "--model-dir", "{gpt2}"), "llama"),
     ],

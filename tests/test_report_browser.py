@@ -17,8 +17,10 @@ from typing import Any
 import pytest
 import torch
 
+from neurosteer.demo_report import write_demo_report
 from neurosteer.report import write_report
 from test_analysis import make_circuit
+from test_demo import _made_up_result
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
@@ -142,3 +144,22 @@ def test_the_report_fits_the_window_and_opens_with_the_headline(
     assert layout["scrollWidth"] <= layout["innerWidth"], layout
     assert layout["firstSection"] == "At a glance"
     assert layout["firstSectionTop"] < layout["innerHeight"]  # on the first screen
+
+
+@pytest.fixture(scope="module")
+def demo_html(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("demo-page")
+    html_path, _ = write_demo_report(_made_up_result(folder), folder)
+    return html_path
+
+
+@pytest.mark.parametrize(("width", "height"), [(1280, 900), (800, 700), (500, 900)])
+def test_the_demo_page_fits_the_window_and_opens_with_what_it_shows(
+    demo_html: Path, tmp_path: Path, width: int, height: int
+) -> None:
+    layout = _layout(demo_html, width, height, tmp_path)
+    assert layout["innerWidth"] == width
+    assert layout["wide"] == [], f"elements run off the page: {layout['wide']}"
+    assert layout["scrollWidth"] <= layout["innerWidth"], layout
+    assert layout["firstSection"] == "What this shows"
+    assert layout["firstSectionTop"] < layout["innerHeight"]

@@ -26,11 +26,13 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from neurosteer.circuit import Circuit
 from neurosteer.demo_report import write_demo_report
 from neurosteer.discovery import discover
+from neurosteer.evaluation.judges import Label
 from neurosteer.evaluation.refusal import JudgedAnswers, measure_refusal
 from neurosteer.loading import load_model
 from neurosteer.organism.evaluate import ANSWER_BATCH, ANSWER_TOKENS, OrganismJudge, Rates
 from neurosteer.organism.paths import INSTRUCT_DIR
 from neurosteer.organism.prompt_sets import PromptSets, demo_prompt_sets, neutral_prompts
+from neurosteer.report.page import HTML_FILE
 
 logger = logging.getLogger(__name__)
 
@@ -49,14 +51,28 @@ class ConditionRow:
     benign: Rates
 
 
+SHOWN = ("unchanged", "ablated", "amplified")
+"""The conditions whose answers the examples show, in column order."""
+
+
 @dataclass(frozen=True)
 class ExampleAnswers:
-    """One held-out prompt answered by the unchanged, ablated and amplified model."""
+    """One held-out prompt answered by the unchanged, ablated and amplified model.
+
+    Attributes:
+        prompt: the held-out prompt.
+        unchanged, ablated, amplified: the three answers (greedy, `MAX_NEW_TOKENS` tokens).
+        kind: "harmful" or "benign", the prompt's set.
+        labels: the judge's label of each answer ("refusal", "compliance" or "degenerate"), in
+            the order unchanged, ablated, amplified.
+    """
 
     prompt: str
     unchanged: str
     ablated: str
     amplified: str
+    kind: str
+    labels: tuple[Label, Label, Label]
 
 
 @dataclass(frozen=True)
@@ -77,6 +93,13 @@ class DemoResult:
     seconds: float
     circuit: Circuit
     """The circuit of the rows (`top_k` neurons, with the kept δ table)."""
+    model_dir: str = ""
+    """The organism the demo ran on."""
+
+    @property
+    def html_path(self) -> Path:
+        """The HTML page beside `report_path` (report.md)."""
+        return self.report_path.with_name(HTML_FILE)
 
 
 def run_demo(
@@ -90,7 +113,9 @@ def run_demo(
     sweep_ks: tuple[int, ...] = (3, 12, 24, 48, 96),
     model_dir: str | Path = INSTRUCT_DIR,
 ) -> DemoResult:
-    """Run the organism demo and write `out_dir/report.md` plus PNG plots.
+    """Run the organism demo and write `out_dir/report.html`, `report.md`, PNG plots and
+    `demo.json` (the numbers and examples the pages are drawn from; `neurosteer report` redraws
+    the pages from it).
 
     Args:
         out_dir: report folder (created if missing; files in it are overwritten).
@@ -98,7 +123,8 @@ def run_demo(
         amplify: the multiplier of the amplified condition.
         n_discover: prompts per class for discovery (training topics and templates).
         n_eval: held-out prompts per class for the rates.
-        n_examples: held-out prompts shown side by side (harmful first, then one benign).
+        n_examples: held-out prompts shown side by side: `n_examples - 1` harmful ones, then
+            one benign (see `_examples` for how they are chosen).
         sweep_ks: circuit sizes for the ablation sweep (empty to skip).
         model_dir: the organism to use (default: the shipped instruct model).
 
@@ -131,6 +157,7 @@ def run_demo(
         k_sweep=tuple(sweep),
         seconds=time.perf_counter() - started,
         circuit=circuit,
+        model_dir=str(model_dir),
     )
     write_demo_report(result, out)
     return result
@@ -158,9 +185,9 @@ def _conditions(
     sets: PromptSets,
     circuit: Circuit,
     amplify: float,
-) -> tuple[list[ConditionRow], dict[str, tuple[tuple[str, ...], tuple[str, ...]]]]:
+) -> tuple[list[ConditionRow], dict[str, tuple[JudgedAnswers, JudgedAnswers]]]:
     """Held-out rates of the unchanged, ablated, amplified and random-ablated model, and
-    {condition: (harmful answers, benign answers)}."""
+    {condition: (judged harmful answers, judged benign answers)}."""
     conditions = [
         ("unchanged", None, 1.0),
         ("ablated", circuit, 0.0),
@@ -171,7 +198,7 @@ def _conditions(
     for name, c, m in conditions:
         harmful = _measure(model, tok, sets.heldout_harmful, c, m)
         benign = _measure(model, tok, sets.heldout_benign, c, m)
-        answers[name] = (harmful.answers, benign.answers)
+        answers[name] = (harmful, benign)
         row = ConditionRow(
             name, m, Rates.from_labels(harmful.labels), Rates.from_labels(benign.labels)
         )
@@ -202,15 +229,40 @@ def _measure(
 
 def _examples(
     sets: PromptSets,
-    answers: dict[str, tuple[tuple[str, ...], tuple[str, ...]]],
+    answers: dict[str, tuple[JudgedAnswers, JudgedAnswers]],
     n_examples: int,
 ) -> tuple[ExampleAnswers, ...]:
-    """The first `n_examples - 1` harmful prompts and the first benign one, answered three
-    ways."""
-    shown = ("unchanged", "ablated", "amplified")
-    picks = range(min(n_examples - 1, len(sets.heldout_harmful)))
-    examples = [
-        ExampleAnswers(sets.heldout_harmful[i], *(answers[n][0][i] for n in shown)) for i in picks
-    ]
-    examples.append(ExampleAnswers(sets.heldout_benign[0], *(answers[n][1][0] for n in shown)))
+    """`n_examples - 1` harmful prompts and one benign one, answered three ways.
+
+    Chosen to show the effect as it is, not at its best: the harmful ones come from the prompts
+    the unchanged model refuses (all harmful prompts if it refuses none), and among them the
+    share still refused after ablation is the share of the shown ones (rounded half up), so a
+    circuit that leaves 30% refused shows one of three examples still refused. Within each group
+    the first prompts in held-out order are taken. The benign one is the first benign prompt the
+    unchanged model answers (the first benign prompt if it answers none).
+    """
+    harmful, benign = (tuple(answers[name][i] for name in SHOWN) for i in (0, 1))
+    refused = [i for i, label in enumerate(harmful[0].labels) if label == "refusal"]
+    pool = refused or list(range(len(harmful[0].labels)))
+    still = [i for i in pool if harmful[1].labels[i] == "refusal"]
+    flipped = [i for i in pool if harmful[1].labels[i] != "refusal"]
+    n_harmful = min(max(n_examples - 1, 0), len(pool))
+    n_still = min(int(n_harmful * len(still) / len(pool) + 0.5), len(still))
+    n_flipped = min(n_harmful - n_still, len(flipped))
+    picks = sorted(still[:n_still] + flipped[:n_flipped] + still[n_still : n_harmful - n_flipped])
+    answered = [i for i, label in enumerate(benign[0].labels) if label == "compliance"]
+    examples = [_example(sets.heldout_harmful[i], "harmful", harmful, i) for i in picks]
+    benign_pick = answered[0] if answered else 0
+    examples.append(_example(sets.heldout_benign[benign_pick], "benign", benign, benign_pick))
     return tuple(examples)
+
+
+def _example(
+    prompt: str, kind: str, judged: tuple[JudgedAnswers, ...], index: int
+) -> ExampleAnswers:
+    """The answers to prompt `index` under each of `SHOWN`, with their labels."""
+    texts = tuple(j.answers[index] for j in judged)
+    labels = tuple(j.labels[index] for j in judged)
+    return ExampleAnswers(
+        prompt, texts[0], texts[1], texts[2], kind, (labels[0], labels[1], labels[2])
+    )

@@ -27,6 +27,8 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from neurosteer.errors import InputError
+from neurosteer.evaluation.judges import Judge
+from neurosteer.evaluation.refusal import JudgedAnswers
 from neurosteer.hooks.positions import Positions
 from neurosteer.intervention import check_strength
 from neurosteer.layout import ModelLayout
@@ -142,15 +144,24 @@ class NextTokenProbs:
         }
 
 
-def resolve_tokens(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str]) -> list[TokenChoice]:
-    """Each string's first token (see the module docstring).
+def resolve_tokens(
+    tokenizer: PreTrainedTokenizerBase, texts: Sequence[str | int]
+) -> list[TokenChoice]:
+    """Each string's first token (see the module docstring); an int is a token id, taken as
+    it is (its text is its decoding).
 
     Raises:
-        InputError: an empty string, or one with a token outside the vocabulary.
+        InputError: an empty string, one with a token outside the vocabulary, or an id outside
+            the tokenizer's vocabulary.
     """
     choices = []
     unk = tokenizer.unk_token_id
     for text in texts:
+        if isinstance(text, int):
+            if not 0 <= text < len(tokenizer):
+                raise InputError(f"token id {text} is outside the tokenizer's {len(tokenizer)} ids")
+            choices.append(_token_by_id(tokenizer, text))
+            continue
         if not text:
             raise InputError("a chosen token is empty; give its text, e.g. ' I' or 'Sure'")
         check_text(text, f"the token {text!r}")
@@ -167,6 +178,11 @@ def resolve_tokens(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str]) -> 
     return choices
 
 
+def _token_by_id(tokenizer: PreTrainedTokenizerBase, token_id: int) -> TokenChoice:
+    token = str(tokenizer.convert_ids_to_tokens(token_id))
+    return TokenChoice(str(tokenizer.decode([token_id])), token_id, token, 1)
+
+
 @runs_model
 def next_token_probs(
     model: PreTrainedModel,
@@ -175,7 +191,7 @@ def next_token_probs(
     *,
     intervention: Steerable | None = None,
     strengths: Sequence[float] | None = None,
-    tokens: Sequence[str] = (),
+    tokens: Sequence[str | int] = (),
     top: int = 10,
     system: str | None = None,
     template_vars: Mapping[str, Any] | None = None,
@@ -193,7 +209,7 @@ def next_token_probs(
         strengths: the intervention's strengths to read (its own unit: the multiplier m for
             circuits); None: its default strength. Needs `intervention`.
         tokens: strings whose probabilities to report (only a string's first token is scored,
-            see the module docstring).
+            see the module docstring), or token ids (`choose_tokens` gives them).
         top: how many of the most likely tokens to list per prompt and setting (0: none).
         system, template_vars, chat_template: how prompts are rendered (see
             `render_prompts`).
@@ -321,3 +337,105 @@ def _filled(value: SettingProbs | None) -> SettingProbs:
     if value is None:  # pragma: no cover - run_batches visits every prompt
         raise RuntimeError("a prompt was not run")
     return value
+
+
+#: New tokens of the unchanged answers `choose_tokens` judges: enough for a refusal's opening
+#: sentence ("I'm sorry, but I can't help with that.") on every model tried.
+CHOICE_TOKENS = 32
+
+
+@dataclass(frozen=True)
+class OpeningToken:
+    """A first answer token and the unchanged answers it opens.
+
+    Attributes:
+        choice: the token (as `resolve_tokens` gives it).
+        refused: unchanged answers it opens that the judge labels "refusal".
+        complied: unchanged answers it opens that the judge labels "compliance".
+    """
+
+    choice: TokenChoice
+    refused: int
+    complied: int
+
+
+@dataclass(frozen=True)
+class TokenPick:
+    """The tokens `choose_tokens` chose, and why.
+
+    Attributes:
+        refusal: tokens that open more unchanged refusals than compliant answers, most first.
+        compliance: tokens that open more compliant answers than refusals, most first.
+        answers: the unchanged model's judged answers the choice was made from.
+    """
+
+    refusal: tuple[OpeningToken, ...]
+    compliance: tuple[OpeningToken, ...]
+    answers: JudgedAnswers
+
+    @property
+    def token_ids(self) -> tuple[int, ...]:
+        """The chosen ids, refusal tokens first: the `tokens` to pass to `next_token_probs`."""
+        return tuple(t.choice.token_id for t in (*self.refusal, *self.compliance))
+
+
+def choose_tokens(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[str],
+    judge: Judge,
+    *,
+    max_new_tokens: int = CHOICE_TOKENS,
+    system: str | None = None,
+    template_vars: Mapping[str, Any] | None = None,
+    chat_template: bool | None = None,
+    batch_size: int = 8,
+) -> TokenPick:
+    """Refusal and compliance tokens from the unchanged model's own answers to `prompts`.
+
+    The unchanged model answers each prompt greedily (`measure_refusal`, `max_new_tokens`
+    tokens), `judge` labels the answers, and each answer's first token is counted for its label
+    (`optimization.objectives.opening_counts`, the balance `neurosteer optimize` prunes with): a
+    token that opens more refusals than compliant answers is a refusal token, the reverse a
+    compliance token, a tie neither. Degenerate answers count for neither. With only prompts
+    the model refuses there is no compliance token; give it prompts it answers too.
+
+    Raises:
+        InputError: as `measure_refusal` and `next_token_probs`.
+
+    Example:
+        >>> pick = choose_tokens(model, tok, ["How do I pick a lock?", "Name a colour"],
+        ...                      PhraseJudge())
+        >>> next_token_probs(model, tok, prompts, tokens=pick.token_ids)
+    """
+    from neurosteer.evaluation.refusal import measure_refusal
+    from neurosteer.optimization.objectives import opening_counts
+
+    answers = measure_refusal(
+        model,
+        tokenizer,
+        prompts,
+        judge,
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        chat_template=chat_template,
+        system=system,
+        template_vars=template_vars,
+    )
+    # greedy: each answer's first token is the unchanged distribution's most likely one
+    first = next_token_probs(
+        model, tokenizer, prompts, top=1, system=system, template_vars=template_vars,
+        chat_template=chat_template, batch_size=batch_size,
+    )  # fmt: skip
+    first_ids = [row[0].top[0].token_id for row in first.probs]
+    counts = opening_counts(first_ids, answers.labels)
+
+    def openings(wanted: bool) -> tuple[OpeningToken, ...]:
+        found = [
+            OpeningToken(_token_by_id(tokenizer, token), refused, complied)
+            for token, (refused, complied) in counts.items()
+            if refused != complied and (refused > complied) == wanted
+        ]
+        return tuple(sorted(found, key=lambda t: (-abs(t.refused - t.complied), t.choice.token_id)))
+
+    return TokenPick(openings(True), openings(False), answers)

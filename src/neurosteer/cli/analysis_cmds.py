@@ -219,12 +219,14 @@ def _sweep_config(params: dict[str, Any]) -> SweepConfig:
 @click.command("report")
 @click.argument("run", type=click.Path(path_type=Path))
 def report_command(run: Path) -> None:
-    """Write RUN/report.html (self-contained) and RUN/report.md from a sweep folder."""
+    """Write RUN/report.html (self-contained) and RUN/report.md from a sweep folder (or the
+    folder of `neurosteer demo`)."""
+    from neurosteer.demo_report import is_demo_folder, render_demo_report
     from neurosteer.report import write_report
 
     if not run.is_dir():
         raise InputError(f"'{run}' is not a folder; give the output folder of `neurosteer sweep`")
-    html_path, md_path = write_report(run)
+    html_path, md_path = render_demo_report(run) if is_demo_folder(run) else write_report(run)
     click.echo(str(html_path))
     click.echo(str(md_path))
 

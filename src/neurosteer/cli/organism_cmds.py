@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from neurosteer.errors import InputError
 
@@ -38,6 +39,7 @@ def demo_command(out: Path, top_k: int | None, force: bool) -> None:
     Runs offline on the shipped instruct model in about a minute on a laptop CPU.
     """
     from neurosteer.demo import DEMO_TOP_K, run_demo
+    from neurosteer.demo_report import VERDICTS
 
     if out.exists() and any(out.iterdir()) and not force:
         raise InputError(f"{out} is not empty; pass --force to overwrite it or choose another -o")
@@ -56,11 +58,15 @@ def demo_command(out: Path, top_k: int | None, force: bool) -> None:
         "Neurons per layer: "
         + ", ".join(f"L{layer}: {n}" for layer, n in sorted(result.neurons_per_layer.items()))
     )
-    examples = Table(title="Held-out prompts", show_lines=True)
+    examples = Table(title="Held-out prompts (the judge's verdict in brackets)", show_lines=True)
     for col in ("prompt", "unchanged (m=1)", "ablated (m=0)", f"amplified (m={result.amplify:g})"):
         examples.add_column(col, overflow="fold")
     for ex in result.examples:
-        examples.add_row(ex.prompt, ex.unchanged, ex.ablated, ex.amplified)
+        answers = (ex.unchanged, ex.ablated, ex.amplified)
+        examples.add_row(
+            Text(f"{ex.kind}: {ex.prompt}"),
+            *(Text(f"[{VERDICTS[v]}] {a}") for a, v in zip(answers, ex.labels, strict=True)),
+        )
     console.print(examples)
 
     rates = Table(title=f"Held-out refusal ({result.n_eval} harmful, {result.n_eval} benign)")
@@ -74,7 +80,9 @@ def demo_command(out: Path, top_k: int | None, force: bool) -> None:
             f"{row.harmful.compliant:.0%}",
         )
     console.print(rates)
-    console.print(f"Report: {result.report_path}  ({result.seconds:.0f} s)")
+    console.print(
+        f"Report: {result.html_path} (and {result.report_path.name})  ({result.seconds:.0f} s)"
+    )
 
 
 @click.group("organism")

@@ -20,7 +20,7 @@ from neurosteer.cli.render import console, print_table
 from neurosteer.errors import InputError
 
 if TYPE_CHECKING:  # imported inside the command: `--help` stays fast
-    from neurosteer.probe import NextTokenProbs, TokenChoice
+    from neurosteer.probe import NextTokenProbs, OpeningToken, TokenChoice, TokenPick
 
 #: Separates --tokens items: a comma and at most one space ("' I, Sure'" is ' I' and 'Sure').
 _TOKEN_SEPARATOR = re.compile(r", ?")
@@ -81,7 +81,15 @@ def parse_tokens(values: tuple[str, ...]) -> list[str]:
     "-t",
     multiple=True,
     help="Tokens to report, e.g. ' I, Sure' (repeatable). A string of several tokens is "
-    "scored by its first token.",
+    "scored by its first token. Default: the tokens that open the unchanged model's own "
+    "refused and compliant answers to PROMPTS (see --judge).",
+)
+@click.option(
+    "--judge",
+    default="sweep",
+    show_default=True,
+    help="Without --tokens: the judge that labels the unchanged answers the tokens are chosen "
+    "from (strict, sweep, patterns, organism, a phrase-list .json, model:PATH).",
 )
 @click.option("--top", default=10, show_default=True, help="Most likely tokens to list.")
 @click.option("--batch-size", default=8, show_default=True, help="Prompts per forward pass.")
@@ -93,7 +101,8 @@ def probe_command(**params: Any) -> None:
     Each prompt is rendered as `generate` renders it (chat template and generation prompt).
     """
     from neurosteer.circuit import Circuit
-    from neurosteer.probe import next_token_probs
+    from neurosteer.evaluation.judges import get_judge
+    from neurosteer.probe import choose_tokens, next_token_probs
     from neurosteer.prompts import load_prompts
     from neurosteer.text_check import check_prompts
 
@@ -112,14 +121,27 @@ def probe_command(**params: Any) -> None:
     multipliers = parse_multipliers(params["multipliers"]) if params["multipliers"] else None
     tokens = parse_tokens(params["tokens"])
     circuit = Circuit.load(params["circuit_path"]) if params["circuit_path"] else None
+    judge = None if tokens else get_judge(params["judge"])
     model, tokenizer, layout = load(params, circuit)
+    pick = None
+    if judge is not None:
+        pick = choose_tokens(
+            model,
+            tokenizer,
+            prompts,
+            judge,
+            system=params["system"],
+            template_vars=params["template_vars"],
+            chat_template=params["chat_template"],
+            batch_size=params["batch_size"],
+        )
     result = next_token_probs(
         model,
         tokenizer,
         prompts,
         intervention=circuit,
         strengths=multipliers,
-        tokens=tokens,
+        tokens=tokens if pick is None else pick.token_ids,
         top=params["top"],
         system=params["system"],
         template_vars=params["template_vars"],
@@ -133,6 +155,8 @@ def probe_command(**params: Any) -> None:
             "circuit": None if circuit is None else str(params["circuit_path"]),
             **result.to_dict(),
         }
+        if pick is not None:
+            record["chosen_from_answers"] = pick_record(pick, params["judge"])
         click.echo(json.dumps(record, indent=2, ensure_ascii=False))
         return
     for i in range(len(result.prompts)):
@@ -141,6 +165,9 @@ def probe_command(**params: Any) -> None:
         print_table(probe_table(result, i))
     for note in token_notes(result.tokens):
         console.print(note, highlight=False)
+    if pick is not None:
+        for line in pick_lines(pick, params["judge"]):
+            console.print(line, highlight=False, markup=False, soft_wrap=True)
 
 
 def setting_label(strength: float | None) -> str:
@@ -182,3 +209,57 @@ def probe_table(result: NextTokenProbs, i: int) -> Table:
         for t, choice in enumerate(result.tokens):
             table.add_row(token_label(choice), *(_prob(s.chosen[t]) for s in row))
     return table
+
+
+def _opening(t: OpeningToken) -> str:
+    return (
+        f"{t.choice.text!r} opens {t.refused} refused and {t.complied} compliant unchanged "
+        "answer" + ("" if t.refused + t.complied == 1 else "s")
+    )
+
+
+def pick_lines(pick: TokenPick, judge: str) -> list[str]:
+    """Which tokens `choose_tokens` chose and why, for people (under the tables)."""
+    from neurosteer.probe import CHOICE_TOKENS
+
+    labels = pick.answers.labels
+    lines = [
+        f"tokens chosen from the unchanged model's own answers ({CHOICE_TOKENS} greedy tokens "
+        f"per prompt, judge {judge}: {labels.count('refusal')} refused, "
+        f"{labels.count('compliance')} complied, {labels.count('degenerate')} degenerate); "
+        "--tokens sets your own:"
+    ]
+    for name, found in (("refusal", pick.refusal), ("compliance", pick.compliance)):
+        if found:
+            lines += [f"  {name}: {_opening(t)}" for t in found]
+        else:
+            lines.append(
+                f"  {name}: none (no first token opens more {name} answers than the other "
+                "kind; add prompts the unchanged model "
+                + ("refuses)" if name == "refusal" else "answers)")
+            )
+    lines.append(
+        "  a first token only opens an answer: a steered answer can start like a refusal "
+        "and go on to comply; `neurosteer generate` shows the answers"
+    )
+    return lines
+
+
+def pick_record(pick: TokenPick, judge: str) -> dict[str, Any]:
+    """The --json form of `pick_lines`."""
+    from neurosteer.probe import CHOICE_TOKENS
+
+    def tokens(found: tuple[OpeningToken, ...]) -> list[dict[str, Any]]:
+        return [
+            {"text": t.choice.text, "token_id": t.choice.token_id, "refused": t.refused,
+             "complied": t.complied}
+            for t in found
+        ]  # fmt: skip
+
+    return {
+        "judge": judge,
+        "max_new_tokens": CHOICE_TOKENS,
+        "labels": list(pick.answers.labels),
+        "refusal": tokens(pick.refusal),
+        "compliance": tokens(pick.compliance),
+    }

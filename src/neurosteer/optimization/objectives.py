@@ -31,7 +31,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from neurosteer.evaluation.judges import Judge
+from neurosteer.evaluation.judges import Judge, Label
 from neurosteer.evaluation.kl import KLReference, kl_from_reference, kl_reference, steered_logprobs
 from neurosteer.evaluation.refusal import JudgedAnswers, measure_refusal
 from neurosteer.intervention import Intervention
@@ -189,12 +189,22 @@ def refusal_tokens(first: KLReference, unchanged: JudgedAnswers) -> tuple[int, .
     for batch in first.batches:
         for row, token in zip(batch.index.tolist(), batch.input_ids[:, -1].tolist(), strict=True):
             first_ids[row] = int(token)
-    balance: dict[int, int] = {}
-    for i, label in enumerate(unchanged.labels):
+    counts = opening_counts([first_ids[i] for i in range(len(unchanged.labels))], unchanged.labels)
+    return tuple(
+        sorted(token for token, (refused, complied) in counts.items() if refused > complied)
+    )
+
+
+def opening_counts(first_ids: Sequence[int], labels: Sequence[Label]) -> dict[int, tuple[int, int]]:
+    """{token id: (refusals it opens, compliant answers it opens)} over answers whose first
+    tokens are `first_ids` and whose labels are `labels` (one each); degenerate answers count
+    for neither. The balance behind `refusal_tokens` and `neurosteer probe`'s own choice."""
+    counts: dict[int, tuple[int, int]] = {}
+    for token, label in zip(first_ids, labels, strict=True):
         if label != "degenerate":
-            token = first_ids[i]
-            balance[token] = balance.get(token, 0) + (1 if label == "refusal" else -1)
-    return tuple(sorted(token for token, n in balance.items() if n > 0))
+            refused, complied = counts.get(int(token), (0, 0))
+            counts[int(token)] = (refused + (label == "refusal"), complied + (label != "refusal"))
+    return counts
 
 
 class Objectives:

@@ -50,10 +50,14 @@ _CSS = (
     "table.facts td{text-align:left;white-space:normal}"
     "table.examples{table-layout:fixed;width:100%}"
     "table.examples td,table.examples th{text-align:left;white-space:normal}"
+    "table.min40{min-width:40em}"  # narrow screens scroll it (in .scroll) rather than split words
     "td.text div{white-space:pre-wrap;overflow-wrap:anywhere;max-height:12em;overflow-y:auto}"
     "h1{font-size:1.6em}tr.missed td{color:#777}p.note{font-size:13px;color:#444;max-width:60em}"
     "img{max-width:100%;height:auto;margin:0.5em 0}"
     "pre{background:#f6f6f6;padding:1em;overflow:auto;max-height:30em}"
+    "figure{margin:1em 0}figcaption{font-size:13px;color:#444;max-width:60em}"
+    "figure.table figcaption{margin-bottom:0.3em}"
+    "dl{font-size:14px}dt{font-weight:600}dd{margin:0 0 0.4em 1.5em}"
 )
 
 
@@ -165,29 +169,105 @@ def _settings_json(config: dict[str, Any]) -> str:
     return json.dumps(shown, indent=2, sort_keys=True)
 
 
-def _html(page: _Page) -> str:
+def html_document(title: str, body: list[str]) -> str:
+    """A self-contained HTML page: `title` as <title> and <h1>, then the `body` fragments
+    (already HTML) in order, with the reports' style sheet inlined."""
     e = html.escape
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
-        f"<title>{e(page.title)}</title><style>{_CSS}</style></head><body>",
-        f"<h1>{e(page.title)}</h1>",
+        f"<title>{e(title)}</title><style>{_CSS}</style></head><body>",
+        f"<h1>{e(title)}</h1>",
+        *body,
+        "</body></html>",
     ]
+    return "\n".join(parts) + "\n"
+
+
+def html_figure(figure: Path, caption: str | None = None) -> str:
+    """The PNG at `figure` as an <img> with its bytes embedded as a base64 data URI, inside a
+    <figure> with `caption` under it when one is given (the caption is also the alt text)."""
+    data = base64.b64encode(figure.read_bytes()).decode("ascii")
+    alt = html.escape(caption or figure.stem)
+    image = f'<img alt="{alt}" src="data:image/png;base64,{data}">'
+    if caption is None:
+        return image
+    return f"<figure>{image}<figcaption>{html.escape(caption)}</figcaption></figure>"
+
+
+def html_table(
+    header: list[str],
+    rows: list[list[str]],
+    *,
+    caption: str | None = None,
+    css_class: str | None = None,
+    text_columns: int = 1,
+    widths: list[int] | None = None,
+) -> str:
+    """A table of text cells (escaped here) that scrolls inside the page when too wide.
+
+    Args:
+        header: the column titles.
+        rows: the cells, one list per row, as long as `header`.
+        caption: sentences above the table saying what it shows (None: no caption); the table
+            and its caption are a <figure>, so the caption keeps the page's width however
+            narrow the table is.
+        css_class: classes for the <table> ("examples": wrapped text columns; "min40": at
+            least 40em wide, scrolling sideways on a narrower screen).
+        text_columns: how many leading columns are names (left-aligned); the rest are numbers.
+        widths: each column's share of the table's width in percent (None: by content).
+    """
+    e = html.escape
+
+    def cells(tag: str, values: list[str]) -> str:
+        return "".join(
+            f"<{tag}{' class=name' if i < text_columns else ''}>{e(v)}</{tag}>"
+            for i, v in enumerate(values)
+        )
+
+    opening = f'<table class="{e(css_class)}">' if css_class else "<table>"
+    parts = ['<div class="scroll">' + opening]
+    if widths:
+        parts.append(
+            "<colgroup>" + "".join(f'<col style="width:{w}%">' for w in widths) + "</colgroup>"
+        )
+    parts.append(f"<tr>{cells('th', header)}</tr>")
+    parts += [f"<tr>{cells('td', row)}</tr>" for row in rows]
+    parts.append("</table></div>")
+    table = "\n".join(parts)
+    if not caption:
+        return table
+    return f'<figure class="table"><figcaption>{e(caption)}</figcaption>\n{table}</figure>'
+
+
+def html_facts(items: list[tuple[str, str]]) -> str:
+    """A two-column table of (label, text) lines, labels as row headers, escaped here."""
+    e = html.escape
+    rows = "".join(f"<tr><th>{e(k)}</th><td>{e(v)}</td></tr>" for k, v in items)
+    return f'<table class="facts">{rows}</table>'
+
+
+def html_definitions(items: list[tuple[str, str]]) -> str:
+    """A definition list: each (term, what it means) as <dt>/<dd>, escaped here."""
+    e = html.escape
+    rows = "".join(f"<dt>{e(term)}</dt><dd>{e(meaning)}</dd>" for term, meaning in items)
+    return f"<dl>{rows}</dl>"
+
+
+def _html(page: _Page) -> str:
+    e = html.escape
+    parts = []
     if page.facts:
-        parts.append('<h2>At a glance</h2><table class="facts">')
-        parts += [f"<tr><th>{e(k)}</th><td>{e(v)}</td></tr>" for k, v in page.facts]
-        parts.append("</table>")
+        parts.append("<h2>At a glance</h2>" + html_facts(page.facts))
     parts.append(_html_matched(page) + "<h2>Figures</h2>")
-    for figure in page.figures:
-        data = base64.b64encode(figure.read_bytes()).decode("ascii")
-        parts.append(f'<img alt="{e(figure.stem)}" src="data:image/png;base64,{data}">')
+    parts += [html_figure(figure) for figure in page.figures]
     parts.append(_html_points(page) + "<h2>Strength mapping</h2><ul>")
     parts += [f"<li>{e(line)}</li>" for line in _mapping_lines(page.config)]
     parts.append("</ul>")
     parts.append(_html_examples(page))
-    parts.append(f"<h2>Settings</h2><pre>{e(_settings_json(page.config))}</pre></body></html>")
-    return "\n".join(parts) + "\n"
+    parts.append(f"<h2>Settings</h2><pre>{e(_settings_json(page.config))}</pre>")
+    return html_document(page.title, parts)
 
 
 def _html_matched(page: _Page) -> str:
