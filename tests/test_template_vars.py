@@ -220,7 +220,8 @@ def test_a_resumed_sweep_reuses_its_date_and_refuses_other_variables(
     assert again == stored
     assert Circuit.load(out / CIRCUIT_DIR).settings.template_vars == stored
     other = SweepConfig(strengths=(0.0,), **{**small, "template_vars": {"enable_thinking": True}})  # type: ignore[arg-type]
-    with pytest.raises(InputError, match=r"other settings \(identity.template_vars"):
+    changed = r"other settings \(template_vars.enable_thinking: false -> true"
+    with pytest.raises(InputError, match=changed):
         run_sweep(model, tokenizer, other, POS, NEG, POS, NEG, out)
     dated = SweepConfig(strengths=(0.0,), **{**small, "template_vars": {CLOCK_VAR: "2026-03-09"}})  # type: ignore[arg-type]
     with pytest.raises(InputError, match="other settings"):
@@ -257,7 +258,11 @@ def test_a_resumed_search_reuses_its_date_and_refuses_other_variables(
     assert len(result.trials) == 2
     assert json.loads((out / "optimize.json").read_text())["settings"]["template_vars"] == stored
     other = OptimizeConfig(**{**small, "template_vars": {"enable_thinking": True}})  # type: ignore[arg-type]
-    with pytest.raises(InputError, match=r"other settings \(settings.template_vars"):
+    with pytest.raises(
+        InputError, match=r"other settings \(template_vars.enable_thinking: false -> true"
+    ):
         check_resumable(out, positive, negative, config=other)
-    with pytest.raises(InputError, match=r"other settings \(settings.template_vars"):
+    with pytest.raises(
+        InputError, match=r"other settings \(template_vars.enable_thinking: false -> true"
+    ):
         neurosteer.optimize(model, tokenizer, positive, negative, config=other, run_dir=out)

@@ -81,6 +81,7 @@ def _prompts(before: dict[str, Any], after: dict[str, Any]) -> str | None:
 
 
 def _settings(before: dict[str, Any], after: dict[str, Any]) -> str | None:
+    before, after = _flat(before), _flat(after)
     keys = [k for k in sorted(set(before) | set(after)) if before.get(k) != after.get(k)]
     if not keys:
         return None
@@ -88,6 +89,18 @@ def _settings(before: dict[str, Any], after: dict[str, Any]) -> str | None:
     rest = keys[_SHOWN_SETTINGS:]
     text = ", ".join(shown[:_SHOWN_SETTINGS]) + (f"; also {', '.join(rest)}" if rest else "")
     return f"other settings ({text})"
+
+
+def _flat(settings: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested settings as dotted keys ({"template_vars": {"a": 1}} -> {"template_vars.a": 1}),
+    so that a difference names the value that changed, not the whole mapping."""
+    flat: dict[str, Any] = {}
+    for key, value in settings.items():
+        if isinstance(value, dict) and value:
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
 
 
 def _short(value: Any) -> str:
