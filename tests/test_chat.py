@@ -587,3 +587,23 @@ def test_a_ctrl_c_the_prompt_missed_is_still_seen(tiny_llama_dir: Path, tmp_path
         code = terminal.close()
     assert code == 0, terminal.output
     assert terminal.output.count("partly typed") == 1
+
+
+@pytest.mark.skipif(not hasattr(signal, "setitimer"), reason="no interval timers")
+def test_the_prompt_tick_is_undone_after_the_line() -> None:
+    from neurosteer.cli.chat_cmd import PROMPT_TICK, _signals_checked_while_waiting
+
+    ticks: list[int] = []
+    signal.signal(signal.SIGALRM, lambda signum, _frame: ticks.append(signum))
+    try:
+        with _signals_checked_while_waiting():
+            assert signal.getitimer(signal.ITIMER_REAL)[1] == pytest.approx(PROMPT_TICK)
+            time.sleep(3 * PROMPT_TICK)  # resumed after each tick (PEP 475)
+            assert ticks == []  # the tick's own handler, not the one outside
+        assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
+        signal.setitimer(signal.ITIMER_REAL, 0.01)
+        time.sleep(0.2)
+        assert ticks == [signal.SIGALRM]  # the handler from before is back
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0.0)
+        signal.signal(signal.SIGALRM, signal.SIG_DFL)

@@ -97,7 +97,7 @@ def _signals_checked_while_waiting() -> Iterator[None]:
         yield
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0.0)
-        signal.signal(signal.SIGALRM, previous)
+        signal.signal(signal.SIGALRM, signal.SIG_DFL if previous is None else previous)
 
 
 def _read_line(prompt: str, interactive: bool, out: TextIO) -> str | None:
