@@ -319,6 +319,13 @@ class Terminal:
                 os._exit(127)
         self.pid, self.fd, self.output, self.prompts = pid, fd, "", 0
 
+    @classmethod
+    def attach(cls, pid: int, fd: int) -> Terminal:
+        """A `Terminal` for a child already forked with `pty.fork` (pid, its terminal's fd)."""
+        terminal = cls.__new__(cls)
+        terminal.pid, terminal.fd, terminal.output, terminal.prompts = pid, fd, "", 0
+        return terminal
+
     def _read(self, deadline: float) -> bool:
         ready, _, _ = select.select([self.fd], [], [], max(0.0, deadline - time.monotonic()))
         if not ready:
@@ -338,9 +345,9 @@ class Terminal:
             if not self._read(deadline):
                 raise AssertionError(f"timed out or ended; the terminal shows:\n{self.output}")
 
-    def next_prompt(self) -> None:
+    def next_prompt(self, timeout: float = TIMEOUT) -> None:
         self.prompts += 1
-        self.wait_for(lambda: len(PROMPT.findall(self.output)) >= self.prompts)
+        self.wait_for(lambda: len(PROMPT.findall(self.output)) >= self.prompts, timeout)
 
     def type(self, text: str) -> None:
         os.write(self.fd, text.encode())
@@ -533,3 +540,70 @@ def test_cli_bad_input_is_one_line(
     assert len(lines) == 1
     assert lines[0].startswith("error: ")
     assert message in lines[0]
+
+
+# `neurosteer` with one more, idle thread, whose id it writes to the file named in $IDLE_THREAD
+WITH_AN_IDLE_THREAD = """
+import os, runpy, threading
+ready = threading.Event()
+def idle():
+    with open(os.environ["IDLE_THREAD"], "w") as file:
+        file.write(str(threading.get_native_id()))
+    ready.set()
+    threading.Event().wait()
+threading.Thread(target=idle, daemon=True).start()
+ready.wait()
+runpy.run_module("neurosteer.cli.main", run_name="__main__")
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="tgkill is Linux's")
+def test_a_ctrl_c_the_prompt_missed_is_still_seen(tiny_llama_dir: Path, tmp_path: Path) -> None:
+    """A Ctrl-C whose handler has run but whose wait for a key was never interrupted (the state
+    a Ctrl-C leaves when it lands between the prompt being drawn and that wait starting, which
+    a loaded machine hits): SIGINT is sent to the idle thread, so Python records it there and
+    the main thread, blocked reading the terminal, is not woken by it."""
+    import ctypes
+
+    thread_file = tmp_path / "thread"
+    env = _env(tmp_path / "cache") | {"IDLE_THREAD": str(thread_file)}
+    pid, fd = pty.fork()
+    if pid == 0:
+        try:
+            args = ["-c", WITH_AN_IDLE_THREAD, "chat", str(tiny_llama_dir)]
+            os.execve(sys.executable, [sys.executable, *args], env)
+        finally:
+            os._exit(127)
+    terminal = Terminal.attach(pid, fd)
+    try:
+        terminal.next_prompt()
+        terminal.type("partly typed")
+        terminal.wait_for(lambda: terminal.output.endswith("partly typed"))
+        tgkill = ctypes.CDLL(None, use_errno=True).tgkill
+        assert tgkill(pid, int(thread_file.read_text()), signal.SIGINT) == 0
+        terminal.next_prompt(timeout=20.0)  # the line is dropped and a prompt comes, unasked
+        terminal.type("\x04")
+    finally:
+        code = terminal.close()
+    assert code == 0, terminal.output
+    assert terminal.output.count("partly typed") == 1
+
+
+@pytest.mark.skipif(not hasattr(signal, "setitimer"), reason="no interval timers")
+def test_the_prompt_tick_is_undone_after_the_line() -> None:
+    from neurosteer.cli.chat_cmd import PROMPT_TICK, _signals_checked_while_waiting
+
+    ticks: list[int] = []
+    signal.signal(signal.SIGALRM, lambda signum, _frame: ticks.append(signum))
+    try:
+        with _signals_checked_while_waiting():
+            assert signal.getitimer(signal.ITIMER_REAL)[1] == pytest.approx(PROMPT_TICK)
+            time.sleep(3 * PROMPT_TICK)  # resumed after each tick (PEP 475)
+            assert ticks == []  # the tick's own handler, not the one outside
+        assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
+        signal.setitimer(signal.ITIMER_REAL, 0.01)
+        time.sleep(0.2)
+        assert ticks == [signal.SIGALRM]  # the handler from before is back
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0.0)
+        signal.signal(signal.SIGALRM, signal.SIG_DFL)

@@ -1,8 +1,9 @@
 """The method end to end on a real instruct model: Qwen2.5-Coder-0.5B-Instruct, a GGUF file.
 
-`.ci/run` fetches the file with `../shared/models/fetch` (cached between runs) and passes its
-path as NEUROSTEER_REAL_MODEL; locally the test also looks in the fetch script's default folder.
-A missing file or data folder fails the test with what to do (it is never skipped).
+`neurosteer models fetch` downloads the file (cached between runs; `.ci/run` and the README's
+test command run it); the test takes NEUROSTEER_REAL_MODEL if set, else looks in that command's
+folder. The prompts are in tests/data/real_model. A missing file fails the test with what to do
+(it is never skipped).
 
 The checks: the GGUF loads (tokenizer and chat template from the file, the layout resolved, the
 circuit recording the file); discovery on 32 harmful / 32 benign prompts finds a circuit whose
@@ -30,13 +31,13 @@ from neurosteer.gguf.bake import bake_gguf
 from neurosteer.gguf.reader import read_header
 from neurosteer.layout import resolve_layout
 from neurosteer.loading import load_model
+from neurosteer.model_fetch import DEFAULT_MODEL, MODELS, models_folder
 from neurosteer.prompts import encode_prompts, load_prompts, make_batch
 from neurosteer.steering import steer
 
 pytestmark = pytest.mark.real
 logger = logging.getLogger(__name__)
 
-MODEL_FILE = "qwen2.5-coder-0.5b-instruct.gguf"
 ROOT = Path(__file__).resolve().parent.parent
 #: 0.4% of all MLP neurons, those more active on harmful prompts (δ > 0), sign-flipped (m = -1):
 #: measured to flip 13 of the 16 held-out refusals to compliance (2% ablated at m = 0 flips 9;
@@ -53,29 +54,22 @@ def real_model_path() -> Path:
     if given:
         path = Path(given)
         if not path.is_file():
-            pytest.fail(f"NEUROSTEER_REAL_MODEL={given} does not exist; run ../shared/models/fetch")
+            pytest.fail(
+                f"NEUROSTEER_REAL_MODEL={given} does not exist; run `neurosteer models fetch`"
+            )
         return path
-    if os.environ.get("CI"):
+    path = models_folder() / MODELS[DEFAULT_MODEL].file
+    if not path.is_file():
         pytest.fail(
-            "NEUROSTEER_REAL_MODEL is not set: .ci/run sets it from ../shared/models/fetch, "
-            "which must have failed (see its output above)"
+            f"no real model at {path}: run `neurosteer models fetch` (it prints the file's path; "
+            "set NEUROSTEER_REAL_MODEL to use a file elsewhere)"
         )
-    folder = Path(os.environ.get("NEUROSTEER_MODELS", Path.home() / ".cache" / "neurosteer-models"))
-    if not (folder / MODEL_FILE).is_file():
-        pytest.fail(
-            f"no real model: run ../shared/models/fetch (it prints the file's path) and set "
-            f"NEUROSTEER_REAL_MODEL to it (looked in {folder})"
-        )
-    return folder / MODEL_FILE
+    return path
 
 
-def shared_data(relative: str) -> Path:
-    """A file of shared/data: beside the repository (CI's layout), or beside a folder above it."""
-    for folder in ROOT.parents:
-        path = folder / "shared" / "data" / relative
-        if path.is_file():
-            return path
-    pytest.fail(f"shared/data/{relative} is missing; the real-model test reads ../shared/data")
+def test_data(name: str) -> Path:
+    """A prompt file of tests/data/real_model (the first 32 of a published set; see SOURCES.md)."""
+    return ROOT / "tests" / "data" / "real_model" / name
 
 
 @dataclass(frozen=True)
@@ -91,9 +85,9 @@ class Real:
 def real() -> Real:
     torch.set_num_threads(2)
     path = real_model_path()
-    harmful = load_prompts(shared_data("refusal_direction/splits/harmful_train.json"))[:N_FIT]
-    benign = load_prompts(shared_data("refusal_direction/splits/harmless_train.json"))[:N_FIT]
-    held_out = load_prompts(shared_data("jailbreakbench/harmful-behaviors.csv"))[:N_CANDIDATES]
+    harmful = load_prompts(test_data("harmful_train.jsonl"))[:N_FIT]
+    benign = load_prompts(test_data("harmless_train.jsonl"))[:N_FIT]
+    held_out = load_prompts(test_data("jailbreakbench_harmful.jsonl"))[:N_CANDIDATES]
 
     started = time.perf_counter()
     model, tokenizer = load_model(path)

@@ -8,9 +8,13 @@ transcript), and handles Ctrl-C and Ctrl-D.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import signal
 import sys
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import Any, TextIO
@@ -24,6 +28,9 @@ logger = logging.getLogger(__name__)
 
 #: Lines kept in the history file.
 HISTORY_LENGTH = 1000
+
+#: Seconds between the checks for a Ctrl-C while waiting at the prompt.
+PROMPT_TICK = 0.1
 
 
 def history_path() -> Path:
@@ -76,12 +83,44 @@ def _tolerate_undecodable_input() -> None:
             reconfigure(errors=errors)
 
 
+@contextlib.contextmanager
+def _signals_checked_while_waiting() -> Iterator[None]:
+    """While a line is read, wake the main thread every `PROMPT_TICK` s so that a Ctrl-C
+    Python has recorded but not yet acted on raises `KeyboardInterrupt` at once.
+
+    `input` (with or without readline) looks at Python's pending signals only when its wait
+    for a key is interrupted. A Ctrl-C that lands after the prompt is drawn but before that
+    wait starts (easily hit on a loaded machine) interrupts nothing, so the session would sit
+    at the prompt, the typed line dropped by the terminal, until a key came. A repeating
+    SIGALRM interrupts the wait, and Python then raises the pending `KeyboardInterrupt`.
+    Does nothing off the main thread or where `setitimer` is missing (Windows).
+    """
+    if (
+        not hasattr(signal, "setitimer")
+        or threading.current_thread() is not threading.main_thread()
+    ):
+        yield
+        return
+    previous = signal.signal(signal.SIGALRM, lambda _signum, _frame: None)
+    signal.setitimer(signal.ITIMER_REAL, PROMPT_TICK, PROMPT_TICK)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0.0)
+        signal.signal(signal.SIGALRM, signal.SIG_DFL if previous is None else previous)
+
+
 def _read_line(prompt: str, interactive: bool, out: TextIO) -> str | None:
     """The next line, None at end of input. On a terminal readline edits it; from a pipe the
-    line is echoed after the prompt."""
+    line is echoed after the prompt.
+
+    Raises:
+        KeyboardInterrupt: Ctrl-C at the prompt (on a terminal).
+    """
     if interactive:
         try:
-            return input(prompt)
+            with _signals_checked_while_waiting():
+                return input(prompt)
         except EOFError:
             out.write("\n")
             return None

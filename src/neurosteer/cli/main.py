@@ -404,6 +404,7 @@ def _register_commands() -> None:
     """Commands defined in their own files (they import the shared options, not this file)."""
     from neurosteer.cli.analysis_cmds import compare_command, report_command, sweep_command
     from neurosteer.cli.chat_cmd import chat_command
+    from neurosteer.cli.models_cmd import models_group
     from neurosteer.cli.optimize_cmds import optimize_command
     from neurosteer.cli.organism_cmds import demo_command, organism_group
     from neurosteer.cli.probe_cmd import probe_command
@@ -413,6 +414,7 @@ def _register_commands() -> None:
     for command in (*commands, faithfulness_command, probe_command, chat_command):
         cli.add_command(command)
     cli.add_command(optimize_command)
+    cli.add_command(models_group)
 
 
 _register_commands()
