@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -24,11 +25,48 @@ from neurosteer.organism.prompt_sets import PromptSets
 from neurosteer.sweep import CIRCUIT_DIR, SweepConfig, run_sweep
 from test_analysis import make_circuit
 
+#: the steps the module's demo run announced, in order
+STEPS: list[str] = []
+
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory: pytest.TempPathFactory) -> DemoResult:
     out = tmp_path_factory.mktemp("demo")
-    return run_demo(out, n_discover=16, n_eval=16, n_examples=2, sweep_ks=(3, DEMO_TOP_K))
+    return run_demo(
+        out, n_discover=16, n_eval=16, n_examples=2, sweep_ks=(3, DEMO_TOP_K), progress=STEPS.append
+    )
+
+
+def test_every_step_of_the_demo_says_it_started(demo: DemoResult) -> None:
+    assert STEPS[0] == "loading the organism"
+    assert STEPS[1].startswith("discovering the refusal circuit on 16+16")
+    conditions = [s for s in STEPS if s.startswith("answering 32 held-out prompts")]
+    assert [c.split(": ")[1] for c in conditions] == [
+        "unchanged (m = 1)",
+        "ablated (m = 0)",
+        "amplified (m = 2)",
+        "random ablated (m = 0)",
+    ]
+    assert [s for s in STEPS if s.startswith("ablating the top")] == [
+        "ablating the top 3 neurons: 16 harmful answers",
+        f"ablating the top {DEMO_TOP_K} neurons: 16 harmful answers",
+    ]
+    assert STEPS[-1] == "writing the report"
+
+
+def test_the_demo_command_off_a_terminal_logs_a_line_a_step(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import neurosteer.demo
+
+    def fake_run(out: Path, *, top_k: int, progress: Callable[[str], None]) -> None:
+        progress("loading the organism")
+        progress("writing the report")
+        raise SystemExit(0)  # the steps are what this test is about
+
+    monkeypatch.setattr(neurosteer.demo, "run_demo", fake_run)
+    result = CliRunner().invoke(demo_command, ["-o", str(tmp_path / "d")])
+    assert "demo: loading the organism\ndemo: writing the report\n" in result.output
 
 
 def test_run_demo_writes_report(demo: DemoResult) -> None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -112,6 +113,7 @@ def run_demo(
     n_examples: int = 4,
     sweep_ks: tuple[int, ...] = (3, 12, 24, 48, 96),
     model_dir: str | Path = INSTRUCT_DIR,
+    progress: Callable[[str], None] | None = None,
 ) -> DemoResult:
     """Run the organism demo and write `out_dir/report.html`, `report.md`, PNG plots and
     `demo.json` (the numbers and examples the pages are drawn from; `neurosteer report` redraws
@@ -127,23 +129,29 @@ def run_demo(
             one benign (see `_examples` for how they are chosen).
         sweep_ks: circuit sizes for the ablation sweep (empty to skip).
         model_dir: the organism to use (default: the shipped instruct model).
+        progress: called with a short description as each step starts (loading, discovery,
+            each condition's answers, each circuit size of the sweep, the report).
 
     Example:
         >>> result = run_demo("neurosteer-demo", n_eval=20)  # doctest: +SKIP
         >>> result.rows[1].harmful.refusal  # doctest: +SKIP
     """
+    step = progress or (lambda _what: None)
     started = time.perf_counter()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    step("loading the organism")
     model, tok = load_model(model_dir)
     sets = demo_prompt_sets(n_discover, n_eval)
+    step(f"discovering the refusal circuit on {n_discover}+{n_discover} prompts")
     full = _discover(model, tok, sets, max((top_k, *sweep_ks)))
     circuit = full.reselect(top_k=top_k)
-    rows, answers = _conditions(model, tok, sets, circuit, amplify)
-    sweep = [
-        (k, _measure(model, tok, sets.heldout_harmful, full.reselect(top_k=k), 0.0).refusal)
-        for k in sweep_ks
-    ]
+    rows, answers = _conditions(model, tok, sets, circuit, amplify, step)
+    sweep = []
+    for k in sweep_ks:
+        step(f"ablating the top {k} neurons: {len(sets.heldout_harmful)} harmful answers")
+        judged = _measure(model, tok, sets.heldout_harmful, full.reselect(top_k=k), 0.0)
+        sweep.append((k, judged.refusal))
     result = DemoResult(
         report_path=out / "report.md",
         n_neurons=len(circuit),
@@ -159,6 +167,7 @@ def run_demo(
         circuit=circuit,
         model_dir=str(model_dir),
     )
+    step("writing the report")
     write_demo_report(result, out)
     return result
 
@@ -185,9 +194,11 @@ def _conditions(
     sets: PromptSets,
     circuit: Circuit,
     amplify: float,
+    step: Callable[[str], None],
 ) -> tuple[list[ConditionRow], dict[str, tuple[JudgedAnswers, JudgedAnswers]]]:
     """Held-out rates of the unchanged, ablated, amplified and random-ablated model, and
-    {condition: (judged harmful answers, judged benign answers)}."""
+    {condition: (judged harmful answers, judged benign answers)}; `step` is told each
+    condition as it starts."""
     conditions = [
         ("unchanged", None, 1.0),
         ("ablated", circuit, 0.0),
@@ -196,6 +207,8 @@ def _conditions(
     ]
     rows, answers = [], {}
     for name, c, m in conditions:
+        n = len(sets.heldout_harmful) + len(sets.heldout_benign)
+        step(f"answering {n} held-out prompts: {name} (m = {m:g})")
         harmful = _measure(model, tok, sets.heldout_harmful, c, m)
         benign = _measure(model, tok, sets.heldout_benign, c, m)
         answers[name] = (harmful, benign)

@@ -46,8 +46,15 @@ def demo_command(out: Path, top_k: int | None, force: bool) -> None:
     k = DEMO_TOP_K if top_k is None else top_k
     if k < 1:
         raise InputError(f"--top-k must be a positive number of neurons, got {k}")
-    with console.status("Discovering the refusal circuit and generating answers..."):
-        result = run_demo(out, top_k=k)
+    with console.status("Starting...") as status:
+
+        def step(what: str) -> None:
+            if console.is_terminal:
+                status.update(f"{what}...")
+            else:  # no spinner off a terminal: a line a step, so a log shows progress
+                click.echo(f"demo: {what}", err=True)
+
+        result = run_demo(out, top_k=k, progress=step)
 
     console.print(
         f"[bold]Refusal circuit[/bold]: {result.n_neurons} of {result.total_neurons} MLP neurons "
