@@ -67,6 +67,12 @@ NOT_RUNNING = {
     "neurosteer.gguf.loading.source_file": "reads an attribute",
     "neurosteer.loading.load_model": "loads in eval mode itself",
     "neurosteer.organism.train.safety_finetune": "trains the model on purpose",
+    "neurosteer.fingerprint.same_weights": "reads parameter values",
+    "neurosteer.fingerprint.remember_files": "sets an attribute",
+    "neurosteer.fingerprint.baked_on": "reads an attribute",
+    "neurosteer.fingerprint.mark_baked": "sets an attribute",
+    "neurosteer.stop_tokens.stop_token_ids": "reads the configs",
+    "neurosteer.stop_tokens.merge_gguf_stop_ids": "edits the generation config",
 }
 
 

@@ -12,6 +12,7 @@ import struct
 from pathlib import Path
 
 import pytest
+import torch
 from click.testing import CliRunner
 
 import neurosteer
@@ -20,7 +21,7 @@ import neurosteer.loading
 from gguf_files import hand_circuit, make_quant_tiny, write_gguf
 from neurosteer.circuit import Circuit
 from neurosteer.errors import CircuitMismatchError, InputError
-from neurosteer.fingerprint import weights_fingerprint
+from neurosteer.fingerprint import sample_indices, weights_fingerprint
 from neurosteer.gguf.bake import bake_gguf
 from neurosteer.organism import BASE_DIR, INSTRUCT_DIR
 from neurosteer.sweep import SweepConfig, run_sweep
@@ -233,3 +234,15 @@ def test_the_cli_refuses_a_baked_gguf_and_a_wrong_shape_before_loading(
             lines = [line for line in result.output.splitlines() if line.strip()]
             assert len(lines) == 1, (command, result.output)
             assert expected in lines[0], (command, result.output)
+
+
+@pytest.mark.parametrize("n", [1, 5, 16, 17, 2**24 + 1, 151936 * 896, 2**40 + 7])
+def test_sampled_indices_stay_inside_any_parameter(n: int) -> None:
+    """The real model's embedding (151,936 x 896 values) once drew index n from a float32
+    linspace; the indices are integers, first 0, last n - 1, increasing, whatever n is."""
+    index = sample_indices(n, 16)
+    assert index.dtype == torch.int64
+    assert int(index[0]) == 0
+    assert int(index[-1]) == n - 1
+    assert len(index) == min(n, 16)
+    assert bool((index[1:] > index[:-1]).all())

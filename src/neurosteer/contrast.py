@@ -199,7 +199,9 @@ def _recorded_models(
     try:
         points = json.loads(metadata["points"])
         return {
-            p: None if points[p] is None else ModelInfo(**points[p]) for p in POINTS if p in points
+            p: None if points[p] is None else ModelInfo.from_dict(points[p])
+            for p in POINTS
+            if p in points
         }
     except (KeyError, TypeError, ValueError) as err:
         raise InputError(f"'{file}' has corrupt metadata ({err}); record it again") from None

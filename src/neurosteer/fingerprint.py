@@ -194,6 +194,15 @@ def _spread(start: int, end: int) -> list[int]:
     return sorted({start + (last - start) * i // max(n - 1, 1) for i in range(n)})
 
 
+def sample_indices(n: int, k: int) -> torch.Tensor:
+    """[min(n, k)] int64: `k` evenly spaced indices into `n` values, the first 0 and the last
+    n - 1, computed in integers (a float32 `linspace` rounds past n - 1 once n > 2**24, as an
+    embedding of 152k x 896 values is)."""
+    if n <= k:
+        return torch.arange(n)
+    return torch.arange(k, dtype=torch.int64) * (n - 1) // (k - 1)
+
+
 @torch.no_grad()
 def _params_digest(model: nn.Module) -> str | None:
     """Hex SHA-256 of each parameter's name, shape and sampled values (bfloat16 bits); None
@@ -203,8 +212,8 @@ def _params_digest(model: nn.Module) -> str | None:
         if param.is_meta:
             return None
         flat = param.detach().reshape(-1)
-        index = torch.linspace(0, flat.numel() - 1, _VALUES_PER_PARAM, device=flat.device)
-        sample = flat[index.round().long()].to(torch.bfloat16).view(torch.int16).cpu()
+        index = sample_indices(flat.numel(), _VALUES_PER_PARAM).to(flat.device)
+        sample = flat[index].to(torch.bfloat16).view(torch.int16).cpu()
         digest.update(f"{name}\0{tuple(param.shape)}\0".encode())
         digest.update(sample.numpy().tobytes())
     return digest.hexdigest()

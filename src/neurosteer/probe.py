@@ -379,6 +379,7 @@ class TokenPick:
         return tuple(t.choice.token_id for t in (*self.refusal, *self.compliance))
 
 
+@runs_model
 def choose_tokens(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
