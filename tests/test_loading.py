@@ -130,6 +130,11 @@ def test_missing_folder(tmp_path: Path) -> None:
         load_model(tmp_path / "no-such-model")
 
 
+def test_a_mistyped_gguf_path_is_a_missing_file_with_the_fetch_hint(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match=r"model file '.*instrcut\.gguf' does not exist.*fetch"):
+        load_model(tmp_path / "qwen-instrcut.gguf")
+
+
 def test_missing_relative_folder() -> None:
     with pytest.raises(InputError, match="does not exist"):
         load_model("./no-such-model-folder-here")

@@ -576,6 +576,11 @@ class Circuit(HookedIntervention):
         """Read a circuit folder written by `save`."""
         folder = Path(path)
         meta_file, tensor_file = folder / METADATA_FILE, folder / TENSORS_FILE
+        if not folder.exists():
+            raise CircuitFormatError(
+                f"circuit '{folder}' does not exist; check the path, or write it first with "
+                "`neurosteer discover ... -o FOLDER`"
+            )
         if not meta_file.is_file() or not tensor_file.is_file():
             raise CircuitFormatError(
                 f"'{folder}' is not a circuit folder (needs {METADATA_FILE} and {TENSORS_FILE})"

@@ -150,7 +150,11 @@ def _resolve_source(name_or_path: str | Path) -> tuple[str, bool]:
         _check_local_folder(local)
         return str(local), True
     if source.startswith((".", "/", "~")) or source.count("/") > 1:
-        raise InputError(f"model folder '{source}' does not exist")
+        what = "model file" if local.suffix.lower() == ".gguf" else "model folder"
+        raise InputError(
+            f"{what} '{source}' does not exist; check the path (`neurosteer models fetch` "
+            "prints the real test model's)"
+        )
     return source, False
 
 

@@ -36,7 +36,7 @@ console = Console()
 def demo_command(out: Path, top_k: int | None, force: bool) -> None:
     """Find the refusal circuit of the built-in organism, ablate and amplify it, and report.
 
-    Runs offline on the shipped instruct model in about a minute on a laptop CPU.
+    Runs offline on the shipped instruct model (a few minutes on a 2-core CPU).
     """
     from neurosteer.demo import DEMO_TOP_K, run_demo
     from neurosteer.demo_report import VERDICTS
@@ -77,7 +77,7 @@ def demo_command(out: Path, top_k: int | None, force: bool) -> None:
     console.print(examples)
 
     rates = Table(title=f"Held-out refusal ({result.n_eval} harmful, {result.n_eval} benign)")
-    for col in ("condition", "harmful refused", "benign refused", "harmful well-formed compliant"):
+    for col in ("condition", "harmful refused", "benign refused", "harmful complied"):
         rates.add_column(col, justify="right" if col != "condition" else "left")
     for row in result.rows:
         rates.add_row(
