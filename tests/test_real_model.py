@@ -67,7 +67,7 @@ def real_model_path() -> Path:
     return path
 
 
-def test_data(name: str) -> Path:
+def real_data_file(name: str) -> Path:
     """A prompt file of tests/data/real_model (the first 32 of a published set; see SOURCES.md)."""
     return ROOT / "tests" / "data" / "real_model" / name
 
@@ -85,9 +85,9 @@ class Real:
 def real() -> Real:
     torch.set_num_threads(2)
     path = real_model_path()
-    harmful = load_prompts(test_data("harmful_train.jsonl"))[:N_FIT]
-    benign = load_prompts(test_data("harmless_train.jsonl"))[:N_FIT]
-    held_out = load_prompts(test_data("jailbreakbench_harmful.jsonl"))[:N_CANDIDATES]
+    harmful = load_prompts(real_data_file("harmful_train.jsonl"))[:N_FIT]
+    benign = load_prompts(real_data_file("harmless_train.jsonl"))[:N_FIT]
+    held_out = load_prompts(real_data_file("jailbreakbench_harmful.jsonl"))[:N_CANDIDATES]
 
     started = time.perf_counter()
     model, tokenizer = load_model(path)
