@@ -20,7 +20,8 @@ import torch
 from common import emit, side_by_side, timed
 
 import neurosteer
-from neurosteer.prompts import encode_prompts, load_prompts, make_batch
+from neurosteer.prompts import encode_for_model, load_prompts, make_batch
+from neurosteer.runtime import pad_id
 
 DATA = Path(__file__).resolve().parent.parent / "tests" / "data" / "real_model"
 DTYPES = ("float32", "bfloat16")
@@ -43,7 +44,8 @@ def cpu_flags() -> dict[str, Any]:
 
 def first_token_logits(model: Any, tokenizer: Any, prompts: list[str]) -> torch.Tensor:
     """The logits of the first answer token, float32, [n_prompts, vocab]."""
-    batch = make_batch(encode_prompts(tokenizer, prompts), tokenizer)
+    token_ids = encode_for_model(model, tokenizer, prompts)
+    batch = make_batch(token_ids, range(len(prompts)), pad_id(tokenizer))
     with torch.inference_mode():
         out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
     return out.logits[:, -1, :].float()
