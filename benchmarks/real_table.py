@@ -37,6 +37,9 @@ MULTIPLIERS = (0.0, -0.5, -1.0)
 CAA_ALPHAS = (-0.5, -1.0, -2.0)
 DIRECTION_SHARES = (0.5, 1.0)
 RANDOM_SEEDS = (0, 1, 2)
+TOP_K = 1600  # the reference script's own JailbreakBench setting (issue 22)
+CURVE_MULTIPLIERS = (0.5, -0.5, -1.0, -1.5, -2.0)  # the paper's robustness curve, CNA (m = 1 is `unchanged`)
+CURVE_ALPHAS = (-0.5, -1.5, -2.5, -3.0)  # and CAA's (α = -1, -2 are points of the grid)
 
 
 @dataclass(frozen=True)
@@ -53,15 +56,25 @@ def plan() -> Iterator[Point]:
     """Every point, the most telling first (a run cut short still answers the main questions)."""
     yield Point("unchanged", "unchanged", {}, None)
     yield cna(0.001, False, 0.0)
+    yield top_k(TOP_K, False, 0.0)
+    yield Point("direction s=1", "direction", {}, 1.0)
+    yield Point(f"random top{TOP_K} seed=0 m=0", "random_top_k", {"seed": 0}, 0.0)
+    yield Point("caa alpha=-1", "caa", {}, -1.0)
+    yield Point("random 0.1% seed=0 m=0", "random", {"seed": 0}, 0.0)
     yield Point(
         "cna 0.1% both m=0 (no universal filter)",
         "cna_reference",
         {"fraction": 0.001, "positive_only": False},
         0.0,
     )
-    yield Point("caa alpha=-1", "caa", {}, -1.0)
-    yield Point("direction s=1", "direction", {}, 1.0)
-    yield Point("random 0.1% seed=0 m=0", "random", {"seed": 0}, 0.0)
+    yield top_k(TOP_K, True, 0.0)
+    yield top_k(TOP_K, False, -1.0)
+    for m in CURVE_MULTIPLIERS:  # the strength curve of the paper's default, m from 1 to -2
+        if m != -1.0 and m != -0.5:
+            yield cna(0.001, False, m)
+    for alpha in CURVE_ALPHAS:
+        if alpha not in CAA_ALPHAS:
+            yield Point(f"caa alpha={alpha:g}", "caa", {}, alpha)
     first = [(f, True, -1.0) for f in (0.002, 0.005, 0.01)] + [(0.02, False, 0.0)]
     for fraction, positive_only, m in first:
         yield cna(fraction, positive_only, m)
@@ -74,7 +87,8 @@ def plan() -> Iterator[Point]:
     for positive_only in (True, False):
         for fraction in FRACTIONS:
             for m in MULTIPLIERS:
-                if (fraction, positive_only, m) not in [*first, (0.001, False, 0.0)]:
+                curve = fraction == 0.001 and not positive_only and m in CURVE_MULTIPLIERS
+                if (fraction, positive_only, m) not in [*first, (0.001, False, 0.0)] and not curve:
                     yield cna(fraction, positive_only, m)
     for seed in RANDOM_SEEDS[1:]:
         yield Point(f"random 0.1% seed={seed} m=0", "random", {"seed": seed}, 0.0)
@@ -94,6 +108,12 @@ def cna(fraction: float, positive_only: bool, m: float) -> Point:
     sign = "positive" if positive_only else "both"
     settings = {"fraction": fraction, "positive_only": positive_only}
     return Point(f"cna {fraction:.1%} {sign} m={m:g}", "cna", settings, m)
+
+
+def top_k(k: int, positive_only: bool, m: float) -> Point:
+    sign = "positive" if positive_only else "both"
+    settings = {"top_k": k, "positive_only": positive_only}
+    return Point(f"cna top{k} {sign} m={m:g}", "cna", settings, m)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -230,6 +250,8 @@ def run(args: argparse.Namespace, out: Path) -> None:
             return Circuit.load(point.settings["path"])
         if point.method == "random":
             return base.random_like(point.settings["seed"])
+        if point.method == "random_top_k":
+            return base.reselect(top_k=TOP_K).random_like(point.settings["seed"])
         vectors_file = out / "vectors.safetensors"
         if vectors_file.exists():
             vectors = ContrastVectors.load(vectors_file)
