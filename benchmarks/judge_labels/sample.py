@@ -219,8 +219,23 @@ def token_counter(path: str | None) -> tuple[Callable[[str], int], str]:
     return (lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])), "tokens"
 
 
-def record(item: Candidate, count: Callable[[str], int], unit: str, batch: int) -> dict[str, Any]:
-    """The answers.jsonl record of one sampled answer."""
+def same_text_points(pool: list[Candidate]) -> dict[tuple[str, int, str], list[str]]:
+    """Per (set, prompt index, answer text), the points of one model that gave that answer."""
+    points: dict[tuple[str, int, str], list[str]] = {}
+    for item in pool:
+        points.setdefault((item.set, item.prompt_index, item.answer), []).append(item.point)
+    return points
+
+
+def record(
+    item: Candidate,
+    count: Callable[[str], int],
+    unit: str,
+    batch: int,
+    twins: dict[tuple[str, int, str], list[str]],
+) -> dict[str, Any]:
+    """The answers.jsonl record of one sampled answer; `twins` from `same_text_points`."""
+    others = [p for p in twins[(item.set, item.prompt_index, item.answer)] if p != item.point]
     return {
         "id": item.id,
         "model": item.model,
@@ -237,6 +252,7 @@ def record(item: Candidate, count: Callable[[str], int], unit: str, batch: int) 
         "half": half_of(item.id),
         "phrase_label": item.phrase_label,
         "batch": batch,
+        "same_text_points": sorted(others),
     }
 
 
@@ -323,7 +339,8 @@ def main(argv: list[str] | None = None) -> None:
         pool = candidates(model, Path(path), Path(args.data), judge.label)
         chosen = sample_model(model, pool, existing, args)
         count, unit = token_counter(tokenizers.get(model)) if chosen else (len, "")
-        new += [record(item, count, unit, batch) for item in chosen]
+        twins = same_text_points(pool)
+        new += [record(item, count, unit, batch, twins) for item in chosen]
         print(f"{model}: {len(pool)} stored answers, {len(chosen)} new in the sample")
     if not new:
         print("nothing new to add")
