@@ -1,4 +1,4 @@
-"""Checks of sample.py on a small invented points file (run: pytest benchmarks/judge_labels).
+"""Checks of sample.py on a small invented points file (benchmarks/judge_labels/sample.py).
 
 The answers are invented here; the prompts are written to a temporary JailbreakBench-shaped
 folder, so nothing depends on the shared data.
@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks" / "judge_labels"))
 import sample
 
 N_EVAL = 6
