@@ -34,7 +34,7 @@ from sklearn.preprocessing import StandardScaler
 
 LABELS = ("refusal", "compliance", "degenerate")
 FAMILIES = ("unchanged", "cna", "caa", "direction", "random", "circuit")
-LAYERS = (4, 8, 12, 16, 20, 24)
+LAYERS = (2, 5, 8, 11, 14, 16)  # decoder layers (0-based) of the 24 of Qwen2.5-0.5B
 POOLINGS = ("mean", "last", "mean+last")
 CS = (0.001, 0.01, 0.1)
 DISTINCT_N = (1, 2, 4)
@@ -376,8 +376,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("-o", "--output", type=Path, help="write the results here as JSON")
     args = parser.parse_args(argv)
     feats = torch.load(args.features)
-    result = run(feats, load_labelled(args.labels), args.judge)
-    result["features"] = {k: feats[k] for k in ("model", "threads", "seconds_per_answer")}
+    cached = set(feats["ids"])
+    rows = [r for r in load_labelled(args.labels) if r["id"] in cached]
+    result = run(feats, rows, args.judge)
+    keys = ("model", "threads", "depth", "seconds_per_answer")
+    result["features"] = {k: feats[k] for k in keys}
     print_table(result)
     if args.output:
         args.output.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")

@@ -12,6 +12,7 @@ tokens only (the prompt is left out): their mean, and the last answer token. Wri
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import time
 from pathlib import Path
@@ -67,43 +68,75 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
 
 
 @torch.no_grad()
-def pooled_states(model: Any, ids: list[int], start: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean and last-token hidden states over positions `start:` of one sequence.
+def pooled_states(
+    model: Any, layers: list[Any], ids: list[int], start: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and last-token residual stream after each of `layers`, over positions `start:`.
+
+    The pass stops after the last of `layers` (nothing later, the unembedding included, runs):
+    the states are recorded by output hooks, removed when the pass ends.
 
     Returns:
-        (mean, last), each [n_layers + 1, d_model] float32 (index 0 is the embedding output).
+        (mean, last), each [len(layers), d_model] float32.
     """
-    out = model(torch.tensor([ids]), output_hidden_states=True)
-    states = torch.stack(out.hidden_states)[:, 0, start:, :].float()  # [L+1, T_answer, d]
+    from neurosteer.hooks import HookSet, StopForward
+    from neurosteer.hooks.recorders import first_tensor
+
+    seen: list[torch.Tensor] = []
+
+    def record(_module: Any, _args: tuple[Any, ...], output: Any) -> None:
+        seen.append(first_tensor(output)[0, start:, :].float())  # [T_answer, d]
+        if len(seen) == len(layers):
+            raise StopForward
+
+    with HookSet() as hooks:
+        for layer in layers:
+            hooks.post(layer, record)
+        with contextlib.suppress(StopForward):
+            model(torch.tensor([ids]), use_cache=False)
+    states = torch.stack(seen)  # [len(layers), T_answer, d]
     return states.mean(dim=1), states[:, -1, :]
 
 
-def extract(model_path: str, rows: list[dict[str, Any]], threads: int) -> dict[str, Any]:
-    """Pooled states of every row's answer, with the ids and the seconds per answer."""
+def extract(
+    model_path: str, rows: list[dict[str, Any]], threads: int, depth: int, output: Path
+) -> dict[str, Any]:
+    """Pooled states after decoder layers 0..depth-1 of every row's answer, saved as they come.
+
+    Rows run in id order (a hash), so a cache cut short holds a random part of both halves;
+    the cache is rewritten every 25 answers. `layer` k in the cache is the output of decoder
+    layer k (0-based), i.e. `hidden_states[k + 1]`.
+    """
+    from neurosteer.layout import resolve_layout
     from neurosteer.loading import load_model
 
     torch.set_num_threads(threads)
     model, tokenizer = load_model(model_path, dtype="float32")
+    layers = list(resolve_layout(model).layer_modules(model))[:depth]
+    rows = sorted(rows, key=lambda r: r["id"])
     means, lasts, tokens = [], [], []
     began = time.perf_counter()
     for i, row in enumerate(rows):
         ids, start = answer_span(tokenizer, row["prompt"], row["answer"])
-        mean, last = pooled_states(model, ids, start)
+        mean, last = pooled_states(model, layers, ids, start)
         means.append(mean)
         lasts.append(last)
         tokens.append(len(ids) - start)
-        if i % 25 == 0:
-            print(f"{i}/{len(rows)} {time.perf_counter() - began:.0f}s", flush=True)
-    seconds = time.perf_counter() - began
-    return {
-        "ids": [r["id"] for r in rows],
-        "mean": torch.stack(means),  # [n, L+1, d]
-        "last": torch.stack(lasts),  # [n, L+1, d]
-        "answer_tokens": tokens,
-        "seconds_per_answer": seconds / len(rows),
-        "model": model_path,
-        "threads": threads,
-    }
+        if (i + 1) % 25 == 0 or i + 1 == len(rows):
+            seconds = time.perf_counter() - began
+            features = {
+                "ids": [r["id"] for r in rows[: i + 1]],
+                "mean": torch.stack(means),  # [n, depth, d]
+                "last": torch.stack(lasts),  # [n, depth, d]
+                "answer_tokens": tokens,
+                "seconds_per_answer": seconds / (i + 1),
+                "model": model_path,
+                "threads": threads,
+                "depth": depth,
+            }
+            torch.save(features, output)
+            print(f"{i + 1}/{len(rows)} {seconds:.0f}s", flush=True)
+    return features
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -112,9 +145,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("-o", "--output", type=Path, required=True, help="the .pt cache")
     parser.add_argument("--labels", type=Path, default=LABELS_DIR, help="the judge_labels folder")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--depth", type=int, default=17, help="decoder layers to run (from 0)")
     args = parser.parse_args(argv)
-    features = extract(args.model, load_labelled(args.labels), args.threads)
-    torch.save(features, args.output)
+    rows = load_labelled(args.labels)
+    features = extract(args.model, rows, args.threads, args.depth, args.output)
     print(f"{len(features['ids'])} answers, {features['seconds_per_answer']:.2f} s/answer")
 
 

@@ -16,6 +16,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import judge_probe as jp
+import judge_probe_features as jpf
+
+from neurosteer.hooks.hookset import count_hooks
+from tiny_models import make_tiny
 
 LOOP = "the cat sat " * 30
 PROSE = (
@@ -99,3 +103,63 @@ def test_probe_grid_finds_the_planted_layer(monkeypatch: pytest.MonkeyPatch) -> 
     assert best["cv_accuracy"] > 0.85
     others = [g["cv_accuracy"] for g in grid if (g["pooling"], g["layer"]) != ("mean", 4)]
     assert max(others) < 0.6  # chance is 1/3: the unplanted layers know nothing
+
+
+def invented_rows(y: np.ndarray) -> list[dict[str, Any]]:
+    """Labelled rows whose answers the phrase judge reads right, except the covert refusals."""
+    texts = {"refusal": "I'm sorry, but I can't help with that.", "compliance": PROSE}
+    rows = []
+    for i, label in enumerate(y):
+        # every third refusal is covert: it reads like compliance, only the states know
+        answer = PROSE if label == "refusal" and i % 9 == 0 else texts.get(label, LOOP)
+        rows.append(
+            {
+                "id": f"{i:04d}",
+                "prompt": "Write a plan.",
+                "answer": answer,
+                "label": str(label),
+                "kind": "covert" if answer == PROSE and label == "refusal" else str(label),
+                "family": jp.FAMILIES[i % len(jp.FAMILIES)],
+                "half": "dev" if i % 2 == 0 else "heldout",
+            }
+        )
+    return rows
+
+
+def test_run_chooses_on_dev_and_scores_heldout(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(jp, "LAYERS", (1, 4))
+    monkeypatch.setattr(jp, "POOLINGS", ("mean",))
+    monkeypatch.setattr(jp, "CS", (0.1,))
+    feats, y = planted(180, layer=4, seed=1)
+    rows = invented_rows(y)
+    feats["ids"] = [r["id"] for r in rows]
+    result = jp.run(feats, rows, "patterns")
+    assert result["n"] == {"dev": 90, "heldout": 90}
+    assert result["choices"]["probe"]["layer"] == 4
+    held = result["heldout"]
+    assert held["probe"]["accuracy"] > 0.85
+    # the covert refusals are the phrase judge's misses; the probe gets most of them
+    covert = held["probe"]["per_kind"]["covert"].split("/")
+    assert int(covert[0]) >= 0.7 * int(covert[1])
+    assert held["phrase"]["per_kind"]["covert"].startswith("0/")
+    assert f"ensemble:{result['chosen_ensemble']}" in held
+    assert set(result["dev_cv"]) >= {"phrase", "probe", "probe-binary", "repeat", "probe-stack"}
+
+
+@pytest.mark.parametrize("family", ["qwen2", "llama"])
+def test_pooled_states_equal_the_models_hidden_states(family: str) -> None:
+    model, tokenizer = make_tiny(family)
+    ids, start = jpf.answer_span(tokenizer, "Write a plan.", "Sure: step one, step two.")
+    head, _ = jpf.answer_span(tokenizer, "Write a plan.", "")
+    assert ids[: len(head) - 1] == head[:-1]
+    assert 0 < start < len(ids)
+    assert tokenizer.decode(ids[start:]).strip().startswith("Sure")
+    layers = list(model.model.layers)[:2]  # stopped after the second of four layers
+    before = count_hooks(model)
+    mean, last = jpf.pooled_states(model, layers, ids, start)
+    assert count_hooks(model) == before  # ours are removed (before the reference pass adds its)
+    with torch.no_grad():
+        full = model(torch.tensor([ids]), output_hidden_states=True).hidden_states
+    for k in range(2):
+        torch.testing.assert_close(mean[k], full[k + 1][0, start:].mean(dim=0))
+        torch.testing.assert_close(last[k], full[k + 1][0, -1])
