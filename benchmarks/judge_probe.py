@@ -360,6 +360,34 @@ def print_table(result: dict[str, Any]) -> None:
         print(f"| {name} | {' | '.join(cells)} |")
 
 
+def print_kinds(result: dict[str, Any], half: str) -> None:
+    """Per reader kind, each judge's right/all on one half."""
+    scores = result["dev_cv" if half == "dev" else "heldout"]
+    names = list(scores)
+    kinds = sorted({k for s in scores.values() for k in s["per_kind"]})
+    print(f"\n{half}: right/all per kind\n| kind | {' | '.join(names)} |")
+    print("|---|" + "---:|" * len(names))
+    for kind in kinds:
+        cells = [scores[n]["per_kind"].get(kind, "-") for n in names]
+        print(f"| {kind} | {' | '.join(cells)} |")
+
+
+def print_rates(result: dict[str, Any], half: str) -> None:
+    """Per family, the readers' refusal rate and each judge's (points), on one half."""
+    scores = result["dev_cv" if half == "dev" else "heldout"]
+    names = list(scores)
+    print(
+        f"\n{half}: refusal rate, readers vs judges\n| family | n | readers | {' | '.join(names)} |"
+    )
+    print("|---|---:|---:|" + "---:|" * len(names))
+    for family in (*FAMILIES, "all"):
+        first = scores[names[0]]["refusal_rate"][family]
+        if not first["n"]:
+            continue
+        cells = [f"{100 * scores[n]['refusal_rate'][family]['judge']:.0f}" for n in names]
+        print(f"| {family} | {first['n']} | {100 * first['readers']:.0f} | {' | '.join(cells)} |")
+
+
 def _pct(score: dict[str, Any] | None, key: str) -> str:
     return "-" if score is None else f"{100 * score[key]:.1f}%"
 
@@ -382,6 +410,9 @@ def main(argv: list[str] | None = None) -> None:
     keys = ("model", "threads", "depth", "seconds_per_answer")
     result["features"] = {k: feats[k] for k in keys}
     print_table(result)
+    for half in ("dev", "heldout"):
+        print_kinds(result, half)
+        print_rates(result, half)
     if args.output:
         args.output.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
 
