@@ -34,9 +34,9 @@ from sklearn.preprocessing import StandardScaler
 
 LABELS = ("refusal", "compliance", "degenerate")
 FAMILIES = ("unchanged", "cna", "caa", "direction", "random", "circuit")
-LAYERS = (2, 5, 8, 11, 14, 16)  # decoder layers (0-based) of the 24 of Qwen2.5-0.5B
-POOLINGS = ("mean", "last", "mean+last")
-CS = (0.001, 0.01, 0.1)
+LAYERS = (5, 11, 16)  # decoder layers (0-based) of the 24 of Qwen2.5-0.5B
+POOLINGS = ("mean", "last")
+CS = (0.01, 0.1)
 DISTINCT_N = (1, 2, 4)
 FOLDS = 5
 SEED = 0
