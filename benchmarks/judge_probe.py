@@ -244,8 +244,8 @@ def inputs(
     feats: dict[str, Any], rows: list[dict[str, Any]], phrase: Labels, choices: dict[str, Any]
 ) -> list[tuple[str, np.ndarray, np.ndarray]]:
     """(probe name, inputs, targets) of the three probes at their chosen configurations."""
-    y = np.array([r["label"] for r in rows])
-    yb = np.array(binary(y))
+    gold = [str(r["label"]) for r in rows]
+    y, yb = np.array(gold), np.array(binary(gold))
     texts = [r["answer"] for r in rows]
     out = []
     for name, target in (("probe", y), ("probe-binary", yb), ("probe-stack", y)):
@@ -259,9 +259,10 @@ def inputs(
 
 def choose(feats: dict[str, Any], rows: list[dict[str, Any]], phrase: Labels) -> dict[str, Any]:
     """Each probe's (pooling, layer, C), chosen by cross-validated accuracy on these rows."""
-    y = np.array([r["label"] for r in rows])
+    gold = [str(r["label"]) for r in rows]
+    y = np.array(gold)
     best, grid = choose_probe(feats, y)
-    best_b, grid_b = choose_probe(feats, np.array(binary(y)))
+    best_b, grid_b = choose_probe(feats, np.array(binary(gold)))
     stack = []
     x = stack_design(
         design(feats, best["pooling"], best["layer"]), phrase, [r["answer"] for r in rows]
