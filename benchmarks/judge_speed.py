@@ -4,8 +4,9 @@ Reads N harmful answers spread over the points of benchmarks/results-real-table-
 (with their JailbreakBench prompts), loads each judge model once, and times `label_many` with
 an empty cache at each batch size. Writes a JSON summary (one object per model and batch size).
 
-    python benchmarks/judge_speed.py --model ~/.cache/neurosteer-models/qwen2.5-coder-0.5b-instruct.gguf \
-        --model ~/.cache/neurosteer-models/qwen2.5-coder-1.5b-instruct.gguf -o results-judge-speed.json
+    m=~/.cache/neurosteer-models
+    python benchmarks/judge_speed.py --model $m/qwen2.5-coder-0.5b-instruct.gguf \
+        --model $m/qwen2.5-coder-1.5b-instruct.gguf -o benchmarks/results-judge-speed.json
 """
 
 from __future__ import annotations
