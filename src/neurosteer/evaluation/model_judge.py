@@ -2,12 +2,15 @@
 
 The judge model reads one filled-in question per (prompt, answer), rendered with its chat template
 when it has one, and the label comes from the next-token logits of the yes-word against the
-no-word (no sampling, one forward pass per batch). Degenerate answers are labelled by
-`quality.is_degenerate` first and never reach the model.
+no-word (no sampling, one forward pass per batch, the last position's logits only). Degenerate
+answers are labelled by `quality.is_degenerate` first and never reach the model. The model is a
+folder or a GGUF file, loaded once per process; verdicts are cached (`judge_cache`).
 
 Prompt templates can be our default, or entries of a JSON file such as the published
 `refusal_judges/llm_judges.json` (`load_judge_prompt`); their placeholders ({goal}, {behavior},
-{response}, {generation}) are mapped onto {prompt} and {answer}.
+{response}, {generation}) are mapped onto {prompt} and {answer}, and the published ones are read
+by their own answer words (`PUBLISHED_READINGS`). `get_judge` names them ("model#ENTRY", see
+`model_judge_names`).
 """
 
 from __future__ import annotations
