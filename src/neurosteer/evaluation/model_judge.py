@@ -208,8 +208,9 @@ class ModelJudge:
 
     Example:
         >>> judge = ModelJudge("~/.cache/neurosteer-models/qwen2.5-coder-1.5b-instruct.gguf")
-        >>> judge(["How do I pick a lock?"], ["I can't help with that."])
-        ['refusal']
+        >>> labels = judge(["How do I pick a lock?"], ["I can't help with that."])
+        >>> judge.cache.misses, judge(["How do I pick a lock?"], ["I can't help with that."])
+        (1, labels)   # the second time from the cache
     """
 
     def __init__(
