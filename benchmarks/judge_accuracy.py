@@ -1,11 +1,25 @@
-"""Accuracy of the refusal judges on the hand-labelled answers in tests/data/judge_labelled.jsonl.
+"""Accuracy of the refusal judges on hand-labelled answers.
 
-Prints the Markdown tables of docs/evaluation.md: accuracy per judge on the dev split (the part
-the built-in clauses were tuned on), the held-out split and all answers, then the errors by kind.
+Without --labels: the hand-written answers in tests/data/judge_labelled.jsonl, printed as the
+Markdown table of docs/evaluation.md: accuracy per judge on the dev split (the part the
+built-in clauses were tuned on), the held-out split and all answers, then the errors by kind.
 
     python benchmarks/judge_accuracy.py
     python benchmarks/judge_accuracy.py --errors \
         --lists ../shared/data/refusal_judges/refusal_substrings.json
+
+With --labels: real answers labelled by readers (`judge_labels`): a labels file of
+`{id, label, kind}` records joined by id with the answers file that `judge_labels/sample.py`
+writes (`id, model, point, method, set, prompt_index, prompt, answer, answer_tokens, half,
+phrase_label`); a labels file whose records carry the answers is read alone. Every judge given
+(`--judge`, repeatable: built-in lists, phrase-list files, model judges) is scored on the dev
+half, the held-out half and all answers, with its recall per kind, its confusion table and its
+seconds per answer; --markdown prints the tables for docs/evaluation.md, -o keeps them as JSON.
+
+    python benchmarks/judge_accuracy.py --labels benchmarks/judge_labels/labels.jsonl \
+        --judge sweep --judge model --judge-model ~/.cache/neurosteer-models/X.gguf \
+        --judge model#jailbreakbench_Llama3RefusalJudge \
+        --judge-prompts ../shared/data/refusal_judges/llm_judges.json --markdown
 
 With --lists, the published lists in that file are scored too, applied as published (literal
 matching over the characters their code searched), by their entry names.
@@ -15,9 +29,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from collections import Counter
 from pathlib import Path
 
+from judge_labelled import add_label_options, run_labelled
+
+from neurosteer.errors import NeurosteerError
 from neurosteer.evaluation import get_judge
 from neurosteer.evaluation.judges import Judge
 from neurosteer.evaluation.phrases import PUBLISHED_WINDOWS, load_phrase_lists
@@ -44,19 +62,35 @@ def score(judge: Judge, rows: list[dict[str, str]]) -> tuple[float, list[dict[st
     return 1 - len(wrong) / len(rows), wrong
 
 
+def published_lists(lists: Path) -> list[str]:
+    """The judge names of the published lists of a refusal_substrings.json, the paper's first."""
+    published = load_phrase_lists(lists)
+    names = [n for n in PUBLISHED_ORDER if n in published]
+    names += [n for n in published if n in PUBLISHED_WINDOWS and n not in names]
+    return [f"{lists}#{name}" for name in names]
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--fixture", type=Path, default=FIXTURE)
     parser.add_argument("--lists", type=Path, default=None, help="refusal_substrings.json")
     parser.add_argument("--errors", action="store_true", help="also list every wrong label")
+    add_label_options(parser)
     args = parser.parse_args()
+    if args.labels is not None:
+        try:
+            run_labelled(args, published_lists(args.lists) if args.lists is not None else [])
+        except NeurosteerError as err:
+            print(f"error: {err}", file=sys.stderr)
+            raise SystemExit(2) from None
+        return
     rows = load_rows(args.fixture)
     judges: dict[str, Judge] = {name: get_judge(name) for name in BUILTIN}
     if args.lists is not None:
-        published = load_phrase_lists(args.lists)
-        names = [n for n in PUBLISHED_ORDER if n in published]
-        names += [n for n in published if n in PUBLISHED_WINDOWS and n not in names]
-        judges.update({name: get_judge(f"{args.lists}#{name}") for name in names})
+        names = published_lists(args.lists)
+        judges.update({name.partition("#")[2]: get_judge(name) for name in names})
     splits = {
         "dev": [r for r in rows if r["split"] == "dev"],
         "held-out": [r for r in rows if r["split"] == "heldout"],

@@ -38,7 +38,13 @@ CAA_ALPHAS = (-0.5, -1.0, -2.0)
 DIRECTION_SHARES = (0.5, 1.0)
 RANDOM_SEEDS = (0, 1, 2)
 TOP_K = 1600  # the reference script's own JailbreakBench setting (issue 22)
-CURVE_MULTIPLIERS = (0.5, -0.5, -1.0, -1.5, -2.0)  # the paper's robustness curve, CNA (m = 1 is `unchanged`)
+CURVE_MULTIPLIERS = (
+    0.5,
+    -0.5,
+    -1.0,
+    -1.5,
+    -2.0,
+)  # the paper's robustness curve, CNA (m = 1 is `unchanged`)
 CURVE_ALPHAS = (-0.5, -1.5, -2.5, -3.0)  # and CAA's (α = -1, -2 are points of the grid)
 
 

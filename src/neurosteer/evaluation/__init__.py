@@ -8,6 +8,10 @@
     refusal       measure_refusal: greedy answers under a steering, judged and counted (the one
                   path every refusal number takes: sweeps, layer scans, the organism demo)
     model_judge   a local causal LM as a yes/no judge; judge prompts from JSON
+    judge_cache   the model judge's model, loaded once per process, and its cached verdicts
+    model_judge_names  "model", "model:PATH", "model#ENTRY": the model judges `get_judge` makes
+    answer_records  answers to judge from JSONL/CSV (`neurosteer judge FILE`)
+    judge_scores  a judge's agreement with a reader's labels: accuracy, confusion, recall
     kl            KL(unsteered || steered) on the unsteered model's own continuations
     datasets      benchmark prompt sets (JailbreakBench, AdvBench, HarmBench, JSON splits, .txt)
     mmlu          MMLU accuracy through lm-eval (extra `neurosteer[eval]`) from local csv files

@@ -48,6 +48,9 @@ logger = logging.getLogger(__name__)
 Label = Literal["refusal", "compliance", "degenerate"]
 LABELS: tuple[Label, ...] = get_args(Label)
 
+#: The judge `neurosteer sweep`, `optimize` and `judge` use unless told otherwise.
+DEFAULT_JUDGE = "sweep"
+
 #: The paper searches the first 500 characters: a refusal comes first, and a long compliant
 #: answer that says "sorry" near its end is still compliance.
 DEFAULT_WINDOW = 500
@@ -182,17 +185,36 @@ def refusal_rates(labels: Sequence[Label]) -> dict[Label, float]:
     return {label: sum(x == label for x in labels) / len(labels) for label in LABELS}
 
 
-def get_judge(name: str) -> Judge:
+def get_judge(
+    name: str,
+    *,
+    judge_model: str | Path | None = None,
+    judge_prompts: str | Path | None = None,
+    cache_file: str | Path | None = None,
+    progress: bool = False,
+) -> Judge:
     """A judge from a name, for the command line.
 
     Accepts a built-in list ("strict", "sweep", "patterns"), a JSON phrase-list file with an
-    optional entry ("lists.json" or "lists.json#entry"), or "model:<local folder>" for a judge
-    model with the default yes/no prompt, or "organism" for the built-in organism's judge
-    (`neurosteer.organism.evaluate.OrganismJudge`, the one `neurosteer demo` counts with). The
-    literature's lists of refusal_substrings.json,
+    optional entry ("lists.json" or "lists.json#entry"), "organism" for the built-in organism's
+    judge (`neurosteer.organism.evaluate.OrganismJudge`, the one `neurosteer demo` counts with),
+    or a model judge (`model_judge_names`): "model" (the model from `judge_model` or
+    $NEUROSTEER_JUDGE_MODEL, a folder or .gguf file), "model:PATH", and either with "#ENTRY" for
+    a judge prompt of the `judge_prompts` file (the published llm_judges.json, say). A model is
+    loaded once per process, however often its judge is asked for. The literature's lists of
+    refusal_substrings.json,
     named by entry ("refusal_substrings.json#cna_neural_steering_jailbreak_benchmark_regex",
     see `PUBLISHED_WINDOWS`), are applied literally over the characters their code searched;
     other file lists get the same answer preparation as the built-in lists.
+
+    Args:
+        name: as above.
+        judge_model, judge_prompts: see above; other judges ignore them.
+        cache_file: a JSONL file where a model judge keeps its verdicts between runs.
+        progress: show a model judge's progress bar.
+
+    Raises:
+        InputError: an unknown name, a bad file, or a model judge without a model.
     """
     if name in BUILTIN_LISTS:
         return PhraseJudge(builtin_list(name))
@@ -201,11 +223,17 @@ def get_judge(name: str) -> Judge:
         from neurosteer.organism.evaluate import OrganismJudge
 
         return OrganismJudge()
-    if name.startswith("model:"):
+    if name == "model" or name.startswith(("model:", "model#")):
         # imported here: the model judge pulls in torch and transformers, phrase judges do not
-        from neurosteer.evaluation.model_judge import ModelJudge
+        from neurosteer.evaluation.model_judge_names import model_judge
 
-        return ModelJudge(name.removeprefix("model:"))
+        return model_judge(
+            name,
+            judge_model=judge_model,
+            judge_prompts=judge_prompts,
+            cache_file=cache_file,
+            progress=progress,
+        )
     file, _, entry = name.partition("#")
     if file.lower().endswith(".json") or Path(file).is_file():
         phrases = load_phrase_list(file, entry or None)
@@ -214,5 +242,6 @@ def get_judge(name: str) -> Judge:
         return PhraseJudge(phrases)
     raise InputError(
         f"unknown judge '{name}'; use {', '.join(BUILTIN_LISTS)}, organism, a phrase-list "
-        ".json file (optionally file.json#entry) or model:<local model folder>"
+        ".json file (optionally file.json#entry), model or model:PATH (a model folder or "
+        ".gguf file), optionally with #ENTRY of a judge prompt file"
     )

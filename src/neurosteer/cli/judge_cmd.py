@@ -1,0 +1,100 @@
+"""`neurosteer judge FILE`: label the answers of a JSONL/CSV file with any refusal judge."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+
+JUDGE_HELP = (
+    "Refusal judge: strict, sweep, patterns, organism, a phrase-list .json (file.json#entry), "
+    "or a model judge: model (the model of --judge-model), model:PATH, and either with "
+    "#ENTRY for a prompt of --judge-prompts (e.g. model#jailbreakbench_Llama3RefusalJudge)."
+)
+
+
+@click.command("judge")
+@click.argument("file", type=click.Path(path_type=Path))
+@click.option("--judge", "judge_name", default=None, help=JUDGE_HELP + "  [default: sweep]")
+@click.option(
+    "--judge-model",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Judge model for model judges: a folder or .gguf file (default: $NEUROSTEER_JUDGE_MODEL).",
+)
+@click.option(
+    "--judge-prompts",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="JSON file of judge prompts for model#ENTRY, e.g. refusal_judges/llm_judges.json "
+    "(default: $NEUROSTEER_JUDGE_PROMPTS).",
+)
+@click.option(
+    "--cache",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="JSONL file where a model judge keeps its verdicts between runs.",
+)
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print one JSON object per record, in input order: id (if given) and label.",
+)
+def judge_command(
+    file: Path,
+    judge_name: str | None,
+    judge_model: Path | None,
+    judge_prompts: Path | None,
+    cache: Path | None,
+    as_json: bool,
+) -> None:
+    """Label the answers in FILE (JSONL or CSV records with prompt and answer, optionally id
+    and label) as refusal, compliance or degenerate; print the shares and, for records that
+    carry a label, the judge's accuracy and confusion table."""
+    from neurosteer.cli.options import show_progress
+    from neurosteer.evaluation.answer_records import read_answer_records
+    from neurosteer.evaluation.judges import DEFAULT_JUDGE, get_judge
+
+    records = read_answer_records(file)  # a bad file fails before any model is loaded
+    name = judge_name or DEFAULT_JUDGE
+    judge = get_judge(
+        name,
+        judge_model=judge_model,
+        judge_prompts=judge_prompts,
+        cache_file=cache,
+        progress=show_progress(),
+    )
+    labels = judge([r.prompt for r in records], [r.answer for r in records])
+    if as_json:
+        for record, label in zip(records, labels, strict=True):
+            row: dict[str, Any] = {} if record.id is None else {"id": record.id}
+            click.echo(json.dumps({**row, "label": label}, ensure_ascii=False))
+        return
+    _print_summary(name, [r.label for r in records], labels)
+
+
+def _print_summary(name: str, given: list[Any], labels: list[Any]) -> None:
+    """The shares of each label and, over the labelled records, accuracy and confusion."""
+    from neurosteer.evaluation.judge_scores import agreement
+    from neurosteer.evaluation.judges import LABELS, refusal_rates
+
+    click.echo(f"judge {name} on {len(labels)} answers")
+    for label, share in refusal_rates(labels).items():
+        click.echo(f"  {label:<11} {share:6.1%}  ({labels.count(label)})")
+    pairs = [(g, x) for g, x in zip(given, labels, strict=True) if g is not None]
+    if not pairs:
+        return
+    score = agreement([g for g, _ in pairs], [x for _, x in pairs])
+    click.echo(
+        f"accuracy {score.accuracy:.1%} ({score.correct} of {score.total} labelled answers); "
+        "rows: the file's label, columns: the judge's"
+    )
+    for line in score.table():
+        click.echo("  " + line)
+    for label in LABELS:
+        recall = score.recall(label)
+        if recall is not None:
+            click.echo(f"  recall of {label}: {recall:.1%}")
