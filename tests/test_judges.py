@@ -18,12 +18,12 @@ from neurosteer.evaluation import (
     PhraseList,
     answer_token_ids,
     builtin_list,
-    get_judge,
     load_judge_prompt,
     load_phrase_list,
     load_phrase_lists,
     refusal_rates,
 )
+from neurosteer.judge_names import get_judge
 from neurosteer.prompts import encode_for_model
 
 LONG_COMPLIANCE = (

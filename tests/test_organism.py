@@ -13,7 +13,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 import neurosteer
 from neurosteer.demo import DEMO_TOP_K
 from neurosteer.errors import InputError
-from neurosteer.evaluation import get_judge
+from neurosteer.judge_names import get_judge
 from neurosteer.organism import BASE_DIR, INSTRUCT_DIR, WEIGHTS_DIR, corpus, neutral_prompts
 from neurosteer.organism.corpus import Verdict, judge
 from neurosteer.organism.evaluate import OrganismJudge, Rates

@@ -10,7 +10,7 @@ from pathlib import Path
 from click.testing import CliRunner
 
 from neurosteer.cli.main import cli
-from neurosteer.evaluation import get_judge
+from neurosteer.judge_names import get_judge
 from neurosteer.organism import INSTRUCT_DIR
 
 

@@ -23,8 +23,8 @@ from neurosteer import (
     resolve_layout,
 )
 from neurosteer.contrast import load_vectors
-from neurosteer.evaluation.judges import get_judge
 from neurosteer.intervention import Bound
+from neurosteer.judge_names import get_judge
 from neurosteer.sweep.config import SweepConfig
 from neurosteer.sweep.methods import Fitted, fit_methods
 from neurosteer.sweep.store import VECTORS_FILE

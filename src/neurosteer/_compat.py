@@ -9,6 +9,7 @@ what to write instead. Remove these in the release after next.
 from __future__ import annotations
 
 import functools
+import importlib
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ParamSpec, TypeVar, cast
@@ -69,3 +70,21 @@ def deprecated_name(old: str, instead: str) -> None:
         DeprecationWarning,
         stacklevel=3,
     )
+
+
+def moved_names(module: str, moved: Mapping[str, str]) -> Callable[[str], Any]:
+    """A module `__getattr__` serving names that moved out of `module` ({name: new module}),
+    each with a DeprecationWarning naming its new home; imported by name, on first use, so the
+    old module does not import the (later-layer) new one.
+
+    Raises (from the returned function):
+        AttributeError: `name` is neither in the module nor in `moved`.
+    """
+
+    def getattr_(name: str) -> Any:
+        if name not in moved:
+            raise AttributeError(f"module {module!r} has no attribute {name!r}")
+        deprecated_name(f"{module}.{name}", f"import it from {moved[name]}")
+        return getattr(importlib.import_module(moved[name]), name)
+
+    return getattr_

@@ -16,9 +16,9 @@ import torch
 from torch import nn
 
 from neurosteer._compat import renamed_keywords
-from neurosteer.baking import BakeHandle, require_editable
 from neurosteer.contrast import ContrastVectors
 from neurosteer.errors import InputError, UnsupportedModelError
+from neurosteer.handles import BakeHandle, require_editable
 from neurosteer.hooks import EditState, HookSet, add_direction_projectors
 from neurosteer.hooks.edits import edit_dtype, float32_strength
 from neurosteer.intervention import OLD_STRENGTH, HookedIntervention, Installer, check_strength

@@ -22,103 +22,24 @@ disk) cannot be edited in place: every path that edits or saves weights checks
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from neurosteer._compat import deprecated_name, renamed_keywords
+from neurosteer._compat import renamed_keywords
 from neurosteer._io import atomic_directory
 from neurosteer._version import __version__
-from neurosteer.circuit import Circuit, as_circuits
-from neurosteer.errors import InputError
-from neurosteer.fingerprint import BAKED_FILE, baked_on, mark_baked, weights_fingerprint
-from neurosteer.hooks.edits import scale_values
+from neurosteer.circuit import Circuit, as_circuits, bake_circuits, circuits_provenance
+from neurosteer.fingerprint import BAKED_FILE, weights_fingerprint
+from neurosteer.handles import BakeHandle, require_editable
 from neurosteer.intervention import Bound, Intervention, check_strength
 from neurosteer.layout import ModelLayout
 from neurosteer.steering import Steerable
 
 PROVENANCE_FILE = BAKED_FILE
-
-
-class BakeHandle:
-    """Undo for in-place weight edits: it keeps what was there, never divides by m."""
-
-    def __init__(self) -> None:
-        self._steps: list[Callable[[], None]] = []
-
-    @property
-    def active(self) -> bool:
-        """Deprecated (removed in the next release): whether there is anything to undo."""
-        deprecated_name("BakeHandle.active", "call undo(), which is idempotent")
-        return bool(self._steps)
-
-    def on_undo(self, step: Callable[[], None]) -> None:
-        """Register a restoring step; steps run in reverse order of registration."""
-        self._steps.append(step)
-
-    def keep_slice(self, weight: torch.Tensor, axis: int, index: torch.Tensor) -> torch.Tensor:
-        """Save `weight`'s slices `index` along `axis` for undo; returns a copy of them."""
-        original = weight.index_select(axis, index).clone()
-
-        def restore() -> None:
-            weight.index_copy_(axis, index, original)
-
-        self.on_undo(restore)
-        return original
-
-    def undo(self) -> None:
-        """Restore the original weights exactly (idempotent)."""
-        with torch.no_grad():
-            while self._steps:
-                self._steps.pop()()
-
-
-def require_editable(model: nn.Module, modules: Iterable[nn.Module], action: str) -> None:
-    """Refuse, before anything changes, if any parameter of `modules` is offloaded.
-
-    An offloaded parameter (accelerate's `device_map` with CPU/disk offload, `cpu_offload`) is
-    a placeholder on the meta device, or is swapped in by a hook only during the forward pass,
-    so an in-place edit would be lost (and a saved checkpoint would hold the unedited values).
-
-    Args:
-        model: the model, used to name the parameters in the message.
-        modules: the modules whose parameters (recursively) are to be edited or saved.
-        action: what was asked for, for the message (e.g. "bake the circuit").
-
-    Raises:
-        InputError: naming the first offloaded parameter and what to do instead.
-    """
-    names = {id(m): name for name, m in model.named_modules()}
-    offloaded: list[str] = []
-    for top in modules:
-        for sub_name, module in top.named_modules(prefix=names.get(id(top), "")):
-            hooked = _offloaded_by_hook(module)
-            for name, tensor in module.named_parameters(recurse=False):
-                if hooked or tensor.device.type == "meta":
-                    offloaded.append(f"{sub_name}.{name}" if sub_name else name)
-    if offloaded:
-        more = f" (and {len(offloaded) - 1} more)" if len(offloaded) > 1 else ""
-        raise InputError(
-            f"cannot {action}: '{offloaded[0]}'{more} is offloaded (accelerate keeps its values "
-            "on the CPU or disk and only a placeholder in the model), so an in-place edit would "
-            "change nothing; load the model without a device map or offloading (device_map=None, "
-            "or no --device-map/--max-memory/--offload-folder), or bake a saved safetensors "
-            "checkpoint shard by shard with bake_streaming (neurosteer bake --streaming)"
-        )
-
-
-def _offloaded_by_hook(module: nn.Module) -> bool:
-    """Whether an accelerate hook on `module` swaps its weights in and out (offload=True)."""
-    hook = getattr(module, "_hf_hook", None)
-    if hook is None:
-        return False
-    hooks = getattr(hook, "hooks", None) or [hook]  # a SequentialHook holds several
-    return any(bool(getattr(h, "offload", False)) for h in hooks)
 
 
 @renamed_keywords({"circuit": "intervention", "multiplier": "strength"})
@@ -170,45 +91,6 @@ def bake(
     if isinstance(intervention, Intervention):  # a circuit too: Circuit.bake → bake_circuits
         return intervention.bake(model, strength, layout=layout)
     return bake_circuits(model, as_circuits(intervention), strength, layout=layout)
-
-
-def bake_circuits(
-    model: nn.Module,
-    circuits: Sequence[Circuit],
-    strength: float | None = None,
-    *,
-    layout: ModelLayout | None = None,
-) -> BakeHandle:
-    """`bake` for one or several circuits (what `Circuit.bake` runs)."""
-    if not circuits:
-        raise InputError("bake() needs at least one circuit")
-    m = check_strength(strength, circuits[0].default_strength)
-    plans = []
-    for circuit in circuits:
-        c_layout = circuit.layout_on(model, layout)
-        plans.append((c_layout, c_layout.site_modules(model), circuit.by_layer()))
-    edited = [sites[layer] for _, sites, by_layer in plans for layer in by_layer]
-    require_editable(model, edited, "bake the circuit")
-    handle = BakeHandle()
-    before = baked_on(model)
-    handle.on_undo(lambda: mark_baked(model, before))
-    try:
-        with torch.no_grad():
-            for c_layout, sites, by_layer in plans:
-                axis = 1 if c_layout.orientation == "columns" else 0
-                for layer, neurons in by_layer.items():
-                    weight = sites[layer].weight
-                    assert isinstance(weight, torch.Tensor)
-                    index = neurons.to(weight.device)
-                    original = handle.keep_slice(weight, axis, index)
-                    weight.index_copy_(axis, index, scale_values(original, m))
-    except BaseException:
-        handle.undo()
-        raise
-    # Steering this model with one of these circuits now would apply it twice (see
-    # `Circuit.layout_on`); the mark goes with `handle.undo()`.
-    mark_baked(model, provenance(list(circuits), m))
-    return handle
 
 
 @renamed_keywords(
@@ -280,11 +162,9 @@ def provenance(intervention: Steerable, strength: float) -> dict[str, Any]:
         intervention = intervention.intervention
     if isinstance(intervention, Intervention) and not isinstance(intervention, Circuit):
         return record | {"intervention": _settings(intervention)}
-    circuits = [_circuit_record(c) for c in as_circuits(intervention)]
-    record["multiplier"] = strength
-    if isinstance(intervention, Circuit):
-        return record | {"circuit": circuits[0]}
-    return record | {"circuits": circuits}
+    return circuits_provenance(
+        as_circuits(intervention), strength, one=isinstance(intervention, Circuit)
+    )
 
 
 def _settings(intervention: Intervention) -> dict[str, Any]:
@@ -296,12 +176,3 @@ def _settings(intervention: Intervention) -> dict[str, Any]:
             if isinstance(value, (bool, int, float, str)):
                 values[f.name] = value
     return {"type": type(intervention).__name__, **values}
-
-
-def _circuit_record(circuit: Circuit) -> dict[str, Any]:
-    return {
-        "model": asdict(circuit.model),
-        "settings": asdict(circuit.settings),
-        "prompts": {k: asdict(v) for k, v in sorted(circuit.prompts.items())},
-        "neurons": {str(layer): idx.tolist() for layer, idx in circuit.by_layer().items()},
-    }

@@ -28,7 +28,7 @@ import weakref
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 import torch
 from safetensors import SafetensorError
@@ -37,6 +37,7 @@ from torch import nn
 
 from neurosteer._compat import renamed_keywords
 from neurosteer._io import atomic_directory
+from neurosteer._version import __version__
 from neurosteer.attribution import (
     candidate_mask,
     neuron_scores,
@@ -51,14 +52,13 @@ from neurosteer.errors import (
     NeurosteerError,
     UnsupportedModelError,
 )
-from neurosteer.fingerprint import WeightsFingerprint, baked_on, same_weights
+from neurosteer.fingerprint import WeightsFingerprint, baked_on, mark_baked, same_weights
 from neurosteer.gguf.reader import FileIdentity
+from neurosteer.handles import BakeHandle, require_editable
 from neurosteer.hooks import EditState, HookSet, add_neuron_scalers
-from neurosteer.intervention import OLD_STRENGTH, HookedIntervention, Installer
+from neurosteer.hooks.edits import scale_values
+from neurosteer.intervention import OLD_STRENGTH, HookedIntervention, Installer, check_strength
 from neurosteer.layout import ModelLayout, resolve_layout
-
-if TYPE_CHECKING:
-    from neurosteer.baking import BakeHandle
 
 logger = logging.getLogger(__name__)
 
@@ -278,10 +278,6 @@ class Circuit(HookedIntervention):
     ) -> BakeHandle:
         """Scale this circuit's neurons by `strength` (default 0) in the weights, in place:
         `neurosteer.bake(model, self, strength)`, whose docstring gives the details."""
-        # `baking` is a later stage that imports this module; importing it here keeps the
-        # pipeline's one-way import order (no cycle at module level).
-        from neurosteer.baking import bake_circuits
-
         return bake_circuits(model, [self], strength, layout=layout)
 
     def candidates(self) -> torch.Tensor:
@@ -704,3 +700,63 @@ def as_circuits(target: object) -> list[Circuit]:
             "other interventions one by one (their handles nest)"
         )
     return circuits
+
+
+def bake_circuits(
+    model: nn.Module,
+    circuits: Sequence[Circuit],
+    strength: float | None = None,
+    *,
+    layout: ModelLayout | None = None,
+) -> BakeHandle:
+    """`bake` for one or several circuits (what `Circuit.bake` runs)."""
+    if not circuits:
+        raise InputError("bake() needs at least one circuit")
+    m = check_strength(strength, circuits[0].default_strength)
+    plans = []
+    for circuit in circuits:
+        c_layout = circuit.layout_on(model, layout)
+        plans.append((c_layout, c_layout.site_modules(model), circuit.by_layer()))
+    edited = [sites[layer] for _, sites, by_layer in plans for layer in by_layer]
+    require_editable(model, edited, "bake the circuit")
+    handle = BakeHandle()
+    before = baked_on(model)
+    handle.on_undo(lambda: mark_baked(model, before))
+    try:
+        with torch.no_grad():
+            for c_layout, sites, by_layer in plans:
+                axis = 1 if c_layout.orientation == "columns" else 0
+                for layer, neurons in by_layer.items():
+                    weight = sites[layer].weight
+                    assert isinstance(weight, torch.Tensor)
+                    index = neurons.to(weight.device)
+                    original = handle.keep_slice(weight, axis, index)
+                    weight.index_copy_(axis, index, scale_values(original, m))
+    except BaseException:
+        handle.undo()
+        raise
+    # Steering this model with one of these circuits now would apply it twice (see
+    # `Circuit.layout_on`); the mark goes with `handle.undo()`.
+    mark_baked(model, circuits_provenance(circuits, m, one=False))
+    return handle
+
+
+def circuits_provenance(
+    circuits: Sequence[Circuit], strength: float, *, one: bool
+) -> dict[str, Any]:
+    """What a bake of `circuits` at `strength` records (`neurosteer.baking.provenance`): each
+    circuit in full, under "circuit" when `one` (a single circuit, not a list) else
+    "circuits", and the strength also under "multiplier" (its meaning for circuits)."""
+    records = [_circuit_record(c) for c in circuits]
+    record: dict[str, Any] = {"library_version": __version__, "strength": strength}
+    record["multiplier"] = strength
+    return record | ({"circuit": records[0]} if one else {"circuits": records})
+
+
+def _circuit_record(circuit: Circuit) -> dict[str, Any]:
+    return {
+        "model": asdict(circuit.model),
+        "settings": asdict(circuit.settings),
+        "prompts": {k: asdict(v) for k, v in sorted(circuit.prompts.items())},
+        "neurons": {str(layer): idx.tolist() for layer, idx in circuit.by_layer().items()},
+    }

@@ -19,88 +19,25 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from neurosteer.circuit import Circuit
 from neurosteer.demo_report import write_demo_report
+from neurosteer.demo_result import SHOWN, ConditionRow, DemoResult, ExampleAnswers
 from neurosteer.discovery import discover
-from neurosteer.evaluation.judges import Label
 from neurosteer.evaluation.refusal import JudgedAnswers, measure_refusal
 from neurosteer.loading import load_model
 from neurosteer.organism.evaluate import ANSWER_BATCH, ANSWER_TOKENS, OrganismJudge, Rates
 from neurosteer.organism.paths import INSTRUCT_DIR
 from neurosteer.organism.prompt_sets import PromptSets, demo_prompt_sets, neutral_prompts
-from neurosteer.report.page import HTML_FILE
 
 logger = logging.getLogger(__name__)
 
 DEMO_TOP_K = 48
 """Circuit size the demo uses on the organism: 48 of 3,072 MLP neurons (1.6%)."""
 MAX_NEW_TOKENS = ANSWER_TOKENS
-
-
-@dataclass(frozen=True)
-class ConditionRow:
-    """Held-out rates under one intervention."""
-
-    condition: str
-    multiplier: float
-    harmful: Rates
-    benign: Rates
-
-
-SHOWN = ("unchanged", "ablated", "amplified")
-"""The conditions whose answers the examples show, in column order."""
-
-
-@dataclass(frozen=True)
-class ExampleAnswers:
-    """One held-out prompt answered by the unchanged, ablated and amplified model.
-
-    Attributes:
-        prompt: the held-out prompt.
-        unchanged, ablated, amplified: the three answers (greedy, `MAX_NEW_TOKENS` tokens).
-        kind: "harmful" or "benign", the prompt's set.
-        labels: the judge's label of each answer ("refusal", "compliance" or "degenerate"), in
-            the order unchanged, ablated, amplified.
-    """
-
-    prompt: str
-    unchanged: str
-    ablated: str
-    amplified: str
-    kind: str
-    labels: tuple[Label, Label, Label]
-
-
-@dataclass(frozen=True)
-class DemoResult:
-    """Everything the demo measured, and where it wrote the report."""
-
-    report_path: Path
-    n_neurons: int
-    total_neurons: int
-    neurons_per_layer: dict[int, int]
-    n_discover: int
-    n_eval: int
-    amplify: float
-    rows: tuple[ConditionRow, ...]
-    examples: tuple[ExampleAnswers, ...]
-    k_sweep: tuple[tuple[int, float], ...]
-    """(k, held-out harmful refusal with those k neurons ablated)."""
-    seconds: float
-    circuit: Circuit
-    """The circuit of the rows (`top_k` neurons, with the kept δ table)."""
-    model_dir: str = ""
-    """The organism the demo ran on."""
-
-    @property
-    def html_path(self) -> Path:
-        """The HTML page beside `report_path` (report.md)."""
-        return self.report_path.with_name(HTML_FILE)
 
 
 def run_demo(

@@ -21,10 +21,11 @@ import html
 import json
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from matplotlib.figure import Figure
 
+from neurosteer.demo_result import DemoResult
 from neurosteer.errors import InputError
 from neurosteer.report.headline import percent
 from neurosteer.report.page import (
@@ -36,9 +37,6 @@ from neurosteer.report.page import (
     html_figure,
     html_table,
 )
-
-if TYPE_CHECKING:  # demo.py imports this module
-    from neurosteer.demo import DemoResult
 
 DEMO_FILE = "demo.json"
 """The demo's numbers and examples, in the report folder; the pages are drawn from it."""

@@ -39,18 +39,16 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
-from typing import TYPE_CHECKING, ClassVar, Protocol, runtime_checkable
+from typing import ClassVar, Protocol, runtime_checkable
 
 from torch import nn
 
 from neurosteer._compat import deprecated_name, renamed_keywords
 from neurosteer.errors import InputError, UnsupportedModelError
+from neurosteer.handles import BakeHandle
 from neurosteer.hooks import EditState, HookSet, PositionTracker
 from neurosteer.hooks.positions import Positions
 from neurosteer.layout import ModelLayout
-
-if TYPE_CHECKING:
-    from neurosteer.baking import BakeHandle
 
 
 @runtime_checkable

@@ -396,7 +396,7 @@ def choose_tokens(
 
     The unchanged model answers each prompt greedily (`measure_refusal`, `max_new_tokens`
     tokens), `judge` labels the answers, and each answer's first token is counted for its label
-    (`optimization.objectives.opening_counts`, the balance `neurosteer optimize` prunes with): a
+    (`evaluation.refusal.opening_counts`, the balance `neurosteer optimize` prunes with): a
     token that opens more refusals than compliant answers is a refusal token, the reverse a
     compliance token, a tie neither. Degenerate answers count for neither. With only prompts
     the model refuses there is no compliance token; give it prompts it answers too.
@@ -409,8 +409,7 @@ def choose_tokens(
         ...                      PhraseJudge())
         >>> next_token_probs(model, tok, prompts, tokens=pick.token_ids)
     """
-    from neurosteer.evaluation.refusal import measure_refusal
-    from neurosteer.optimization.objectives import opening_counts
+    from neurosteer.evaluation.refusal import measure_refusal, opening_counts
 
     answers = measure_refusal(
         model,

@@ -101,7 +101,7 @@ def probe_command(**params: Any) -> None:
     Each prompt is rendered as `generate` renders it (chat template and generation prompt).
     """
     from neurosteer.circuit import Circuit
-    from neurosteer.evaluation.judges import get_judge
+    from neurosteer.judge_names import get_judge
     from neurosteer.probe import choose_tokens, next_token_probs
     from neurosteer.prompts import load_prompts
     from neurosteer.text_check import check_prompts

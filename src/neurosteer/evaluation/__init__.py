@@ -4,7 +4,8 @@
     answer_text   what a judge reads: the final answer after reasoning, without quoted speech
     refusal_clauses  the built-in refusal clauses (first-person declines) and their exceptions
     phrases       refusal phrase lists: built in ("strict", "sweep", "patterns") or from JSON
-    judges        the `Judge` interface, the phrase judge, refusal rates, `get_judge` for the CLI
+    judges        the `Judge` interface, the phrase judge, refusal rates (a judge by name:
+                  `neurosteer.judge_names`)
     refusal       measure_refusal: greedy answers under a steering, judged and counted (the one
                   path every refusal number takes: sweeps, layer scans, the organism demo)
     model_judge   a local causal LM as a yes/no judge; judge prompts from JSON
@@ -20,13 +21,13 @@ never counted as compliance.
     refusal_rates(labels), quality(answers).mean_distinct4
 """
 
+from neurosteer._compat import moved_names
 from neurosteer.evaluation.datasets import load_dataset_prompts
 from neurosteer.evaluation.judges import (
     LABELS,
     Judge,
     Label,
     PhraseJudge,
-    get_judge,
     refusal_rates,
 )
 from neurosteer.evaluation.kl import KLReport, kl_to_reference
@@ -69,7 +70,6 @@ __all__ = [
     "answer_token_ids",
     "builtin_list",
     "distinct_n",
-    "get_judge",
     "is_degenerate",
     "judge_answers",
     "kl_to_reference",
@@ -84,3 +84,7 @@ __all__ = [
     "quality",
     "refusal_rates",
 ]
+
+
+#: Old names of this package, kept one release (`neurosteer._compat.moved_names`).
+__getattr__ = moved_names(__name__, {"get_judge": "neurosteer.judge_names"})

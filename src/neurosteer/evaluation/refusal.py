@@ -104,3 +104,15 @@ def measure_refusal(
             template_vars=template_vars,
         )
     return judge_answers(prompts, answers, judge)
+
+
+def opening_counts(first_ids: Sequence[int], labels: Sequence[Label]) -> dict[int, tuple[int, int]]:
+    """{token id: (refusals it opens, compliant answers it opens)} over answers whose first
+    tokens are `first_ids` and whose labels are `labels` (one each); degenerate answers count
+    for neither. The balance behind `refusal_tokens` and `neurosteer probe`'s own choice."""
+    counts: dict[int, tuple[int, int]] = {}
+    for token, label in zip(first_ids, labels, strict=True):
+        if label != "degenerate":
+            refused, complied = counts.get(int(token), (0, 0))
+            counts[int(token)] = (refused + (label == "refusal"), complied + (label != "refusal"))
+    return counts

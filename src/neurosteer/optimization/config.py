@@ -34,7 +34,7 @@ class OptimizeConfig:
         held_out_positive, held_out_negative: prompts split off each set for the objectives
             (never used for discovery); at least 2 of each set must stay for discovery.
         split_seed: seed of that split.
-        judge: the refusal judge's name (`evaluation.get_judge`: "sweep", "patterns",
+        judge: the refusal judge's name (`judge_names.get_judge`: "sweep", "patterns",
             "organism", a phrase-list file, "model:PATH").
         max_new_tokens: answer length of the refusal objective (greedy; stops at end of turn).
         batch_size: prompts per forward pass / generation batch.

@@ -31,9 +31,9 @@ import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from neurosteer.evaluation.judges import Judge, Label
+from neurosteer.evaluation.judges import Judge
 from neurosteer.evaluation.kl import KLReference, kl_from_reference, kl_reference, steered_logprobs
-from neurosteer.evaluation.refusal import JudgedAnswers, measure_refusal
+from neurosteer.evaluation.refusal import JudgedAnswers, measure_refusal, opening_counts
 from neurosteer.intervention import Intervention
 from neurosteer.optimization.config import OptimizeConfig
 from neurosteer.runtime import runs_model
@@ -193,18 +193,6 @@ def refusal_tokens(first: KLReference, unchanged: JudgedAnswers) -> tuple[int, .
     return tuple(
         sorted(token for token, (refused, complied) in counts.items() if refused > complied)
     )
-
-
-def opening_counts(first_ids: Sequence[int], labels: Sequence[Label]) -> dict[int, tuple[int, int]]:
-    """{token id: (refusals it opens, compliant answers it opens)} over answers whose first
-    tokens are `first_ids` and whose labels are `labels` (one each); degenerate answers count
-    for neither. The balance behind `refusal_tokens` and `neurosteer probe`'s own choice."""
-    counts: dict[int, tuple[int, int]] = {}
-    for token, label in zip(first_ids, labels, strict=True):
-        if label != "degenerate":
-            refused, complied = counts.get(int(token), (0, 0))
-            counts[int(token)] = (refused + (label == "refusal"), complied + (label != "refusal"))
-    return counts
 
 
 class Objectives:

@@ -24,7 +24,7 @@ from neurosteer._version import __version__
 from neurosteer.circuit import Circuit
 from neurosteer.discovery import discover, model_info
 from neurosteer.errors import CircuitFormatError, InputError
-from neurosteer.evaluation.judges import get_judge
+from neurosteer.judge_names import get_judge
 from neurosteer.layout import ModelLayout, resolve_layout
 from neurosteer.optimization import baselines as baseline_points
 from neurosteer.optimization import store

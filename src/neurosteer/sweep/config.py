@@ -41,7 +41,7 @@ class SweepConfig:
         strengths: the strengths s (0 is the shared unsteered point; negative s amplifies).
         max_new_tokens: new tokens per answer (greedy; stops at end-of-sequence).
         batch_size: prompts per generation / scoring pass.
-        judge: refusal judge name for `evaluation.get_judge` ("sweep", "patterns", "organism",
+        judge: refusal judge name for `judge_names.get_judge` ("sweep", "patterns", "organism",
             a JSON file..).
         chat_template: True/False forces the chat template; None uses it when there is one.
         system: a system turn rendered before every prompt the steered model sees (discovery,

@@ -26,13 +26,14 @@ from neurosteer import _run_files
 from neurosteer._version import __version__
 from neurosteer.discovery import model_info
 from neurosteer.errors import InputError
-from neurosteer.evaluation.judges import Judge, get_judge
+from neurosteer.evaluation.judges import Judge
 from neurosteer.evaluation.kl import kl_to_reference
 from neurosteer.evaluation.mmlu import mmlu_accuracy
 from neurosteer.evaluation.mmlu_data import MMLUData, load_mmlu
 from neurosteer.evaluation.quality import quality
 from neurosteer.evaluation.refusal import measure_refusal
 from neurosteer.intervention import Intervention
+from neurosteer.judge_names import get_judge
 from neurosteer.layout import ModelLayout, resolve_layout
 from neurosteer.prompts import encode_for_model, prompt_hash, uses_chat_template
 from neurosteer.runtime import runs_model
