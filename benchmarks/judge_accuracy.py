@@ -20,7 +20,7 @@ from pathlib import Path
 
 from neurosteer.evaluation.judges import Judge
 from neurosteer.evaluation.phrases import PUBLISHED_WINDOWS, load_phrase_lists
-from neurosteer.judge_names import get_judge
+from neurosteer.workflows.judges import get_judge
 
 FIXTURE = Path(__file__).resolve().parents[1] / "tests" / "data" / "judge_labelled.jsonl"
 BUILTIN = ("strict", "patterns", "sweep")

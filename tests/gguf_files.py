@@ -26,9 +26,9 @@ import numpy as np
 import torch
 from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerFast
 
-from neurosteer.circuit import Circuit, Settings
-from neurosteer.discovery import model_info
-from neurosteer.layout import resolve_layout
+from neurosteer.methods.circuit import Circuit, Settings
+from neurosteer.methods.discovery import model_info
+from neurosteer.model.layout import resolve_layout
 from tiny_models import SPECIAL_TOKENS, _reinit_, make_tokenizer, tiny_config
 
 GGUF_FAMILIES = {"llama": gguf.MODEL_ARCH.LLAMA, "qwen2": gguf.MODEL_ARCH.QWEN2}

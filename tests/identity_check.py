@@ -138,7 +138,7 @@ def _without_seconds(row: dict[str, Any]) -> dict[str, Any]:
 
 def _write_prompts(root: Path) -> dict[str, Path]:
     """The organism's prompt files: training harmful/benign (24 each), its neutral set."""
-    from neurosteer.organism import corpus, neutral_prompts
+    from neurosteer.workflows.organism import corpus, neutral_prompts
 
     files = {
         "harmful": corpus.make_prompts("train", True, 24, seed=7),
@@ -181,7 +181,7 @@ def _gguf(root: Path) -> None:
 
 
 def _sweep(root: Path, model: Path, prompts: dict[str, Path]) -> list[dict[str, Any]]:
-    from neurosteer.sweep import read_results
+    from neurosteer.workflows.sweep import read_results
 
     run = root / "sweep"
     _cli(
@@ -197,7 +197,7 @@ def _sweep(root: Path, model: Path, prompts: dict[str, Path]) -> list[dict[str, 
 
 
 def _optimize(root: Path, model: Path, prompts: dict[str, Path]) -> list[dict[str, Any]]:
-    from neurosteer.optimization import read_search
+    from neurosteer.workflows.optimization import read_search
 
     run = root / "study"
     _cli(
@@ -219,7 +219,7 @@ def environment() -> dict[str, str]:
 
 def manifest() -> dict[str, Any]:
     """Run every command in a fresh temporary folder; the manifest (see the module docstring)."""
-    from neurosteer.organism import INSTRUCT_DIR
+    from neurosteer.workflows.organism import INSTRUCT_DIR
 
     torch.manual_seed(0)
     threads = torch.get_num_threads()

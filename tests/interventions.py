@@ -1,6 +1,6 @@
-"""Test-local `neurosteer.intervention.Intervention`s for the evaluation tests.
+"""Test-local `neurosteer.interventions.protocol.Intervention`s for the evaluation tests.
 
-`CircuitIntervention` puts the protocol over `neurosteer.steering.steer` (strength = the
+`CircuitIntervention` puts the protocol over `neurosteer.methods.steering.steer` (strength = the
 multiplier: 1 unchanged, 0 ablates), and `HookIntervention` over any hooks a test registers, so
 that KL and MMLU are tested through the protocol alone, whichever objects implement it.
 """
@@ -13,12 +13,12 @@ from typing import Any
 from torch import nn
 
 from neurosteer import Circuit, bake, steer
-from neurosteer.baking import BakeHandle
 from neurosteer.errors import UnsupportedModelError
 from neurosteer.hooks import HookSet
 from neurosteer.hooks.positions import Positions
-from neurosteer.layout import ModelLayout
-from neurosteer.steering import SteeringHandle
+from neurosteer.methods.baking import BakeHandle
+from neurosteer.methods.steering import SteeringHandle
+from neurosteer.model.layout import ModelLayout
 
 
 class CircuitIntervention:

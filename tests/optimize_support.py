@@ -14,12 +14,12 @@ from typing import Any
 
 import pytest
 import torch
+from neurosteer.workflows.organism.evaluate import ANSWER_TOKENS
 from transformers import PreTrainedModel
 
 import neurosteer
-from neurosteer.optimization import OptimizeConfig, TrialResult
-from neurosteer.organism import INSTRUCT_DIR, corpus, neutral_prompts
-from neurosteer.organism.evaluate import ANSWER_TOKENS
+from neurosteer.workflows.optimization import OptimizeConfig, TrialResult
+from neurosteer.workflows.organism import INSTRUCT_DIR, corpus, neutral_prompts
 
 #: held-out prompts per side in the quick searches
 HELD_OUT = 16

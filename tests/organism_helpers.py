@@ -9,8 +9,8 @@ from functools import cache
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 import neurosteer
-from neurosteer.demo import DEMO_TOP_K
-from neurosteer.organism import INSTRUCT_DIR, corpus, neutral_prompts
+from neurosteer.workflows.organism import INSTRUCT_DIR, corpus, neutral_prompts
+from neurosteer.workflows.organism.demo import DEMO_TOP_K
 
 #: The first tokens of the organism's three refusal phrasings ("i cannot ...", "sorry but ...",
 #: "refused because ...").

@@ -11,10 +11,10 @@ import torch
 from click.testing import CliRunner
 
 import neurosteer.cli.main  # before analysis_cmds: main registers it at its end
-from neurosteer.analysis import compare_circuits, localisation, sparsity_sweep
-from neurosteer.circuit import Circuit, DeltaTable, ModelInfo, Settings
 from neurosteer.cli.analysis_cmds import compare_command
 from neurosteer.errors import CircuitMismatchError, InputError
+from neurosteer.evaluation.comparison import compare_circuits, localisation, sparsity_sweep
+from neurosteer.methods.circuit import Circuit, DeltaTable, ModelInfo, Settings
 
 
 def make_circuit(

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from neurosteer.attribution import (
+from neurosteer.errors import InputError
+from neurosteer.methods.selection import (
     UNIVERSAL_THRESHOLD,
     candidate_mask,
     difference_of_means,
@@ -14,7 +15,6 @@ from neurosteer.attribution import (
     select_top_k,
     universal_mask,
 )
-from neurosteer.errors import InputError
 
 # --- neurons_for_fraction --------------------------------------------------------------------
 

@@ -11,9 +11,9 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerFast
 
 from neurosteer import UnsupportedModelError, render_prompts, resolve_layout
-from neurosteer.baselines import CAA, DirectionAblation, MLPOutputSteering, contrast_vectors
 from neurosteer.hooks import count_hooks
-from neurosteer.steering import SteeringHandle
+from neurosteer.methods.baselines import CAA, DirectionAblation, MLPOutputSteering, contrast_vectors
+from neurosteer.methods.steering import SteeringHandle
 from tiny_models import make_tiny
 
 Pair = tuple[PreTrainedModel, PreTrainedTokenizerFast]

@@ -26,12 +26,12 @@ from transformers import PreTrainedModel, PreTrainedTokenizerFast
 
 import neurosteer
 from neurosteer import Circuit, InputError, discover, generate, steer
-from neurosteer.chat import encode_conversation, render_conversation
-from neurosteer.chat_session import ChatSession
 from neurosteer.cli.main import cli
 from neurosteer.hooks import count_hooks
-from neurosteer.organism import INSTRUCT_DIR, Verdict, judge
-from neurosteer.prompts import encode_prompts
+from neurosteer.prompts.render import encode_prompts
+from neurosteer.workflows.chat import encode_conversation, render_conversation
+from neurosteer.workflows.chat_session import ChatSession
+from neurosteer.workflows.organism import INSTRUCT_DIR, Verdict, judge
 from organism_helpers import held_out_harmful, organism, refusal_circuit
 from tiny_models import NEEDS_SYSTEM, make_tiny, make_tokenizer, save_tiny
 

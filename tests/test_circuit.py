@@ -15,12 +15,12 @@ import safetensors.torch
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerFast
 
-import neurosteer.circuit
+import neurosteer.methods.circuit
 from neurosteer import Circuit, CircuitFormatError, CircuitMismatchError, InputError, discover
-from neurosteer.attribution import layer_mask
-from neurosteer.circuit import FORMAT_VERSION, METADATA_FILE, TENSORS_FILE
-from neurosteer.discovery import neutral_prompts
-from neurosteer.layout import resolve_layout
+from neurosteer.methods.circuit import FORMAT_VERSION, METADATA_FILE, TENSORS_FILE
+from neurosteer.methods.discovery import neutral_prompts
+from neurosteer.methods.selection import layer_mask
+from neurosteer.model.layout import resolve_layout
 from tiny_models import D_MLP, N_LAYERS
 
 Model = tuple[PreTrainedModel, PreTrainedTokenizerFast]
@@ -160,7 +160,7 @@ def test_failed_write_leaves_nothing(
     without_table: Circuit, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # circuit.py imports save_file by name; patch it where it is used, and at the source too
-    monkeypatch.setattr(neurosteer.circuit, "save_file", _failing_save_file)
+    monkeypatch.setattr(neurosteer.methods.circuit, "save_file", _failing_save_file)
     monkeypatch.setattr(safetensors.torch, "save_file", _failing_save_file)
     target = tmp_path / "c"
     with pytest.raises(OSError, match="disk full"):
@@ -174,7 +174,7 @@ def test_failed_forced_write_keeps_the_old_circuit(
 ) -> None:
     target = with_table.save(tmp_path / "c")
     before = {p.name: p.read_bytes() for p in target.iterdir()}
-    monkeypatch.setattr(neurosteer.circuit, "save_file", _failing_save_file)
+    monkeypatch.setattr(neurosteer.methods.circuit, "save_file", _failing_save_file)
     with pytest.raises(OSError, match="disk full"):
         without_table.save(target, force=True)
     assert {p.name: p.read_bytes() for p in target.iterdir()} == before
@@ -430,7 +430,7 @@ def test_files_without_universal_neurons_still_load(
     old = Circuit.load(path)
     assert old.universal is None
     assert old.universal_mask() is None
-    with caplog.at_level("WARNING", logger="neurosteer.circuit"):
+    with caplog.at_level("WARNING", logger="neurosteer.methods.circuit"):
         control = old.random_like(seed=0)
     assert "universal" in caplog.text
     assert len(control) == len(old)

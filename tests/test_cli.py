@@ -21,8 +21,8 @@ from transformers import AutoModelForCausalLM, BertConfig, BertModel
 
 from neurosteer import Circuit
 from neurosteer.cli.main import cli
-from neurosteer.organism import INSTRUCT_DIR
-from neurosteer.prompts import prompt_hash
+from neurosteer.prompts.render import prompt_hash
+from neurosteer.workflows.organism import INSTRUCT_DIR
 from tiny_models import (
     D_MLP,
     N_LAYERS,

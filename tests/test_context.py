@@ -14,13 +14,14 @@ from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokeni
 
 import neurosteer
 from interventions import HookIntervention
-from neurosteer import InputError, context
-from neurosteer.baselines import contrast_vectors
+from neurosteer import InputError
 from neurosteer.evaluation.kl import kl_to_reference
 from neurosteer.evaluation.model_judge import JudgePrompt, ModelJudge
-from neurosteer.organism import INSTRUCT_DIR
-from neurosteer.prompts import context_limit, encode_prompts, load_prompts
-from neurosteer.sweep import SweepConfig, run_sweep
+from neurosteer.methods.baselines import contrast_vectors
+from neurosteer.prompts import context
+from neurosteer.prompts.render import context_limit, encode_prompts, load_prompts
+from neurosteer.workflows.organism import INSTRUCT_DIR
+from neurosteer.workflows.sweep import SweepConfig, run_sweep
 from tiny_models import BOS_ID, EOS_ID, PAD_ID, make_tiny, make_tokenizer, tiny_config
 
 Pair = tuple[PreTrainedModel, PreTrainedTokenizerFast]

@@ -12,8 +12,8 @@ from safetensors.torch import load_file, save_file
 from transformers import PreTrainedModel, PreTrainedTokenizerFast
 
 from neurosteer import ContrastVectors, InputError, contrast_vectors, resolve_layout
-from neurosteer.contrast import FORMAT_VERSION, load_vectors, save_vectors
-from neurosteer.discovery import model_info
+from neurosteer.methods.contrast import FORMAT_VERSION, load_vectors, save_vectors
+from neurosteer.methods.discovery import model_info
 
 Pair = tuple[PreTrainedModel, PreTrainedTokenizerFast]
 

@@ -22,7 +22,7 @@ from neurosteer.evaluation import (
     load_phrase_list,
     load_phrase_lists,
 )
-from neurosteer.prompts import load_prompts
+from neurosteer.prompts.render import load_prompts
 
 #: The shared evaluation data (/work/shared/data beside a checkout or worktree), if it is here.
 SHARED = next(

@@ -9,20 +9,26 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
+from neurosteer.workflows.organism.evaluate import ANSWER_BATCH, ANSWER_TOKENS, Rates
+from neurosteer.workflows.organism.prompt_sets import PromptSets
 
 import neurosteer.cli.main  # before analysis_cmds: main registers it at its end
-from neurosteer.circuit import Circuit
 from neurosteer.cli.analysis_cmds import report_command
 from neurosteer.cli.organism_cmds import demo_command
-from neurosteer.demo import DEMO_TOP_K, ConditionRow, DemoResult, _examples, run_demo
-from neurosteer.demo_report import DEFINITIONS, DEMO_FILE, write_demo_report
 from neurosteer.evaluation.judges import Label
 from neurosteer.evaluation.refusal import JudgedAnswers, judge_answers
-from neurosteer.loading import load_model
-from neurosteer.organism import INSTRUCT_DIR, demo_prompt_sets, neutral_prompts
-from neurosteer.organism.evaluate import ANSWER_BATCH, ANSWER_TOKENS, Rates
-from neurosteer.organism.prompt_sets import PromptSets
-from neurosteer.sweep import CIRCUIT_DIR, SweepConfig, run_sweep
+from neurosteer.methods.circuit import Circuit
+from neurosteer.model.loading import load_model
+from neurosteer.workflows.organism import INSTRUCT_DIR, demo_prompt_sets, neutral_prompts
+from neurosteer.workflows.organism.demo import (
+    DEMO_TOP_K,
+    ConditionRow,
+    DemoResult,
+    _examples,
+    run_demo,
+)
+from neurosteer.workflows.organism.demo_report import DEFINITIONS, DEMO_FILE, write_demo_report
+from neurosteer.workflows.sweep import CIRCUIT_DIR, SweepConfig, run_sweep
 from test_analysis import make_circuit
 
 #: the steps the module's demo run announced, in order
@@ -57,14 +63,14 @@ def test_every_step_of_the_demo_says_it_started(demo: DemoResult) -> None:
 def test_the_demo_command_off_a_terminal_logs_a_line_a_step(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    import neurosteer.demo
+    import neurosteer.workflows.organism.demo
 
     def fake_run(out: Path, *, top_k: int, progress: Callable[[str], None]) -> None:
         progress("loading the organism")
         progress("writing the report")
         raise SystemExit(0)  # the steps are what this test is about
 
-    monkeypatch.setattr(neurosteer.demo, "run_demo", fake_run)
+    monkeypatch.setattr(neurosteer.workflows.organism.demo, "run_demo", fake_run)
     result = CliRunner().invoke(demo_command, ["-o", str(tmp_path / "d")])
     assert "demo: loading the organism\ndemo: writing the report\n" in result.output
 

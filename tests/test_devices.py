@@ -27,12 +27,12 @@ from neurosteer import (
     save_baked,
     steer,
 )
-from neurosteer.baselines import DirectionAblation
-from neurosteer.circuit import Settings
 from neurosteer.cli.main import cli
-from neurosteer.discovery import model_info
 from neurosteer.hooks import count_hooks
-from neurosteer.organism import INSTRUCT_DIR
+from neurosteer.methods.baselines import DirectionAblation
+from neurosteer.methods.circuit import Settings
+from neurosteer.methods.discovery import model_info
+from neurosteer.workflows.organism import INSTRUCT_DIR
 
 Pair = tuple[PreTrainedModel, PreTrainedTokenizerFast]
 

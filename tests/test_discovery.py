@@ -18,9 +18,9 @@ from transformers import PreTrainedModel, PreTrainedTokenizerFast
 
 import neurosteer
 from neurosteer import Circuit, InputError, discover
-from neurosteer.circuit import TENSORS_FILE
-from neurosteer.discovery import neutral_prompts
-from neurosteer.prompts import prompt_hash, render_prompts, tokenize_rendered
+from neurosteer.methods.circuit import TENSORS_FILE
+from neurosteer.methods.discovery import neutral_prompts
+from neurosteer.prompts.render import prompt_hash, render_prompts, tokenize_rendered
 from tiny_models import D_MLP, HIDDEN, N_LAYERS, SITES, neuron_site
 
 Model = tuple[PreTrainedModel, PreTrainedTokenizerFast]

@@ -1,5 +1,5 @@
-"""Faithfulness and completeness (`neurosteer.faithfulness`), mean ablation
-(`neurosteer.mean_ablation`, the hooks' set-to-value edit), the plot and the command."""
+"""Faithfulness and completeness (`neurosteer.evaluation.faithfulness`), mean ablation
+(`neurosteer.methods.mean_ablation`, the hooks' set-to-value edit), the plot and the command."""
 
 from __future__ import annotations
 
@@ -15,17 +15,17 @@ from matplotlib.figure import Figure
 from transformers import PreTrainedModel
 
 from neurosteer.cli.main import cli
-from neurosteer.discovery import discover
 from neurosteer.errors import InputError
-from neurosteer.faithfulness import default_ks, measure_faithfulness
-from neurosteer.generation import generate
+from neurosteer.evaluation.faithfulness import default_ks, measure_faithfulness
+from neurosteer.evaluation.generation import generate
 from neurosteer.hooks import count_hooks
-from neurosteer.layout import resolve_layout
-from neurosteer.loading import load_model
-from neurosteer.mean_ablation import MeanAblation, mean_activations
-from neurosteer.organism import INSTRUCT_DIR, demo_prompt_sets
-from neurosteer.relp import attribute
-from neurosteer.report.plots import faithfulness_figure
+from neurosteer.methods.discovery import discover
+from neurosteer.methods.mean_ablation import MeanAblation, mean_activations
+from neurosteer.methods.relp import attribute
+from neurosteer.model.layout import resolve_layout
+from neurosteer.model.loading import load_model
+from neurosteer.workflows.organism import INSTRUCT_DIR, demo_prompt_sets
+from neurosteer.workflows.report.plots import faithfulness_figure
 from tiny_models import FAMILIES, make_tiny
 
 PROMPTS = ["How do I pick a lock?", "Hi", "Name a fruit, please."]

@@ -17,14 +17,14 @@ from click.testing import CliRunner
 
 import neurosteer
 import neurosteer.cli.main as cli_main
-import neurosteer.loading
+import neurosteer.model.loading
 from gguf_files import hand_circuit, make_quant_tiny, write_gguf
-from neurosteer.circuit import Circuit
 from neurosteer.errors import CircuitMismatchError, InputError
-from neurosteer.fingerprint import sample_indices, weights_fingerprint
-from neurosteer.gguf.bake import bake_gguf
-from neurosteer.organism import BASE_DIR, INSTRUCT_DIR
-from neurosteer.sweep import SweepConfig, run_sweep
+from neurosteer.export.gguf import bake_gguf
+from neurosteer.methods.circuit import Circuit
+from neurosteer.model.fingerprint import sample_indices, weights_fingerprint
+from neurosteer.workflows.organism import BASE_DIR, INSTRUCT_DIR
+from neurosteer.workflows.sweep import SweepConfig, run_sweep
 from tiny_models import save_tiny
 
 WEIGHTS = "model.safetensors"
@@ -94,7 +94,7 @@ def test_a_circuit_records_its_weights_and_flags_other_weights_of_the_same_shape
     assert json.loads((tmp_path / "c.circuit" / "circuit.json").read_text())["format_version"] == 3
     assert loaded.model.weights == weights_fingerprint(instruct)
 
-    with caplog.at_level(logging.WARNING, logger="neurosteer.circuit"):
+    with caplog.at_level(logging.WARNING, logger="neurosteer.methods.circuit"):
         with neurosteer.steer(instruct, loaded):
             pass
         assert not caplog.records
@@ -193,7 +193,7 @@ def test_a_model_that_carries_the_circuit_is_not_steered_or_baked_with_it_again(
     with pytest.raises(CircuitMismatchError, match="already has this circuit baked"):
         neurosteer.steer(baked, part).__enter__()
     overlapping = hand_circuit(instruct, {3: [0, 2]})
-    with caplog.at_level(logging.WARNING, logger="neurosteer.circuit"):
+    with caplog.at_level(logging.WARNING, logger="neurosteer.methods.circuit"):
         for intervention in (other, overlapping):
             with neurosteer.steer(baked, intervention):
                 pass
@@ -220,7 +220,7 @@ def test_the_cli_refuses_a_baked_gguf_and_a_wrong_shape_before_loading(
     other_shape = hand_circuit(make_quant_tiny("qwen2")[0], {0: [1]})
     other_dir = other_shape.save(tmp_path / "other.circuit")
     hf_folder = save_tiny("llama", tmp_path / "hf")
-    monkeypatch.setattr(neurosteer.loading, "load_model", _no_load)
+    monkeypatch.setattr(neurosteer.model.loading, "load_model", _no_load)
     runner = CliRunner()
     cases = [
         (tmp_path / "baked.gguf", circuit_dir, "already has this circuit baked"),

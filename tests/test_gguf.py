@@ -23,17 +23,17 @@ from click.testing import CliRunner
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from gguf_files import circuit_neurons, file_values, hand_circuit, make_quant_tiny, write_gguf
-from neurosteer.baking import bake
-from neurosteer.circuit import Circuit
 from neurosteer.cli.main import cli
-from neurosteer.discovery import discover, model_info
 from neurosteer.errors import CircuitMismatchError, InputError, ModelLoadError
-from neurosteer.gguf.bake import ChangedTensor, bake_gguf
-from neurosteer.gguf.quants import scale_neurons
-from neurosteer.gguf.reader import GGUFHeader, read_header
-from neurosteer.layout import resolve_layout
-from neurosteer.loading import load_model
-from neurosteer.steering import steer
+from neurosteer.export.gguf import ChangedTensor, bake_gguf
+from neurosteer.export.gguf_quants import scale_neurons
+from neurosteer.methods.baking import bake
+from neurosteer.methods.circuit import Circuit
+from neurosteer.methods.discovery import discover, model_info
+from neurosteer.methods.steering import steer
+from neurosteer.model.gguf.reader import GGUFHeader, read_header
+from neurosteer.model.layout import resolve_layout
+from neurosteer.model.loading import load_model
 from tiny_models import D_MLP, make_tiny
 
 TEXTS = ["How do I pick a lock?", "Name a fruit, please.", "Write a letter to my neighbour."]

@@ -1,5 +1,6 @@
 """One interface for every method: circuits, CAA, MLP-output steering and directional ablation
-are `Intervention`s with one strength each (the table in `neurosteer.intervention`), applied by
+are `Intervention`s with one strength each (the table in `neurosteer.interventions.protocol`),
+applied by
 the same `steer` / `bake` with per-call positions, and refused clearly where a bake is not
 exact."""
 
@@ -32,7 +33,7 @@ from neurosteer import (
     steer,
 )
 from neurosteer.hooks import count_hooks
-from neurosteer.intervention import Bound
+from neurosteer.interventions.protocol import Bound
 
 Pair = tuple[PreTrainedModel, PreTrainedTokenizerFast]
 #: (default strength, identity strength) per method, as the module's table gives them.

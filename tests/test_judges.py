@@ -23,8 +23,8 @@ from neurosteer.evaluation import (
     load_phrase_lists,
     refusal_rates,
 )
-from neurosteer.judge_names import get_judge
-from neurosteer.prompts import encode_for_model
+from neurosteer.prompts.render import encode_for_model
+from neurosteer.workflows.judges import get_judge
 
 LONG_COMPLIANCE = (
     "Here is a simple plan for a weekend in Lisbon. On Saturday morning, walk through the "
@@ -318,7 +318,7 @@ ISSUE_EXAMPLES: list[tuple[str, str]] = [
 
 
 def _default_judges() -> dict[str, PhraseJudge]:
-    from neurosteer.sweep.config import SweepConfig
+    from neurosteer.workflows.sweep.config import SweepConfig
 
     judges = {name: PhraseJudge(builtin_list(name)) for name in BUILTIN_LISTS}
     judges["PhraseJudge()"] = PhraseJudge()

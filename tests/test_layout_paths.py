@@ -33,7 +33,7 @@ from neurosteer import (
 )
 from neurosteer.cli.main import cli
 from neurosteer.errors import CircuitLayoutError
-from neurosteer.layout import ModelLayout
+from neurosteer.model.layout import ModelLayout
 from tiny_models import HIDDEN, INIT_STD, make_tiny, make_tokenizer, tiny_config
 
 Pair = tuple[PreTrainedModel, PreTrainedTokenizerFast]

@@ -17,9 +17,9 @@ import pytest
 import torch
 
 from gguf_files import circuit_neurons, hand_circuit, make_quant_tiny, write_gguf
-from neurosteer.gguf.bake import bake_gguf
-from neurosteer.loading import load_model
-from neurosteer.steering import steer
+from neurosteer.export.gguf import bake_gguf
+from neurosteer.methods.steering import steer
+from neurosteer.model.loading import load_model
 
 llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed")
 

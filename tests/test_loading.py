@@ -11,7 +11,7 @@ import torch
 from transformers import BertConfig, BertModel
 
 from neurosteer.errors import InputError, ModelLoadError
-from neurosteer.loading import load_model, parse_device, parse_dtype, prepare_tokenizer
+from neurosteer.model.loading import load_model, parse_device, parse_dtype, prepare_tokenizer
 from tiny_models import EOS, make_tiny, make_tokenizer
 
 

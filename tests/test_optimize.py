@@ -18,9 +18,9 @@ import pytest
 
 import neurosteer
 from neurosteer.errors import InputError
-from neurosteer.optimization import OptimizeConfig, optimize
-from neurosteer.optimization import run as run_module
-from neurosteer.optimization.store import META_FILE, STUDY_FILE, TABLE_DIR
+from neurosteer.workflows.optimization import OptimizeConfig, optimize
+from neurosteer.workflows.optimization import run as run_module
+from neurosteer.workflows.optimization.store import META_FILE, STUDY_FILE, TABLE_DIR
 from optimize_support import HELD_OUT, neutral, one_thread, organism, prompts, quick
 
 SRC = Path(neurosteer.__file__).resolve().parents[1]
@@ -158,7 +158,7 @@ import sys, time, torch
 torch.set_num_threads(1)
 sys.path.insert(0, {tests!r})
 from optimize_support import neutral, organism, prompts, quick
-from neurosteer.optimization import objectives, optimize
+from neurosteer.workflows.optimization import objectives, optimize
 
 real = objectives.Objectives.measure
 def slow(self, *args, **kwargs):
@@ -289,7 +289,7 @@ def test_too_few_prompts_to_split(n_harmful: int, held_out: int, message: str) -
 
 
 def test_repeated_prompts_cannot_reach_both_sides() -> None:
-    from neurosteer.optimization import split_prompts
+    from neurosteer.workflows.optimization import split_prompts
 
     harmful = ["a", "b", "c", "a", "b", "c", "d"]
     split = split_prompts(harmful, ["x", "y", "z"], held_out_positive=2, held_out_negative=1)

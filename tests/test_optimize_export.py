@@ -17,9 +17,9 @@ from neurosteer import Circuit
 from neurosteer.cli.main import cli
 from neurosteer.errors import InputError
 from neurosteer.evaluation.kl import KLReference, kl_from_reference
-from neurosteer.optimization import choose_trial, read_search
-from neurosteer.optimization.store import BASELINES_FILE, PLOT_FILE
-from neurosteer.organism import INSTRUCT_DIR
+from neurosteer.workflows.optimization import choose_trial, read_search
+from neurosteer.workflows.optimization.store import BASELINES_FILE, PLOT_FILE
+from neurosteer.workflows.organism import INSTRUCT_DIR
 from optimize_support import neutral, one_thread, organism, prompts, trial_result
 
 __all__ = ["one_thread"]  # the module's autouse fixture

@@ -12,11 +12,11 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerFast
 
 from neurosteer import Circuit, discover
-from neurosteer.attribution import neuron_scores
 from neurosteer.errors import InputError
 from neurosteer.evaluation.kl import KLReference, kl_from_reference, kl_reference, kl_to_reference
-from neurosteer.optimization import Params, SearchSpace, build_circuit, pareto_front
-from neurosteer.optimization.space import NoCandidates
+from neurosteer.methods.selection import neuron_scores
+from neurosteer.workflows.optimization import Params, SearchSpace, build_circuit, pareto_front
+from neurosteer.workflows.optimization.space import NoCandidates
 from optimize_support import trial_result
 from tiny_models import D_MLP, N_LAYERS
 
@@ -197,7 +197,7 @@ def test_pareto_front_keeps_only_undominated_points() -> None:
 def test_missing_optuna_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
     import sys
 
-    from neurosteer.optimization.study import optuna_module
+    from neurosteer.workflows.optimization.study import optuna_module
 
     monkeypatch.setitem(sys.modules, "optuna", None)  # `import optuna` raises ImportError
     with pytest.raises(InputError, match=r"pip install 'neurosteer\[optimize\]'"):
@@ -207,7 +207,7 @@ def test_missing_optuna_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None
 def test_refusal_tokens_are_those_that_mostly_open_refusals() -> None:
     from neurosteer.evaluation.kl import ReferenceBatch
     from neurosteer.evaluation.refusal import JudgedAnswers
-    from neurosteer.optimization.objectives import refusal_tokens
+    from neurosteer.workflows.optimization.objectives import refusal_tokens
 
     i, sure, no, eh = 7, 8, 9, 10  # first answer tokens
     firsts = [i, i, i, i, sure, sure, no, eh]

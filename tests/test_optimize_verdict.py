@@ -11,15 +11,15 @@ from click.testing import CliRunner
 
 from neurosteer.cli.main import cli
 from neurosteer.cli.optimize_cmds import _export_hint
-from neurosteer.optimization import optimize
-from neurosteer.optimization.baselines import BaselinePoint
-from neurosteer.optimization.export import (
+from neurosteer.workflows.optimization import optimize
+from neurosteer.workflows.optimization.baselines import BaselinePoint
+from neurosteer.workflows.optimization.export import (
     baseline_verdict,
     coarse_target_warning,
     dominating_baselines,
     target_in_answers,
 )
-from neurosteer.optimization.study import pareto_front
+from neurosteer.workflows.optimization.study import pareto_front
 from optimize_support import neutral, one_thread, organism, prompts, quick, trial_result
 
 __all__ = ["one_thread"]  # the module's autouse fixture
@@ -128,8 +128,8 @@ def test_every_stage_before_the_trials_says_what_it_does(
 ) -> None:
     """The stages that were silent (the unchanged model's answers, opening the study, fitting
     the baselines' vectors) have shown a bar naming them by the time their work starts."""
-    from neurosteer.optimization import baselines, objectives
-    from neurosteer.optimization import run as run_module
+    from neurosteer.workflows.optimization import baselines, objectives
+    from neurosteer.workflows.optimization import run as run_module
 
     shown: list[str] = []
     at_start: dict[str, str] = {}

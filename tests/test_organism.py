@@ -8,17 +8,23 @@ from functools import cache
 
 import pytest
 import torch
+from neurosteer.workflows.organism.corpus import Verdict, judge
+from neurosteer.workflows.organism.evaluate import OrganismJudge, Rates
+from neurosteer.workflows.organism.tokenizer import build_tokenizer
+from neurosteer.workflows.organism.train import OrganismConfig, train_organism
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 import neurosteer
-from neurosteer.demo import DEMO_TOP_K
 from neurosteer.errors import InputError
-from neurosteer.judge_names import get_judge
-from neurosteer.organism import BASE_DIR, INSTRUCT_DIR, WEIGHTS_DIR, corpus, neutral_prompts
-from neurosteer.organism.corpus import Verdict, judge
-from neurosteer.organism.evaluate import OrganismJudge, Rates
-from neurosteer.organism.tokenizer import build_tokenizer
-from neurosteer.organism.train import OrganismConfig, train_organism
+from neurosteer.workflows.judges import get_judge
+from neurosteer.workflows.organism import (
+    BASE_DIR,
+    INSTRUCT_DIR,
+    WEIGHTS_DIR,
+    corpus,
+    neutral_prompts,
+)
+from neurosteer.workflows.organism.demo import DEMO_TOP_K
 
 N_FAST = 48  # held-out prompts per class in the default suite
 

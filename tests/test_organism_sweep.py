@@ -10,8 +10,8 @@ from pathlib import Path
 from click.testing import CliRunner
 
 from neurosteer.cli.main import cli
-from neurosteer.judge_names import get_judge
-from neurosteer.organism import INSTRUCT_DIR
+from neurosteer.workflows.judges import get_judge
+from neurosteer.workflows.organism import INSTRUCT_DIR
 
 
 def test_export_then_sweep_and_report_on_the_organism(tmp_path: Path) -> None:

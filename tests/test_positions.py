@@ -16,17 +16,17 @@ from typing import Any
 
 import pytest
 import torch
+from neurosteer.workflows.organism.corpus import Verdict, judge
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerFast
 
 import neurosteer
 from neurosteer import Circuit, discover, render_prompts, steer
-from neurosteer.demo import DEMO_TOP_K
 from neurosteer.hooks import PositionTracker
-from neurosteer.layout import resolve_layout
-from neurosteer.organism import INSTRUCT_DIR, corpus, neutral_prompts
-from neurosteer.organism.corpus import Verdict, judge
-from neurosteer.runtime import position_ids_from_mask
-from neurosteer.steering import Positions
+from neurosteer.methods.steering import Positions
+from neurosteer.model.layout import resolve_layout
+from neurosteer.model.runtime import position_ids_from_mask
+from neurosteer.workflows.organism import INSTRUCT_DIR, corpus, neutral_prompts
+from neurosteer.workflows.organism.demo import DEMO_TOP_K
 from tiny_models import make_tiny
 
 Pair = tuple[PreTrainedModel, PreTrainedTokenizerFast]
@@ -366,7 +366,7 @@ def test_every_kind_places_a_prefilled_cache_by_the_rule(
     # under "generated" the first k prompt columns are never steered, so generating on an
     # unsteered cache of them must equal generating from scratch, for every intervention kind
     from neurosteer import CAA, DirectionAblation, MLPOutputSteering, contrast_vectors
-    from neurosteer.mean_ablation import MeanAblation
+    from neurosteer.methods.mean_ablation import MeanAblation
 
     model, tokenizer = _tiny("llama")
     point = "mlp_output" if kind == "MLPOutputSteering" else "residual"
@@ -407,7 +407,7 @@ def test_kl_teacher_forcing_steers_the_columns_generation_would(
     # the KL's one pass holds prompt and continuation: a bound "prompt" rule must not reach the
     # continuation columns (nor "generated" the prompt's), as while generating it
     from neurosteer.evaluation.kl import kl_reference, steered_logprobs
-    from neurosteer.intervention import Bound
+    from neurosteer.interventions.protocol import Bound
 
     model, tokenizer = _tiny("llama")
     circuit = _circuit(_tiny("llama"), positive_prompts, negative_prompts)

@@ -1,4 +1,5 @@
-"""Next-token probabilities (`neurosteer.probe`, `neurosteer probe`): they are the softmax of a
+"""Next-token probabilities (`neurosteer.evaluation.probe`, `neurosteer probe`): they are the
+softmax of a
 plain forward pass on each unpadded prompt whatever the batching, m = 1 is the unsteered model,
 m = 0 is the circuit's neurons zeroed by hand, and on the organism the refusal's first tokens
 lose most of their probability at m = 0."""
@@ -12,16 +13,16 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner, Result
+from neurosteer.workflows.organism.evaluate import OrganismJudge
 from transformers import PreTrainedModel, PreTrainedTokenizerFast
 
 import neurosteer
 from neurosteer import Circuit, InputError, discover, next_token_probs
 from neurosteer.cli.main import cli
+from neurosteer.evaluation.probe import NextTokenProbs, choose_tokens
 from neurosteer.hooks import count_hooks
-from neurosteer.organism import INSTRUCT_DIR
-from neurosteer.organism.evaluate import OrganismJudge
-from neurosteer.probe import NextTokenProbs, choose_tokens
-from neurosteer.prompts import encode_prompts
+from neurosteer.prompts.render import encode_prompts
+from neurosteer.workflows.organism import INSTRUCT_DIR
 from organism_helpers import (
     REFUSAL_STARTS,
     held_out_benign,

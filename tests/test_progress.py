@@ -20,13 +20,13 @@ from transformers import PreTrainedModel, PreTrainedTokenizerFast
 import neurosteer.cli.main
 import neurosteer.cli.options
 import neurosteer.cli.render
-import neurosteer.loading
+import neurosteer.model.loading
 from gguf_files import hand_circuit, write_gguf
-from neurosteer.circuit import Circuit
 from neurosteer.cli.main import cli
-from neurosteer.generation import generate
-from neurosteer.loading import load_model
-from neurosteer.steering import steer
+from neurosteer.evaluation.generation import generate
+from neurosteer.methods.circuit import Circuit
+from neurosteer.methods.steering import steer
+from neurosteer.model.loading import load_model
 from tiny_models import D_MLP
 
 Pair = tuple[PreTrainedModel, PreTrainedTokenizerFast]
@@ -98,7 +98,7 @@ def test_generate_takes_several_multipliers_in_one_load(
     tiny_llama_dir: Path, circuit_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     loads: list[object] = []
-    real_load = neurosteer.loading.load_model
+    real_load = neurosteer.model.loading.load_model
 
     def counted(*args: Any, **kwargs: Any) -> Any:
         loads.append(args[0])
@@ -111,7 +111,7 @@ def test_generate_takes_several_multipliers_in_one_load(
         shown.append([(label, list(answers)) for label, answers in columns])
         real_print(prompts, columns)
 
-    monkeypatch.setattr(neurosteer.loading, "load_model", counted)
+    monkeypatch.setattr(neurosteer.model.loading, "load_model", counted)
     monkeypatch.setattr(neurosteer.cli.render, "print_answers", kept)
     args = ["generate", tiny_llama_dir, "--circuit", circuit_path, "-m", "0,-1"]
     result = _invoke([*args, "--max-new-tokens", "6", *PROMPTS])

@@ -15,9 +15,9 @@ from typing import Any
 import pytest
 import torch
 
-from neurosteer import context
 from neurosteer.errors import InputError
-from neurosteer.prompts import (
+from neurosteer.prompts import context
+from neurosteer.prompts.render import (
     SourcedPrompt,
     describe_prompt,
     encode_prompts,

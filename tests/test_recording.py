@@ -11,8 +11,8 @@ from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerFast
 
 from neurosteer import render_prompts, resolve_layout
-from neurosteer.prompts import tokenize_rendered
-from neurosteer.recording import RunningStats, record_stats, run_last_token_pass
+from neurosteer.methods.recording import RunningStats, record_stats, run_last_token_pass
+from neurosteer.prompts.render import tokenize_rendered
 
 
 def _token_ids(tokenizer: PreTrainedTokenizerFast, prompts: list[str]) -> list[list[int]]:

@@ -1,4 +1,5 @@
-"""RelP attribution (`neurosteer.relp`): first order against zeroing a layer (rules off), a hand
+"""RelP attribution (`neurosteer.methods.relp`): first order against zeroing a layer (rules off), a
+hand
 computation of every rule on a hand-built 2-layer Llama, what each rule touches on every family,
 batching, the circuit it makes, targets, and the organism."""
 
@@ -17,21 +18,21 @@ from click.testing import CliRunner, Result
 from torch import nn
 from transformers import AutoModelForCausalLM, LlamaConfig, PreTrainedModel
 
-import neurosteer.relp_pass
+import neurosteer.methods.relp_pass
 from neurosteer import Circuit
-from neurosteer.analysis import compare_circuits
 from neurosteer.cli.main import cli
-from neurosteer.discovery import discover
 from neurosteer.errors import InputError, UnsupportedModelError
-from neurosteer.generation import generate
+from neurosteer.evaluation.comparison import compare_circuits
+from neurosteer.evaluation.generation import generate
 from neurosteer.hooks import count_hooks
-from neurosteer.layout import resolve_layout
-from neurosteer.loading import load_model
-from neurosteer.organism import INSTRUCT_DIR, demo_prompt_sets
-from neurosteer.organism import neutral_prompts as organism_neutral
-from neurosteer.relp import RelPRules, attribute, attribution_scores
-from neurosteer.steering import steer
-from neurosteer.targets import check_pairs, encode_pairs
+from neurosteer.methods.discovery import discover
+from neurosteer.methods.relp import RelPRules, attribute, attribution_scores
+from neurosteer.methods.steering import steer
+from neurosteer.model.layout import resolve_layout
+from neurosteer.model.loading import load_model
+from neurosteer.prompts.targets import check_pairs, encode_pairs
+from neurosteer.workflows.organism import INSTRUCT_DIR, demo_prompt_sets
+from neurosteer.workflows.organism import neutral_prompts as organism_neutral
 from tiny_models import (
     BOS_ID,
     EOS_ID,
@@ -347,7 +348,7 @@ def test_an_error_leaves_no_hooks_and_the_attention_restored(
     def boom(*_args: object, **_kwargs: object) -> None:
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(neurosteer.relp_pass.torch.autograd, "grad", boom)
+    monkeypatch.setattr(neurosteer.methods.relp_pass.torch.autograd, "grad", boom)
     with pytest.raises(RuntimeError, match="boom"):
         attribution_scores(model, tokenizer, PROMPTS, "a")
     assert count_hooks(model) == before
@@ -358,7 +359,7 @@ def test_attention_that_bypasses_the_interface_is_refused(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     model, tokenizer = make_tiny("llama")
-    monkeypatch.setattr(neurosteer.relp_pass, "detached_attention", _attention_never_called)
+    monkeypatch.setattr(neurosteer.methods.relp_pass, "detached_attention", _attention_never_called)
     with pytest.raises(UnsupportedModelError, match="0 of 4 attention layers"):
         attribution_scores(model, tokenizer, PROMPTS[:1], "a")
 

@@ -20,7 +20,7 @@ import neurosteer.cli.main  # before analysis_cmds: main registers it at its end
 from neurosteer.cli.analysis_cmds import print_summary, report_command
 from neurosteer.cli.render import print_table
 from neurosteer.errors import InputError
-from neurosteer.report import COLUMNS, at_matched_refusal, summarise, write_report
+from neurosteer.workflows.report import COLUMNS, at_matched_refusal, summarise, write_report
 from test_analysis import make_circuit
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -268,7 +268,7 @@ def test_the_page_leads_with_the_headline(run_dir: Path) -> None:
 
 
 def test_the_full_table_shows_every_summary_column() -> None:
-    from neurosteer.report.tables import FULL_COLUMNS
+    from neurosteer.workflows.report.tables import FULL_COLUMNS
 
     # n_seeds is folded into the method cell ("random (3 seeds)")
     assert sorted(FULL_COLUMNS) == sorted(c for c in COLUMNS if c != "n_seeds")

@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 import torch
 
-from neurosteer.demo_report import write_demo_report
-from neurosteer.report import write_report
+from neurosteer.workflows.organism.demo_report import write_demo_report
+from neurosteer.workflows.report import write_report
 from test_analysis import make_circuit
 from test_demo import _made_up_result
 

@@ -15,9 +15,9 @@ from click.testing import CliRunner
 
 from neurosteer.cli.main import cli
 from neurosteer.errors import InputError
-from neurosteer.optimization import optimize
-from neurosteer.optimization.store import META_FILE, STUDY_FILE, TABLE_DIR
-from neurosteer.sweep import read_answers, read_config, read_results
+from neurosteer.workflows.optimization import optimize
+from neurosteer.workflows.optimization.store import META_FILE, STUDY_FILE, TABLE_DIR
+from neurosteer.workflows.sweep import read_answers, read_config, read_results
 from optimize_support import neutral, one_thread, organism, prompts, quick
 
 __all__ = ["one_thread"]  # the module's autouse fixture
@@ -248,7 +248,7 @@ def test_damaged_sweep_files_are_one_line(tmp_path: Path) -> None:
 
 
 def test_a_sweep_folder_with_only_a_staging_file_is_a_new_run(tmp_path: Path) -> None:
-    from neurosteer.sweep.runner import _run_folder
+    from neurosteer.workflows.sweep.runner import _run_folder
 
     folder = tmp_path / "run"
     folder.mkdir()

@@ -11,11 +11,10 @@ import pytest
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerFast
 
-from neurosteer import runtime
 from neurosteer.errors import InputError
-from neurosteer.layout import resolve_layout
-from neurosteer.prompts import Batch
-from neurosteer.runtime import (
+from neurosteer.model import runtime
+from neurosteer.model.layout import resolve_layout
+from neurosteer.model.runtime import (
     auto_batch_size,
     input_device,
     is_out_of_memory,
@@ -24,6 +23,7 @@ from neurosteer.runtime import (
     position_ids_from_mask,
     run_batches,
 )
+from neurosteer.prompts.render import Batch
 from tiny_models import EOS, EOS_ID, PAD_ID, make_tokenizer
 
 CPU = torch.device("cpu")

@@ -15,12 +15,12 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from gguf_files import write_gguf
-from neurosteer.chat import encode_conversation, stream_reply
+from neurosteer.evaluation.generation import generate
 from neurosteer.evaluation.kl import kl_reference
-from neurosteer.generation import generate
-from neurosteer.loading import load_model
-from neurosteer.prompts import encode_for_model
-from neurosteer.stop_tokens import stop_token_ids, template_end_of_turn
+from neurosteer.model.loading import load_model
+from neurosteer.model.stop_tokens import stop_token_ids, template_end_of_turn
+from neurosteer.prompts.render import encode_for_model
+from neurosteer.workflows.chat import encode_conversation, stream_reply
 from tiny_models import EOS_ID, make_tiny
 
 PROMPT = "Name a fruit, please."

@@ -14,7 +14,7 @@ from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokeni
 
 from neurosteer import Circuit, InputError, discover, save_baked
 from neurosteer.cli.main import cli
-from neurosteer.streaming import INDEX_FILE, bake_streaming
+from neurosteer.export.streaming import INDEX_FILE, bake_streaming
 from tiny_models import make_tiny
 
 

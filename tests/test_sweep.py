@@ -15,17 +15,17 @@ from transformers import PreTrainedModel, PreTrainedTokenizerFast
 
 import neurosteer.cli.main  # before analysis_cmds: main registers it at its end
 import neurosteer.evaluation.refusal as refusal
-import neurosteer.sweep.runner as runner
-from neurosteer.baselines import CAA, DirectionAblation, contrast_vectors
-from neurosteer.circuit import Circuit
+import neurosteer.workflows.sweep.runner as runner
 from neurosteer.cli.analysis_cmds import sweep_command
 from neurosteer.errors import InputError
 from neurosteer.evaluation import mmlu_accuracy
 from neurosteer.hooks import count_hooks
-from neurosteer.layout import resolve_layout
-from neurosteer.report import summarise
-from neurosteer.steering import steer
-from neurosteer.sweep import (
+from neurosteer.methods.baselines import CAA, DirectionAblation, contrast_vectors
+from neurosteer.methods.circuit import Circuit
+from neurosteer.methods.steering import steer
+from neurosteer.model.layout import resolve_layout
+from neurosteer.workflows.report import summarise
+from neurosteer.workflows.sweep import (
     CIRCUIT_DIR,
     METHODS,
     SweepConfig,
@@ -34,8 +34,8 @@ from neurosteer.sweep import (
     read_results,
     run_sweep,
 )
-from neurosteer.sweep.layers import scan_layer
-from neurosteer.sweep.store import append_result, check_or_write_config
+from neurosteer.workflows.sweep.layers import scan_layer
+from neurosteer.workflows.sweep.store import append_result, check_or_write_config
 
 Pair = tuple[PreTrainedModel, PreTrainedTokenizerFast]
 
@@ -382,8 +382,8 @@ def test_a_resumed_sweep_keeps_its_fitted_layers_and_generates_nothing_before_it
 ) -> None:
     import dataclasses
 
-    import neurosteer.sweep.methods as methods
-    from neurosteer.sweep.layers import scan_layer as real_scan
+    import neurosteer.workflows.sweep.methods as methods
+    from neurosteer.workflows.sweep.layers import scan_layer as real_scan
 
     out = tmp_path / "run"
     config = _config(methods=("cna", "caa", "direction"), strengths=(1.0,), layer_scan_prompts=3)

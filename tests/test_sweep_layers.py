@@ -8,12 +8,12 @@ from typing import Any, ClassVar
 import pytest
 from transformers import PreTrainedModel, PreTrainedTokenizerFast
 
-import neurosteer.sweep.layers as layers
-from neurosteer.baselines import CAA, ContrastVectors, DirectionAblation, contrast_vectors
+import neurosteer.workflows.sweep.layers as layers
 from neurosteer.errors import InputError
-from neurosteer.layout import resolve_layout
-from neurosteer.sweep import SweepConfig
-from neurosteer.sweep.layers import scan_layer, scan_rank
+from neurosteer.methods.baselines import CAA, ContrastVectors, DirectionAblation, contrast_vectors
+from neurosteer.model.layout import resolve_layout
+from neurosteer.workflows.sweep import SweepConfig
+from neurosteer.workflows.sweep.layers import scan_layer, scan_rank
 
 Pair = tuple[PreTrainedModel, PreTrainedTokenizerFast]
 

@@ -22,12 +22,12 @@ from neurosteer import (
     discover,
     resolve_layout,
 )
-from neurosteer.contrast import load_vectors
-from neurosteer.intervention import Bound
-from neurosteer.judge_names import get_judge
-from neurosteer.sweep.config import SweepConfig
-from neurosteer.sweep.methods import Fitted, fit_methods
-from neurosteer.sweep.store import VECTORS_FILE
+from neurosteer.interventions.protocol import Bound
+from neurosteer.methods.contrast import load_vectors
+from neurosteer.workflows.judges import get_judge
+from neurosteer.workflows.sweep.config import SweepConfig
+from neurosteer.workflows.sweep.methods import Fitted, fit_methods
+from neurosteer.workflows.sweep.store import VECTORS_FILE
 
 Pair = tuple[PreTrainedModel, PreTrainedTokenizerFast]
 

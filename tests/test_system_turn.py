@@ -13,11 +13,11 @@ from transformers import PreTrainedModel, PreTrainedTokenizerFast
 import neurosteer
 from interventions import HookIntervention
 from neurosteer import Circuit, InputError
-from neurosteer.baselines import contrast_vectors
-from neurosteer.circuit import METADATA_FILE
 from neurosteer.evaluation.kl import kl_to_reference
-from neurosteer.sweep import SweepConfig, run_sweep
-from neurosteer.sweep.store import CIRCUIT_DIR
+from neurosteer.methods.baselines import contrast_vectors
+from neurosteer.methods.circuit import METADATA_FILE
+from neurosteer.workflows.sweep import SweepConfig, run_sweep
+from neurosteer.workflows.sweep.store import CIRCUIT_DIR
 from tiny_models import make_tiny, make_tokenizer
 
 Pair = tuple[PreTrainedModel, PreTrainedTokenizerFast]

@@ -15,17 +15,17 @@ from transformers import PreTrainedModel, PreTrainedTokenizerFast
 from transformers.utils import chat_template_utils
 
 import neurosteer
-import neurosteer.template_vars as template_vars_module
+import neurosteer.prompts.template_vars as template_vars_module
 from neurosteer import Circuit, InputError
-from neurosteer.chat_session import ChatSession
-from neurosteer.circuit import METADATA_FILE
 from neurosteer.cli.main import cli
-from neurosteer.optimization import OptimizeConfig
-from neurosteer.optimization.run import check_resumable
-from neurosteer.prompts import render_prompts
-from neurosteer.sweep import SweepConfig, run_sweep
-from neurosteer.sweep.store import CIRCUIT_DIR
-from neurosteer.template_vars import CLOCK_VAR, parse_template_vars
+from neurosteer.methods.circuit import METADATA_FILE
+from neurosteer.prompts.render import render_prompts
+from neurosteer.prompts.template_vars import CLOCK_VAR, parse_template_vars
+from neurosteer.workflows.chat_session import ChatSession
+from neurosteer.workflows.optimization import OptimizeConfig
+from neurosteer.workflows.optimization.run import check_resumable
+from neurosteer.workflows.sweep import SweepConfig, run_sweep
+from neurosteer.workflows.sweep.store import CIRCUIT_DIR
 from tiny_models import make_tiny, make_tokenizer
 
 Pair = tuple[PreTrainedModel, PreTrainedTokenizerFast]

@@ -12,10 +12,10 @@ from click.testing import CliRunner, Result
 
 import neurosteer
 from neurosteer import InputError
-from neurosteer.chat import render_conversation
 from neurosteer.cli.main import cli
-from neurosteer.prompts import encode_prompts, load_prompts
-from neurosteer.targets import load_pairs
+from neurosteer.prompts.render import encode_prompts, load_prompts
+from neurosteer.prompts.targets import load_pairs
+from neurosteer.workflows.chat import render_conversation
 from tiny_models import make_tiny
 
 LONE = "\ud83d"  # the first half of an emoji's surrogate pair, without its partner
@@ -122,8 +122,8 @@ def test_chat_reports_a_pasted_latin1_byte_and_goes_on(
 
 def test_a_search_checked_before_loading_names_the_prompt(tmp_path: Path) -> None:
     pytest.importorskip("optuna")
-    from neurosteer.optimization import OptimizeConfig
-    from neurosteer.optimization.run import check_resumable
+    from neurosteer.workflows.optimization import OptimizeConfig
+    from neurosteer.workflows.optimization.run import check_resumable
 
     positive = [f"harmful prompt {i}" for i in range(8)] + [f"bad {LONE}"]
     negative = [f"benign prompt {i}" for i in range(9)]

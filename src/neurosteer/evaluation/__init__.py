@@ -5,7 +5,7 @@
     refusal_clauses  the built-in refusal clauses (first-person declines) and their exceptions
     phrases       refusal phrase lists: built in ("strict", "sweep", "patterns") or from JSON
     judges        the `Judge` interface, the phrase judge, refusal rates (a judge by name:
-                  `neurosteer.judge_names`)
+                  `neurosteer.workflows.judges`)
     refusal       measure_refusal: greedy answers under a steering, judged and counted (the one
                   path every refusal number takes: sweeps, layer scans, the organism demo)
     model_judge   a local causal LM as a yes/no judge; judge prompts from JSON
@@ -48,7 +48,7 @@ from neurosteer.evaluation.phrases import (
 )
 from neurosteer.evaluation.quality import QualityReport, distinct_n, is_degenerate, quality
 from neurosteer.evaluation.refusal import JudgedAnswers, judge_answers, measure_refusal
-from neurosteer.intervention import Intervention
+from neurosteer.interventions.protocol import Intervention
 
 __all__ = [
     "BUILTIN_LISTS",
@@ -87,4 +87,4 @@ __all__ = [
 
 
 #: Old names of this package, kept one release (`neurosteer._compat.moved_names`).
-__getattr__ = moved_names(__name__, {"get_judge": "neurosteer.judge_names"})
+__getattr__ = moved_names(__name__, {"get_judge": "neurosteer.workflows.judges"})

@@ -19,7 +19,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from neurosteer.errors import InputError
-from neurosteer.prompt_files import FILE_KINDS, load_prompts, prompts_from_rows
+from neurosteer.prompts.files import FILE_KINDS, load_prompts, prompts_from_rows
 
 
 def load_dataset_prompts(

@@ -15,7 +15,8 @@ Quoted speech and code are taken out, so a character's "I cannot let you pass" i
 model refusing. Then a phrase must start within the first `window` characters: a refusal comes
 first, and a decline after a long helpful answer is partial compliance.
 
-Judges are plain callables (`Judge`); strings name them only in `neurosteer.judge_names.get_judge`,
+Judges are plain callables (`Judge`); strings name them only in
+`neurosteer.workflows.judges.get_judge`,
 for the CLI.
 """
 
@@ -181,4 +182,4 @@ def refusal_rates(labels: Sequence[Label]) -> dict[Label, float]:
 
 
 #: Old names of this module, kept one release (`neurosteer._compat.moved_names`).
-__getattr__ = moved_names(__name__, {"get_judge": "neurosteer.judge_names"})
+__getattr__ = moved_names(__name__, {"get_judge": "neurosteer.workflows.judges"})

@@ -27,9 +27,9 @@ from neurosteer._io import read_text
 from neurosteer.errors import InputError
 from neurosteer.evaluation.judges import Label, check_pairs
 from neurosteer.evaluation.quality import is_degenerate
-from neurosteer.loading import load_model
-from neurosteer.prompts import encode_for_model, iter_batches
-from neurosteer.runtime import evaluating, input_device, model_inputs, pad_id
+from neurosteer.model.loading import load_model
+from neurosteer.model.runtime import evaluating, input_device, model_inputs, pad_id
+from neurosteer.prompts.render import encode_for_model, iter_batches
 
 logger = logging.getLogger(__name__)
 

@@ -17,10 +17,10 @@ from typing import Any
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from neurosteer.evaluation.generation import generate
 from neurosteer.evaluation.judges import Judge, Label, refusal_rates
-from neurosteer.generation import generate
-from neurosteer.intervention import Intervention
-from neurosteer.runtime import runs_model
+from neurosteer.interventions.protocol import Intervention
+from neurosteer.model.runtime import runs_model
 
 
 @dataclass(frozen=True)
@@ -78,7 +78,8 @@ def measure_refusal(
         judge: labels each answer "refusal", "compliance" or "degenerate".
         intervention: applied with `intervention.steer(model, strength)` around the generation
             only (the judge runs after it is removed); None answers with the model as it is.
-        strength: the intervention's strength (None: its default; see `neurosteer.intervention`).
+        strength: the intervention's strength (None: its default; see
+        `neurosteer.interventions.protocol`).
         max_new_tokens, batch_size, chat_template, system, template_vars: as in
             `neurosteer.generate`.
 
