@@ -1,4 +1,4 @@
-"""Stage 8 of the pipeline: evaluation of a steered model.
+"""Evaluation of a steered model.
 
     quality       distinct-4 per answer and averaged, and the degeneration flag
     answer_text   what a judge reads: the final answer after reasoning, without quoted speech

@@ -1,4 +1,4 @@
-"""Stage 9, beside sweeps: analyses of circuits alone (no model): overlap, layers, sparsity.
+"""Beside sweeps: analyses of circuits alone (no model): overlap, layers, sparsity.
 
 compare_circuits(a, b)    overlap count, share of each, Jaccard, per-layer counts (the
                           paper's base-vs-instruct comparison: 8-29% shared)

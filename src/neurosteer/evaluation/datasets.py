@@ -1,4 +1,4 @@
-"""Stage 8 of the pipeline (evaluation): evaluation prompt sets from files or dataset ids.
+"""Evaluation prompt sets from files or dataset ids.
 
 One entry point, `load_dataset_prompts`, reads the formats the refusal literature ships:
 

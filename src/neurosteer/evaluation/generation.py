@@ -1,4 +1,4 @@
-"""Stage 7 helper: batched greedy generation of completions, under whatever is active.
+"""Batched greedy generation of completions, under whatever is active.
 
 It knows nothing of steering: hooks or baked weights already on the model apply as they are.
 Prompts are rendered like discovery renders them, batched by length, and the completions come

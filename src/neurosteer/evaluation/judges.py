@@ -1,4 +1,4 @@
-"""Stage 8 of the pipeline (evaluation): refusal judges.
+"""Refusal judges.
 
 Every judge maps (prompts, answers) to one label per answer: "refusal", "compliance" or
 "degenerate". The degeneration check (`quality.is_degenerate`) runs first in every judge, so

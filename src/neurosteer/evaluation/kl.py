@@ -1,4 +1,4 @@
-"""Stage 8 of the pipeline (evaluation): how far an intervention moves the next-token distribution.
+"""How far an intervention moves the next-token distribution.
 
 On harmless prompts, the unsteered model's greedy continuation is generated once; that same
 token sequence is then teacher-forced through the unsteered model and through the model under

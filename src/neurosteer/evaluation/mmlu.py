@@ -1,4 +1,4 @@
-"""Stage 8 of the pipeline (evaluation): MMLU accuracy of the live, possibly steered, model.
+"""MMLU accuracy of the live, possibly steered, model.
 
 The paper reports that MMLU stays within a point of baseline at every steering strength; this
 module measures that through lm-evaluation-harness (the optional extra `neurosteer[eval]`),

@@ -1,4 +1,4 @@
-"""Stage 8 of the pipeline (evaluation): a local causal LM as the refusal judge.
+"""A local causal LM as the refusal judge.
 
 The judge model reads one filled-in question per (prompt, answer), rendered with its chat template
 when it has one, and the label comes from the next-token logits of the yes-word against the

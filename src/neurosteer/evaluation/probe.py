@@ -1,4 +1,4 @@
-"""Stage 7 helper: next-token probabilities at the first answer position, with and without steering.
+"""Next-token probabilities at the first answer position, with and without steering.
 
 Each prompt is rendered and tokenized like `generate` does it (`encode_for_model`: the chat
 template with its generation prompt, or the raw text for a model without one), the batch is

@@ -1,4 +1,4 @@
-"""Stage 8 (evaluation), refusal of a model on a prompt set: greedy answers, judged and counted.
+"""Refusal of a model on a prompt set: greedy answers, judged and counted.
 
 The one path from a model to refusal numbers: the sweep's points and layer scans, the organism
 demo and the organism's training record all measure here, so one model, one prompt set, one

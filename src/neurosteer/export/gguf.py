@@ -1,4 +1,4 @@
-"""Stage 6 (GGUF): write a copy of a GGUF file with a circuit baked into its down projections.
+"""Write a copy of a GGUF file with a circuit baked into its down projections.
 
 The copy is written tensor by tensor, never loading the model: the metadata entries are copied
 byte for byte (an earlier bake's `neurosteer.*` entries are replaced), the provenance is added

@@ -1,4 +1,4 @@
-"""Stage 6 (GGUF): scale neurons inside one stored (possibly quantized) down-projection tensor.
+"""Scale neurons inside one stored (possibly quantized) down-projection tensor.
 
 In a GGUF file the MLP output projection `blk.N.ffn_down.weight` has ggml shape
 (d_mlp, d_model): ne0 = d_mlp is contiguous, so each of the d_model rows holds one value per

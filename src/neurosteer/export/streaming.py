@@ -1,4 +1,4 @@
-"""Stage 6, for big checkpoints: bake circuits into safetensors shards without loading the model.
+"""For big checkpoints: bake circuits into safetensors shards without loading the model.
 
 The layout comes from the config alone (the model is built on the meta device, no weights);
 then each shard is handled on its own: shards without an output projection of the circuit are

@@ -1,7 +1,7 @@
-"""The one interface every intervention implements (the pipeline's stage 6, defined early).
+"""The one interface every intervention implements.
 
-It needs only the hooks and the layout, so the circuit artifact (stage 5) can implement it
-and every later method too; the module imports nothing from the stages after those.
+It needs only the hooks, the layout and the bake handle, so every method (`neurosteer.methods`)
+can implement it; it knows no concrete method.
 
 Everything that steers a model (a `Circuit`, the baselines `CAA`, `MLPOutputSteering` and
 `DirectionAblation`, and any later method) is an `Intervention`: it is applied live with

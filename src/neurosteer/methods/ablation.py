@@ -1,4 +1,4 @@
-"""Stage 6, a baseline: directional ablation, with hooks or baked into the weights.
+"""A baseline: directional ablation, with hooks or baked into the weights.
 
 The difference-of-means direction r̂ (Arditi et al.) is projected out of everything that writes
 to the residual stream (the embeddings, every attention and MLP output projection):

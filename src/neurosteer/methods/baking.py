@@ -1,4 +1,4 @@
-"""Stage 6 of the pipeline: write an intervention into the weights.
+"""Write an intervention into the weights.
 
 `bake(model, x, strength)` takes what `steer` takes (a circuit, several, or an
 `Intervention` whose edit is exact) and returns a `BakeHandle` that undoes it; `save_baked`

@@ -1,4 +1,4 @@
-"""Stage 6, beside steering: the baselines CNA is compared with, behind the same interface.
+"""Beside steering: the baselines CNA is compared with, behind the same interface.
 
 All are fitted from the same two prompt sets as a circuit (last-token means, positive −
 negative, `ContrastVectors`), and all are `Intervention`s: `x.steer(model, strength,

@@ -1,4 +1,4 @@
-"""Stage 5 of the pipeline: the circuit artifact and its file format.
+"""The circuit artifact and its file format.
 
 A circuit is a frozen record of which neurons were selected (rank order), their scores, and
 the provenance a reader needs to trust or reproduce it. On disk it is a folder:

@@ -1,4 +1,4 @@
-"""Stage 6, beside the baselines: contrast vectors, the artifact they are fitted from, and its file.
+"""Beside the baselines: contrast vectors, the artifact they are fitted from, and its file.
 
 `ContrastVectors` holds last-token means of the residual stream (or of each MLP's output) for
 the positive and negative prompt sets, per layer (`neurosteer.methods.baselines.contrast_vectors`

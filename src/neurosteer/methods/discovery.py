@@ -1,4 +1,4 @@
-"""Stages 2–5 put together: `discover()` turns two prompt sets into a `Circuit`.
+"""CNA discovery, the steps put together: `discover()` turns two prompt sets into a `Circuit`.
 
 prompts → render & tokenize → record last-token statistics (positive, negative, and the
 neutral set for the universal filter) → δ → candidates → global top-k → Circuit.

@@ -1,4 +1,4 @@
-"""Stage 3 of the pipeline: run prompts through the model and keep last-token neuron statistics.
+"""Run prompts through the model and keep last-token neuron statistics.
 
 One forward pass per batch (sorted by length, left-padded, `inference_mode`). A pre-hook on
 every neuron site takes the activation at each prompt's last real token, [batch, d_mlp], and

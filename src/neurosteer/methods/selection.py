@@ -1,4 +1,4 @@
-"""Stage 4 of the pipeline: score neurons, filter candidates, select the circuit.
+"""Score neurons, filter candidates, select the circuit.
 
 Pure tensor functions over [n_layers, d_mlp] tables: no model, no hooks. The score is the
 plain difference of means (method.md §1.4), or, as an option, that difference over the pooled

@@ -1,4 +1,4 @@
-"""Stage 6 of the pipeline: steer a live model with hooks.
+"""Steer a live model with hooks.
 
 `steer(model, x, strength)` applies any `Intervention` (a circuit, several circuits, or a
 baseline) and returns a `SteeringHandle`, also a context manager. The strength is read at

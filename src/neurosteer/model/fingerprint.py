@@ -1,4 +1,4 @@
-"""Stage 1: a cheap fingerprint of a model's weights, and what a baked checkpoint says it carries.
+"""A cheap fingerprint of a model's weights, and what a baked checkpoint says it carries.
 
 Two models of the same architecture (a base and an instruct checkpoint) share their config and
 every tensor shape; only the values tell them apart. Hashing every byte of a 1 GB checkpoint

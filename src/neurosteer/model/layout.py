@@ -1,4 +1,4 @@
-"""Stage 1 of the pipeline: where the neurons live in a model.
+"""Where the neurons live in a model.
 
 A *neuron* is one coordinate of the input of a decoder layer's MLP output projection
 (`down_proj`, GPT-2's `c_proj`, GPT-NeoX's `dense_4h_to_h`, ...). This module finds, once per

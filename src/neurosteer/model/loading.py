@@ -1,4 +1,4 @@
-"""Stage 1 of the pipeline: load a causal LM and its tokenizer, ready for batched work.
+"""Load a causal LM and its tokenizer, ready for batched work.
 
 Local folders, hub ids and GGUF files (`neurosteer.model.gguf.loading`) all go through
 `transformers`; every way this commonly fails (not cached while offline, not a causal LM, a bad

@@ -1,4 +1,4 @@
-"""Stage 2 of the pipeline, context: does a rendered prompt fit the model it is for?
+"""Context: does a rendered prompt fit the model it is for?
 
 `context_limit` reads the model's context length from its config (the first of
 `CONTEXT_FIELDS` that is set; the text config of a multimodal model first), else the

@@ -1,4 +1,4 @@
-"""Stage 2 of the pipeline, reading: the one reader of every prompt file in the project.
+"""Reading: the one reader of every prompt file in the project.
 
 Discovery sets, neutral sets, evaluation benchmarks and the organism's exported files all come
 through `load_prompts`, so a file reads the same whichever option it is given to.

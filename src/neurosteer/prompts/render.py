@@ -1,4 +1,4 @@
-"""Stage 2 of the pipeline: prompts in, rendered, checked and tokenized batches out.
+"""Prompts in, rendered, checked and tokenized batches out.
 
 Reading: `neurosteer.prompts.files` (re-exported here: `load_prompts`).
 Rendering: instruct models get their chat template (one user turn, generation prompt appended,

@@ -1,4 +1,4 @@
-"""Stage 7 helper: one chat reply at a time, rendered with the chat template and streamed.
+"""One chat reply at a time, rendered with the chat template and streamed.
 
 `encode_conversation` renders the exchanges so far and the new user message as the model sees
 them (the chat template with its generation prompt), leaving out the oldest exchanges when the

@@ -1,10 +1,9 @@
-"""GGUF files (llama.cpp's format) in and out.
+"""GGUF files (llama.cpp's format) read: their header, and the model they hold.
 
-    reader   stage 1: the header, metadata and tensor index of a file, and its identity
-    loading  stage 1: a .gguf file as a dequantized transformers model (`load_model` routes here)
-    quants   stage 6: scale neurons inside one stored, possibly quantized, tensor
-    bake     stage 6: a copy of a GGUF file with a circuit baked in, written tensor by tensor
+    reader   the header, metadata and tensor index of a file, and its identity
+    loading  a .gguf file as a dequantized transformers model (`load_model` routes here)
 
-Reading headers needs nothing extra; everything else needs the `gguf` package
-(`pip install 'neurosteer[gguf]'`).
+Writing a GGUF file with a circuit baked in is `neurosteer.export.gguf` (with the quantized
+formats in `neurosteer.export.gguf_quants`). Reading headers needs nothing extra; everything else
+needs the `gguf` package (`pip install 'neurosteer[gguf]'`).
 """

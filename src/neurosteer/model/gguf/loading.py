@@ -1,4 +1,4 @@
-"""Stage 1 (GGUF): load a .gguf file as an ordinary, dequantized transformers model.
+"""Load a .gguf file as an ordinary, dequantized transformers model.
 
 transformers reads the config, the tokenizer (vocabulary, merges, special tokens and chat
 template, all from the file's metadata) and the tensors, which it dequantizes into the requested

@@ -1,4 +1,4 @@
-"""Stage 1 (GGUF): read a GGUF file's header, metadata and tensor index, and name the file.
+"""Read a GGUF file's header, metadata and tensor index, and name the file.
 
 A GGUF file is, in order: a fixed header (magic, version, counts), the metadata key/value
 entries, the tensor index (name, ggml shape, ggml type and data offset of every tensor), padding

@@ -1,4 +1,4 @@
-"""Stage 9 (search): find the circuit and multiplier that remove a behaviour at least cost.
+"""Find the circuit and multiplier that remove a behaviour at least cost.
 
     result = neurosteer.optimize(model, tokenizer, harmful, benign,
                                  config=OptimizeConfig(trials=60), run_dir="search")

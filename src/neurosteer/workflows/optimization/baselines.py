@@ -1,4 +1,4 @@
-"""Stage 9 (search), the comparison: CAA and directional ablation on the search's own terms.
+"""The comparison: CAA and directional ablation on the search's own terms.
 
 Both baselines are fitted once from the discovery prompts (residual-stream contrast vectors),
 at one layer (`OptimizeConfig.baseline_layer`, else `ContrastVectors.default_layer()`), and

@@ -1,4 +1,4 @@
-"""Stage 9 (search), settings: what one `neurosteer optimize` run measures and how.
+"""Settings: what one `neurosteer optimize` run measures and how.
 
 `OptimizeConfig.identity()` is what must match for a run folder to be resumed: everything that
 changes a trial's numbers or what the trials mean (the prompt split, the judge, the answer

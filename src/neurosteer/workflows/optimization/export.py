@@ -1,4 +1,4 @@
-"""Stage 9 (search), the export: one trial of a search as a circuit file with its multiplier.
+"""The export: one trial of a search as a circuit file with its multiplier.
 
 Which trial (`choose_trial`):
 

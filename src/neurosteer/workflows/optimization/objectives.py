@@ -1,4 +1,4 @@
-"""Stage 9 (search), the objectives: what one trial costs and what it achieves.
+"""The objectives: what one trial costs and what it achieves.
 
 Two numbers, both minimised, on prompts held out from discovery (`split`):
 

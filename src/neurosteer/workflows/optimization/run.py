@@ -1,4 +1,4 @@
-"""Stage 9 (search), the loop: `optimize()` runs (or resumes) a search and returns its front.
+"""The loop: `optimize()` runs (or resumes) a search and returns its front.
 
     split prompts → record the table once → the unchanged reference once → trials (ask a
     point, re-select its circuit from the table, measure, tell) → baselines once → result

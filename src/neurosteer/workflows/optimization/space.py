@@ -1,4 +1,4 @@
-"""Stage 9 (search), the search space: what one trial chooses, and the circuit it builds.
+"""The search space: what one trial chooses, and the circuit it builds.
 
 A trial picks five things; each is one Optuna parameter:
 

@@ -1,4 +1,4 @@
-"""Stage 9 (search), the prompt split: discovery prompts and disjoint held-out prompts.
+"""The prompt split: discovery prompts and disjoint held-out prompts.
 
 The objectives are measured on prompts the circuit was not found on. Each set is de-duplicated
 (a repeated prompt could otherwise sit on both sides), shuffled with a seed, and its first n

@@ -1,4 +1,4 @@
-"""Stage 9 (search), the run folder: what a search writes, and how it is read back to resume.
+"""The run folder: what a search writes, and how it is read back to resume.
 
     RUN/
         optimize.json          format, settings (`OptimizeConfig`), the model, prompt hashes

@@ -1,4 +1,4 @@
-"""Stage 9 (search), the Optuna study: storage, resuming after a kill, trials as plain data.
+"""The Optuna study: storage, resuming after a kill, trials as plain data.
 
 The study lives in RUN/study.db (`optuna.storages.RDBStorage`, SQLite). Its two objectives,
 both minimised, are (refusal + degenerate share, KL); each trial's params are `space.Params`

@@ -1,4 +1,4 @@
-"""Stage 9 (search), the trials: ask a point, re-select its circuit, measure it, tell.
+"""The trials: ask a point, re-select its circuit, measure it, tell.
 
 Each trial ends COMPLETE (measured), PRUNED (hopeless by the first token, or no candidate
 neuron) or, on any error, FAIL with its point enqueued to run again first (a kill leaves it

@@ -4,7 +4,8 @@ So that the command-line tools (`neurosteer discover`, `sweep`, `report`) can ru
 organism exactly as on any other model:
 
     neurosteer organism export -o organism-data
-    neurosteer sweep src/neurosteer/workflows/organism/weights/instruct -p organism-data/positive.txt ...
+    ORG=src/neurosteer/workflows/organism/weights/instruct
+    neurosteer sweep $ORG -p organism-data/positive.txt ...
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Stage 10 of the pipeline: reports of a sweep folder, from its files alone (never a model).
+"""Reports of a sweep folder, from its files alone (never a model).
 
 summary   summarise(RUN) -> rows (one per method and strength), RUN/summary.csv;
           at_matched_refusal(rows) -> the headline comparison of methods

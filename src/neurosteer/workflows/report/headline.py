@@ -1,4 +1,4 @@
-"""Stage 10 (reports), the headline: what a reader needs before any table, in plain words.
+"""The headline: what a reader needs before any table, in plain words.
 
 `facts` turns a run's config.json (and its circuit, when saved) into labelled lines: the model,
 the circuit's size and layers, the baselines' layers and how they were chosen, the prompt sets

@@ -1,4 +1,4 @@
-"""Stage 10 (reports), the pages: RUN/report.html (self-contained) and RUN/report.md.
+"""The pages: RUN/report.html (self-contained) and RUN/report.md.
 
 Both open with what a reader needs first: the model, the circuit's size and layers, the
 baselines' layers, the prompt sets with their sizes, the judge (`headline.facts`), and the

@@ -1,4 +1,4 @@
-"""Stage 10 (reports), a search's figure: refusal + degenerate against KL, with the baselines.
+"""A search's figure: refusal + degenerate against KL, with the baselines.
 
 Every finished trial (grey), the Pareto front (a line), CAA and directional ablation at their
 strengths (labelled with s), and the unchanged model (a star at KL 0), all measured on the same

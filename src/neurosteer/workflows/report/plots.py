@@ -1,4 +1,4 @@
-"""Stage 10 (reports), the figures: PNG plots of a sweep, drawn on matplotlib `Figure` objects.
+"""The figures: PNG plots of a sweep, drawn on matplotlib `Figure` objects.
 
     refusal_vs_strength   harmful refusal (solid) and harmless refusal (dashed) per method
     quality_vs_strength   distinct-4 and degenerate share of harmful answers per method

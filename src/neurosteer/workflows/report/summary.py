@@ -1,4 +1,4 @@
-"""Stage 10 (reports), the table: one row per (method, strength) from a run's results.jsonl.
+"""The table: one row per (method, strength) from a run's results.jsonl.
 
 Random-control points are averaged over their seeds (`n_seeds` says how many). The shared
 unsteered point is the "baseline" row at s = 0; curves in the figures start from it. MMLU Δ is

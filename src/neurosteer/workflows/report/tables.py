@@ -1,4 +1,4 @@
-"""Stage 10 (reports), the tables both pages show, as text cells: the headline comparison at
+"""The tables both pages show, as text cells: the headline comparison at
 matched refusal (`summary.at_matched_refusal`) and every point with grouped column titles.
 """
 

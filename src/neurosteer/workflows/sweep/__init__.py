@@ -1,4 +1,4 @@
-"""Stage 9 of the pipeline: strength sweeps of CNA against its baselines, resumable.
+"""Strength sweeps of CNA against its baselines, resumable.
 
     config = SweepConfig(methods=("cna", "caa", "direction", "random"), strengths=(0, 0.5, 1))
     records = run_sweep(model, tok, config, positive, negative, harmful, harmless, "RUN")

@@ -1,4 +1,4 @@
-"""Stage 9 (sweeps), settings: what one strength sweep measures and how strength maps to a knob.
+"""Settings: what one strength sweep measures and how strength maps to a knob.
 
 A sweep runs every method at every strength s on the same evaluation sets. s = 0 is the
 unchanged model for every method and s = 1 is each method's "full" intervention (method.md §4):

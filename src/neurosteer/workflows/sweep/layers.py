@@ -1,4 +1,4 @@
-"""Stage 9 (sweeps), the layer scan: which layer CAA and directional ablation work from.
+"""The layer scan: which layer CAA and directional ablation work from.
 
 Both baselines take their vector from one residual layer. Unless the layer is given, each is
 chosen by a small judged scan on the fitting (positive) prompts, never the evaluation sets: the

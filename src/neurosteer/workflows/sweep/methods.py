@@ -1,4 +1,4 @@
-"""Stage 9 (sweeps), the methods: fit every intervention once, then apply it at any strength.
+"""The methods: fit every intervention once, then apply it at any strength.
 
 `fit_methods` discovers the circuit (kept with its full δ table) and records the contrast
 vectors of the baselines, or reads both back from the run folder when resuming (the circuit

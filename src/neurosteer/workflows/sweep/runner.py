@@ -1,4 +1,4 @@
-"""Stage 9 (sweeps), the loop: every (method, strength) point measured once, saved at once.
+"""The loop: every (method, strength) point measured once, saved at once.
 
 For each point not yet in RUN/results.jsonl: greedy answers to the harmful and harmless
 evaluation prompts under the intervention, refusal labels from the judge, distinct-4, KL to

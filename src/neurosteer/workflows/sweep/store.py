@@ -1,4 +1,4 @@
-"""Stage 9 (sweeps), the run folder: what a sweep writes, and how it is read back to resume.
+"""The run folder: what a sweep writes, and how it is read back to resume.
 
     RUN/
         config.json            settings, prompt-set hashes and model provenance
