@@ -1,18 +1,17 @@
-"""The byte-identity check (`identity_check.py`): the commands still write the recorded files.
+"""The byte-identity check (`support/identity_check.py`): the commands write the recorded files.
 
 A change that should not change behaviour (a module move, a rename, a split function) must leave
 every circuit, baked checkpoint, baked GGUF, sweep row and study trial as recorded in
 `tests/data/identity-manifest.json`. A change that means to change them rewrites the manifest
-(`python tests/identity_check.py --write`) in the same commit and says why.
+(`python tests/support/identity_check.py --write`) in the same commit and says why.
 """
 
 from __future__ import annotations
 
 import json
 
-import pytest
-
 import identity_check
+import pytest
 
 
 def test_the_commands_write_the_recorded_files_and_numbers() -> None:
@@ -21,7 +20,7 @@ def test_the_commands_write_the_recorded_files_and_numbers() -> None:
         pytest.skip(
             f"the manifest was recorded under {recorded['environment']}, this is "
             f"{identity_check.environment()}: floats may differ; record it here from the "
-            "commit before a change (python tests/identity_check.py --write) to compare"
+            "commit before a change (python tests/support/identity_check.py --write) to compare"
         )
     now = identity_check.manifest()
     changed = sorted(
