@@ -37,7 +37,7 @@ def evaluating(model: nn.Module) -> Iterator[None]:
     """Run the block with `model` in eval mode (dropout off), then give back each submodule's
     own mode, as the caller had it (a model from a training loop stays in training mode).
 
-    Every pass that measures (discovery, attribution, probes, KL, generation, ...) runs under
+    Every pass that measures (discovery, RelP attribution, probes, KL, generation, ...) runs under
     this, through `runs_model`: dropout would give another circuit, probe and KL on each call.
     """
     modes = [(module, module.training) for module in model.modules()]

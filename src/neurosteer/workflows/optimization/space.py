@@ -9,7 +9,7 @@ A trial picks five things; each is one Optuna parameter:
     sign               "both" (rank by |score|, the paper's rule) or "positive" (only neurons
                        more active on the positive set, δ > 0)
     score              "diff" (δ, the difference of means) or "standardized" (δ over the pooled
-                       standard deviation of the two sets; `attribution.neuron_scores`)
+                       standard deviation of the two sets; `selection.neuron_scores`)
     first_layer_share  the first candidate layer as a share of depth (default 0 .. 0.9):
                        layers floor(share · n_layers) and up are candidates
 
