@@ -47,7 +47,8 @@ def module_files(src: Path, package: str) -> dict[str, Path]:
 
 
 def imported_modules(name: str, file: Path, modules: dict[str, Path]) -> set[str]:
-    """The modules of the package that `file` (module `name`) imports, anywhere in it."""
+    """What `file` (module `name`) imports from its package, anywhere in it: module names,
+    including any that name no module of the package (an old path, a typo)."""
     package = name if file.name == "__init__.py" else name.rpartition(".")[0]
     root = name.partition(".")[0]
     found: set[str] = set()
@@ -63,7 +64,7 @@ def imported_modules(name: str, file: Path, modules: dict[str, Path]) -> set[str
             for alias in node.names:
                 child = f"{target}.{alias.name}"
                 found.add(child if child in modules else target)
-    return {m for m in found if m.partition(".")[0] == root and m != name and m in modules}
+    return {m for m in found if m.partition(".")[0] == root and m != name}
 
 
 def layer_of(name: str, modules: dict[str, Path]) -> str:
@@ -93,6 +94,9 @@ def violations(src: Path, package: str, layers: dict[str, int]) -> list[str]:
             found.append(f"{name}: the folder '{here}' has no layer")
             continue
         for target in sorted(targets):
+            if target not in modules:
+                found.append(f"{name} imports {target}: no such module (an old path?)")
+                continue
             there = layer_of(target, modules)
             if there == here or target == package:
                 continue
@@ -113,7 +117,7 @@ def cycles(graph: dict[str, set[str]], modules: dict[str, Path]) -> list[str]:
     def visit(name: str, path: list[str]) -> None:
         state[name] = 1
         for target in sorted(graph[name]):
-            if layer_of(target, modules) != layer_of(name, modules):
+            if target not in modules or layer_of(target, modules) != layer_of(name, modules):
                 continue
             if state.get(target) == 1:
                 loop = [*path[path.index(target) :], target]
@@ -186,6 +190,11 @@ def test_a_clean_planted_package_passes(tmp_path: Path) -> None:
             "cycle: pkg.methods.circuit -> pkg.methods.selection -> pkg.methods.circuit",
         ),
         ("misc/x.py", "", "pkg.misc.x: the folder 'misc' has no layer"),
+        (
+            "methods/circuit.py",
+            "from pkg.layout import X\n",
+            "pkg.methods.circuit imports pkg.layout: no such module (an old path?)",
+        ),
     ],
 )
 def test_a_planted_break_fails(tmp_path: Path, name: str, text: str, expected: str) -> None:
