@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--json", action="store_true", help="last line: one JSON object")
     args = parser.parse_args(argv)
 
-    from neurosteer.evaluation import get_judge
+    from neurosteer.workflows.judges import get_judge
 
     tokenizer = load_tokenizer(args.model)
     judge = get_judge(args.judge)

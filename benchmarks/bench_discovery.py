@@ -19,8 +19,8 @@ from common import bench_model, emit, prompts, side_by_side, timed
 
 import neurosteer
 from neurosteer.hooks import HookSet
-from neurosteer.prompts import iter_batches, render_prompts, tokenize_rendered
-from neurosteer.runtime import auto_batch_size, position_ids_from_mask
+from neurosteer.model.runtime import auto_batch_size, position_ids_from_mask
+from neurosteer.prompts.render import iter_batches, render_prompts, tokenize_rendered
 
 
 def reference_discovery(

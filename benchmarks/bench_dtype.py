@@ -20,8 +20,8 @@ import torch
 from common import emit, side_by_side, timed
 
 import neurosteer
-from neurosteer.prompts import encode_for_model, load_prompts, make_batch
-from neurosteer.runtime import pad_id
+from neurosteer.model.runtime import pad_id
+from neurosteer.prompts.render import encode_for_model, load_prompts, make_batch
 
 DATA = Path(__file__).resolve().parent.parent / "tests" / "data" / "real_model"
 DTYPES = ("float32", "bfloat16")

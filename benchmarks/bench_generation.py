@@ -14,7 +14,7 @@ import torch
 from common import bench_model, emit, prompts, side_by_side
 
 import neurosteer
-from neurosteer.prompts import render_prompts
+from neurosteer.prompts.render import render_prompts
 
 
 def run(

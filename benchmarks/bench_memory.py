@@ -24,8 +24,8 @@ import torch
 from common import PeakRSS, char_tokenizer, emit, prompts, random_model
 
 import neurosteer
-from neurosteer.prompts import iter_batches, render_prompts, tokenize_rendered
-from neurosteer.runtime import position_ids_from_mask
+from neurosteer.model.runtime import position_ids_from_mask
+from neurosteer.prompts.render import iter_batches, render_prompts, tokenize_rendered
 
 
 def child(shape: str, n_prompts: int, batch_size: int) -> dict[str, Any]:

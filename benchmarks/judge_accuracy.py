@@ -36,9 +36,9 @@ from pathlib import Path
 from judge_labelled import add_label_options, run_labelled
 
 from neurosteer.errors import NeurosteerError
-from neurosteer.evaluation import get_judge
 from neurosteer.evaluation.judges import Judge
 from neurosteer.evaluation.phrases import PUBLISHED_WINDOWS, load_phrase_lists
+from neurosteer.workflows.judges import get_judge
 
 FIXTURE = Path(__file__).resolve().parents[1] / "tests" / "data" / "judge_labelled.jsonl"
 BUILTIN = ("strict", "patterns", "sweep")

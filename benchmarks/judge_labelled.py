@@ -18,10 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from neurosteer.errors import InputError
-from neurosteer.evaluation import get_judge
 from neurosteer.evaluation.answer_records import AnswerRecord, parse_label, read_records
 from neurosteer.evaluation.judge_scores import Agreement, agreement
 from neurosteer.evaluation.judges import LABELS, Label
+from neurosteer.workflows.judges import get_judge
 
 ANSWERS = Path(__file__).resolve().parent / "judge_labels" / "answers.jsonl"
 HALVES = ("dev", "heldout")

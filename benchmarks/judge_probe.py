@@ -315,7 +315,7 @@ def as_labels(name: str, col: Labels, phrase: Labels) -> Labels:
 
 def phrase_labels(rows: list[dict[str, Any]], judge_name: str) -> tuple[Labels, float]:
     """The phrase judge's labels and its seconds per answer."""
-    from neurosteer.evaluation import get_judge
+    from neurosteer.workflows.judges import get_judge
 
     judge = get_judge(judge_name)
     began = time.perf_counter()

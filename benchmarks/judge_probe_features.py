@@ -51,7 +51,7 @@ def answer_span(tokenizer: Any, prompt: str, answer: str) -> tuple[list[int], in
     boundary falls between tokens. An empty answer keeps the prompt's last token as its only one
     (start = len - 1), so that every answer has at least one position to pool.
     """
-    from neurosteer.prompts import render_prompts
+    from neurosteer.prompts.render import render_prompts
 
     rendered = render_prompts(tokenizer, [prompt])[0]
     head = tokenizer(rendered, add_special_tokens=False)["input_ids"]
@@ -107,8 +107,8 @@ def extract(
     the cache is rewritten every 25 answers. `layer` k in the cache is the output of decoder
     layer k (0-based), i.e. `hidden_states[k + 1]`.
     """
-    from neurosteer.layout import resolve_layout
-    from neurosteer.loading import load_model
+    from neurosteer.model.layout import resolve_layout
+    from neurosteer.model.loading import load_model
 
     torch.set_num_threads(threads)
     model, tokenizer = load_model(model_path, dtype="float32")

@@ -43,10 +43,10 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
 
     import neurosteer
-    from neurosteer.circuit import Circuit
     from neurosteer.evaluation import PhraseJudge, load_dataset_prompts
-    from neurosteer.gguf.bake import bake_gguf
-    from neurosteer.prompts import render_prompts
+    from neurosteer.export.gguf import bake_gguf
+    from neurosteer.methods.circuit import Circuit
+    from neurosteer.prompts.render import render_prompts
 
     jbb = Path(args.data) / "jailbreakbench" / "harmful-behaviors.csv"
     prompts = load_dataset_prompts(jbb, limit=args.prompts)

@@ -38,13 +38,8 @@ CAA_ALPHAS = (-0.5, -1.0, -2.0)
 DIRECTION_SHARES = (0.5, 1.0)
 RANDOM_SEEDS = (0, 1, 2)
 TOP_K = 1600  # the reference script's own JailbreakBench setting (issue 22)
-CURVE_MULTIPLIERS = (
-    0.5,
-    -0.5,
-    -1.0,
-    -1.5,
-    -2.0,
-)  # the paper's robustness curve, CNA (m = 1 is `unchanged`)
+# the paper's robustness curve, CNA (m = 1 is `unchanged`)
+CURVE_MULTIPLIERS = (0.5, -0.5, -1.0, -1.5, -2.0)
 CURVE_ALPHAS = (-0.5, -1.5, -2.5, -3.0)  # and CAA's (α = -1, -2 are points of the grid)
 
 
@@ -189,10 +184,6 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 
 def run(args: argparse.Namespace, out: Path) -> None:
     import neurosteer
-    from neurosteer.ablation import DirectionAblation
-    from neurosteer.baselines import CAA, contrast_vectors
-    from neurosteer.circuit import Circuit
-    from neurosteer.contrast import ContrastVectors
     from neurosteer.evaluation import (
         PhraseJudge,
         kl_to_reference,
@@ -200,7 +191,11 @@ def run(args: argparse.Namespace, out: Path) -> None:
         mmlu_accuracy,
     )
     from neurosteer.evaluation.refusal import measure_refusal
-    from neurosteer.layout import resolve_layout
+    from neurosteer.methods.ablation import DirectionAblation
+    from neurosteer.methods.baselines import CAA, contrast_vectors
+    from neurosteer.methods.circuit import Circuit
+    from neurosteer.methods.contrast import ContrastVectors
+    from neurosteer.model.layout import resolve_layout
 
     data = Path(args.data)
     splits = data / "refusal_direction" / "splits"

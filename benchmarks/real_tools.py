@@ -35,8 +35,8 @@ def main() -> None:
     report: list[str] = []
 
     import neurosteer
-    from neurosteer.chat_session import ChatSession
     from neurosteer.evaluation import PhraseJudge, load_dataset_prompts
+    from neurosteer.workflows.chat_session import ChatSession
 
     data = Path(args.data)
     splits = data / "refusal_direction" / "splits"

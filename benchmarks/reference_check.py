@@ -52,10 +52,10 @@ import torch
 from common import side_by_side
 
 import neurosteer
-from neurosteer.attribution import neurons_for_fraction
-from neurosteer.circuit import Circuit
 from neurosteer.hooks import HookSet
-from neurosteer.prompts import encode_for_model
+from neurosteer.methods.circuit import Circuit
+from neurosteer.methods.selection import neurons_for_fraction
+from neurosteer.prompts.render import encode_for_model
 
 #: The reference's own floor: neurons with abs(δ) at or below it never enter its ranking.
 REFERENCE_FLOOR = 1e-6

@@ -16,7 +16,7 @@ import torch
 import transformers
 from transformers import PreTrainedModel, PreTrainedTokenizerFast
 
-sys.path.insert(0, str(Path(__file__).parent))  # lets test modules `import tiny_models`
+sys.path.insert(0, str(Path(__file__).parent / "support"))  # lets test modules `import tiny_models`
 
 from tiny_models import FAMILIES, make_tiny, save_tiny
 

@@ -1,7 +1,7 @@
 """A model handed over in training mode (dropout on, as a training loop leaves it) is measured in
 eval mode by every entry point that runs it, and given back in the mode it came in: the circuit,
 probe, KL and answers are those of the eval-mode model, and the KL of the unchanged model to
-itself is 0. One mechanism (`neurosteer.runtime.runs_model`) does it; a test walks the package
+itself is 0. One mechanism (`neurosteer.model.runtime.runs_model`) does it; a test walks the package
 and fails if a function that takes a model neither carries it nor is listed as not running it."""
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 import torch
+from tiny_models import make_tiny
 from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerFast
 
@@ -30,49 +31,48 @@ from neurosteer import (
 )
 from neurosteer.evaluation import kl_to_reference
 from neurosteer.evaluation.model_judge import ModelJudge
-from neurosteer.layout import resolve_layout
-from neurosteer.mean_ablation import mean_activations
-from neurosteer.runtime import RUNS_MODEL_MARK, evaluating
-from tiny_models import make_tiny
+from neurosteer.methods.mean_ablation import mean_activations
+from neurosteer.model.layout import resolve_layout
+from neurosteer.model.runtime import RUNS_MODEL_MARK, evaluating
 
 Pair = tuple[PreTrainedModel, PreTrainedTokenizerFast]
 DROPOUT = 0.5
 
 #: Functions that take a model but never run a forward pass (or train it on purpose), and why.
 NOT_RUNNING = {
-    "neurosteer.steering.steer": "registers hooks",
-    "neurosteer.steering.steer_circuits": "registers hooks",
-    "neurosteer.baking.bake": "edits weights",
-    "neurosteer.baking.bake_circuits": "edits weights",
-    "neurosteer.baking.save_baked": "edits and saves weights",
-    "neurosteer.baking.require_editable": "reads parameters",
-    "neurosteer.layout.resolve_layout": "reads the module tree",
-    "neurosteer.layout.ModelLayout.layer_modules": "reads the module tree",
-    "neurosteer.layout.ModelLayout.site_modules": "reads the module tree",
-    "neurosteer.layout.residual_writers": "reads the module tree",
+    "neurosteer.methods.steering.steer": "registers hooks",
+    "neurosteer.methods.steering.steer_circuits": "registers hooks",
+    "neurosteer.methods.baking.bake": "edits weights",
+    "neurosteer.methods.circuit.bake_circuits": "edits weights",
+    "neurosteer.methods.baking.save_baked": "edits and saves weights",
+    "neurosteer.interventions.handles.require_editable": "reads parameters",
+    "neurosteer.model.layout.resolve_layout": "reads the module tree",
+    "neurosteer.model.layout.ModelLayout.layer_modules": "reads the module tree",
+    "neurosteer.model.layout.ModelLayout.site_modules": "reads the module tree",
+    "neurosteer.model.layout.residual_writers": "reads the module tree",
     "neurosteer.hooks.hookset.count_hooks": "reads the module tree",
     "neurosteer.hooks.relevance.detached_attention": "registers hooks",
-    "neurosteer.relp_pass.rule_sites": "reads the module tree",
-    "neurosteer.relp_pass.attention_rule": "sets an attention option",
-    "neurosteer.runtime.input_device": "reads a parameter",
-    "neurosteer.runtime.forward_takes": "reads the signature",
-    "neurosteer.runtime.model_inputs": "builds inputs",
-    "neurosteer.runtime.auto_batch_size": "reads the config",
-    "neurosteer.runtime.evaluating": "is the mechanism",
-    "neurosteer.context.context_limit": "reads the config",
-    "neurosteer.prompts.encode_for_model": "tokenizes",
-    "neurosteer.targets.encode_pairs": "tokenizes",
-    "neurosteer.chat.encode_conversation": "tokenizes",
-    "neurosteer.discovery.model_info": "reads the config",
-    "neurosteer.gguf.loading.source_file": "reads an attribute",
-    "neurosteer.loading.load_model": "loads in eval mode itself",
-    "neurosteer.organism.train.safety_finetune": "trains the model on purpose",
-    "neurosteer.fingerprint.same_weights": "reads parameter values",
-    "neurosteer.fingerprint.remember_files": "sets an attribute",
-    "neurosteer.fingerprint.baked_on": "reads an attribute",
-    "neurosteer.fingerprint.mark_baked": "sets an attribute",
-    "neurosteer.stop_tokens.stop_token_ids": "reads the configs",
-    "neurosteer.stop_tokens.merge_gguf_stop_ids": "edits the generation config",
+    "neurosteer.methods.relp_pass.rule_sites": "reads the module tree",
+    "neurosteer.methods.relp_pass.attention_rule": "sets an attention option",
+    "neurosteer.model.runtime.input_device": "reads a parameter",
+    "neurosteer.model.runtime.forward_takes": "reads the signature",
+    "neurosteer.model.runtime.model_inputs": "builds inputs",
+    "neurosteer.model.runtime.auto_batch_size": "reads the config",
+    "neurosteer.model.runtime.evaluating": "is the mechanism",
+    "neurosteer.prompts.context.context_limit": "reads the config",
+    "neurosteer.prompts.render.encode_for_model": "tokenizes",
+    "neurosteer.prompts.targets.encode_pairs": "tokenizes",
+    "neurosteer.workflows.chat.encode_conversation": "tokenizes",
+    "neurosteer.methods.discovery.model_info": "reads the config",
+    "neurosteer.model.gguf.loading.source_file": "reads an attribute",
+    "neurosteer.model.loading.load_model": "loads in eval mode itself",
+    "neurosteer.workflows.organism.train.safety_finetune": "trains the model on purpose",
+    "neurosteer.model.fingerprint.same_weights": "reads parameter values",
+    "neurosteer.model.fingerprint.remember_files": "sets an attribute",
+    "neurosteer.model.fingerprint.baked_on": "reads an attribute",
+    "neurosteer.model.fingerprint.mark_baked": "sets an attribute",
+    "neurosteer.model.stop_tokens.stop_token_ids": "reads the configs",
+    "neurosteer.model.stop_tokens.merge_gguf_stop_ids": "edits the generation config",
 }
 
 
@@ -109,7 +109,7 @@ _INTERVENTION_METHODS = (".steer", ".bake", ".installer", ".layout_on", ".check_
 
 def test_every_function_that_runs_a_model_runs_it_in_eval_mode() -> None:
     functions = _model_functions()
-    assert "neurosteer.discovery.discover" in functions  # the walk finds the entry points
+    assert "neurosteer.methods.discovery.discover" in functions  # the walk finds the entry points
     unmarked = [
         name
         for name, func in functions.items()

@@ -8,10 +8,10 @@ import sys
 
 # every module that draws figures, and the ones that import them
 DRAWING_MODULES = [
-    "neurosteer.report.plots",
-    "neurosteer.report",
-    "neurosteer.demo_report",
-    "neurosteer.demo",
+    "neurosteer.workflows.report.plots",
+    "neurosteer.workflows.report",
+    "neurosteer.workflows.organism.demo_report",
+    "neurosteer.workflows.organism.demo",
     "neurosteer.cli.analysis_cmds",
 ]
 

@@ -15,7 +15,7 @@ def test_every_public_name_resolves_and_is_listed() -> None:
     for name in exported:
         defining = importlib.import_module(neurosteer._EXPORTS[name])
         assert getattr(neurosteer, name) is getattr(defining, name)
-    assert neurosteer.Circuit.__module__ == "neurosteer.circuit"
+    assert neurosteer.Circuit.__module__ == "neurosteer.methods.circuit"
 
 
 def test_cli_help_does_not_import_torch() -> None:

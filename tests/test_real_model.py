@@ -23,17 +23,17 @@ import pytest
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from neurosteer.circuit import Circuit
-from neurosteer.discovery import discover
+from neurosteer.evaluation.generation import generate
 from neurosteer.evaluation.judges import PhraseJudge
-from neurosteer.generation import generate
-from neurosteer.gguf.bake import bake_gguf
-from neurosteer.gguf.reader import read_header
-from neurosteer.layout import resolve_layout
-from neurosteer.loading import load_model
-from neurosteer.model_fetch import DEFAULT_MODEL, MODELS, models_folder
-from neurosteer.prompts import encode_prompts, load_prompts, make_batch
-from neurosteer.steering import steer
+from neurosteer.export.gguf import bake_gguf
+from neurosteer.methods.circuit import Circuit
+from neurosteer.methods.discovery import discover
+from neurosteer.methods.steering import steer
+from neurosteer.model.fetch import DEFAULT_MODEL, MODELS, models_folder
+from neurosteer.model.gguf.reader import read_header
+from neurosteer.model.layout import resolve_layout
+from neurosteer.model.loading import load_model
+from neurosteer.prompts.render import encode_prompts, load_prompts, make_batch
 
 pytestmark = pytest.mark.real
 logger = logging.getLogger(__name__)

@@ -10,8 +10,8 @@ scaling just those neurons, or bake the change into an ordinary checkpoint.
     handle = neurosteer.bake(model, circuit, 0.0)
     handle.undo()
 
-The package follows the pipeline: layout → loading → prompts → recording → attribution →
-circuit → steering / baking → generation; `hooks` is the only module that registers hooks.
+The folders follow the pipeline (README, "Layout of the code"): prompts and hooks → model →
+interventions → methods → evaluation / export → workflows → cli; `hooks` alone registers hooks.
 """
 
 from __future__ import annotations
@@ -19,45 +19,48 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from neurosteer._compat import install_old_paths
 from neurosteer._version import __version__
+
+install_old_paths()
 
 # Public name -> the module that defines it. Imported on first use, so that `neurosteer --help`
 # and `import neurosteer.errors` do not pay for torch and transformers.
 _EXPORTS = {
-    "DirectionAblation": "neurosteer.ablation",
-    "BakeHandle": "neurosteer.baking",
-    "bake": "neurosteer.baking",
-    "save_baked": "neurosteer.baking",
-    "CAA": "neurosteer.baselines",
-    "MLPOutputSteering": "neurosteer.baselines",
-    "contrast_vectors": "neurosteer.baselines",
-    "Circuit": "neurosteer.circuit",
-    "ContrastVectors": "neurosteer.contrast",
-    "discover": "neurosteer.discovery",
-    "neutral_prompts": "neurosteer.discovery",
+    "DirectionAblation": "neurosteer.methods.ablation",
+    "BakeHandle": "neurosteer.methods.baking",
+    "bake": "neurosteer.methods.baking",
+    "save_baked": "neurosteer.methods.baking",
+    "CAA": "neurosteer.methods.baselines",
+    "MLPOutputSteering": "neurosteer.methods.baselines",
+    "contrast_vectors": "neurosteer.methods.baselines",
+    "Circuit": "neurosteer.methods.circuit",
+    "ContrastVectors": "neurosteer.methods.contrast",
+    "discover": "neurosteer.methods.discovery",
+    "neutral_prompts": "neurosteer.methods.discovery",
     "CircuitFormatError": "neurosteer.errors",
     "CircuitMismatchError": "neurosteer.errors",
     "InputError": "neurosteer.errors",
     "ModelLoadError": "neurosteer.errors",
     "NeurosteerError": "neurosteer.errors",
     "UnsupportedModelError": "neurosteer.errors",
-    "generate": "neurosteer.generation",
-    "Intervention": "neurosteer.intervention",
-    "ModelLayout": "neurosteer.layout",
-    "resolve_layout": "neurosteer.layout",
-    "FaithfulnessResult": "neurosteer.faithfulness",
-    "measure_faithfulness": "neurosteer.faithfulness",
-    "load_model": "neurosteer.loading",
-    "OptimizeConfig": "neurosteer.optimization",
-    "optimize": "neurosteer.optimization",
-    "next_token_probs": "neurosteer.probe",
-    "load_prompts": "neurosteer.prompts",
-    "render_prompts": "neurosteer.prompts",
-    "RelPRules": "neurosteer.relp",
-    "attribute": "neurosteer.relp",
-    "SteeringHandle": "neurosteer.steering",
-    "steer": "neurosteer.steering",
-    "bake_streaming": "neurosteer.streaming",
+    "generate": "neurosteer.evaluation.generation",
+    "Intervention": "neurosteer.interventions.protocol",
+    "ModelLayout": "neurosteer.model.layout",
+    "resolve_layout": "neurosteer.model.layout",
+    "FaithfulnessResult": "neurosteer.evaluation.faithfulness",
+    "measure_faithfulness": "neurosteer.evaluation.faithfulness",
+    "load_model": "neurosteer.model.loading",
+    "OptimizeConfig": "neurosteer.workflows.optimization",
+    "optimize": "neurosteer.workflows.optimization",
+    "next_token_probs": "neurosteer.evaluation.probe",
+    "load_prompts": "neurosteer.prompts.render",
+    "render_prompts": "neurosteer.prompts.render",
+    "RelPRules": "neurosteer.methods.relp",
+    "attribute": "neurosteer.methods.relp",
+    "SteeringHandle": "neurosteer.methods.steering",
+    "steer": "neurosteer.methods.steering",
+    "bake_streaming": "neurosteer.export.streaming",
 }
 
 __all__ = [
@@ -112,12 +115,6 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:
-    from neurosteer.ablation import DirectionAblation
-    from neurosteer.baking import BakeHandle, bake, save_baked
-    from neurosteer.baselines import CAA, MLPOutputSteering, contrast_vectors
-    from neurosteer.circuit import Circuit
-    from neurosteer.contrast import ContrastVectors
-    from neurosteer.discovery import discover, neutral_prompts
     from neurosteer.errors import (
         CircuitFormatError,
         CircuitMismatchError,
@@ -126,14 +123,20 @@ if TYPE_CHECKING:
         NeurosteerError,
         UnsupportedModelError,
     )
-    from neurosteer.faithfulness import FaithfulnessResult, measure_faithfulness
-    from neurosteer.generation import generate
-    from neurosteer.intervention import Intervention
-    from neurosteer.layout import ModelLayout, resolve_layout
-    from neurosteer.loading import load_model
-    from neurosteer.optimization import OptimizeConfig, optimize
-    from neurosteer.probe import next_token_probs
-    from neurosteer.prompts import load_prompts, render_prompts
-    from neurosteer.relp import RelPRules, attribute
-    from neurosteer.steering import SteeringHandle, steer
-    from neurosteer.streaming import bake_streaming
+    from neurosteer.evaluation.faithfulness import FaithfulnessResult, measure_faithfulness
+    from neurosteer.evaluation.generation import generate
+    from neurosteer.evaluation.probe import next_token_probs
+    from neurosteer.export.streaming import bake_streaming
+    from neurosteer.interventions.protocol import Intervention
+    from neurosteer.methods.ablation import DirectionAblation
+    from neurosteer.methods.baking import BakeHandle, bake, save_baked
+    from neurosteer.methods.baselines import CAA, MLPOutputSteering, contrast_vectors
+    from neurosteer.methods.circuit import Circuit
+    from neurosteer.methods.contrast import ContrastVectors
+    from neurosteer.methods.discovery import discover, neutral_prompts
+    from neurosteer.methods.relp import RelPRules, attribute
+    from neurosteer.methods.steering import SteeringHandle, steer
+    from neurosteer.model.layout import ModelLayout, resolve_layout
+    from neurosteer.model.loading import load_model
+    from neurosteer.prompts.render import load_prompts, render_prompts
+    from neurosteer.workflows.optimization import OptimizeConfig, optimize

@@ -1,6 +1,7 @@
 """CLI commands for sweeps and analyses: `neurosteer sweep`, `report` and `compare`.
 
-They parse options, call `neurosteer.sweep`, `neurosteer.report` and `neurosteer.analysis`, and
+They parse options, call `neurosteer.workflows.sweep`, `neurosteer.workflows.report` and
+`neurosteer.evaluation.comparison`, and
 print rich tables; bad input raises `InputError`, which the group prints as one line.
 """
 
@@ -27,9 +28,9 @@ from neurosteer.cli.render import console, print_table
 from neurosteer.errors import InputError
 
 if TYPE_CHECKING:  # imported at run time inside the commands: `--help` stays fast
-    from neurosteer.analysis import Comparison
-    from neurosteer.circuit import Circuit
-    from neurosteer.sweep import SweepConfig
+    from neurosteer.evaluation.comparison import Comparison
+    from neurosteer.methods.circuit import Circuit
+    from neurosteer.workflows.sweep import SweepConfig
 
 
 def _floats(text: str, option: str) -> tuple[float, ...]:
@@ -156,9 +157,9 @@ def _names(text: str) -> tuple[str, ...]:
 def sweep_command(**params: Any) -> None:
     """Sweep CNA and its baselines over strengths on MODEL; resumable into OUTPUT."""
     from neurosteer.evaluation.datasets import load_dataset_prompts
-    from neurosteer.prompts import load_prompts
-    from neurosteer.report import plots, summarise
-    from neurosteer.sweep import run_sweep
+    from neurosteer.prompts.render import load_prompts
+    from neurosteer.workflows.report import plots, summarise
+    from neurosteer.workflows.sweep import run_sweep
 
     config = _sweep_config(params)
     positive, negative = load_prompts(params["positive"]), load_prompts(params["negative"])
@@ -189,7 +190,7 @@ def sweep_command(**params: Any) -> None:
 
 def _sweep_config(params: dict[str, Any]) -> SweepConfig:
     """The `SweepConfig` of the sweep command's options."""
-    from neurosteer.sweep import SweepConfig
+    from neurosteer.workflows.sweep import SweepConfig
 
     return SweepConfig(
         methods=_names(params["methods"]),
@@ -221,8 +222,8 @@ def _sweep_config(params: dict[str, Any]) -> SweepConfig:
 def report_command(run: Path) -> None:
     """Write RUN/report.html (self-contained) and RUN/report.md from a sweep folder (or the
     folder of `neurosteer demo`)."""
-    from neurosteer.demo_report import is_demo_folder, render_demo_report
-    from neurosteer.report import write_report
+    from neurosteer.workflows.organism.demo_report import is_demo_folder, render_demo_report
+    from neurosteer.workflows.report import write_report
 
     if not run.is_dir():
         raise InputError(f"'{run}' is not a folder; give the output folder of `neurosteer sweep`")
@@ -251,8 +252,8 @@ def compare_command(
     circuit_a: Path, circuit_b: Path, ks: str | None, json_path: Path | None
 ) -> None:
     """Overlap, layer localisation and sparsity of two circuits (e.g. base vs instruct)."""
-    from neurosteer.analysis import compare_circuits, localisation
-    from neurosteer.circuit import Circuit
+    from neurosteer.evaluation.comparison import compare_circuits, localisation
+    from neurosteer.methods.circuit import Circuit
 
     a, b = Circuit.load(circuit_a), Circuit.load(circuit_b)
     comparison = compare_circuits(a, b)
@@ -310,7 +311,7 @@ def _print_localisation(places: dict[str, dict[str, float | int]]) -> None:
 
 def _print_sparsity(name: str, circuit: Circuit, ks: str | None) -> list[dict[str, Any]]:
     """The sparsity sweep of a circuit with a kept table, printed; returns its points."""
-    from neurosteer.analysis import sparsity_sweep
+    from neurosteer.evaluation.comparison import sparsity_sweep
 
     chosen = _ints(ks, "--ks") if ks else _default_ks(len(circuit), circuit.settings.n_candidates)
     points = sparsity_sweep(circuit, chosen)

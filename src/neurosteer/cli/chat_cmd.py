@@ -1,6 +1,7 @@
 """`neurosteer chat`: an interactive, streamed conversation with a live steering multiplier.
 
-The session itself (`neurosteer.chat_session.ChatSession`) takes lines and writes to a stream;
+The session itself (`neurosteer.workflows.chat_session.ChatSession`) takes lines and writes to a
+stream;
 this file loads the model, reads lines from the terminal (with readline editing and a history
 file) or from a pipe (echoing each line after the prompt, so the output reads as a
 transcript), and handles Ctrl-C and Ctrl-D.
@@ -168,8 +169,8 @@ def chat_command(**params: Any) -> None:
 
     Replies stream as they are generated; Ctrl-C stops a reply, Ctrl-D or /quit leaves.
     """
-    from neurosteer.chat_session import ChatSession
-    from neurosteer.circuit import Circuit
+    from neurosteer.methods.circuit import Circuit
+    from neurosteer.workflows.chat_session import ChatSession
 
     if params["multiplier"] is not None and params["circuit_path"] is None:
         raise InputError("-m sets the circuit's multiplier; give --circuit too")

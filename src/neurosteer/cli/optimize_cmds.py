@@ -4,7 +4,8 @@
     neurosteer optimize search/ --show
     neurosteer optimize search/ --export best.circuit [--trial N] [--target-refusal 0.1]
 
-It parses options, calls `neurosteer.optimization` and prints rich tables; bad input raises
+It parses options, calls `neurosteer.workflows.optimization` and prints rich tables; bad input
+raises
 `InputError`, which the group prints as one line.
 """
 
@@ -28,9 +29,9 @@ from neurosteer.cli.render import print_table
 from neurosteer.errors import InputError
 
 if TYPE_CHECKING:  # imported at run time inside the command: `--help` stays fast
-    from neurosteer.optimization import OptimizeConfig, SearchResult
-    from neurosteer.optimization.baselines import BaselinePoint
-    from neurosteer.optimization.study import TrialResult
+    from neurosteer.workflows.optimization import OptimizeConfig, SearchResult
+    from neurosteer.workflows.optimization.baselines import BaselinePoint
+    from neurosteer.workflows.optimization.study import TrialResult
 
 _SEARCH_ONLY = ("positive", "negative", "output", "neutral")
 
@@ -180,9 +181,9 @@ def optimize_command(**params: Any) -> None:
         if (Path(params["model"]) / "optimize.json").is_file():
             hint = f"; '{params['model']}' is a search folder: add --show or --export FILE"
         raise InputError(f"a search needs {', '.join(missing)}{hint}")
-    from neurosteer.optimization import optimize, read_search
-    from neurosteer.optimization.run import check_resumable
-    from neurosteer.prompts import load_prompts
+    from neurosteer.prompts.render import load_prompts
+    from neurosteer.workflows.optimization import optimize, read_search
+    from neurosteer.workflows.optimization.run import check_resumable
 
     config = _config(params)
     positive, negative = load_prompts(params["positive"]), load_prompts(params["negative"])
@@ -208,8 +209,8 @@ def optimize_command(**params: Any) -> None:
 
 def _held_out(result: SearchResult) -> int:
     """The search's held-out positive prompts (0 when unknown: a search kept in memory)."""
-    from neurosteer.optimization.export import held_out_count
-    from neurosteer.optimization.store import read_meta
+    from neurosteer.workflows.optimization.export import held_out_count
+    from neurosteer.workflows.optimization.store import read_meta
 
     return 0 if result.run_dir is None else held_out_count(read_meta(result.run_dir))
 
@@ -223,13 +224,13 @@ def _export_hint(
     """The closing hint: first whether a baseline beats the CNA front (in words), then the
     export command that works on this study: the default rule where a trial meets the
     default target, else the closest trial by number."""
-    from neurosteer.optimization.export import (
+    from neurosteer.workflows.optimization.export import (
         DEFAULT_TARGET,
         baseline_verdict,
         choose_trial,
         target_in_answers,
     )
-    from neurosteer.optimization.study import pareto_front
+    from neurosteer.workflows.optimization.study import pareto_front
 
     verdict = baseline_verdict(pareto_front(list(trials)), baselines)
     lead = "" if verdict is None else f"{verdict}. To export the best CNA trial anyway: "
@@ -264,7 +265,7 @@ def _folder_mode(params: dict[str, Any]) -> None:
         raise InputError(
             f"{', '.join(given)} start a search; --show and --export read the run folder only"
         )
-    from neurosteer.optimization import export_circuit, read_search
+    from neurosteer.workflows.optimization import export_circuit, read_search
 
     folder = Path(params["model"])
     if params["show"]:
@@ -279,8 +280,8 @@ def _folder_mode(params: dict[str, Any]) -> None:
     )
     assert circuit.search is not None
     if params["trial"] is None:
-        from neurosteer.optimization.export import held_out_count, target_in_answers
-        from neurosteer.optimization.store import read_meta
+        from neurosteer.workflows.optimization.export import held_out_count, target_in_answers
+        from neurosteer.workflows.optimization.store import read_meta
 
         held_out = held_out_count(read_meta(folder))
         if held_out:
@@ -350,15 +351,17 @@ def _show(result: SearchResult) -> None:
             )
         print_table(base)
     if result.run_dir is not None:
-        from neurosteer.optimization.store import PLOT_FILE
-        from neurosteer.report.pareto import write_pareto_plot  # matplotlib: after the tables
+        from neurosteer.workflows.optimization.store import PLOT_FILE
+        from neurosteer.workflows.report.pareto import (
+            write_pareto_plot,  # matplotlib: after the tables
+        )
 
         path = write_pareto_plot(result, result.run_dir / PLOT_FILE)
         click.echo(f"wrote {path}")
 
 
 def _config(params: dict[str, Any]) -> OptimizeConfig:
-    from neurosteer.optimization import OptimizeConfig, SearchSpace
+    from neurosteer.workflows.optimization import OptimizeConfig, SearchSpace
 
     space = SearchSpace(
         k_share=_pair(params["k_range"], "--k-range"),
@@ -414,7 +417,7 @@ def _names(text: str) -> tuple[str, ...]:
 def _quiet_optuna() -> None:
     """Optuna logs every trial at INFO; the progress bar says it already (kept under --debug)."""
     if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
-        from neurosteer.optimization.study import optuna_module
+        from neurosteer.workflows.optimization.study import optuna_module
 
         optuna = optuna_module()
         optuna.logging.set_verbosity(optuna.logging.WARNING)

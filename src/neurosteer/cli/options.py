@@ -71,8 +71,8 @@ def load(params: dict[str, Any], circuit: Any = None) -> tuple[Any, Any, Any]:
 
     With a circuit, the layout is the circuit's own (its recorded paths, see `circuit_layout`).
     """
-    from neurosteer.layout import resolve_layout
-    from neurosteer.loading import load_model
+    from neurosteer.model.layout import resolve_layout
+    from neurosteer.model.loading import load_model
 
     if circuit is not None:
         check_before_loading(circuit, params)
@@ -98,23 +98,23 @@ def check_before_loading(circuit: Any, params: dict[str, Any]) -> None:
     already baked into it (the checks `bake` makes on a GGUF header), so that no load is
     waited for; a hub id, or a model whose config cannot be built here, is checked once
     loaded."""
-    from neurosteer.fingerprint import baked_record
-    from neurosteer.gguf.loading import find_gguf
+    from neurosteer.model.fingerprint import baked_record
+    from neurosteer.model.gguf.loading import find_gguf
 
     path = Path(params["model"]).expanduser()
     if not path.exists():
         return
     gguf_file = find_gguf(path)
     if gguf_file is not None:
-        from neurosteer.fingerprint import gguf_header
-        from neurosteer.gguf.bake import circuit_tensors
+        from neurosteer.export.gguf import circuit_tensors
+        from neurosteer.model.fingerprint import gguf_header
 
         circuit_tensors(gguf_header(gguf_file), circuit)
         circuit.refuse_baked(baked_record(gguf_file), f"'{gguf_file}'", warn=False)
         return
     if params["trust_remote_code"] or not (path / "config.json").is_file():
         return  # custom code is not built without the load; the load reports a bad folder
-    from neurosteer.streaming import skeleton
+    from neurosteer.export.streaming import skeleton
 
     circuit_layout(skeleton(path), circuit, params)
     circuit.refuse_baked(baked_record(path), f"'{path}'", warn=False)
@@ -123,7 +123,7 @@ def check_before_loading(circuit: Any, params: dict[str, Any]) -> None:
 def circuit_layout(model: Any, circuit: Any, params: dict[str, Any]) -> Any:
     """The circuit's layout on `model`: its recorded paths, or --layers-path/--site if given
     (a path left out is taken from the circuit), which must then agree with the circuit."""
-    from neurosteer.layout import resolve_layout
+    from neurosteer.model.layout import resolve_layout
 
     layout = None
     if params["layers_path"] is not None or params["site_path"] is not None:
@@ -183,7 +183,7 @@ def template_option(fn: F) -> F:
 def check_system(_ctx: click.Context, _param: click.Parameter, text: str | None) -> str | None:
     """--system, refused before any model loads when it is not valid text."""
     if text is not None:
-        from neurosteer.text_check import check_text
+        from neurosteer.prompts.text_check import check_text
 
         check_text(text, "--system")
     return text
@@ -206,7 +206,7 @@ def template_vars_option(fn: F) -> F:
 def _parse_template_vars(
     _ctx: click.Context, _param: click.Parameter, items: tuple[str, ...]
 ) -> dict[str, Any] | None:
-    from neurosteer.template_vars import parse_template_vars
+    from neurosteer.prompts.template_vars import parse_template_vars
 
     return parse_template_vars(items)
 

@@ -38,8 +38,8 @@ def demo_command(out: Path, top_k: int | None, force: bool) -> None:
 
     Runs offline on the shipped instruct model (a few minutes on a 2-core CPU).
     """
-    from neurosteer.demo import DEMO_TOP_K, run_demo
-    from neurosteer.demo_report import VERDICTS
+    from neurosteer.workflows.organism.demo import DEMO_TOP_K, run_demo
+    from neurosteer.workflows.organism.demo_report import VERDICTS
 
     if out.exists() and any(out.iterdir()) and not force:
         raise InputError(f"{out} is not empty; pass --force to overwrite it or choose another -o")
@@ -109,7 +109,7 @@ def organism_group() -> None:
 @click.option("--seed", type=int, default=0, show_default=True, help="Training seed.")
 def train_command(out: Path, seed: int) -> None:
     """Rebuild both organism models from scratch on the CPU (about 8 minutes, one thread)."""
-    from neurosteer.organism.train import OrganismConfig, train_organism
+    from neurosteer.workflows.organism.train import OrganismConfig, train_organism
 
     if out.exists() and not out.is_dir():
         raise InputError(f"{out} is a file; pass a folder to -o")
@@ -150,7 +150,7 @@ def train_command(out: Path, seed: int) -> None:
 @click.option("--force", is_flag=True, help="Replace OUT if it exists.")
 def export_command(out: Path, n_eval: int, force: bool) -> None:
     """Write the organism's prompt sets and judge files, for discover/sweep on the command line."""
-    from neurosteer.organism.export import export_organism_data
+    from neurosteer.workflows.organism.export import export_organism_data
 
     if n_eval < 1:
         raise InputError(f"--n-eval must be at least 1, got {n_eval}")

@@ -1,6 +1,7 @@
 """`neurosteer probe`: the first answer token's probabilities, unsteered and under a circuit.
 
-Parses the options, calls `neurosteer.probe.next_token_probs` and prints one table per prompt
+Parses the options, calls `neurosteer.evaluation.probe.next_token_probs` and prints one table per
+prompt
 (or JSON with --json). Bad input raises `InputError`, which the group prints as one line.
 """
 
@@ -20,7 +21,7 @@ from neurosteer.cli.render import console, print_table
 from neurosteer.errors import InputError
 
 if TYPE_CHECKING:  # imported inside the command: `--help` stays fast
-    from neurosteer.probe import NextTokenProbs, OpeningToken, TokenChoice, TokenPick
+    from neurosteer.evaluation.probe import NextTokenProbs, OpeningToken, TokenChoice, TokenPick
 
 #: Separates --tokens items: a comma and at most one space ("' I, Sure'" is ' I' and 'Sure').
 _TOKEN_SEPARATOR = re.compile(r", ?")
@@ -100,11 +101,11 @@ def probe_command(**params: Any) -> None:
 
     Each prompt is rendered as `generate` renders it (chat template and generation prompt).
     """
-    from neurosteer.circuit import Circuit
-    from neurosteer.evaluation.judges import get_judge
-    from neurosteer.probe import choose_tokens, next_token_probs
-    from neurosteer.prompts import load_prompts
-    from neurosteer.text_check import check_prompts
+    from neurosteer.evaluation.probe import choose_tokens, next_token_probs
+    from neurosteer.methods.circuit import Circuit
+    from neurosteer.prompts.render import load_prompts
+    from neurosteer.prompts.text_check import check_prompts
+    from neurosteer.workflows.judges import get_judge
 
     prompts: list[str] = list(params["prompts"])
     if params["prompt_file"] is not None:
@@ -220,7 +221,7 @@ def _opening(t: OpeningToken) -> str:
 
 def pick_lines(pick: TokenPick, judge: str) -> list[str]:
     """Which tokens `choose_tokens` chose and why, for people (under the tables)."""
-    from neurosteer.probe import CHOICE_TOKENS
+    from neurosteer.evaluation.probe import CHOICE_TOKENS
 
     labels = pick.answers.labels
     lines = [
@@ -247,7 +248,7 @@ def pick_lines(pick: TokenPick, judge: str) -> list[str]:
 
 def pick_record(pick: TokenPick, judge: str) -> dict[str, Any]:
     """The --json form of `pick_lines`."""
-    from neurosteer.probe import CHOICE_TOKENS
+    from neurosteer.evaluation.probe import CHOICE_TOKENS
 
     def tokens(found: tuple[OpeningToken, ...]) -> list[dict[str, Any]]:
         return [

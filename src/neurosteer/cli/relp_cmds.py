@@ -1,5 +1,6 @@
 """CLI for RelP: the prompt/target options of `discover`'s RelP mode, and `neurosteer
-faithfulness`. Parses, calls `neurosteer.relp` / `neurosteer.faithfulness`, prints, writes files.
+faithfulness`. Parses, calls `neurosteer.methods.relp` / `neurosteer.evaluation.faithfulness`,
+prints, writes files.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from rich.table import Table
 from neurosteer.cli.options import F, load, model_options, template_option
 from neurosteer.cli.render import console, print_table
 from neurosteer.errors import InputError
-from neurosteer.text_check import check_text
+from neurosteer.prompts.text_check import check_text
 
 Pairs = tuple[list[str], list[str], list[str] | None]
 
@@ -72,7 +73,7 @@ def read_pairs(params: dict[str, Any]) -> Pairs | None:
     if params["pairs"] is not None:
         if prompts or targets or contrasts:
             raise InputError("give the pairs with --pairs FILE or with --prompt/--target, not both")
-        from neurosteer.targets import load_pairs
+        from neurosteer.prompts.targets import load_pairs
 
         return load_pairs(params["pairs"])
     if not (prompts or targets or contrasts):
@@ -97,7 +98,7 @@ def read_pairs(params: dict[str, Any]) -> Pairs | None:
 def discover_relp(params: dict[str, Any], pairs: Pairs) -> Any:
     """`discover`'s RelP mode: the circuit of `neurosteer.attribute` (not yet saved)."""
     from neurosteer.cli.options import parse_layers
-    from neurosteer.relp import attribute
+    from neurosteer.methods.relp import attribute
 
     if params["neutral"] is not None:
         raise InputError("--neutral is for contrastive discovery; RelP has no universal filter")
@@ -161,9 +162,9 @@ def discover_relp(params: dict[str, Any], pairs: Pairs) -> Any:
 def faithfulness_command(**params: Any) -> None:
     """Faithfulness and completeness of a circuit's top-k neurons under mean ablation."""
     from neurosteer._io import check_writable
-    from neurosteer.circuit import Circuit
-    from neurosteer.faithfulness import measure_faithfulness
-    from neurosteer.prompts import load_prompts
+    from neurosteer.evaluation.faithfulness import measure_faithfulness
+    from neurosteer.methods.circuit import Circuit
+    from neurosteer.prompts.render import load_prompts
 
     if params["output"] is not None:
         check_writable(params["output"], force=params["force"])
@@ -232,7 +233,7 @@ def _cell(value: float) -> str:
 
 def _write(result: Any, folder: Path, *, force: bool) -> None:
     from neurosteer._io import atomic_directory
-    from neurosteer.report.plots import faithfulness_figure
+    from neurosteer.workflows.report.plots import faithfulness_figure
 
     rows = result.rows()
     with atomic_directory(folder, force=force) as staging:

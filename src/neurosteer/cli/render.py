@@ -13,7 +13,7 @@ from rich.console import Console, RenderableType
 from rich.table import Table
 
 if TYPE_CHECKING:  # only for annotations: the CLI imports this file at startup
-    from neurosteer.circuit import Circuit
+    from neurosteer.methods.circuit import Circuit
 
 console = Console()
 

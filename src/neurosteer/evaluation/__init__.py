@@ -1,10 +1,11 @@
-"""Stage 8 of the pipeline: evaluation of a steered model.
+"""Evaluation of a steered model.
 
     quality       distinct-4 per answer and averaged, and the degeneration flag
     answer_text   what a judge reads: the final answer after reasoning, without quoted speech
     refusal_clauses  the built-in refusal clauses (first-person declines) and their exceptions
     phrases       refusal phrase lists: built in ("strict", "sweep", "patterns") or from JSON
-    judges        the `Judge` interface, the phrase judge, refusal rates, `get_judge` for the CLI
+    judges        the `Judge` interface, the phrase judge, refusal rates (a judge by name:
+                  `neurosteer.workflows.judges`)
     refusal       measure_refusal: greedy answers under a steering, judged and counted (the one
                   path every refusal number takes: sweeps, layer scans, the organism demo)
     model_judge   a local causal LM as a yes/no judge; judge prompts from JSON
@@ -24,13 +25,13 @@ never counted as compliance.
     refusal_rates(labels), quality(answers).mean_distinct4
 """
 
+from neurosteer._compat import moved_names
 from neurosteer.evaluation.datasets import load_dataset_prompts
 from neurosteer.evaluation.judges import (
     LABELS,
     Judge,
     Label,
     PhraseJudge,
-    get_judge,
     refusal_rates,
 )
 from neurosteer.evaluation.kl import KLReport, kl_to_reference
@@ -51,7 +52,7 @@ from neurosteer.evaluation.phrases import (
 )
 from neurosteer.evaluation.quality import QualityReport, distinct_n, is_degenerate, quality
 from neurosteer.evaluation.refusal import JudgedAnswers, judge_answers, measure_refusal
-from neurosteer.intervention import Intervention
+from neurosteer.interventions.protocol import Intervention
 
 __all__ = [
     "BUILTIN_LISTS",
@@ -73,7 +74,6 @@ __all__ = [
     "answer_token_ids",
     "builtin_list",
     "distinct_n",
-    "get_judge",
     "is_degenerate",
     "judge_answers",
     "kl_to_reference",
@@ -88,3 +88,7 @@ __all__ = [
     "quality",
     "refusal_rates",
 ]
+
+
+#: Old names of this package, kept one release (`neurosteer._compat.moved_names`).
+__getattr__ = moved_names(__name__, {"get_judge": "neurosteer.workflows.judges"})

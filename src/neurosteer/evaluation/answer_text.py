@@ -1,4 +1,4 @@
-"""Stage 8 of the pipeline (evaluation): the part of an answer a refusal judge should read.
+"""The part of an answer a refusal judge should read.
 
 Pure string functions, no model. A phrase judge reads the *final answer* with *other people's
 words* taken out:

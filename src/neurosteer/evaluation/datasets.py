@@ -1,4 +1,4 @@
-"""Stage 8 of the pipeline (evaluation): evaluation prompt sets from files or dataset ids.
+"""Evaluation prompt sets from files or dataset ids.
 
 One entry point, `load_dataset_prompts`, reads the formats the refusal literature ships:
 
@@ -19,7 +19,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from neurosteer.errors import InputError
-from neurosteer.prompt_files import FILE_KINDS, load_prompts, prompts_from_rows
+from neurosteer.prompts.files import FILE_KINDS, load_prompts, prompts_from_rows
 
 
 def load_dataset_prompts(

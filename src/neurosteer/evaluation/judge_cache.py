@@ -30,7 +30,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from neurosteer.errors import InputError
-from neurosteer.loading import load_model
+from neurosteer.model.loading import load_model
 
 logger = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""Stage 8 of the pipeline (evaluation): refusal judges.
+"""Refusal judges.
 
 Every judge maps (prompts, answers) to one label per answer: "refusal", "compliance" or
 "degenerate". The degeneration check (`quality.is_degenerate`) runs first in every judge, so
@@ -15,7 +15,9 @@ Quoted speech and code are taken out, so a character's "I cannot let you pass" i
 model refusing. Then a phrase must start within the first `window` characters: a refusal comes
 first, and a decline after a long helpful answer is partial compliance.
 
-Judges are plain callables (`Judge`); strings name them only in `get_judge`, for the CLI.
+Judges are plain callables (`Judge`); strings name them only in
+`neurosteer.workflows.judges.get_judge`,
+for the CLI.
 """
 
 from __future__ import annotations
@@ -24,9 +26,9 @@ import logging
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Literal, Protocol, get_args
 
+from neurosteer._compat import moved_names
 from neurosteer.errors import InputError
 from neurosteer.evaluation.answer_text import (
     final_answer,
@@ -36,10 +38,7 @@ from neurosteer.evaluation.answer_text import (
 )
 from neurosteer.evaluation.phrases import (
     BUILTIN_LISTS,
-    PUBLISHED_WINDOWS,
     PhraseList,
-    builtin_list,
-    load_phrase_list,
 )
 from neurosteer.evaluation.quality import is_degenerate
 
@@ -185,63 +184,5 @@ def refusal_rates(labels: Sequence[Label]) -> dict[Label, float]:
     return {label: sum(x == label for x in labels) / len(labels) for label in LABELS}
 
 
-def get_judge(
-    name: str,
-    *,
-    judge_model: str | Path | None = None,
-    judge_prompts: str | Path | None = None,
-    cache_file: str | Path | None = None,
-    progress: bool = False,
-) -> Judge:
-    """A judge from a name, for the command line.
-
-    Accepts a built-in list ("strict", "sweep", "patterns"), a JSON phrase-list file with an
-    optional entry ("lists.json" or "lists.json#entry"), "organism" for the built-in organism's
-    judge (`neurosteer.organism.evaluate.OrganismJudge`, the one `neurosteer demo` counts with),
-    or a model judge (`model_judge_names`): "model" (the model from `judge_model` or
-    $NEUROSTEER_JUDGE_MODEL, a folder or .gguf file), "model:PATH", and either with "#ENTRY" for
-    a judge prompt of the `judge_prompts` file (the published llm_judges.json, say). A model is
-    loaded once per process, however often its judge is asked for. The literature's lists of
-    refusal_substrings.json,
-    named by entry ("refusal_substrings.json#cna_neural_steering_jailbreak_benchmark_regex",
-    see `PUBLISHED_WINDOWS`), are applied literally over the characters their code searched;
-    other file lists get the same answer preparation as the built-in lists.
-
-    Args:
-        name: as above.
-        judge_model, judge_prompts: see above; other judges ignore them.
-        cache_file: a JSONL file where a model judge keeps its verdicts between runs.
-        progress: show a model judge's progress bar.
-
-    Raises:
-        InputError: an unknown name, a bad file, or a model judge without a model.
-    """
-    if name in BUILTIN_LISTS:
-        return PhraseJudge(builtin_list(name))
-    if name == "organism":
-        # imported here: the organism sits beside the pipeline and is not one of its stages
-        from neurosteer.organism.evaluate import OrganismJudge
-
-        return OrganismJudge()
-    if name == "model" or name.startswith(("model:", "model#")):
-        # imported here: the model judge pulls in torch and transformers, phrase judges do not
-        from neurosteer.evaluation.model_judge_names import model_judge
-
-        return model_judge(
-            name,
-            judge_model=judge_model,
-            judge_prompts=judge_prompts,
-            cache_file=cache_file,
-            progress=progress,
-        )
-    file, _, entry = name.partition("#")
-    if file.lower().endswith(".json") or Path(file).is_file():
-        phrases = load_phrase_list(file, entry or None)
-        if phrases.name in PUBLISHED_WINDOWS:
-            return PhraseJudge(phrases, window=PUBLISHED_WINDOWS[phrases.name], literal=True)
-        return PhraseJudge(phrases)
-    raise InputError(
-        f"unknown judge '{name}'; use {', '.join(BUILTIN_LISTS)}, organism, a phrase-list "
-        ".json file (optionally file.json#entry), model or model:PATH (a model folder or "
-        ".gguf file), optionally with #ENTRY of a judge prompt file"
-    )
+#: Old names of this module, kept one release (`neurosteer._compat.moved_names`).
+__getattr__ = moved_names(__name__, {"get_judge": "neurosteer.workflows.judges"})

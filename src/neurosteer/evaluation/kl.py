@@ -1,4 +1,4 @@
-"""Stage 8 of the pipeline (evaluation): how far an intervention moves the next-token distribution.
+"""How far an intervention moves the next-token distribution.
 
 On harmless prompts, the unsteered model's greedy continuation is generated once; that same
 token sequence is then teacher-forced through the unsteered model and through the model under
@@ -29,17 +29,17 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from neurosteer._io import atomic_file
 from neurosteer.errors import InputError
-from neurosteer.generation import greedy_batch
-from neurosteer.intervention import Intervention
-from neurosteer.prompts import (
+from neurosteer.evaluation.generation import greedy_batch
+from neurosteer.interventions.protocol import Intervention
+from neurosteer.model.runtime import forward_takes, input_device, model_inputs, pad_id, runs_model
+from neurosteer.model.stop_tokens import stop_token_ids
+from neurosteer.prompts.render import (
     Batch,
     context_limit,
     encode_for_model,
     iter_batches,
     new_token_budgets,
 )
-from neurosteer.runtime import forward_takes, input_device, model_inputs, pad_id, runs_model
-from neurosteer.stop_tokens import stop_token_ids
 
 
 @dataclass(frozen=True)
@@ -87,7 +87,7 @@ def kl_to_reference(
             each batch's steered pass. The continuation is scored in one forward pass without a
             KV cache, at all positions.
         strength: the intervention's own strength (None: its `default_strength`; see
-            `neurosteer.intervention`).
+            `neurosteer.interventions.protocol`).
         max_new_tokens: length of the greedy continuation (capped where prompt + continuation
             would exceed the model's context, as in `generate`).
         batch_size: prompts per forward pass.

@@ -1,4 +1,4 @@
-"""Stage 8 of the pipeline (evaluation): MMLU accuracy of the live, possibly steered, model.
+"""MMLU accuracy of the live, possibly steered, model.
 
 The paper reports that MMLU stays within a point of baseline at every steering strength; this
 module measures that through lm-evaluation-harness (the optional extra `neurosteer[eval]`),
@@ -42,8 +42,8 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from neurosteer.errors import InputError
 from neurosteer.evaluation.mmlu_data import LETTERS, MMLUData, MMLUQuestion, load_mmlu
-from neurosteer.intervention import Intervention
-from neurosteer.runtime import runs_model
+from neurosteer.interventions.protocol import Intervention
+from neurosteer.model.runtime import runs_model
 
 logger = logging.getLogger(__name__)
 
@@ -140,7 +140,7 @@ def mmlu_accuracy(
         intervention: applied with `intervention.steer(model, strength)` around the scoring
             (None: the model as it is).
         strength: the intervention's own strength (None: its `default_strength`; see
-            `neurosteer.intervention`).
+            `neurosteer.interventions.protocol`).
 
     Raises:
         InputError: a bad option, unknown subjects, a subject with fewer than `n_shot` dev
@@ -252,7 +252,7 @@ def mmlu_sweep(
     Args:
         strengths: the intervention's own strengths (e.g. multipliers for a circuit: 1 is
             unchanged, 0 ablates), in the order they are scored.
-        intervention: what steers (see `neurosteer.intervention`).
+        intervention: what steers (see `neurosteer.interventions.protocol`).
         n_shot, subjects, limit, batch_size: as in `mmlu_accuracy`.
 
     Raises:

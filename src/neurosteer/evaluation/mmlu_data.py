@@ -1,4 +1,4 @@
-"""Stage 8 (evaluation), MMLU data: questions read from local files in either common layout.
+"""MMLU data: questions read from local files in either common layout.
 
     per-subject   `<subject>_dev.csv` and `<subject>_test.csv` (or `_val`), in the folder or in
                   its `dev/` and `test/` subfolders (the original MMLU tarball); no header;

@@ -1,4 +1,4 @@
-"""Stage 8 of the pipeline (evaluation): a local causal LM as the refusal judge.
+"""A local causal LM as the refusal judge.
 
 The judge model reads one filled-in question per (prompt, answer), rendered with its chat template
 when it has one, and the label comes from the next-token logits of the yes-word against the
@@ -32,9 +32,8 @@ from neurosteer.errors import InputError
 from neurosteer.evaluation.judge_cache import VerdictCache, shared_judge_model, verdict_key
 from neurosteer.evaluation.judges import Label, check_pairs
 from neurosteer.evaluation.quality import is_degenerate
-from neurosteer.fingerprint import weights_fingerprint
-from neurosteer.prompts import Batch, encode_for_model
-from neurosteer.runtime import (
+from neurosteer.model.fingerprint import weights_fingerprint
+from neurosteer.model.runtime import (
     evaluating,
     forward_takes,
     input_device,
@@ -42,6 +41,7 @@ from neurosteer.runtime import (
     pad_id,
     run_batches,
 )
+from neurosteer.prompts.render import Batch, encode_for_model
 
 logger = logging.getLogger(__name__)
 

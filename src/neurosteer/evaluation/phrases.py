@@ -1,4 +1,4 @@
-"""Stage 8 of the pipeline (evaluation): refusal phrase lists, built in or loaded from JSON.
+"""Refusal phrase lists, built in or loaded from JSON.
 
 A `PhraseList` is plain data (phrases, regex or substring, case rule, exceptions);
 `judges.PhraseJudge` applies one. The built-in lists are refusal *clauses* in the project's own

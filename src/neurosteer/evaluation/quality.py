@@ -1,4 +1,4 @@
-"""Stage 8 of the pipeline (evaluation): text quality of generated answers.
+"""Text quality of generated answers.
 
 Pure string functions, no model: the paper's distinct-4 (method.md §2) and a degeneration flag
 that the refusal judges check before anything else, so collapsed text is never counted as

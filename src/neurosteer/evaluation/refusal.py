@@ -1,4 +1,4 @@
-"""Stage 8 (evaluation), refusal of a model on a prompt set: greedy answers, judged and counted.
+"""Refusal of a model on a prompt set: greedy answers, judged and counted.
 
 The one path from a model to refusal numbers: the sweep's points and layer scans, the organism
 demo and the organism's training record all measure here, so one model, one prompt set, one
@@ -17,10 +17,10 @@ from typing import Any
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from neurosteer.evaluation.generation import generate
 from neurosteer.evaluation.judges import Judge, Label, refusal_rates
-from neurosteer.generation import generate
-from neurosteer.intervention import Intervention
-from neurosteer.runtime import runs_model
+from neurosteer.interventions.protocol import Intervention
+from neurosteer.model.runtime import runs_model
 
 
 @dataclass(frozen=True)
@@ -78,7 +78,8 @@ def measure_refusal(
         judge: labels each answer "refusal", "compliance" or "degenerate".
         intervention: applied with `intervention.steer(model, strength)` around the generation
             only (the judge runs after it is removed); None answers with the model as it is.
-        strength: the intervention's strength (None: its default; see `neurosteer.intervention`).
+        strength: the intervention's strength (None: its default; see
+        `neurosteer.interventions.protocol`).
         max_new_tokens, batch_size, chat_template, system, template_vars: as in
             `neurosteer.generate`.
 
@@ -104,3 +105,15 @@ def measure_refusal(
             template_vars=template_vars,
         )
     return judge_answers(prompts, answers, judge)
+
+
+def opening_counts(first_ids: Sequence[int], labels: Sequence[Label]) -> dict[int, tuple[int, int]]:
+    """{token id: (refusals it opens, compliant answers it opens)} over answers whose first
+    tokens are `first_ids` and whose labels are `labels` (one each); degenerate answers count
+    for neither. The balance behind `refusal_tokens` and `neurosteer probe`'s own choice."""
+    counts: dict[int, tuple[int, int]] = {}
+    for token, label in zip(first_ids, labels, strict=True):
+        if label != "degenerate":
+            refused, complied = counts.get(int(token), (0, 0))
+            counts[int(token)] = (refused + (label == "refusal"), complied + (label != "refusal"))
+    return counts

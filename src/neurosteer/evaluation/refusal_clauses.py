@@ -1,4 +1,4 @@
-"""Stage 8 of the pipeline (evaluation): the built-in refusal clauses, as regular expressions.
+"""The built-in refusal clauses, as regular expressions.
 
 A refusal is the model declining the request in its own voice. Each pattern below is one
 *clause* form of that, not a word: a bare "sorry", "I cannot" or "As an AI" is never enough.

@@ -4,7 +4,7 @@ Each reads its strength from an `EditState` at call time and edits only the posi
 `state.steered_range` allows. At the identity strength (1 for scaling, 0 for adding and
 projecting) a hook returns nothing, so the model is bit-identical to an unhooked one.
 
-Precision rule, shared with baking (`neurosteer.baking`): the strength is rounded to float32
+Precision rule, shared with baking (`neurosteer.methods.baking`): the strength is rounded to float32
 once (`float32_strength`), the edit is computed in float32 (or the tensor's own dtype if it is
 wider, `edit_dtype`) and the result is rounded to the tensor's dtype once. A hook therefore
 applies m = 0.3 as 0.3 to bfloat16 activations, exactly like a bake applies it to bfloat16

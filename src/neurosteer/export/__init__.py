@@ -1,0 +1,3 @@
+"""Writing a steered model without loading it whole: a safetensors checkpoint shard by shard
+(`streaming`) and a GGUF file tensor by tensor (`gguf`, with the quantized formats in
+`gguf_quants`)."""

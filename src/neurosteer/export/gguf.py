@@ -1,0 +1,308 @@
+"""Write a copy of a GGUF file with a circuit baked into its down projections.
+
+The copy is written tensor by tensor, never loading the model: the metadata entries are copied
+byte for byte (an earlier bake's `neurosteer.*` entries are replaced), the provenance is added
+as `neurosteer.*` entries, and every tensor except the down projections of layers with circuit
+neurons is copied byte for byte. Those few are rewritten by `quants.scale_neurons` (same type
+where exact enough, otherwise the fallback type, see `neurosteer.export.gguf_quants`). Peak memory
+is
+about one tensor. The result loads in llama.cpp and in transformers like the original.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import mmap
+import struct
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+
+from neurosteer._io import atomic_file, check_writable
+from neurosteer._version import __version__
+from neurosteer.errors import CircuitMismatchError, InputError
+from neurosteer.export.gguf_quants import FALLBACKS, Fallback, ScaledTensor, scale_neurons
+from neurosteer.interventions.protocol import check_strength
+from neurosteer.methods.baking import provenance
+from neurosteer.methods.circuit import Circuit, as_circuits
+from neurosteer.model.fingerprint import GGUF_PROVENANCE_KEY, baked_record, weights_fingerprint
+from neurosteer.model.gguf.reader import (
+    STRING,
+    GGUFHeader,
+    TensorInfo,
+    align,
+    read_header,
+    type_name,
+)
+
+logger = logging.getLogger(__name__)
+
+PREFIX = "neurosteer."
+FLOAT64 = 12
+COPY_CHUNK = 64 * 2**20
+
+
+@dataclass(frozen=True)
+class ChangedTensor:
+    """One rewritten down projection: its types before and after, and the largest change error."""
+
+    name: str
+    source_type: str
+    stored_type: str
+    neurons: int
+    requantized_blocks: int
+    max_error: float
+
+
+@dataclass(frozen=True)
+class GGUFBakeReport:
+    """What `bake_gguf` wrote.
+
+    Attributes:
+        path: the new file.
+        changed: the rewritten tensors, in file order.
+        copied: the number of tensors copied byte for byte.
+        peak_bytes: a bound on the tensor bytes held in memory at once: one tensor as stored,
+            its float32 values and its new bytes.
+    """
+
+    path: Path
+    changed: tuple[ChangedTensor, ...]
+    copied: int
+    peak_bytes: int
+
+
+def down_projection_name(layer: int) -> str:
+    """llama.cpp's name of a layer's MLP output projection."""
+    return f"blk.{layer}.ffn_down.weight"
+
+
+def bake_gguf(
+    source: str | Path,
+    circuit: Circuit | Sequence[Circuit],
+    strength: float | None,
+    output: str | Path,
+    *,
+    force: bool = False,
+    fallback: Fallback = "F16",
+) -> GGUFBakeReport:
+    """Write `output`, a copy of the GGUF file `source` with the circuits' neurons scaled.
+
+    The GGUF writer of `neurosteer.bake`: it takes what `steer` takes (one circuit or several,
+    and the multiplier as the strength).
+
+    Args:
+        source: a .gguf file (any llama.cpp architecture with `blk.N.ffn_down.weight`).
+        circuit: a circuit or several (no neuron in two of them); each one's layer count,
+            d_mlp and family must match the file.
+        strength: the multiplier m written into the weights (0 ablates, 1 leaves them as they
+            are); None takes the first circuit's default strength.
+        output: the file to write (atomically); refused if it exists unless `force`.
+        fallback: "F16" or "Q8_0", the type of a changed tensor whose own type cannot be kept.
+
+    Raises:
+        InputError: not a GGUF file, no down projection for a circuit layer, a non-finite
+            multiplier, circuits sharing a neuron, or an output refused by `check_writable`
+            (including the source file itself).
+        CircuitMismatchError: the circuit was found on a model of another shape or family.
+
+    Example:
+        >>> report = bake_gguf("qwen.gguf", circuit, 0.0, "qwen-steered.gguf")
+        >>> [(t.name, t.stored_type) for t in report.changed]
+        [('blk.12.ffn_down.weight', 'F16'), ...]
+    """
+    circuits = as_circuits(circuit)
+    multiplier = check_strength(strength, circuits[0].default_strength)
+    if fallback not in FALLBACKS:
+        raise InputError(f"unknown fallback type {fallback!r}; use one of: {', '.join(FALLBACKS)}")
+    target = check_writable(output, force=force, inputs=[source])
+    header = read_header(source)
+    targets = _merge([circuit_tensors(header, c) for c in circuits])
+    for c in circuits:
+        c.refuse_baked(baked_record(header.path), f"'{header.path.name}'")
+    extra = _provenance_entries(header, circuit, multiplier, fallback)
+    with (
+        atomic_file(target, force=force, inputs=[source]) as staging,
+        header.path.open("rb") as f,
+        mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as src,
+        staging.open("wb") as out,
+    ):
+        changed, peak = _write(header, src, out, targets, multiplier, fallback, extra)
+    return GGUFBakeReport(
+        path=target,
+        changed=changed,
+        copied=len(header.tensors) - len(changed),
+        peak_bytes=peak,
+    )
+
+
+def circuit_tensors(header: GGUFHeader, circuit: Circuit) -> dict[str, np.ndarray]:
+    """{tensor name: int64 neuron indices} of the down projections to rewrite.
+
+    The GGUF counterpart of `Circuit.check_fits`: the file's layer count, d_mlp (ne0 of its
+    down projections) and architecture must be the circuit's.
+    """
+    arch = header.architecture
+    n_layers = header.value(f"{arch}.block_count")
+    downs = [t for t in header.tensors if t.name.endswith(".ffn_down.weight")]
+    if not isinstance(n_layers, int) or not downs:
+        raise InputError(
+            f"'{header.path.name}' has no {arch}.block_count or no blk.N.ffn_down.weight "
+            "tensors; only dense llama.cpp models can be baked"
+        )
+    d_mlp = downs[0].shape[0]
+    info = circuit.model
+    if (n_layers, d_mlp) != (info.n_layers, info.d_mlp):
+        raise CircuitMismatchError(
+            f"this circuit was found on {info.name_or_path} ({info.model_type}, {info.n_layers} "
+            f"layers x {info.d_mlp} neurons) and does not fit '{header.path.name}' ({arch}, "
+            f"{n_layers} layers x {d_mlp} neurons); discover a circuit on this model"
+        )
+    if _family(info.model_type) != _family(arch):
+        raise CircuitMismatchError(
+            f"this circuit was found on a {info.model_type} model ({info.name_or_path}) and "
+            f"'{header.path.name}' is a {arch} model; neuron indices do not carry over between "
+            "families, so discover a circuit on this model"
+        )
+    targets = {}
+    for layer, neurons in circuit.by_layer().items():
+        name = down_projection_name(layer)
+        tensor = header.tensor(name)
+        if tensor is None or len(tensor.shape) != 2 or tensor.shape[0] != d_mlp:
+            raise InputError(
+                f"'{header.path.name}' has no down projection {name} of {d_mlp} x d_model values"
+            )
+        if len(neurons) and int(neurons.max()) >= d_mlp:
+            raise CircuitMismatchError("this circuit holds neuron indices outside the model")
+        targets[name] = neurons.numpy().astype(np.int64)
+    return targets
+
+
+def _merge(per_circuit: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """One {tensor name: neuron indices} for several circuits, which may not share a neuron
+    (hooks would scale a shared neuron twice; one write scales it once)."""
+    merged: dict[str, np.ndarray] = {}
+    for targets in per_circuit:
+        for name, neurons in targets.items():
+            both = np.concatenate([merged.get(name, np.empty(0, np.int64)), neurons])
+            if len(np.unique(both)) < len(both):
+                raise InputError(
+                    f"the circuits share neurons in {name}; bake them one at a time, or into "
+                    "one circuit"
+                )
+            merged[name] = both
+    return merged
+
+
+def _family(model_type: str) -> str:
+    """A model type and a llama.cpp architecture name of the same family compare equal
+    ("gemma3_text" ~ "gemma3", "gpt_neox" ~ "gptneox"; llama.cpp writes Mistral as "llama")."""
+    name = model_type.lower().removesuffix("_text").replace("_", "").replace("-", "")
+    return "llama" if name == "mistral" else name
+
+
+def _write(
+    header: GGUFHeader,
+    src: mmap.mmap,
+    out: BinaryIO,
+    targets: dict[str, np.ndarray],
+    multiplier: float,
+    fallback: Fallback,
+    extra: list[bytes],
+) -> tuple[tuple[ChangedTensor, ...], int]:
+    """Write the new file: header and metadata, a placeholder index, the data, the real index."""
+    kept = [e for e in header.metadata.values() if not e.key.startswith(PREFIX)]
+    out.write(src[:8])  # magic and version
+    out.write(struct.pack("<QQ", len(header.tensors), len(kept) + len(extra)))
+    for entry in kept:
+        out.write(src[entry.start : entry.end])
+    out.write(b"".join(extra))
+    index_start = out.tell()
+    out.write(_index(header.tensors, {}))  # same length as the final index
+    data_start = align(out.tell(), header.alignment)
+    out.write(b"\0" * (data_start - out.tell()))
+
+    placed: dict[str, tuple[int, int]] = {}  # name -> (new type, new offset)
+    changed = []
+    peak = 0
+    for tensor in sorted(header.tensors, key=lambda t: t.offset):
+        offset = align(out.tell() - data_start, header.alignment)
+        out.write(b"\0" * (data_start + offset - out.tell()))
+        start = header.data_offset + tensor.offset
+        nbytes = tensor.nbytes()
+        if tensor.name in targets and multiplier != 1.0:
+            # a copy: a view would pin the map open if the rewrite raises
+            raw = np.frombuffer(src[start : start + nbytes], dtype=np.uint8)
+            scaled = scale_neurons(
+                raw,
+                tensor.ggml_type,
+                tensor.shape,
+                targets[tensor.name],
+                multiplier,
+                fallback=fallback,
+            )
+            out.write(scaled.data.tobytes())
+            values = int(np.prod(tensor.shape))  # at most this many decoded float32 values
+            peak = max(peak, nbytes + 4 * values + scaled.data.nbytes)
+            placed[tensor.name] = (scaled.ggml_type, offset)
+            changed.append(_record(tensor, len(targets[tensor.name]), scaled))
+            logger.info("%s: %s -> %s", tensor.name, tensor.type_name, type_name(scaled.ggml_type))
+        else:
+            for at in range(start, start + nbytes, COPY_CHUNK):
+                out.write(src[at : min(at + COPY_CHUNK, start + nbytes)])
+            placed[tensor.name] = (tensor.ggml_type, offset)
+    out.seek(index_start)
+    out.write(_index(header.tensors, placed))
+    order = {t.name: i for i, t in enumerate(header.tensors)}
+    return tuple(sorted(changed, key=lambda c: order[c.name])), peak
+
+
+def _record(tensor: TensorInfo, neurons: int, scaled: ScaledTensor) -> ChangedTensor:
+    return ChangedTensor(
+        name=tensor.name,
+        source_type=tensor.type_name,
+        stored_type=type_name(scaled.ggml_type),
+        neurons=neurons,
+        requantized_blocks=scaled.requantized_blocks,
+        max_error=scaled.max_error,
+    )
+
+
+def _index(tensors: tuple[TensorInfo, ...], placed: dict[str, tuple[int, int]]) -> bytes:
+    """The tensor index; tensors not in `placed` keep their type with offset 0 (placeholder)."""
+    parts = []
+    for t in tensors:
+        ggml_type, offset = placed.get(t.name, (t.ggml_type, 0))
+        name = t.name.encode("utf-8")
+        parts.append(struct.pack("<Q", len(name)) + name)
+        parts.append(struct.pack(f"<I{len(t.shape)}Q", len(t.shape), *t.shape))
+        parts.append(struct.pack("<IQ", ggml_type, offset))
+    return b"".join(parts)
+
+
+def _provenance_entries(
+    header: GGUFHeader, circuit: Circuit | Sequence[Circuit], multiplier: float, fallback: Fallback
+) -> list[bytes]:
+    """The `neurosteer.*` metadata entries, serialized: the library version, the multiplier,
+    and a JSON record of the circuit, the source file and the fallback type."""
+    record = provenance(circuit, multiplier) | {
+        "source": asdict(header.identity()),
+        "source_weights": asdict(weights_fingerprint(header.path)),
+        "fallback_type": fallback,
+    }
+    text = json.dumps(record, sort_keys=True)
+    values = {
+        "neurosteer.multiplier": (FLOAT64, struct.pack("<d", multiplier)),
+        GGUF_PROVENANCE_KEY: (STRING, _string(text)),
+        "neurosteer.version": (STRING, _string(__version__)),
+    }
+    return [_string(k) + struct.pack("<I", t) + v for k, (t, v) in values.items()]
+
+
+def _string(text: str) -> bytes:
+    data = text.encode("utf-8")
+    return struct.pack("<Q", len(data)) + data
