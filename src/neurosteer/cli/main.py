@@ -16,6 +16,7 @@ import click
 
 from neurosteer._io import check_writable
 from neurosteer._version import __version__
+from neurosteer.cli.modes import deprecated_spelling
 from neurosteer.cli.options import (
     ModelSettings,
     OptionalContrastSettings,
@@ -101,6 +102,7 @@ class DiscoverSettings:
 
     loading: ModelSettings
     contrast: OptionalContrastSettings
+    relp: bool
     pairs: PairSettings
     positions: Literal["last", "prompt"] | None
     output: Path
@@ -118,6 +120,12 @@ class DiscoverSettings:
 @cli.command()
 @model_options
 @optional_contrast_options
+@click.option(
+    "--relp",
+    is_flag=True,
+    help="RelP mode: the neurons with the largest attribution to each --prompt's --target "
+    "token, instead of the contrast of --positive and --negative.",
+)
 @pair_options
 @click.option(
     "--positions",
@@ -159,20 +167,30 @@ class DiscoverSettings:
 @settings_command(DiscoverSettings)
 def discover(settings: DiscoverSettings) -> None:
     """Find the neurons that separate POSITIVE from NEGATIVE prompts in MODEL (contrastive),
-    or, with --prompt/--target pairs, the neurons with the largest RelP attribution to each
-    prompt's next token."""
+    or, with --relp and --prompt/--target pairs, the neurons with the largest RelP
+    attribution to each prompt's next token."""
     from neurosteer.cli.render import print_circuit_summary
 
     check_writable(settings.output, force=settings.force)
     pairs = read_pairs(settings.pairs)
     contrast = settings.contrast
     contrastive = contrast.positive is not None or contrast.negative is not None
-    if pairs is not None and contrastive:
+    if (settings.relp or pairs is not None) and contrastive:
         raise InputError(
             "discover takes --positive/--negative (contrastive) or --prompt/--target (RelP), "
             "not both"
         )
-    circuit = _discover_contrastive(settings) if pairs is None else discover_relp(settings, pairs)
+    if pairs is None:
+        if settings.relp:
+            raise InputError("--relp needs --prompt/--target pairs (or --pairs FILE)")
+        circuit = _discover_contrastive(settings)
+    else:
+        if not settings.relp:
+            deprecated_spelling(
+                "discover's RelP mode without --relp (chosen by --prompt/--target or --pairs)",
+                "add --relp",
+            )
+        circuit = discover_relp(settings, pairs)
     circuit.save(settings.output, force=settings.force)
     print_circuit_summary(circuit, top=10, settings=True)
     click.echo(f"wrote {settings.output}")
