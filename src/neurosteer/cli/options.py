@@ -9,11 +9,18 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
 from neurosteer.errors import InputError
+
+if TYPE_CHECKING:  # imported inside the functions at run time: `--help` stays fast
+    from torch import nn
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+    from neurosteer.circuit import Circuit
+    from neurosteer.layout import ModelLayout
 
 F = TypeVar("F", bound=Callable[..., Any])
 T = TypeVar("T")
@@ -88,7 +95,9 @@ def show_progress() -> bool:
     return sys.stderr.isatty()
 
 
-def load(settings: ModelSettings, circuit: Any = None) -> tuple[Any, Any, Any]:
+def load(
+    settings: ModelSettings, circuit: Circuit | None = None
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, ModelLayout]:
     """Load the model named in the shared options; returns (model, tokenizer, layout).
 
     With a circuit, the layout is the circuit's own (its recorded paths, see `circuit_layout`).
@@ -115,7 +124,7 @@ def load(settings: ModelSettings, circuit: Any = None) -> tuple[Any, Any, Any]:
     return model, tokenizer, layout
 
 
-def check_before_loading(circuit: Any, settings: ModelSettings) -> None:
+def check_before_loading(circuit: Circuit, settings: ModelSettings) -> None:
     """Refuse, from a local MODEL's files alone, a circuit that does not fit its shape or is
     already baked into it (the checks `bake` makes on a GGUF header), so that no load is
     waited for; a hub id, or a model whose config cannot be built here, is checked once
@@ -142,7 +151,7 @@ def check_before_loading(circuit: Any, settings: ModelSettings) -> None:
     circuit.refuse_baked(baked_record(path), f"'{path}'", warn=False)
 
 
-def circuit_layout(model: Any, circuit: Any, settings: ModelSettings) -> Any:
+def circuit_layout(model: nn.Module, circuit: Circuit, settings: ModelSettings) -> ModelLayout:
     """The circuit's layout on `model`: its recorded paths, or --layers-path/--site if given
     (a path left out is taken from the circuit), which must then agree with the circuit."""
     from neurosteer.layout import resolve_layout

@@ -9,7 +9,7 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Literal
 
 import click
 from rich.table import Table
@@ -32,6 +32,7 @@ from neurosteer.text_check import check_text
 if TYPE_CHECKING:
     from neurosteer.circuit import Circuit
     from neurosteer.cli.main import DiscoverSettings
+    from neurosteer.faithfulness import FaithfulnessResult
 
 Pairs = tuple[list[str], list[str], list[str] | None]
 
@@ -241,7 +242,7 @@ def faithfulness_command(settings: FaithfulnessSettings) -> None:
         click.echo(f"wrote {settings.output}/ ({', '.join(FAITHFULNESS_FILES)})")
 
 
-def _print_result(result: Any) -> None:
+def _print_result(result: FaithfulnessResult) -> None:
     console.print(
         f"metric {result.metric} at the last prompt position, mean over {result.n_pairs} "
         f"pairs; m(M) = {result.metric_full:.4g} (unchanged), m(∅) = {result.metric_empty:.4g} "
@@ -266,7 +267,7 @@ def _cell(value: float) -> str:
     return "n/a" if math.isnan(value) else f"{value:.3f}"
 
 
-def _write(result: Any, folder: Path, *, force: bool) -> None:
+def _write(result: FaithfulnessResult, folder: Path, *, force: bool) -> None:
     from neurosteer._io import atomic_directory
     from neurosteer.report.plots import faithfulness_figure
 
