@@ -141,8 +141,7 @@ def _read_line(prompt: str, interactive: bool, out: TextIO) -> str | None:
 
 @dataclass(frozen=True, kw_only=True)
 class ChatSettings:
-    """The options of `neurosteer chat` (its own --system, no --chat-template: a chat is
-    always rendered with the chat template)."""
+    """The options of `neurosteer chat` (its own --system help; no --chat-template)."""
 
     loading: ModelSettings
     circuit_path: Path | None
