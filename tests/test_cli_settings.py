@@ -204,3 +204,26 @@ def test_relp_mode_is_a_flag_and_the_inferred_mode_is_deprecated(
     mixed = _invoke([*both, "-o", tmp_path / "y.circuit"])
     assert mixed.exit_code == 2
     assert "not both" in mixed.stderr
+
+
+def test_commands_build_their_settings_when_the_module_runs_as_a_script(tmp_path: Path) -> None:
+    """`runpy` runs cli/main.py as `__main__` without registering it under that name: the
+    settings' annotations are read in the command's own globals, not in `sys.modules`."""
+    import os
+    import subprocess
+    import sys
+
+    script = (
+        "import runpy, sys; sys.argv = ['neurosteer', *sys.argv[1:]]; "
+        "runpy.run_module('neurosteer.cli.main', run_name='__main__')"
+    )
+    src = Path(__file__).resolve().parents[1] / "src"
+    env = os.environ | {"PYTHONPATH": str(src)}
+    args = ["generate", str(tmp_path / "no-model"), "Hi", "--circuit", "c", "-m", "0,x"]
+    done = subprocess.run(
+        [sys.executable, "-c", script, *args], capture_output=True, text=True, env=env, check=False
+    )
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip() == (
+        "error: -m takes comma-separated finite numbers such as 0,1,2; got '0,x'"
+    )

@@ -35,9 +35,11 @@ def parsed(parse: Callable[[Any], object]) -> Any:
     return dataclasses.field(metadata={_PARSE: parse})
 
 
-def option_names(cls: type[Any]) -> list[str]:
-    """The click parameter names a settings class reads, its groups' included, in order."""
-    hints = get_type_hints(cls)
+def option_names(cls: type[Any], namespace: Mapping[str, Any] | None = None) -> list[str]:
+    """The click parameter names a settings class reads, its groups' included, in order.
+
+    `namespace`: the globals `cls`'s annotations are read in (see `_hints`)."""
+    hints = _hints(cls, namespace)
     names: list[str] = []
     for f in dataclasses.fields(cls):
         hint = hints[f.name]
@@ -45,15 +47,18 @@ def option_names(cls: type[Any]) -> list[str]:
     return names
 
 
-def build_settings(cls: type[S], values: Mapping[str, object]) -> S:
-    """The settings object of click's parsed `values` (parameter name → value).
+def build_settings(
+    cls: type[S], values: Mapping[str, object], namespace: Mapping[str, Any] | None = None
+) -> S:
+    """The settings object of click's parsed `values` (parameter name → value); `namespace`:
+    the globals `cls`'s annotations are read in (see `_hints`).
 
     Raises:
         KeyError: a field with no value (a settings class out of step with its options).
         TypeError: a value that does not match its field's annotation (the same).
         InputError, click.BadParameter: from a field's parser, on a bad value.
     """
-    hints = get_type_hints(cls)
+    hints = _hints(cls, namespace)
     kwargs: dict[str, object] = {}
     for f in dataclasses.fields(cast(Any, cls)):
         hint = hints[f.name]
@@ -81,7 +86,9 @@ def settings_command(cls: type[S]) -> Callable[[Callable[[S], None]], Callable[.
     """
 
     def decorate(fn: Callable[[S], None]) -> Callable[..., None]:
-        expected = set(option_names(cls))
+        # the command's module as it runs (under runpy, not the module its classes name)
+        namespace: Mapping[str, Any] | None = getattr(fn, "__globals__", None)
+        expected = set(option_names(cls, namespace))
 
         @functools.wraps(fn)
         def command(**values: object) -> None:
@@ -90,11 +97,18 @@ def settings_command(cls: type[S]) -> Callable[[Callable[[S], None]], Callable[.
                     f"{cls.__name__} does not match the options: missing "
                     f"{sorted(expected - set(values))}, unknown {sorted(set(values) - expected)}"
                 )
-            fn(build_settings(cls, values))
+            fn(build_settings(cls, values, namespace))
 
         return command
 
     return decorate
+
+
+def _hints(cls: type[Any], namespace: Mapping[str, Any] | None) -> dict[str, Any]:
+    """`cls`'s field annotations as types, read in `namespace` where given, else in the
+    module `cls` names: a command module run as a script (`runpy`, `python -m`) is not the
+    module its classes name, so the command passes its own globals."""
+    return get_type_hints(cls, globalns=None if namespace is None else dict(namespace))
 
 
 def _is_group(hint: object) -> bool:
