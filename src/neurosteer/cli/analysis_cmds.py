@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -17,14 +17,22 @@ import click
 from rich.table import Table
 
 from neurosteer.cli.options import (
+    ContrastSettings,
+    ModelSettings,
+    TemplateSettings,
+    UniversalFilterSettings,
     contrast_options,
+    floats,
+    ints,
     load,
     model_options,
+    names,
     parse_layers,
     template_option,
     universal_filter_options,
 )
 from neurosteer.cli.render import console, print_table
+from neurosteer.cli.settings import parsed, settings_command
 from neurosteer.errors import InputError
 
 if TYPE_CHECKING:  # imported at run time inside the commands: `--help` stays fast
@@ -33,22 +41,34 @@ if TYPE_CHECKING:  # imported at run time inside the commands: `--help` stays fa
     from neurosteer.workflows.sweep import SweepConfig
 
 
-def _floats(text: str, option: str) -> tuple[float, ...]:
-    try:
-        return tuple(float(part) for part in text.split(",") if part.strip())
-    except ValueError:
-        raise InputError(f"{option} takes comma-separated numbers, got {text!r}") from None
+@dataclass(frozen=True, kw_only=True)
+class SweepSettings:
+    """The options of `neurosteer sweep` (`_sweep_config` makes its `SweepConfig`)."""
 
-
-def _ints(text: str, option: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(part) for part in text.split(",") if part.strip())
-    except ValueError:
-        raise InputError(f"{option} takes comma-separated whole numbers, got {text!r}") from None
-
-
-def _names(text: str) -> tuple[str, ...]:
-    return tuple(part.strip() for part in text.split(",") if part.strip())
+    loading: ModelSettings
+    contrast: ContrastSettings
+    eval_harmful: Path
+    eval_harmless: Path
+    methods: tuple[str, ...] = parsed(names)
+    strengths: tuple[float, ...] = parsed(floats("--strengths"))
+    output: Path
+    judge: str
+    max_new_tokens: int
+    batch_size: int
+    mmlu: Path | None
+    mmlu_shots: int
+    mmlu_limit: int | None
+    kl_limit: int
+    kl_tokens: int
+    eval_limit: int | None
+    top_k: int | None
+    skip_layers: tuple[int, ...] = parsed(parse_layers)
+    universal: UniversalFilterSettings
+    caa_layer: int | None
+    layer_scan_prompts: int
+    caa_normalize: bool
+    seeds: tuple[int, ...] = parsed(ints("--seeds"))
+    template: TemplateSettings
 
 
 @click.command("sweep")
@@ -154,18 +174,21 @@ def _names(text: str) -> tuple[str, ...]:
     help="Seeds of the random control circuits (one set of points each).",
 )
 @template_option
-def sweep_command(**params: Any) -> None:
+@settings_command(SweepSettings)
+def sweep_command(settings: SweepSettings) -> None:
     """Sweep CNA and its baselines over strengths on MODEL; resumable into OUTPUT."""
     from neurosteer.evaluation.datasets import load_dataset_prompts
     from neurosteer.prompts.render import load_prompts
     from neurosteer.workflows.report import plots, summarise
     from neurosteer.workflows.sweep import run_sweep
 
-    config = _sweep_config(params)
-    positive, negative = load_prompts(params["positive"]), load_prompts(params["negative"])
-    harmful = load_dataset_prompts(params["eval_harmful"])
-    harmless = load_dataset_prompts(params["eval_harmless"])
-    model, tokenizer, layout = load(params)
+    config = _sweep_config(settings)
+    positive = load_prompts(settings.contrast.positive)
+    negative = load_prompts(settings.contrast.negative)
+    harmful = load_dataset_prompts(settings.eval_harmful)
+    harmless = load_dataset_prompts(settings.eval_harmless)
+    neutral = settings.universal.neutral
+    model, tokenizer, layout = load(settings.loading)
     run_sweep(
         model,
         tokenizer,
@@ -174,46 +197,47 @@ def sweep_command(**params: Any) -> None:
         negative,
         harmful,
         harmless,
-        params["output"],
-        neutral=load_prompts(params["neutral"]) if params["neutral"] else None,
+        settings.output,
+        neutral=load_prompts(neutral) if neutral else None,
         layout=layout,
         progress=True,
     )
-    rows = summarise(params["output"])
-    figures = plots(params["output"], rows)
+    rows = summarise(settings.output)
+    figures = plots(settings.output, rows)
     print_summary(rows)
     click.echo(
-        f"wrote {params['output']}/results.jsonl, summary.csv and {len(figures)} figures; "
-        f"`neurosteer report {params['output']}` writes the HTML and Markdown report"
+        f"wrote {settings.output}/results.jsonl, summary.csv and {len(figures)} figures; "
+        f"`neurosteer report {settings.output}` writes the HTML and Markdown report"
     )
 
 
-def _sweep_config(params: dict[str, Any]) -> SweepConfig:
+def _sweep_config(settings: SweepSettings) -> SweepConfig:
     """The `SweepConfig` of the sweep command's options."""
     from neurosteer.workflows.sweep import SweepConfig
 
+    template = settings.template
     return SweepConfig(
-        methods=_names(params["methods"]),
-        strengths=_floats(params["strengths"], "--strengths"),
-        max_new_tokens=params["max_new_tokens"],
-        batch_size=params["batch_size"],
-        judge=params["judge"],
-        chat_template=params["chat_template"],
-        system=params["system"],
-        template_vars=params["template_vars"],
-        eval_limit=params["eval_limit"],
-        kl_limit=params["kl_limit"],
-        kl_max_new_tokens=params["kl_tokens"],
-        mmlu=str(params["mmlu"]) if params["mmlu"] else None,
-        mmlu_shots=params["mmlu_shots"],
-        mmlu_limit=params["mmlu_limit"],
-        top_k=params["top_k"],
-        skip_layers=parse_layers(params["skip_layers"]),
-        universal_filter=not params["no_universal_filter"],
-        caa_layer=params["caa_layer"],
-        layer_scan_prompts=params["layer_scan_prompts"],
-        caa_normalize=params["caa_normalize"],
-        random_seeds=_ints(params["seeds"], "--seeds"),
+        methods=settings.methods,
+        strengths=settings.strengths,
+        max_new_tokens=settings.max_new_tokens,
+        batch_size=settings.batch_size,
+        judge=settings.judge,
+        chat_template=template.chat_template,
+        system=template.system,
+        template_vars=template.template_vars,
+        eval_limit=settings.eval_limit,
+        kl_limit=settings.kl_limit,
+        kl_max_new_tokens=settings.kl_tokens,
+        mmlu=str(settings.mmlu) if settings.mmlu else None,
+        mmlu_shots=settings.mmlu_shots,
+        mmlu_limit=settings.mmlu_limit,
+        top_k=settings.top_k,
+        skip_layers=settings.skip_layers,
+        universal_filter=settings.universal.universal_filter,
+        caa_layer=settings.caa_layer,
+        layer_scan_prompts=settings.layer_scan_prompts,
+        caa_normalize=settings.caa_normalize,
+        random_seeds=settings.seeds,
     )
 
 
@@ -313,7 +337,7 @@ def _print_sparsity(name: str, circuit: Circuit, ks: str | None) -> list[dict[st
     """The sparsity sweep of a circuit with a kept table, printed; returns its points."""
     from neurosteer.evaluation.comparison import sparsity_sweep
 
-    chosen = _ints(ks, "--ks") if ks else _default_ks(len(circuit), circuit.settings.n_candidates)
+    chosen = ints("--ks")(ks) if ks else _default_ks(len(circuit), circuit.settings.n_candidates)
     points = sparsity_sweep(circuit, chosen)
     table = Table(title=f"sparsity sweep, circuit {name}", show_edge=False)
     for col in ("k", "|δ| mass", "min |δ|", "last 3 layers", "last quarter"):

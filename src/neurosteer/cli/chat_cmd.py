@@ -16,13 +16,21 @@ import signal
 import sys
 import threading
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import Any, TextIO
 
 import click
 
-from neurosteer.cli.options import check_system, load, model_options, template_vars_option
+from neurosteer.cli.options import (
+    ModelSettings,
+    check_system,
+    load,
+    model_options,
+    template_vars_option,
+)
+from neurosteer.cli.settings import settings_command
 from neurosteer.errors import InputError
 
 logger = logging.getLogger(__name__)
@@ -132,6 +140,19 @@ def _read_line(prompt: str, interactive: bool, out: TextIO) -> str | None:
     return line
 
 
+@dataclass(frozen=True, kw_only=True)
+class ChatSettings:
+    """The options of `neurosteer chat` (its own --system help; no --chat-template)."""
+
+    loading: ModelSettings
+    circuit_path: Path | None
+    multiplier: float | None
+    max_new_tokens: int
+    temperature: float
+    system: str | None
+    template_vars: dict[str, Any] | None
+
+
 @click.command("chat")
 @model_options
 @click.option(
@@ -164,7 +185,8 @@ def _read_line(prompt: str, interactive: bool, out: TextIO) -> str | None:
     help="A system turn before the chat.",
 )
 @template_vars_option
-def chat_command(**params: Any) -> None:
+@settings_command(ChatSettings)
+def chat_command(settings: ChatSettings) -> None:
     """Talk to MODEL, steered by --circuit; /help inside lists the commands.
 
     Replies stream as they are generated; Ctrl-C stops a reply, Ctrl-D or /quit leaves.
@@ -172,24 +194,24 @@ def chat_command(**params: Any) -> None:
     from neurosteer.methods.circuit import Circuit
     from neurosteer.workflows.chat_session import ChatSession
 
-    if params["multiplier"] is not None and params["circuit_path"] is None:
+    if settings.multiplier is not None and settings.circuit_path is None:
         raise InputError("-m sets the circuit's multiplier; give --circuit too")
-    circuit = Circuit.load(params["circuit_path"]) if params["circuit_path"] else None
-    model, tokenizer, layout = load(params, circuit)
+    circuit = Circuit.load(settings.circuit_path) if settings.circuit_path else None
+    model, tokenizer, layout = load(settings.loading, circuit)
     out = sys.stdout
     session = ChatSession(
         model,
         tokenizer,
         out,
         circuit=circuit,
-        circuit_name=None if circuit is None else str(params["circuit_path"]),
-        multiplier=params["multiplier"],
+        circuit_name=None if circuit is None else str(settings.circuit_path),
+        multiplier=settings.multiplier,
         layout=layout if circuit is not None else None,
-        system=params["system"],
-        template_vars=params["template_vars"],
-        max_new_tokens=params["max_new_tokens"],
-        temperature=params["temperature"],
-        model_name=str(params["model"]),
+        system=settings.system,
+        template_vars=settings.template_vars,
+        max_new_tokens=settings.max_new_tokens,
+        temperature=settings.temperature,
+        model_name=str(settings.loading.model),
     )
     _tolerate_undecodable_input()
     interactive = sys.stdin.isatty()

@@ -7,24 +7,38 @@ other exception is reported in one line with exit code 1. `--debug` shows traceb
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import click
 
 from neurosteer._io import check_writable
 from neurosteer._version import __version__
+from neurosteer.cli.modes import deprecated_spelling
 from neurosteer.cli.options import (
+    ModelSettings,
+    OptionalContrastSettings,
+    TemplateSettings,
+    UniversalFilterSettings,
     circuit_layout,
     load,
     model_options,
+    optional,
     optional_contrast_options,
     parse_layers,
     show_progress,
     template_option,
+    universal_filter_options,
 )
-from neurosteer.cli.relp_cmds import discover_relp, pair_options, read_pairs
+from neurosteer.cli.probe_cmd import parse_multipliers
+from neurosteer.cli.relp_cmds import Pairs, PairSettings, pair_options, read_pairs
+from neurosteer.cli.settings import parsed, settings_command
 from neurosteer.errors import InputError, NeurosteerError
+
+if TYPE_CHECKING:
+    from neurosteer.methods.circuit import Circuit
 
 
 class _Group(click.Group):
@@ -73,14 +87,45 @@ def cli(debug: bool) -> None:
         # transformers' and the hub's own notes (load reports, retries) drown our output.
         import transformers
 
-        transformers.utils.logging.set_verbosity_error()
-        transformers.utils.logging.disable_progress_bar()
+        quiet: tuple[Callable[[], None], ...] = (
+            transformers.utils.logging.set_verbosity_error,
+            transformers.utils.logging.disable_progress_bar,
+        )
+        for call in quiet:  # through a typed name: transformers' functions are untyped
+            call()
         logging.getLogger("huggingface_hub").setLevel(logging.ERROR)
+
+
+@dataclass(frozen=True, kw_only=True)
+class DiscoverSettings:
+    """The options of `neurosteer discover` (both modes)."""
+
+    loading: ModelSettings
+    contrast: OptionalContrastSettings
+    relp: bool
+    pairs: PairSettings
+    positions: Literal["last", "prompt"] | None
+    output: Path
+    top_k: int | None
+    fraction: float
+    skip_layers: tuple[int, ...] = parsed(parse_layers)
+    universal: UniversalFilterSettings
+    positive_only: bool
+    batch_size: int | None
+    keep_table: bool
+    force: bool
+    template: TemplateSettings
 
 
 @cli.command()
 @model_options
 @optional_contrast_options
+@click.option(
+    "--relp",
+    is_flag=True,
+    help="RelP mode: the neurons with the largest attribution to each --prompt's --target "
+    "token, instead of the contrast of --positive and --negative.",
+)
 @pair_options
 @click.option(
     "--positions",
@@ -109,17 +154,7 @@ def cli(debug: bool) -> None:
     show_default=True,
     help="Layers that are not candidates; '' for none.",
 )
-@click.option(
-    "--no-universal-filter",
-    is_flag=True,
-    help="Keep neurons that are highly active on most neutral prompts.",
-)
-@click.option(
-    "--neutral",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="Neutral prompts for the universal filter (default: built-in set).",
-)
+@universal_filter_options
 @click.option("--positive-only", is_flag=True, help="Keep only neurons with δ > 0.")
 @click.option("--batch-size", type=int, default=None, help="Prompts per forward pass.")
 @click.option(
@@ -129,60 +164,78 @@ def cli(debug: bool) -> None:
 )
 @click.option("--force", is_flag=True, help="Replace OUTPUT if it exists.")
 @template_option
-def discover(**params: Any) -> None:
+@settings_command(DiscoverSettings)
+def discover(settings: DiscoverSettings) -> None:
     """Find the neurons that separate POSITIVE from NEGATIVE prompts in MODEL (contrastive),
-    or, with --prompt/--target pairs, the neurons with the largest RelP attribution to each
-    prompt's next token."""
+    or, with --relp and --prompt/--target pairs, the neurons with the largest RelP
+    attribution to each prompt's next token."""
     from neurosteer.cli.render import print_circuit_summary
-    from neurosteer.methods.discovery import discover as run_discover
-    from neurosteer.prompts.render import load_prompts
 
-    check_writable(params["output"], force=params["force"])
-    pairs = read_pairs(params)
-    contrastive = params["positive"] is not None or params["negative"] is not None
-    if pairs is not None and contrastive:
+    check_writable(settings.output, force=settings.force)
+    pairs = read_pairs(settings.pairs)
+    contrast = settings.contrast
+    contrastive = contrast.positive is not None or contrast.negative is not None
+    if (settings.relp or pairs is not None) and contrastive:
         raise InputError(
             "discover takes --positive/--negative (contrastive) or --prompt/--target (RelP), "
             "not both"
         )
-    if pairs is not None:
-        circuit = discover_relp(params, pairs)
-        circuit.save(params["output"], force=params["force"])
-        print_circuit_summary(circuit, top=10, settings=True)
-        click.echo(f"wrote {params['output']}")
-        return
-    if params["positive"] is None or params["negative"] is None:
+    if pairs is None:
+        if settings.relp:
+            raise InputError("--relp needs --prompt/--target pairs (or --pairs FILE)")
+        circuit = _discover_contrastive(settings)
+    else:
+        if not settings.relp:
+            deprecated_spelling(
+                "discover's RelP mode without --relp (chosen by --prompt/--target or --pairs)",
+                "add --relp",
+            )
+        circuit = discover_relp(settings, pairs)
+    circuit.save(settings.output, force=settings.force)
+    print_circuit_summary(circuit, top=10, settings=True)
+    click.echo(f"wrote {settings.output}")
+
+
+def _discover_contrastive(settings: DiscoverSettings) -> Circuit:
+    """`discover`'s contrastive mode: the circuit of `neurosteer.discover` (not yet saved).
+
+    Raises:
+        InputError: a prompt file missing, or --positions (RelP's) given.
+    """
+    from neurosteer.methods.discovery import discover as run_discover
+    from neurosteer.prompts.render import load_prompts
+
+    positive_file, negative_file = settings.contrast.positive, settings.contrast.negative
+    if positive_file is None or negative_file is None:
         raise InputError(
             "discover needs --positive and --negative prompt files (contrastive), or "
             "--prompt and --target pairs (RelP)"
         )
-    if params["positions"] is not None:
+    if settings.positions is not None:
         raise InputError("--positions is for RelP (--prompt/--target); drop it")
-    positive, negative = load_prompts(params["positive"]), load_prompts(params["negative"])
-    neutral = load_prompts(params["neutral"]) if params["neutral"] else None
-    model, tokenizer, layout = load(params)
-    circuit = run_discover(
+    positive, negative = load_prompts(positive_file), load_prompts(negative_file)
+    universal, template = settings.universal, settings.template
+    neutral = load_prompts(universal.neutral) if universal.neutral else None
+    model, tokenizer, layout = load(settings.loading)
+    return run_discover(
         model,
         tokenizer,
         positive,
         negative,
-        top_k=params["top_k"],
-        fraction=params["fraction"],
-        skip_layers=parse_layers(params["skip_layers"]),
-        universal_filter=not params["no_universal_filter"],
+        top_k=settings.top_k,
+        fraction=settings.fraction,
+        skip_layers=settings.skip_layers,
+        universal_filter=universal.universal_filter,
         neutral=neutral,
-        positive_only=params["positive_only"],
-        batch_size=params["batch_size"],
-        chat_template=params["chat_template"],
-        system=params["system"],
-        template_vars=params["template_vars"],
-        keep_table=params["keep_table"],
+        positive_only=settings.positive_only,
+        batch_size=settings.batch_size,
+        chat_template=template.chat_template,
+        system=template.system,
+        template_vars=template.template_vars,
+        keep_table=settings.keep_table,
         layout=layout,
         progress=True,
     )
-    circuit.save(params["output"], force=params["force"])
-    print_circuit_summary(circuit, top=10, settings=True)
-    click.echo(f"wrote {params['output']}")
 
 
 @cli.command()
@@ -194,6 +247,49 @@ def inspect(circuit: Path, top: int) -> None:
     from neurosteer.methods.circuit import Circuit
 
     print_circuit_summary(Circuit.load(circuit), top=top, settings=True)
+
+
+def discover_relp(settings: DiscoverSettings, pairs: Pairs) -> Circuit:
+    """`discover`'s RelP mode: the circuit of `neurosteer.attribute` (not yet saved)."""
+    from neurosteer.methods.relp import attribute
+
+    if settings.universal.neutral is not None:
+        raise InputError("--neutral is for contrastive discovery; RelP has no universal filter")
+    prompts, targets, contrasts = pairs
+    model, tokenizer, layout = load(settings.loading)
+    template = settings.template
+    return attribute(
+        model,
+        tokenizer,
+        prompts,
+        targets,
+        contrasts=contrasts,
+        positions=settings.positions or "last",
+        top_k=settings.top_k,
+        fraction=settings.fraction,
+        skip_layers=settings.skip_layers,
+        positive_only=settings.positive_only,
+        batch_size=settings.batch_size,
+        chat_template=template.chat_template,
+        system=template.system,
+        template_vars=template.template_vars,
+        keep_table=settings.keep_table,
+        layout=layout,
+        progress=True,
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class GenerateSettings:
+    """The options of `neurosteer generate`."""
+
+    loading: ModelSettings
+    prompts: tuple[str, ...]
+    circuit_path: Path | None
+    multipliers: tuple[float, ...] | None = parsed(optional(parse_multipliers))
+    positions: Literal["all", "generated"]
+    max_new_tokens: int
+    template: TemplateSettings
 
 
 @cli.command()
@@ -224,41 +320,60 @@ def inspect(circuit: Path, top: int) -> None:
 )
 @click.option("--max-new-tokens", type=int, default=64, show_default=True)
 @template_option
-def generate(**params: Any) -> None:
+@settings_command(GenerateSettings)
+def generate(settings: GenerateSettings) -> None:
     """Greedy completions of PROMPTS, unsteered and (with --circuit) steered."""
-    from neurosteer.cli.probe_cmd import parse_multipliers
     from neurosteer.cli.render import print_answers
     from neurosteer.evaluation.generation import generate as run_generate
     from neurosteer.methods.circuit import Circuit
     from neurosteer.methods.steering import steer
     from neurosteer.prompts.text_check import check_prompts
 
-    if params["multipliers"] is not None and params["circuit_path"] is None:
+    if settings.multipliers is not None and settings.circuit_path is None:
         raise InputError("-m sets the circuit's multipliers; give --circuit too")
-    multipliers = parse_multipliers(params["multipliers"]) if params["multipliers"] else None
-    prompts = list(params["prompts"])
+    prompts = list(settings.prompts)
     check_prompts(prompts)  # before the model loads
-    circuit = Circuit.load(params["circuit_path"]) if params["circuit_path"] else None
-    model, tokenizer, layout = load(params, circuit)
-    kwargs = {
-        "max_new_tokens": params["max_new_tokens"],
-        "chat_template": params["chat_template"],
-        "system": params["system"],
-        "progress": show_progress(),
-        "template_vars": params["template_vars"],
-    }
-    desc = "generating" if circuit is None else "unsteered"
-    plain = run_generate(model, tokenizer, prompts, desc=desc, **kwargs)
+    circuit = Circuit.load(settings.circuit_path) if settings.circuit_path else None
+    model, tokenizer, layout = load(settings.loading, circuit)
+    template = settings.template
+
+    def answers(desc: str) -> list[str]:
+        return run_generate(
+            model,
+            tokenizer,
+            prompts,
+            desc=desc,
+            max_new_tokens=settings.max_new_tokens,
+            chat_template=template.chat_template,
+            system=template.system,
+            progress=show_progress(),
+            template_vars=template.template_vars,
+        )
+
+    plain = answers("generating" if circuit is None else "unsteered")
     if circuit is None:
         for prompt, answer in zip(prompts, plain, strict=True):
             click.echo(f"> {prompt}\n{answer}\n")
         return
     columns = [("unsteered", plain)]
-    for m in multipliers or (circuit.default_strength,):
-        with steer(model, circuit, m, positions=params["positions"], layout=layout):
+    for m in settings.multipliers or (circuit.default_strength,):
+        with steer(model, circuit, m, positions=settings.positions, layout=layout):
             label = f"steered (m = {m:g})"
-            columns.append((label, run_generate(model, tokenizer, prompts, desc=label, **kwargs)))
+            columns.append((label, answers(label)))
     print_answers(prompts, columns)
+
+
+@dataclass(frozen=True, kw_only=True)
+class BakeSettings:
+    """The options of `neurosteer bake`."""
+
+    loading: ModelSettings
+    circuit_path: Path
+    multiplier: float | None
+    output: Path
+    force: bool
+    streaming: bool
+    gguf_fallback: Literal["F16", "Q8_0"]
 
 
 @cli.command()
@@ -291,7 +406,8 @@ def generate(**params: Any) -> None:
     show_default=True,
     help="GGUF only: the type of a changed tensor whose own type cannot be kept exactly enough.",
 )
-def bake(**params: Any) -> None:
+@settings_command(BakeSettings)
+def bake(settings: BakeSettings) -> None:
     """Write MODEL with the circuit's neurons scaled into the weights, as a plain checkpoint.
 
     A GGUF MODEL is always baked tensor by tensor into a new .gguf file.
@@ -299,63 +415,73 @@ def bake(**params: Any) -> None:
     from neurosteer.methods.baking import save_baked
     from neurosteer.methods.circuit import Circuit
 
-    gguf_file = _gguf_model(params["model"])
-    inputs = [params["model"]] if params["streaming"] or gguf_file is not None else []
-    check_writable(params["output"], force=params["force"], inputs=inputs)
-    circuit = Circuit.load(params["circuit_path"])
-    m = circuit.default_strength if params["multiplier"] is None else params["multiplier"]
+    model_name = settings.loading.model
+    gguf_file = _gguf_model(model_name)
+    inputs = [model_name] if settings.streaming or gguf_file is not None else []
+    check_writable(settings.output, force=settings.force, inputs=inputs)
+    circuit = Circuit.load(settings.circuit_path)
+    m = circuit.default_strength if settings.multiplier is None else settings.multiplier
     if gguf_file is not None:
-        _bake_gguf(gguf_file, circuit, m, params)
+        _bake_gguf(gguf_file, circuit, m, settings)
         return
-    if params["streaming"]:
-        from neurosteer.export.streaming import bake_streaming, skeleton
-
-        _refuse_loading_options(params)
-        layout = circuit_layout(skeleton(params["model"]), circuit, params)
-        report = bake_streaming(
-            params["model"],
-            circuit,
-            m,
-            params["output"],
-            force=params["force"],
-            layout=layout,
-        )
-        click.echo(
-            f"wrote {params['output']}: {len(report.tensors)} tensors scaled in "
-            f"{len(report.rewritten)} of {report.shards} shards (peak "
-            f"{report.peak_bytes / 2**20:.1f} MiB of tensors in memory)"
-        )
+    if settings.streaming:
+        _bake_streaming(circuit, m, settings)
         return
-    model, tokenizer, layout = load(params, circuit)
+    model, tokenizer, layout = load(settings.loading, circuit)
     save_baked(
         model,
         tokenizer,
         circuit,
         m,
-        params["output"],
-        force=params["force"],
+        settings.output,
+        force=settings.force,
         layout=layout,
     )
     click.echo(
-        f"wrote {params['output']}: {len(circuit)} neurons scaled by {m:g}; "
+        f"wrote {settings.output}: {len(circuit)} neurons scaled by {m:g}; "
         "it loads with plain transformers"
     )
 
 
-def _refuse_loading_options(params: dict[str, Any]) -> None:
-    """--streaming never loads the model: options about loading it would be silently ignored."""
+def _bake_streaming(circuit: Circuit, multiplier: float, settings: BakeSettings) -> None:
+    """`bake --streaming`: edit the checkpoint's shards without loading the model."""
+    from neurosteer.export.streaming import bake_streaming, skeleton
+
+    _refuse_loading_options(settings.loading)
+    layout = circuit_layout(skeleton(settings.loading.model), circuit, settings.loading)
+    report = bake_streaming(
+        settings.loading.model,
+        circuit,
+        multiplier,
+        settings.output,
+        force=settings.force,
+        layout=layout,
+    )
+    click.echo(
+        f"wrote {settings.output}: {len(report.tensors)} tensors scaled in "
+        f"{len(report.rewritten)} of {report.shards} shards (peak "
+        f"{report.peak_bytes / 2**20:.1f} MiB of tensors in memory)"
+    )
+
+
+def _refuse_loading_options(loading: ModelSettings) -> None:
+    """--streaming never loads the model: options about loading it would be silently ignored.
+
+    Raises:
+        InputError: a loading option given.
+    """
     given = [
         flag
-        for flag, key in [
-            ("--device", "device"),
-            ("--device-map", "device_map"),
-            ("--max-memory", "max_memory"),
-            ("--offload-folder", "offload_folder"),
-            ("--revision", "revision"),
+        for flag, value in [
+            ("--device", loading.device),
+            ("--device-map", loading.device_map),
+            ("--max-memory", loading.max_memory),
+            ("--offload-folder", loading.offload_folder),
+            ("--revision", loading.revision),
         ]
-        if params[key] is not None
+        if value is not None
     ]
-    if params["dtype"] != "auto":
+    if loading.dtype != "auto":
         given.append("--dtype")
     if given:
         raise InputError(
@@ -372,11 +498,15 @@ def _gguf_model(model: str) -> Path | None:
     return find_gguf(path) if path.exists() else None
 
 
-def _bake_gguf(source: Path, circuit: Any, multiplier: float, params: dict[str, Any]) -> None:
-    from neurosteer.errors import InputError
+def _bake_gguf(source: Path, circuit: Circuit, multiplier: float, settings: BakeSettings) -> None:
+    """`bake` of a GGUF MODEL into a new .gguf file.
+
+    Raises:
+        InputError: an output not named .gguf.
+    """
     from neurosteer.export.gguf import bake_gguf
 
-    output: Path = params["output"]
+    output = settings.output
     if output.suffix.lower() != ".gguf":
         raise InputError(
             f"a GGUF model is baked into a .gguf file; name the output e.g. {output}.gguf"
@@ -386,8 +516,8 @@ def _bake_gguf(source: Path, circuit: Any, multiplier: float, params: dict[str, 
         circuit,
         multiplier,
         output,
-        force=params["force"],
-        fallback=params["gguf_fallback"].upper(),
+        force=settings.force,
+        fallback=settings.gguf_fallback,
     )
     for tensor in report.changed:
         click.echo(

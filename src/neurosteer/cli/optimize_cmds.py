@@ -13,19 +13,28 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Literal
 
 import click
 from rich.table import Table
 
 from neurosteer.cli.options import (
+    ModelSettings,
+    OptionalContrastSettings,
+    TemplateSettings,
+    UniversalFilterSettings,
+    floats,
     load,
     model_options,
+    names,
+    pair,
     template_option,
     universal_filter_options,
 )
 from neurosteer.cli.render import print_table
+from neurosteer.cli.settings import parsed, settings_command
 from neurosteer.errors import InputError
 
 if TYPE_CHECKING:  # imported at run time inside the command: `--help` stays fast
@@ -33,7 +42,54 @@ if TYPE_CHECKING:  # imported at run time inside the command: `--help` stays fas
     from neurosteer.workflows.optimization.baselines import BaselinePoint
     from neurosteer.workflows.optimization.study import TrialResult
 
-_SEARCH_ONLY = ("positive", "negative", "output", "neutral")
+
+@dataclass(frozen=True, kw_only=True)
+class OptimizeSettings:
+    """The options of `neurosteer optimize` (`_config` makes its `OptimizeConfig`)."""
+
+    loading: ModelSettings
+    contrast: OptionalContrastSettings
+    output: Path | None
+    trials: int
+    show: bool
+    export_path: Path | None
+    trial: int | None
+    target_refusal: float
+    force: bool
+    held_out_positive: int
+    held_out_negative: int
+    split_seed: int
+    judge: str
+    max_new_tokens: int
+    batch_size: int
+    kl: Literal["first_token", "mean"]
+    kl_tokens: int
+    sampler: Literal["tpe", "nsga2"]
+    seed: int
+    startup_trials: int
+    prune: bool
+    prune_ratio: float
+    k_range: tuple[float, float] = parsed(pair("--k-range"))
+    multiplier_range: tuple[float, float] = parsed(pair("--multiplier-range"))
+    signs: tuple[str, ...] = parsed(names)
+    scores: tuple[str, ...] = parsed(names)
+    first_layer_range: tuple[float, float] = parsed(pair("--first-layer-range"))
+    universal: UniversalFilterSettings
+    no_baselines: bool
+    baseline_strengths: tuple[float, ...] = parsed(floats("--baseline-strengths"))
+    baseline_layer: int | None
+    template: TemplateSettings
+
+    def search_only_given(self) -> list[str]:
+        """The options given that only a search reads (a run folder's --show/--export
+        refuses them)."""
+        given = {
+            "--positive": self.contrast.positive,
+            "--negative": self.contrast.negative,
+            "--output": self.output,
+            "--neutral": self.universal.neutral,
+        }
+        return [flag for flag, value in given.items() if value]
 
 
 @click.command("optimize")
@@ -165,46 +221,66 @@ _SEARCH_ONLY = ("positive", "negative", "output", "neutral")
 @click.option("--baseline-strengths", default="0.25,0.5,0.75,1", show_default=True)
 @click.option("--baseline-layer", type=int, default=None, help="Default: a heuristic layer.")
 @template_option
-def optimize_command(**params: Any) -> None:
+@settings_command(OptimizeSettings)
+def optimize_command(settings: OptimizeSettings) -> None:
     """Search circuit size, multiplier, sign rule, score and first layer for the least KL at
     the least refusal on held-out prompts. MODEL is a model, or with --show / --export a run
     folder."""
-    if params["show"] and params["export_path"] is not None:
+    if settings.show and settings.export_path is not None:
         raise InputError("give --show or --export, not both")
-    if params["show"] or params["export_path"] is not None:
-        _folder_mode(params)
+    if settings.show or settings.export_path is not None:
+        _folder_mode(settings)
         return
+    _search(settings)
+
+
+def _search(settings: OptimizeSettings) -> None:
+    """The search into --output (resumed when it holds the same search), then its front.
+
+    Raises:
+        InputError: --positive, --negative or --output missing, or a folder of another search.
+    """
     _quiet_optuna()
-    missing = [f"--{name}" for name in ("positive", "negative", "output") if not params[name]]
-    if missing:
+    contrast, output, model_name = settings.contrast, settings.output, settings.loading.model
+    missing = [
+        flag
+        for flag, value in (
+            ("--positive", contrast.positive),
+            ("--negative", contrast.negative),
+            ("--output", output),
+        )
+        if not value
+    ]
+    if missing or contrast.positive is None or contrast.negative is None or output is None:
         hint = ""
-        if (Path(params["model"]) / "optimize.json").is_file():
-            hint = f"; '{params['model']}' is a search folder: add --show or --export FILE"
+        if (Path(model_name) / "optimize.json").is_file():
+            hint = f"; '{model_name}' is a search folder: add --show or --export FILE"
         raise InputError(f"a search needs {', '.join(missing)}{hint}")
     from neurosteer.prompts.render import load_prompts
     from neurosteer.workflows.optimization import optimize, read_search
     from neurosteer.workflows.optimization.run import check_resumable
 
-    config = _config(params)
-    positive, negative = load_prompts(params["positive"]), load_prompts(params["negative"])
-    neutral = load_prompts(params["neutral"]) if params["neutral"] else None
+    config = _config(settings)
+    positive, negative = load_prompts(contrast.positive), load_prompts(contrast.negative)
+    neutral_file = settings.universal.neutral
+    neutral = load_prompts(neutral_file) if neutral_file else None
     # too few prompts, or a folder with other settings, fail here, before the model loads
-    check_resumable(params["output"], positive, negative, config=config, neutral=neutral)
-    model, tokenizer, layout = load(params)
+    check_resumable(output, positive, negative, config=config, neutral=neutral)
+    model, tokenizer, layout = load(settings.loading)
     optimize(
         model,
         tokenizer,
         positive,
         negative,
         config=config,
-        run_dir=params["output"],
+        run_dir=output,
         neutral=neutral,
         layout=layout,
         progress=True,
     )
-    search = read_search(params["output"])
+    search = read_search(output)
     _show(search)
-    click.echo(_export_hint(params["output"], search.trials, search.baselines, _held_out(search)))
+    click.echo(_export_hint(output, search.trials, search.baselines, _held_out(search)))
 
 
 def _held_out(result: SearchResult) -> int:
@@ -258,36 +334,40 @@ def _export_hint(
     )
 
 
-def _folder_mode(params: dict[str, Any]) -> None:
-    """--show or --export on a run folder."""
-    given = [f"--{name}" for name in _SEARCH_ONLY if params[name]]
+def _folder_mode(settings: OptimizeSettings) -> None:
+    """--show or --export on a run folder.
+
+    Raises:
+        InputError: an option that only a search reads given.
+    """
+    given = settings.search_only_given()
     if given:
         raise InputError(
             f"{', '.join(given)} start a search; --show and --export read the run folder only"
         )
     from neurosteer.workflows.optimization import export_circuit, read_search
 
-    folder = Path(params["model"])
-    if params["show"]:
+    folder = Path(settings.loading.model)
+    if settings.show or settings.export_path is None:
         _show(read_search(folder))
         return
     circuit, trial = export_circuit(
         folder,
-        params["export_path"],
-        trial=params["trial"],
-        target=params["target_refusal"],
-        force=params["force"],
+        settings.export_path,
+        trial=settings.trial,
+        target=settings.target_refusal,
+        force=settings.force,
     )
     assert circuit.search is not None
-    if params["trial"] is None:
+    if settings.trial is None:
         from neurosteer.workflows.optimization.export import held_out_count, target_in_answers
         from neurosteer.workflows.optimization.store import read_meta
 
         held_out = held_out_count(read_meta(folder))
         if held_out:
-            click.echo(f"{target_in_answers(params['target_refusal'], held_out)}")
+            click.echo(f"{target_in_answers(settings.target_refusal, held_out)}")
     click.echo(
-        f"wrote {params['export_path']}: trial {trial.number} ({circuit.search.rule}), "
+        f"wrote {settings.export_path}: trial {trial.number} ({circuit.search.rule}), "
         f"{len(circuit)} neurons from layer {trial.first_layer}, m = {trial.multiplier:.3g}, "
         f"sign {trial.sign}, score {trial.score}; held-out refusal {trial.refusal:.2f}, "
         f"degenerate {trial.degenerate:.2f}, KL {trial.kl:.3g}"
@@ -360,58 +440,42 @@ def _show(result: SearchResult) -> None:
         click.echo(f"wrote {path}")
 
 
-def _config(params: dict[str, Any]) -> OptimizeConfig:
+def _config(settings: OptimizeSettings) -> OptimizeConfig:
+    """The `OptimizeConfig` of the search's options."""
     from neurosteer.workflows.optimization import OptimizeConfig, SearchSpace
 
     space = SearchSpace(
-        k_share=_pair(params["k_range"], "--k-range"),
-        multiplier=_pair(params["multiplier_range"], "--multiplier-range"),
-        signs=_names(params["signs"]),
-        scores=_names(params["scores"]),
-        first_layer=_pair(params["first_layer_range"], "--first-layer-range"),
+        k_share=settings.k_range,
+        multiplier=settings.multiplier_range,
+        signs=settings.signs,
+        scores=settings.scores,
+        first_layer=settings.first_layer_range,
     )
+    template = settings.template
     return OptimizeConfig(
-        trials=params["trials"],
-        held_out_positive=params["held_out_positive"],
-        held_out_negative=params["held_out_negative"],
-        split_seed=params["split_seed"],
-        judge=params["judge"],
-        max_new_tokens=params["max_new_tokens"],
-        batch_size=params["batch_size"],
-        kl=params["kl"],
-        kl_tokens=params["kl_tokens"],
-        sampler=params["sampler"],
-        seed=params["seed"],
-        startup_trials=params["startup_trials"],
-        prune=params["prune"],
-        prune_ratio=params["prune_ratio"],
+        trials=settings.trials,
+        held_out_positive=settings.held_out_positive,
+        held_out_negative=settings.held_out_negative,
+        split_seed=settings.split_seed,
+        judge=settings.judge,
+        max_new_tokens=settings.max_new_tokens,
+        batch_size=settings.batch_size,
+        kl=settings.kl,
+        kl_tokens=settings.kl_tokens,
+        sampler=settings.sampler,
+        seed=settings.seed,
+        startup_trials=settings.startup_trials,
+        prune=settings.prune,
+        prune_ratio=settings.prune_ratio,
         space=space,
-        universal_filter=not params["no_universal_filter"],
-        chat_template=params["chat_template"],
-        system=params["system"],
-        template_vars=params["template_vars"],
-        baselines=not params["no_baselines"],
-        baseline_strengths=_floats(params["baseline_strengths"], "--baseline-strengths"),
-        baseline_layer=params["baseline_layer"],
+        universal_filter=settings.universal.universal_filter,
+        chat_template=template.chat_template,
+        system=template.system,
+        template_vars=template.template_vars,
+        baselines=not settings.no_baselines,
+        baseline_strengths=settings.baseline_strengths,
+        baseline_layer=settings.baseline_layer,
     )
-
-
-def _floats(text: str, option: str) -> tuple[float, ...]:
-    try:
-        return tuple(float(part) for part in text.split(",") if part.strip())
-    except ValueError:
-        raise InputError(f"{option} takes comma-separated numbers, got {text!r}") from None
-
-
-def _pair(text: str, option: str) -> tuple[float, float]:
-    values = _floats(text, option)
-    if len(values) != 2:
-        raise InputError(f"{option} takes two numbers, LOW,HIGH; got {text!r}")
-    return values[0], values[1]
-
-
-def _names(text: str) -> tuple[str, ...]:
-    return tuple(part.strip() for part in text.split(",") if part.strip())
 
 
 def _quiet_optuna() -> None:

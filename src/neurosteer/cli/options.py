@@ -1,20 +1,49 @@
-"""Options and helpers shared by the CLI's commands: model loading options, layer lists,
-the chat-template switch. Parsing only; the library does the work."""
+"""Option groups shared by the CLI's commands, each a frozen settings dataclass beside the
+decorator that declares its options (model loading, prompt rendering, the contrastive prompt
+sets, the universal filter), and the parsers of comma-separated values. Parsing only; the
+library does the work."""
 
 from __future__ import annotations
 
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
+from neurosteer.errors import InputError
+
+if TYPE_CHECKING:  # imported inside the functions at run time: `--help` stays fast
+    from torch import nn
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+    from neurosteer.methods.circuit import Circuit
+    from neurosteer.model.layout import ModelLayout
+
 F = TypeVar("F", bound=Callable[..., Any])
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelSettings:
+    """The options of `model_options`: MODEL and how it is loaded and laid out."""
+
+    model: str
+    dtype: str
+    device: str | None
+    device_map: str | None
+    max_memory: dict[int | str, str] | None
+    offload_folder: Path | None
+    revision: str | None
+    trust_remote_code: bool
+    layers_path: str | None
+    site_path: str | None
 
 
 def model_options(fn: F) -> F:
-    """Options shared by every command that loads a model."""
+    """Options shared by every command that loads a model (read as `ModelSettings`)."""
     options = [
         click.argument("model"),
         click.option(
@@ -66,7 +95,9 @@ def show_progress() -> bool:
     return sys.stderr.isatty()
 
 
-def load(params: dict[str, Any], circuit: Any = None) -> tuple[Any, Any, Any]:
+def load(
+    settings: ModelSettings, circuit: Circuit | None = None
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, ModelLayout]:
     """Load the model named in the shared options; returns (model, tokenizer, layout).
 
     With a circuit, the layout is the circuit's own (its recorded paths, see `circuit_layout`).
@@ -75,25 +106,25 @@ def load(params: dict[str, Any], circuit: Any = None) -> tuple[Any, Any, Any]:
     from neurosteer.model.loading import load_model
 
     if circuit is not None:
-        check_before_loading(circuit, params)
+        check_before_loading(circuit, settings)
     model, tokenizer = load_model(
-        params["model"],
-        dtype=params["dtype"],
-        device=params["device"],
-        device_map=params["device_map"],
-        max_memory=params["max_memory"],
-        offload_folder=params["offload_folder"],
-        revision=params["revision"],
-        trust_remote_code=params["trust_remote_code"],
+        settings.model,
+        dtype=settings.dtype,
+        device=settings.device,
+        device_map=settings.device_map,
+        max_memory=settings.max_memory,
+        offload_folder=settings.offload_folder,
+        revision=settings.revision,
+        trust_remote_code=settings.trust_remote_code,
         progress=show_progress(),
     )
     if circuit is not None:
-        return model, tokenizer, circuit_layout(model, circuit, params)
-    layout = resolve_layout(model, layers_path=params["layers_path"], site_path=params["site_path"])
+        return model, tokenizer, circuit_layout(model, circuit, settings)
+    layout = resolve_layout(model, layers_path=settings.layers_path, site_path=settings.site_path)
     return model, tokenizer, layout
 
 
-def check_before_loading(circuit: Any, params: dict[str, Any]) -> None:
+def check_before_loading(circuit: Circuit, settings: ModelSettings) -> None:
     """Refuse, from a local MODEL's files alone, a circuit that does not fit its shape or is
     already baked into it (the checks `bake` makes on a GGUF header), so that no load is
     waited for; a hub id, or a model whose config cannot be built here, is checked once
@@ -101,7 +132,7 @@ def check_before_loading(circuit: Any, params: dict[str, Any]) -> None:
     from neurosteer.model.fingerprint import baked_record
     from neurosteer.model.gguf.loading import find_gguf
 
-    path = Path(params["model"]).expanduser()
+    path = Path(settings.model).expanduser()
     if not path.exists():
         return
     gguf_file = find_gguf(path)
@@ -112,25 +143,25 @@ def check_before_loading(circuit: Any, params: dict[str, Any]) -> None:
         circuit_tensors(gguf_header(gguf_file), circuit)
         circuit.refuse_baked(baked_record(gguf_file), f"'{gguf_file}'", warn=False)
         return
-    if params["trust_remote_code"] or not (path / "config.json").is_file():
+    if settings.trust_remote_code or not (path / "config.json").is_file():
         return  # custom code is not built without the load; the load reports a bad folder
     from neurosteer.export.streaming import skeleton
 
-    circuit_layout(skeleton(path), circuit, params)
+    circuit_layout(skeleton(path), circuit, settings)
     circuit.refuse_baked(baked_record(path), f"'{path}'", warn=False)
 
 
-def circuit_layout(model: Any, circuit: Any, params: dict[str, Any]) -> Any:
+def circuit_layout(model: nn.Module, circuit: Circuit, settings: ModelSettings) -> ModelLayout:
     """The circuit's layout on `model`: its recorded paths, or --layers-path/--site if given
     (a path left out is taken from the circuit), which must then agree with the circuit."""
     from neurosteer.model.layout import resolve_layout
 
     layout = None
-    if params["layers_path"] is not None or params["site_path"] is not None:
+    if settings.layers_path is not None or settings.site_path is not None:
         layout = resolve_layout(
             model,
-            layers_path=params["layers_path"] or circuit.model.layers_path,
-            site_path=params["site_path"] or circuit.model.site_path,
+            layers_path=settings.layers_path or circuit.model.layers_path,
+            site_path=settings.site_path or circuit.model.site_path,
         )
     return circuit.layout_on(model, layout)
 
@@ -152,16 +183,88 @@ def _parse_memory(
 
 
 def parse_layers(text: str) -> tuple[int, ...]:
-    """'0,1' → (0, 1); '' → ()."""
+    """'0,1' → (0, 1); '' → ().
+
+    Raises:
+        click.BadParameter: an item that is not a whole number.
+    """
     try:
         return tuple(int(part) for part in text.split(",") if part.strip())
     except ValueError:
         raise click.BadParameter(f"expected comma-separated layer numbers, got {text!r}") from None
 
 
+def floats(option: str) -> Callable[[str], tuple[float, ...]]:
+    """The parser of `option`'s comma-separated numbers: '0,0.5' → (0.0, 0.5); '' → ().
+
+    The parser raises `InputError` naming `option` on an item that is not a number."""
+
+    def parse(text: str) -> tuple[float, ...]:
+        try:
+            return tuple(float(part) for part in text.split(",") if part.strip())
+        except ValueError:
+            raise InputError(f"{option} takes comma-separated numbers, got {text!r}") from None
+
+    return parse
+
+
+def ints(option: str) -> Callable[[str], tuple[int, ...]]:
+    """The parser of `option`'s comma-separated whole numbers: '0,3' → (0, 3); '' → ().
+
+    The parser raises `InputError` naming `option` on an item that is not a whole number."""
+
+    def parse(text: str) -> tuple[int, ...]:
+        try:
+            return tuple(int(part) for part in text.split(",") if part.strip())
+        except ValueError:
+            raise InputError(
+                f"{option} takes comma-separated whole numbers, got {text!r}"
+            ) from None
+
+    return parse
+
+
+def optional(parse: Callable[[str], T]) -> Callable[[str | None], T | None]:
+    """`parse` for an option that may be left out: None or '' stays None."""
+
+    def parse_given(text: str | None) -> T | None:
+        return parse(text) if text else None
+
+    return parse_given
+
+
+def names(text: str) -> tuple[str, ...]:
+    """'cna, caa' → ('cna', 'caa'): comma-separated names, blanks dropped."""
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+def pair(option: str) -> Callable[[str], tuple[float, float]]:
+    """The parser of `option`'s LOW,HIGH: '-2,1' → (-2.0, 1.0).
+
+    The parser raises `InputError` naming `option` unless the text is two numbers."""
+    parse_floats = floats(option)
+
+    def parse(text: str) -> tuple[float, float]:
+        values = parse_floats(text)
+        if len(values) != 2:
+            raise InputError(f"{option} takes two numbers, LOW,HIGH; got {text!r}")
+        return values[0], values[1]
+
+    return parse
+
+
+@dataclass(frozen=True, kw_only=True)
+class TemplateSettings:
+    """The options of `template_option`: how prompts are rendered."""
+
+    chat_template: bool | None
+    system: str | None
+    template_vars: dict[str, Any] | None
+
+
 def template_option(fn: F) -> F:
     """How prompts are rendered: the chat-template switch, the system turn and the template
-    variables."""
+    variables (read as `TemplateSettings`)."""
     fn = template_vars_option(fn)
     fn = click.option(
         "--system",
@@ -190,7 +293,7 @@ def check_system(_ctx: click.Context, _param: click.Parameter, text: str | None)
 
 
 def template_vars_option(fn: F) -> F:
-    """`--template-var KEY=VALUE` (repeatable) → params["template_vars"]: dict or None."""
+    """`--template-var KEY=VALUE` (repeatable) → the `template_vars` value: dict or None."""
     return click.option(
         "--template-var",
         "template_vars",
@@ -211,8 +314,22 @@ def _parse_template_vars(
     return parse_template_vars(items)
 
 
+@dataclass(frozen=True, kw_only=True)
+class UniversalFilterSettings:
+    """The options of `universal_filter_options`."""
+
+    no_universal_filter: bool
+    neutral: Path | None
+
+    @property
+    def universal_filter(self) -> bool:
+        """Whether the universal-neuron filter runs."""
+        return not self.no_universal_filter
+
+
 def universal_filter_options(fn: F) -> F:
-    """The universal-neuron filter's switch and its neutral prompts (sweep, optimize)."""
+    """The universal-neuron filter's switch and its neutral prompts (discover, sweep,
+    optimize; read as `UniversalFilterSettings`)."""
     fn = click.option(
         "--neutral",
         type=click.Path(path_type=Path),
@@ -220,17 +337,38 @@ def universal_filter_options(fn: F) -> F:
         help="Neutral prompts for the universal filter (default: built-in set).",
     )(fn)
     return click.option(
-        "--no-universal-filter", is_flag=True, help="Skip the universal-neuron filter."
+        "--no-universal-filter",
+        is_flag=True,
+        help="Skip the universal-neuron filter (keep neurons highly active on most neutral "
+        "prompts).",
     )(fn)
 
 
+@dataclass(frozen=True, kw_only=True)
+class ContrastSettings:
+    """The options of `contrast_options`: the two prompt files."""
+
+    positive: Path
+    negative: Path
+
+
+@dataclass(frozen=True, kw_only=True)
+class OptionalContrastSettings:
+    """The options of `optional_contrast_options`: the two prompt files, either left out."""
+
+    positive: Path | None
+    negative: Path | None
+
+
 def contrast_options(fn: F) -> F:
-    """The two prompt sets a circuit (and the baselines) are found from."""
+    """The two prompt sets a circuit (and the baselines) are found from (read as
+    `ContrastSettings`)."""
     return _contrast_options(fn, required=True)
 
 
 def optional_contrast_options(fn: F) -> F:
-    """The two prompt sets, optional: for a command with another mode (discover's RelP)."""
+    """The two prompt sets, optional: for a command with another mode (read as
+    `OptionalContrastSettings`)."""
     return _contrast_options(fn, required=False)
 
 

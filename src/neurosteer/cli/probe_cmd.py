@@ -10,14 +10,23 @@ from __future__ import annotations
 import json
 import math
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
 from rich.table import Table
 
-from neurosteer.cli.options import load, model_options, template_option
+from neurosteer.cli.options import (
+    ModelSettings,
+    TemplateSettings,
+    load,
+    model_options,
+    optional,
+    template_option,
+)
 from neurosteer.cli.render import console, print_table
+from neurosteer.cli.settings import parsed, settings_command
 from neurosteer.errors import InputError
 
 if TYPE_CHECKING:  # imported inside the command: `--help` stays fast
@@ -50,6 +59,23 @@ def parse_tokens(values: tuple[str, ...]) -> list[str]:
             )
         tokens += parts
     return tokens
+
+
+@dataclass(frozen=True, kw_only=True)
+class ProbeSettings:
+    """The options of `neurosteer probe`."""
+
+    loading: ModelSettings
+    prompts: tuple[str, ...]
+    prompt_file: Path | None
+    circuit_path: Path | None
+    multipliers: tuple[float, ...] | None = parsed(optional(parse_multipliers))
+    tokens: tuple[str, ...] = parsed(lambda values: tuple(parse_tokens(values)))
+    judge: str
+    top: int
+    batch_size: int
+    as_json: bool
+    template: TemplateSettings
 
 
 @click.command("probe")
@@ -96,7 +122,8 @@ def parse_tokens(values: tuple[str, ...]) -> list[str]:
 @click.option("--batch-size", default=8, show_default=True, help="Prompts per forward pass.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
 @template_option
-def probe_command(**params: Any) -> None:
+@settings_command(ProbeSettings)
+def probe_command(settings: ProbeSettings) -> None:
     """Probabilities of the first answer token for PROMPTS, unsteered and with --circuit.
 
     Each prompt is rendered as `generate` renders it (chat template and generation prompt).
@@ -107,23 +134,23 @@ def probe_command(**params: Any) -> None:
     from neurosteer.prompts.text_check import check_prompts
     from neurosteer.workflows.judges import get_judge
 
-    prompts: list[str] = list(params["prompts"])
-    if params["prompt_file"] is not None:
-        prompts += load_prompts(params["prompt_file"])
+    prompts: list[str] = list(settings.prompts)
+    if settings.prompt_file is not None:
+        prompts += load_prompts(settings.prompt_file)
     if not prompts:
         raise InputError("probe needs a prompt: give it as an argument or in a file with -p FILE")
     check_prompts(prompts)  # before the model loads
-    if params["top"] < 0:
-        raise InputError(f"--top must be 0 or more, got {params['top']}")
-    if params["batch_size"] < 1:
-        raise InputError(f"--batch-size must be at least 1, got {params['batch_size']}")
-    if params["multipliers"] is not None and params["circuit_path"] is None:
+    if settings.top < 0:
+        raise InputError(f"--top must be 0 or more, got {settings.top}")
+    if settings.batch_size < 1:
+        raise InputError(f"--batch-size must be at least 1, got {settings.batch_size}")
+    if settings.multipliers is not None and settings.circuit_path is None:
         raise InputError("-m sets the circuit's multipliers; give --circuit too")
-    multipliers = parse_multipliers(params["multipliers"]) if params["multipliers"] else None
-    tokens = parse_tokens(params["tokens"])
-    circuit = Circuit.load(params["circuit_path"]) if params["circuit_path"] else None
-    judge = None if tokens else get_judge(params["judge"])
-    model, tokenizer, layout = load(params, circuit)
+    tokens = settings.tokens
+    circuit = Circuit.load(settings.circuit_path) if settings.circuit_path else None
+    judge = None if tokens else get_judge(settings.judge)
+    model, tokenizer, layout = load(settings.loading, circuit)
+    template = settings.template
     pick = None
     if judge is not None:
         pick = choose_tokens(
@@ -131,33 +158,33 @@ def probe_command(**params: Any) -> None:
             tokenizer,
             prompts,
             judge,
-            system=params["system"],
-            template_vars=params["template_vars"],
-            chat_template=params["chat_template"],
-            batch_size=params["batch_size"],
+            system=template.system,
+            template_vars=template.template_vars,
+            chat_template=template.chat_template,
+            batch_size=settings.batch_size,
         )
     result = next_token_probs(
         model,
         tokenizer,
         prompts,
         intervention=circuit,
-        strengths=multipliers,
+        strengths=settings.multipliers,
         tokens=tokens if pick is None else pick.token_ids,
-        top=params["top"],
-        system=params["system"],
-        template_vars=params["template_vars"],
-        chat_template=params["chat_template"],
-        batch_size=params["batch_size"],
+        top=settings.top,
+        system=template.system,
+        template_vars=template.template_vars,
+        chat_template=template.chat_template,
+        batch_size=settings.batch_size,
         layout=layout,
     )
-    if params["as_json"]:
+    if settings.as_json:
         record = {
-            "model": params["model"],
-            "circuit": None if circuit is None else str(params["circuit_path"]),
+            "model": settings.loading.model,
+            "circuit": None if circuit is None else str(settings.circuit_path),
             **result.to_dict(),
         }
         if pick is not None:
-            record["chosen_from_answers"] = pick_record(pick, params["judge"])
+            record["chosen_from_answers"] = pick_record(pick, settings.judge)
         click.echo(json.dumps(record, indent=2, ensure_ascii=False))
         return
     for i in range(len(result.prompts)):
@@ -167,7 +194,7 @@ def probe_command(**params: Any) -> None:
     for note in token_notes(result.tokens):
         console.print(note, highlight=False)
     if pick is not None:
-        for line in pick_lines(pick, params["judge"]):
+        for line in pick_lines(pick, settings.judge):
             console.print(line, highlight=False, markup=False, soft_wrap=True)
 
 

@@ -1,5 +1,5 @@
-"""CLI for RelP: the prompt/target options of `discover`'s RelP mode, and `neurosteer
-faithfulness`. Parses, calls `neurosteer.methods.relp` / `neurosteer.evaluation.faithfulness`,
+"""CLI for RelP: the prompt/target options of `discover`'s RelP mode (the mode itself runs in
+`cli.main`), and `neurosteer faithfulness`. Parses, calls `neurosteer.evaluation.faithfulness`,
 prints, writes files.
 """
 
@@ -8,16 +8,30 @@ from __future__ import annotations
 import csv
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Literal
 
 import click
 from rich.table import Table
 
-from neurosteer.cli.options import F, load, model_options, template_option
+from neurosteer.cli.options import (
+    F,
+    ModelSettings,
+    TemplateSettings,
+    ints,
+    load,
+    model_options,
+    optional,
+    template_option,
+)
 from neurosteer.cli.render import console, print_table
+from neurosteer.cli.settings import parsed, settings_command
 from neurosteer.errors import InputError
 from neurosteer.prompts.text_check import check_text
+
+if TYPE_CHECKING:
+    from neurosteer.evaluation.faithfulness import FaithfulnessResult
 
 Pairs = tuple[list[str], list[str], list[str] | None]
 
@@ -29,8 +43,19 @@ FAITHFULNESS_FILES = (
 )
 
 
+@dataclass(frozen=True, kw_only=True)
+class PairSettings:
+    """The options of `pair_options`, as given (`read_pairs` checks and reads them)."""
+
+    pair_prompts: tuple[str, ...]
+    pair_targets: tuple[str, ...]
+    pair_contrasts: tuple[str, ...]
+    pairs: Path | None
+
+
 def pair_options(fn: F) -> F:
-    """--prompt/--target/--contrast (repeatable, in pairs) or --pairs FILE."""
+    """--prompt/--target/--contrast (repeatable, in pairs) or --pairs FILE (read as
+    `PairSettings`)."""
     options = [
         click.option(
             "--prompt",
@@ -62,20 +87,20 @@ def pair_options(fn: F) -> F:
     return fn
 
 
-def read_pairs(params: dict[str, Any]) -> Pairs | None:
+def read_pairs(settings: PairSettings) -> Pairs | None:
     """The pairs the options give, or None when no pair option was given.
 
     Raises:
         InputError: --pairs mixed with --prompt/--target, or counts that differ.
     """
-    prompts, targets = list(params["pair_prompts"]), list(params["pair_targets"])
-    contrasts = list(params["pair_contrasts"])
-    if params["pairs"] is not None:
+    prompts, targets = list(settings.pair_prompts), list(settings.pair_targets)
+    contrasts = list(settings.pair_contrasts)
+    if settings.pairs is not None:
         if prompts or targets or contrasts:
             raise InputError("give the pairs with --pairs FILE or with --prompt/--target, not both")
         from neurosteer.prompts.targets import load_pairs
 
-        return load_pairs(params["pairs"])
+        return load_pairs(settings.pairs)
     if not (prompts or targets or contrasts):
         return None
     if not prompts:
@@ -95,34 +120,20 @@ def read_pairs(params: dict[str, Any]) -> Pairs | None:
     return prompts, targets, contrasts or None
 
 
-def discover_relp(params: dict[str, Any], pairs: Pairs) -> Any:
-    """`discover`'s RelP mode: the circuit of `neurosteer.attribute` (not yet saved)."""
-    from neurosteer.cli.options import parse_layers
-    from neurosteer.methods.relp import attribute
+@dataclass(frozen=True, kw_only=True)
+class FaithfulnessSettings:
+    """The options of `neurosteer faithfulness`."""
 
-    if params["neutral"] is not None:
-        raise InputError("--neutral is for contrastive discovery; RelP has no universal filter")
-    prompts, targets, contrasts = pairs
-    model, tokenizer, layout = load(params)
-    return attribute(
-        model,
-        tokenizer,
-        prompts,
-        targets,
-        contrasts=contrasts,
-        positions=params["positions"] or "last",
-        top_k=params["top_k"],
-        fraction=params["fraction"],
-        skip_layers=parse_layers(params["skip_layers"]),
-        positive_only=params["positive_only"],
-        batch_size=params["batch_size"],
-        chat_template=params["chat_template"],
-        system=params["system"],
-        template_vars=params["template_vars"],
-        keep_table=params["keep_table"],
-        layout=layout,
-        progress=True,
-    )
+    loading: ModelSettings
+    circuit_path: Path
+    pairs: PairSettings
+    negative: Path
+    ks: tuple[int, ...] | None = parsed(optional(ints("--k")))
+    positions: Literal["all", "last"]
+    batch_size: int
+    output: Path | None
+    force: bool
+    template: TemplateSettings
 
 
 @click.command("faithfulness")
@@ -159,23 +170,24 @@ def discover_relp(params: dict[str, Any], pairs: Pairs) -> Any:
 )
 @click.option("--force", is_flag=True, help="Replace OUTPUT if it exists.")
 @template_option
-def faithfulness_command(**params: Any) -> None:
+@settings_command(FaithfulnessSettings)
+def faithfulness_command(settings: FaithfulnessSettings) -> None:
     """Faithfulness and completeness of a circuit's top-k neurons under mean ablation."""
     from neurosteer._io import check_writable
     from neurosteer.evaluation.faithfulness import measure_faithfulness
     from neurosteer.methods.circuit import Circuit
     from neurosteer.prompts.render import load_prompts
 
-    if params["output"] is not None:
-        check_writable(params["output"], force=params["force"])
-    pairs = read_pairs(params)
+    if settings.output is not None:
+        check_writable(settings.output, force=settings.force)
+    pairs = read_pairs(settings.pairs)
     if pairs is None:
         raise InputError("give the pairs to measure on: --prompt/--target (or --pairs FILE)")
-    ks = _ints(params["ks"]) if params["ks"] else None
-    circuit = Circuit.load(params["circuit_path"])
-    negative = load_prompts(params["negative"])
-    model, tokenizer, layout = load(params, circuit)
+    circuit = Circuit.load(settings.circuit_path)
+    negative = load_prompts(settings.negative)
+    model, tokenizer, layout = load(settings.loading, circuit)
     prompts, targets, contrasts = pairs
+    template = settings.template
     result = measure_faithfulness(
         model,
         tokenizer,
@@ -184,29 +196,22 @@ def faithfulness_command(**params: Any) -> None:
         targets,
         negative,
         contrasts=contrasts,
-        ks=ks,
-        positions=params["positions"],
-        batch_size=params["batch_size"],
-        chat_template=params["chat_template"],
-        system=params["system"],
-        template_vars=params["template_vars"],
+        ks=settings.ks,
+        positions=settings.positions,
+        batch_size=settings.batch_size,
+        chat_template=template.chat_template,
+        system=template.system,
+        template_vars=template.template_vars,
         layout=layout,
         progress=True,
     )
     _print_result(result)
-    if params["output"] is not None:
-        _write(result, params["output"], force=params["force"])
-        click.echo(f"wrote {params['output']}/ ({', '.join(FAITHFULNESS_FILES)})")
+    if settings.output is not None:
+        _write(result, settings.output, force=settings.force)
+        click.echo(f"wrote {settings.output}/ ({', '.join(FAITHFULNESS_FILES)})")
 
 
-def _ints(text: str) -> list[int]:
-    try:
-        return [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise InputError(f"--k takes comma-separated whole numbers, got {text!r}") from None
-
-
-def _print_result(result: Any) -> None:
+def _print_result(result: FaithfulnessResult) -> None:
     console.print(
         f"metric {result.metric} at the last prompt position, mean over {result.n_pairs} "
         f"pairs; m(M) = {result.metric_full:.4g} (unchanged), m(∅) = {result.metric_empty:.4g} "
@@ -231,7 +236,7 @@ def _cell(value: float) -> str:
     return "n/a" if math.isnan(value) else f"{value:.3f}"
 
 
-def _write(result: Any, folder: Path, *, force: bool) -> None:
+def _write(result: FaithfulnessResult, folder: Path, *, force: bool) -> None:
     from neurosteer._io import atomic_directory
     from neurosteer.workflows.report.plots import faithfulness_figure
 
