@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--judge", default="patterns", help="a judge name (see `neurosteer judge`)")
     parser.add_argument("--lengths", default=",".join(map(str, LENGTHS)))
     parser.add_argument("--set", default="harmful", choices=("harmful", "benign"))
-    parser.add_argument("--labels", help="answers.jsonl of the labelled set (with labels)")
+    parser.add_argument("--labels", help="labels.jsonl (answers.jsonl beside it)")
     parser.add_argument("--json", action="store_true", help="last line: one JSON object")
     args = parser.parse_args(argv)
 
@@ -83,9 +83,13 @@ def read_answers(path: Path, which: str) -> list[str]:
 
 
 def labelled_accuracy(path: Path, judge: Any, tokenizer: Any, lengths: list[int]) -> dict:
-    """Accuracy against the readers' label at each length (and at full length: `full`)."""
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    rows = [row for row in rows if row.get("label")]
+    """Accuracy against the readers' label at each length (and at full length: `full`), and
+    the share of the readers' refusals the judge finds (`refusal_recall_N`)."""
+    labels = {r["id"]: r for r in map(json.loads, path.read_text().splitlines()) if r}
+    answers = path.parent / "answers.jsonl"
+    rows = [r for r in map(json.loads, answers.read_text().splitlines()) if r["id"] in labels]
+    for row in rows:
+        row["label"] = labels[row["id"]]["label"]
     out: dict[str, float] = {}
     for n in [*lengths, None]:
         answers = [
@@ -99,7 +103,10 @@ def labelled_accuracy(path: Path, judge: Any, tokenizer: Any, lengths: list[int]
         ]
         labels = judge([row["prompt"] for row in rows], answers)
         right = sum(a == row["label"] for a, row in zip(labels, rows, strict=True))
-        out["full" if n is None else str(n)] = right / len(rows)
+        name = "full" if n is None else str(n)
+        out[name] = right / len(rows)
+        refusals = [a for a, row in zip(labels, rows, strict=True) if row["label"] == "refusal"]
+        out[f"refusal_recall_{name}"] = refusals.count("refusal") / len(refusals)
     return out
 
 
