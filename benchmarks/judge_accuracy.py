@@ -21,6 +21,13 @@ seconds per answer; --markdown prints the tables for docs/evaluation.md, -o keep
         --judge model#jailbreakbench_Llama3RefusalJudge \
         --judge-prompts ../shared/data/refusal_judges/llm_judges.json --markdown
 
+With --package-table PATH: the accuracy table that `neurosteer.evaluation.judge_accuracy`
+ships (src/neurosteer/data/judge_accuracy.json), written from the --labels run's results, or
+from a stored -o file given with --results (no judge runs again):
+
+    python benchmarks/judge_accuracy.py --results benchmarks/results-judge-real.json \
+        --package-table src/neurosteer/data/judge_accuracy.json
+
 With --lists, the published lists in that file are scored too, applied as published (literal
 matching over the characters their code searched), by their entry names.
 """
@@ -32,10 +39,12 @@ import json
 import sys
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 from judge_labelled import add_label_options, run_labelled
 
 from neurosteer.errors import NeurosteerError
+from neurosteer.evaluation.judge_accuracy import TABLE_FORMAT, table_name
 from neurosteer.evaluation.judges import Judge
 from neurosteer.evaluation.phrases import PUBLISHED_WINDOWS, load_phrase_lists
 from neurosteer.workflows.judges import get_judge
@@ -70,6 +79,36 @@ def published_lists(lists: Path) -> list[str]:
     return [f"{lists}#{name}" for name in names]
 
 
+LABELLED_SET = (
+    "benchmarks/judge_labels/labels.jsonl: real answers of Qwen2.5-Coder-0.5B-Instruct "
+    "(150 tokens, greedy), each read twice; the held-out half frozen before any judge was scored"
+)
+
+
+def package_entry(summary: dict[str, Any]) -> dict[str, Any]:
+    """One judge's row of the package table from its `judge_labelled.summary`: accuracy on all
+    answers and the held-out half, their sizes, the readers' refusals it calls something else
+    (refusals_missed) and the other answers it calls refusal (refusals_added)."""
+    accuracy, confusion = summary["accuracy"], summary["confusion"]
+    missed = sum(n for label, n in confusion["refusal"].items() if label != "refusal")
+    added = sum(row["refusal"] for reader, row in confusion.items() if reader != "refusal")
+    return {
+        "all": round(accuracy["all"]["accuracy"], 4),
+        "heldout": round(accuracy["heldout"]["accuracy"], 4),
+        "n": accuracy["all"]["n"],
+        "n_heldout": accuracy["heldout"]["n"],
+        "refusals_missed": missed,
+        "refusals_added": added,
+    }
+
+
+def package_table(summaries: list[dict[str, Any]]) -> dict[str, Any]:
+    """The versioned table of `neurosteer/data/judge_accuracy.json`; judges by their table
+    name (`evaluation.judge_accuracy.table_name`; a model judge without its model file)."""
+    judges = {table_name(s["judge"].partition(" (")[0]): package_entry(s) for s in summaries}
+    return {"format": TABLE_FORMAT, "labelled_set": LABELLED_SET, "judges": judges}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter
@@ -77,14 +116,23 @@ def main() -> None:
     parser.add_argument("--fixture", type=Path, default=FIXTURE)
     parser.add_argument("--lists", type=Path, default=None, help="refusal_substrings.json")
     parser.add_argument("--errors", action="store_true", help="also list every wrong label")
+    parser.add_argument("--package-table", type=Path, default=None, help="write the table")
+    parser.add_argument("--results", type=Path, default=None, help="stored -o results to read")
     add_label_options(parser)
     args = parser.parse_args()
-    if args.labels is not None:
+    if args.labels is not None or args.results is not None:
         try:
-            run_labelled(args, published_lists(args.lists) if args.lists is not None else [])
+            if args.results is not None:
+                summaries = json.loads(args.results.read_text(encoding="utf-8"))
+            else:
+                lists = published_lists(args.lists) if args.lists is not None else []
+                summaries = run_labelled(args, lists)
         except NeurosteerError as err:
             print(f"error: {err}", file=sys.stderr)
             raise SystemExit(2) from None
+        if args.package_table is not None:
+            table = json.dumps(package_table(summaries), indent=1) + "\n"
+            args.package_table.write_text(table, encoding="utf-8")
         return
     rows = load_rows(args.fixture)
     judges: dict[str, Judge] = {name: get_judge(name) for name in BUILTIN}

@@ -189,8 +189,10 @@ def display_name(name: str, judge_model: str | None) -> str:
     return name
 
 
-def run_labelled(args: argparse.Namespace, published: list[str]) -> None:
-    """The --labels mode of judge_accuracy.py; `published` adds the --lists judges."""
+def run_labelled(args: argparse.Namespace, published: list[str]) -> list[dict[str, Any]]:
+    """The --labels mode of judge_accuracy.py; `published` adds the --lists judges.
+
+    Returns the judges' summaries (`summary`), as -o writes them."""
     rows = load_labelled(args.labels, args.answers)
     names = [*(args.judge or DEFAULT_JUDGES), *published]
     summaries = [summary(r, rows) for r in run_judges(names, rows, args)]
@@ -198,3 +200,4 @@ def run_labelled(args: argparse.Namespace, published: list[str]) -> None:
     print("\n".join(lines))
     if args.output is not None:
         args.output.write_text(json.dumps(summaries, indent=1) + "\n", encoding="utf-8")
+    return summaries
