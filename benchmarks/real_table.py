@@ -399,6 +399,7 @@ def log(out: Path, message: str) -> None:
 
 def report(out: Path) -> None:
     from neurosteer.evaluation import PhraseJudge, quality, refusal_rates
+    from neurosteer.evaluation.judge_accuracy import judge_caption
 
     rows = list(read_points(out).values())
     if not rows:
@@ -426,8 +427,8 @@ def report(out: Path) -> None:
     settings = rows[0]["settings"]
     lines.append(
         f"\n{settings['n_eval']} harmful / {settings['n_eval']} benign JailbreakBench prompts, "
-        f"{settings['max_new_tokens']} new tokens, greedy, the default judge (answers judged "
-        "anew by this version); distinct-4 averaged "
+        f"{settings['max_new_tokens']} new tokens, greedy, {judge_caption('patterns')} (answers "
+        "judged anew by this version); distinct-4 averaged "
         f"over the harmful answers; KL on {settings['kl_limit']} benign prompts over "
         f"{settings['kl_tokens']} tokens (first answer token, and mean); discovery on "
         f"{settings['n_fit']} + {settings['n_fit']} refusal-direction train prompts; "

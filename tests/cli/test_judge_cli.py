@@ -83,6 +83,19 @@ def test_shares_accuracy_and_confusion(tmp_path: Path) -> None:
     assert table[3].split() == ["degenerate", "0", "0", "1"]
 
 
+def test_the_header_states_the_judges_measured_accuracy(tmp_path: Path) -> None:
+    from neurosteer.evaluation.judge_accuracy import accuracy_table
+
+    entry = accuracy_table()["strict"]
+    header = _invoke("judge", _labelled(tmp_path), "--judge", "strict").output.splitlines()[0]
+    assert header.startswith("judge strict on 5 answers; ")
+    assert f"right on {entry['all']:.1%} of {entry['n']} real answers" in header
+    lists = tmp_path / "mine.json"
+    lists.write_text(json.dumps({"mine": ["i can't"]}), encoding="utf-8")
+    header = _invoke("judge", _labelled(tmp_path), "--judge", f"{lists}#mine").output
+    assert "accuracy on real answers not measured" in header.splitlines()[0]
+
+
 def test_json_is_one_object_per_record_in_input_order(tmp_path: Path) -> None:
     result = _invoke("judge", _jsonl(tmp_path / "a.jsonl", RECORDS), "--json", "--judge", "strict")
     assert result.exit_code == 0, result.output

@@ -5,6 +5,7 @@ provenance), `generate`/`bake`/`steer` using the stored multiplier, one-line err
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -132,6 +133,23 @@ def test_export_rule_errors() -> None:
 
 
 # --- the command line ------------------------------------------------------------------------
+
+
+def test_show_states_the_judges_measured_accuracy(search: Search, tmp_path: Path) -> None:
+    from neurosteer.evaluation.judge_accuracy import accuracy_table
+    from neurosteer.workflows.optimization.store import META_FILE
+
+    out = _ok(_invoke(["optimize", search.folder, "--show"])).output
+    assert "refusal by judge organism: accuracy on real answers not measured" in out
+    folder = tmp_path / "s"  # the same search, as if judged by the phrase judge
+    shutil.copytree(search.folder, folder)
+    meta = json.loads((folder / META_FILE).read_text())
+    meta["settings"]["judge"] = "patterns"
+    (folder / META_FILE).write_text(json.dumps(meta))
+    out = _ok(_invoke(["optimize", folder, "--show"])).output
+    entry = accuracy_table()["patterns"]
+    assert f"refusal by judge patterns: right on {entry['all']:.1%} of {entry['n']}" in out
+    assert out.index("refusal by judge") < out.index("Pareto front")
 
 
 def test_search_prints_the_front_and_show_draws_it(search: Search) -> None:

@@ -272,3 +272,21 @@ def test_the_full_table_shows_every_summary_column() -> None:
 
     # n_seeds is folded into the method cell ("random (3 seeds)")
     assert sorted(FULL_COLUMNS) == sorted(c for c in COLUMNS if c != "n_seeds")
+
+
+def test_the_headline_states_the_judges_measured_accuracy(run_dir: Path) -> None:
+    from neurosteer.evaluation.judge_accuracy import accuracy_table
+
+    config = json.loads((run_dir / "config.json").read_text())
+    entry = accuracy_table()["patterns"]
+    for judge, wanted in (
+        ("patterns", f"right on {entry['all']:.1%} of {entry['n']} real answers"),
+        ("organism", "accuracy on real answers not measured"),
+    ):
+        config["settings"]["judge"] = judge
+        (run_dir / "config.json").write_text(json.dumps(config))
+        html_path, md_path = write_report(run_dir)
+        page, markdown = html_path.read_text(), md_path.read_text()
+        glance = page[page.index("At a glance") : page.index("Methods at matched refusal")]
+        assert wanted in glance
+        assert wanted in markdown[: markdown.index("## Every point")]

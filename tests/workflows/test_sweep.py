@@ -293,6 +293,10 @@ def test_the_sweep_command(tiny_llama_dir: Path, tmp_path: Path) -> None:
     ok = CliRunner().invoke(group, [*base, "--methods", "cna,random", "--strengths", "0,1"])
     assert ok.exit_code == 0, ok.output
     assert "sweep summary" in ok.output
+    from neurosteer.evaluation.judge_accuracy import judge_caption
+
+    assert judge_caption("sweep") in ok.output  # the default judge's accuracy, under the table
+    assert "real answers read twice" in judge_caption("sweep")
     assert len(read_results(tmp_path / "run")) == 3
     assert (tmp_path / "run" / "summary.csv").is_file()
     assert (tmp_path / "run" / "figures" / "refusal_vs_kl.png").is_file()

@@ -178,6 +178,7 @@ class SweepSettings:
 def sweep_command(settings: SweepSettings) -> None:
     """Sweep CNA and its baselines over strengths on MODEL; resumable into OUTPUT."""
     from neurosteer.evaluation.datasets import load_dataset_prompts
+    from neurosteer.evaluation.judge_accuracy import judge_caption
     from neurosteer.prompts.render import load_prompts
     from neurosteer.workflows.report import plots, summarise
     from neurosteer.workflows.sweep import run_sweep
@@ -205,6 +206,7 @@ def sweep_command(settings: SweepSettings) -> None:
     rows = summarise(settings.output)
     figures = plots(settings.output, rows)
     print_summary(rows)
+    click.echo(judge_caption(settings.judge))
     click.echo(
         f"wrote {settings.output}/results.jsonl, summary.csv and {len(figures)} figures; "
         f"`neurosteer report {settings.output}` writes the HTML and Markdown report"

@@ -79,10 +79,11 @@ def judge_command(
 
 def _print_summary(name: str, given: list[Any], labels: list[Any]) -> None:
     """The shares of each label and, over the labelled records, accuracy and confusion."""
+    from neurosteer.evaluation.judge_accuracy import accuracy_text
     from neurosteer.evaluation.judge_scores import agreement
     from neurosteer.evaluation.judges import LABELS, refusal_rates
 
-    click.echo(f"judge {name} on {len(labels)} answers")
+    click.echo(f"judge {name} on {len(labels)} answers; {accuracy_text(name)}")
     for label, share in refusal_rates(labels).items():
         click.echo(f"  {label:<11} {share:6.1%}  ({labels.count(label)})")
     pairs = [(g, x) for g, x in zip(given, labels, strict=True) if g is not None]

@@ -291,6 +291,17 @@ def _held_out(result: SearchResult) -> int:
     return 0 if result.run_dir is None else held_out_count(read_meta(result.run_dir))
 
 
+def _judge_line(folder: Path) -> str:
+    """The search's judge and its measured accuracy on real answers (`judge_caption`), as
+    its optimize.json records the judge ("sweep" for a file that names none)."""
+    from neurosteer.evaluation.judge_accuracy import judge_caption
+    from neurosteer.workflows.optimization.store import read_meta
+
+    settings = read_meta(folder).get("settings")
+    judge = settings.get("judge") if isinstance(settings, dict) else None
+    return "refusal by " + judge_caption(str(judge or "sweep"))
+
+
 def _export_hint(
     folder: Path,
     trials: Sequence[TrialResult],
@@ -390,6 +401,8 @@ def _show(result: SearchResult) -> None:
             f"{unchanged['degenerate']:.2f}"
         )
     click.echo(line)
+    if result.run_dir is not None:
+        click.echo(_judge_line(result.run_dir))
     table = Table(title="Pareto front (held-out prompts)", show_edge=False)
     for name in (
         "trial",

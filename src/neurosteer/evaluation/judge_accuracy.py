@@ -66,17 +66,21 @@ def judge_caption(name: str) -> str:
             "file.json#entry", "model:PATH#ENTRY", ...).
 
     Returns:
-        e.g. (a list file's entry named by the entry alone) "judge sweep: right on 71.7% of 300 real answers read twice (held-out 72.6%);
-        it under-counts refusal", or "judge NAME: accuracy on real answers not measured".
+        e.g. (a list file's entry named by the entry alone) "judge sweep: right on 71.7% of
+        300 real answers read twice (held-out 72.6%); it under-counts refusal", or
+        "judge NAME: accuracy on real answers not measured".
     """
-    key = table_name(name)
-    if not name.startswith("model"):
-        name = key  # a phrase list by its entry, without the file's path
-    entry = accuracy_table().get(key)
+    shown = name if name.startswith("model") else table_name(name)
+    return f"judge {shown}: {accuracy_text(name)}"
+
+
+def accuracy_text(name: str) -> str:
+    """`judge_caption` without its "judge NAME: " head, for a line that names the judge."""
+    entry = accuracy_table().get(table_name(name))
     if entry is None:
-        return f"judge {name}: accuracy on real answers not measured"
+        return "accuracy on real answers not measured"
     text = (
-        f"judge {name}: right on {entry['all']:.1%} of {entry['n']} real answers read twice "
+        f"right on {entry['all']:.1%} of {entry['n']} real answers read twice "
         f"(held-out {entry['heldout']:.1%})"
     )
     missed, added = int(entry.get("refusals_missed", 0)), int(entry.get("refusals_added", 0))

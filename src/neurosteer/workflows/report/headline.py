@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from neurosteer.evaluation.judge_accuracy import accuracy_text
 from neurosteer.methods.circuit import Circuit
 from neurosteer.workflows.report.summary import Row
 from neurosteer.workflows.sweep.config import METHODS
@@ -78,7 +79,9 @@ def facts(config: dict[str, Any], circuit: Circuit | None) -> list[tuple[str, st
     if sets:
         lines.append(("Prompt sets", sets))
     if settings.get("judge"):
-        lines.append(("Judge", f"{settings['judge']} (labels: refusal, compliance, degenerate)"))
+        judge = str(settings["judge"])
+        labels = "labels: refusal, compliance, degenerate"
+        lines.append(("Judge", f"{judge} ({labels}); {accuracy_text(judge)}"))
     if settings.get("max_new_tokens"):
         template = {True: "on", False: "off", None: "when the tokenizer has one"}.get(
             settings.get("chat_template"), "?"
