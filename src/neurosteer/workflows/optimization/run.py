@@ -123,13 +123,7 @@ def optimize(
     """
     config = config or OptimizeConfig()
     optuna_module()
-    split = split_prompts(
-        positive,
-        negative,
-        held_out_positive=config.held_out_positive,
-        held_out_negative=config.held_out_negative,
-        seed=config.split_seed,
-    )
+    split = _split(positive, negative, config)
     judge = get_judge(config.judge)
     layout = layout or resolve_layout(model)
     folder = None if run_dir is None else Path(run_dir)
@@ -256,19 +250,24 @@ def check_resumable(
     """
     folder = Path(run_dir)
     store.check_folder(folder)
-    split = split_prompts(
-        positive,
-        negative,
-        held_out_positive=config.held_out_positive,
-        held_out_negative=config.held_out_negative,
-        seed=config.split_seed,
-    )
+    split = _split(positive, negative, config)
     # a search resumed on another day reuses the date its template was given
     config = replace(
         config, template_vars=pin_clock(None, config.template_vars, _stored_template_vars(folder))
     )
     meta = _sections(config, split, neutral)
     store.check_or_write_meta(folder, meta, sections=tuple(meta), write=False)
+
+
+def _split(positive: Sequence[str], negative: Sequence[str], config: OptimizeConfig) -> Split:
+    """`split_prompts` with the search's held-out sizes and seed (raises as it does)."""
+    return split_prompts(
+        positive,
+        negative,
+        held_out_positive=config.held_out_positive,
+        held_out_negative=config.held_out_negative,
+        seed=config.split_seed,
+    )
 
 
 def _stored_template_vars(folder: Path | None) -> dict[str, Any] | None:
