@@ -26,7 +26,7 @@ from neurosteer.methods.circuit import Circuit
 from neurosteer.methods.discovery import discover, model_info
 from neurosteer.model.layout import ModelLayout, resolve_layout
 from neurosteer.model.runtime import runs_model
-from neurosteer.prompts.render import encode_for_model, prompt_hash, uses_chat_template
+from neurosteer.prompts.render import prompt_hash, uses_chat_template
 from neurosteer.prompts.template_vars import pin_clock
 from neurosteer.workflows.judges import get_judge
 from neurosteer.workflows.optimization import baselines as baseline_points
@@ -51,6 +51,7 @@ from neurosteer.workflows.optimization.study import (
     trial_results,
 )
 from neurosteer.workflows.optimization.trials import run_trials
+from neurosteer.workflows.prompt_sets import check_sets_fit
 
 logger = logging.getLogger(__name__)
 
@@ -222,17 +223,14 @@ def _check_fits(
     }
     if neutral is not None:
         sets["neutral"] = (tuple(neutral), 0)
-    for name, (prompts, reserve) in sets.items():
-        encode_for_model(
-            model,
-            tokenizer,
-            prompts,
-            chat_template=config.chat_template,
-            system=config.system,
-            template_vars=config.template_vars,
-            reserve=reserve,
-            what=f"{name} prompt",
-        )
+    check_sets_fit(
+        model,
+        tokenizer,
+        sets,
+        chat_template=config.chat_template,
+        system=config.system,
+        template_vars=config.template_vars,
+    )
 
 
 def check_resumable(
