@@ -49,6 +49,7 @@ _UTF8_MULTIBYTE = re.compile(
 )
 
 
+# over 60 lines (61) for its 13-line docstring; the body is 47 lines
 def read_text(path: str | Path, what: str = "file") -> str:
     """The text of a user's file, decoded by the module's rule (see the module docstring).
 

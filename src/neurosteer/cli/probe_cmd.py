@@ -130,22 +130,9 @@ def probe_command(settings: ProbeSettings) -> None:
     """
     from neurosteer.evaluation.probe import choose_tokens, next_token_probs
     from neurosteer.methods.circuit import Circuit
-    from neurosteer.prompts.render import load_prompts
-    from neurosteer.prompts.text_check import check_prompts
     from neurosteer.workflows.judges import get_judge
 
-    prompts: list[str] = list(settings.prompts)
-    if settings.prompt_file is not None:
-        prompts += load_prompts(settings.prompt_file)
-    if not prompts:
-        raise InputError("probe needs a prompt: give it as an argument or in a file with -p FILE")
-    check_prompts(prompts)  # before the model loads
-    if settings.top < 0:
-        raise InputError(f"--top must be 0 or more, got {settings.top}")
-    if settings.batch_size < 1:
-        raise InputError(f"--batch-size must be at least 1, got {settings.batch_size}")
-    if settings.multipliers is not None and settings.circuit_path is None:
-        raise InputError("-m sets the circuit's multipliers; give --circuit too")
+    prompts = _checked_prompts(settings)
     tokens = settings.tokens
     circuit = Circuit.load(settings.circuit_path) if settings.circuit_path else None
     judge = None if tokens else get_judge(settings.judge)
@@ -187,6 +174,37 @@ def probe_command(settings: ProbeSettings) -> None:
             record["chosen_from_answers"] = pick_record(pick, settings.judge)
         click.echo(json.dumps(record, indent=2, ensure_ascii=False))
         return
+    _print_result(result, pick, settings.judge)
+
+
+def _checked_prompts(settings: ProbeSettings) -> list[str]:
+    """The prompts of the arguments and of -p FILE, checked with the other options before the
+    model loads.
+
+    Raises:
+        InputError: no prompt, a bad prompt, --top below 0, --batch-size below 1, or -m
+            without --circuit.
+    """
+    from neurosteer.prompts.render import load_prompts
+    from neurosteer.prompts.text_check import check_prompts
+
+    prompts: list[str] = list(settings.prompts)
+    if settings.prompt_file is not None:
+        prompts += load_prompts(settings.prompt_file)
+    if not prompts:
+        raise InputError("probe needs a prompt: give it as an argument or in a file with -p FILE")
+    check_prompts(prompts)  # before the model loads
+    if settings.top < 0:
+        raise InputError(f"--top must be 0 or more, got {settings.top}")
+    if settings.batch_size < 1:
+        raise InputError(f"--batch-size must be at least 1, got {settings.batch_size}")
+    if settings.multipliers is not None and settings.circuit_path is None:
+        raise InputError("-m sets the circuit's multipliers; give --circuit too")
+    return prompts
+
+
+def _print_result(result: NextTokenProbs, pick: TokenPick | None, judge: str) -> None:
+    """One table per prompt, the notes on the tokens, and how `pick` chose them (if it did)."""
     for i in range(len(result.prompts)):
         if i:
             console.print()
@@ -194,7 +212,7 @@ def probe_command(settings: ProbeSettings) -> None:
     for note in token_notes(result.tokens):
         console.print(note, highlight=False)
     if pick is not None:
-        for line in pick_lines(pick, settings.judge):
+        for line in pick_lines(pick, judge):
             console.print(line, highlight=False, markup=False, soft_wrap=True)
 
 

@@ -40,6 +40,14 @@ def print_circuit_summary(circuit: Circuit, *, top: int, settings: bool = False)
         f"({100 * len(circuit) / (info.n_layers * info.d_mlp):.3g}% of all MLP neurons) "
         f"in {info.name_or_path or info.architecture} ({info.model_type}, {info.site_path})"
     )
+    print_table(_layer_table(circuit))
+    print_table(_top_table(circuit, top))
+    if settings:
+        _print_settings(circuit)
+
+
+def _layer_table(circuit: Circuit) -> Table:
+    """Neurons per layer, with a bar each (the widest 30 characters)."""
     per_layer = circuit.neurons_per_layer()
     widest = max(per_layer.values(), default=1)
     layers = Table(title="neurons per layer", show_edge=False)
@@ -48,8 +56,11 @@ def print_circuit_summary(circuit: Circuit, *, top: int, settings: bool = False)
     layers.add_column("")
     for layer, n in per_layer.items():
         layers.add_row(str(layer), str(n), "█" * max(1, round(30 * n / widest)))
-    print_table(layers)
+    return layers
 
+
+def _top_table(circuit: Circuit, top: int) -> Table:
+    """The circuit's first `top` neurons (its order: by |score|) with their means."""
     relp = circuit.settings.method == "relp"  # scores are summed attributions, not means
     score = "attribution" if relp else "δ"
     best = Table(title=f"top {min(top, len(circuit))} neurons by |{score}|", show_edge=False)
@@ -65,39 +76,42 @@ def print_circuit_summary(circuit: Circuit, *, top: int, settings: bool = False)
             f"{float(circuit.positive_mean[rank]):.4g}",
             f"{float(circuit.negative_mean[rank]):.4g}",
         )
-    print_table(best)
-    if settings:
-        s = circuit.settings
+    return best
+
+
+def _print_settings(circuit: Circuit) -> None:
+    """How the circuit was made: its settings, search, prompt sets and hashes."""
+    s, info, relp = circuit.settings, circuit.model, circuit.settings.method == "relp"
+    console.print(
+        f"method {s.method}, k={s.k} (top_k={s.top_k}, fraction={s.fraction:g}), "
+        f"skip layers {list(s.skip_layers)}, universal filter "
+        f"{'on' if s.universal_filter else 'off'} (removed {s.universal_removed}), "
+        f"positive only {s.positive_only}, chat template {s.chat_template}, "
+        f"{s.n_candidates} candidates"
+    )
+    if s.system is not None:
+        console.print(f"system turn: {s.system!r}")
+    if s.template_vars:
+        console.print(f"template variables: {s.template_vars!r}")
+    if s.attribution is not None:
+        console.print(f"attribution: {s.attribution}")
+    if s.multiplier is not None or s.score != "diff":
+        stored = "none (0)" if s.multiplier is None else f"{s.multiplier:g}"
+        console.print(f"stored multiplier {stored}, neuron score {s.score}")
+    if circuit.search is not None:
+        found = circuit.search
         console.print(
-            f"method {s.method}, k={s.k} (top_k={s.top_k}, fraction={s.fraction:g}), "
-            f"skip layers {list(s.skip_layers)}, universal filter "
-            f"{'on' if s.universal_filter else 'off'} (removed {s.universal_removed}), "
-            f"positive only {s.positive_only}, chat template {s.chat_template}, "
-            f"{s.n_candidates} candidates"
+            f"from search {found.study}, trial {found.trial} ({found.rule}): held-out "
+            f"refusal {found.refusal:.2f}, degenerate {found.degenerate:.2f}, KL "
+            f"{found.kl:.3g} ({found.kl_measure})"
         )
-        if s.system is not None:
-            console.print(f"system turn: {s.system!r}")
-        if s.template_vars:
-            console.print(f"template variables: {s.template_vars!r}")
-        if s.attribution is not None:
-            console.print(f"attribution: {s.attribution}")
-        if s.multiplier is not None or s.score != "diff":
-            stored = "none (0)" if s.multiplier is None else f"{s.multiplier:g}"
-            console.print(f"stored multiplier {stored}, neuron score {s.score}")
-        if circuit.search is not None:
-            found = circuit.search
-            console.print(
-                f"from search {found.study}, trial {found.trial} ({found.rule}): held-out "
-                f"refusal {found.refusal:.2f}, degenerate {found.degenerate:.2f}, KL "
-                f"{found.kl:.3g} ({found.kl_measure})"
-            )
-        for name, p in circuit.prompts.items():
-            what = name if relp else f"{name} prompts"  # RelP's: prompts, targets, contrasts
-            console.print(f"{what}: {p.count} (sha256 {p.sha256[:12]})")
-        console.print(
-            f"config sha256 {info.config_hash[:12]}, neurosteer {circuit.library_version}, "
-            f"full table {'kept' if circuit.table is not None else 'not kept'}"
-        )
+    for name, p in circuit.prompts.items():
+        what = name if relp else f"{name} prompts"  # RelP's: prompts, targets, contrasts
+        console.print(f"{what}: {p.count} (sha256 {p.sha256[:12]})")
+    console.print(
+        f"config sha256 {info.config_hash[:12]}, neurosteer {circuit.library_version}, "
+        f"full table {'kept' if circuit.table is not None else 'not kept'}"
+    )
 
 
 def print_side_by_side(

@@ -110,6 +110,7 @@ class JudgePrompt:
         return _PLACEHOLDER.sub(lambda m: values.get(m.group(1), m.group(0)), self.template)
 
 
+# over 60 lines: a 9-line signature and 16-line docstring of public arguments; body 50 lines
 def load_judge_prompt(
     path: str | Path,
     name: str | None = None,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 from torch import nn
 from torch.utils.hooks import RemovableHandle
@@ -14,7 +14,32 @@ class StopForward(Exception):  # a control-flow signal, not an error
     """Raised by a recording hook to end a forward pass once every point has been seen."""
 
 
-class HookSet:
+_Removable = TypeVar("_Removable", bound="RemovedOnExit")
+
+
+class RemovedOnExit:
+    """A context manager that calls `self.remove()` on leaving the `with` block (error or not).
+
+    Subclasses define `remove`; `__enter__` returns the object itself.
+    """
+
+    def remove(self) -> None:
+        """Undo what the object holds (subclasses define it)."""
+        raise NotImplementedError
+
+    def __enter__(self: _Removable) -> _Removable:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.remove()
+
+
+class HookSet(RemovedOnExit):
     """Hooks registered together and removed together.
 
     Use as a context manager; registration happens inside the `with` block, so a failure
@@ -52,17 +77,6 @@ class HookSet:
         """Remove every hook of this set (idempotent)."""
         while self._handles:
             self._handles.pop().remove()
-
-    def __enter__(self) -> HookSet:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.remove()
 
 
 def count_hooks(model: nn.Module) -> int:

@@ -38,7 +38,6 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from types import TracebackType
 from typing import ClassVar, Protocol, runtime_checkable
 
 from torch import nn
@@ -46,6 +45,7 @@ from torch import nn
 from neurosteer._compat import deprecated_name, renamed_keywords
 from neurosteer.errors import InputError, UnsupportedModelError
 from neurosteer.hooks import EditState, HookSet, PositionTracker
+from neurosteer.hooks.hookset import RemovedOnExit
 from neurosteer.hooks.positions import Positions
 from neurosteer.interventions.handles import BakeHandle
 from neurosteer.model.layout import ModelLayout
@@ -112,7 +112,7 @@ Installer = Callable[[HookSet, EditState], None]
 and the positions from the `EditState` (the `SteeringHandle`) at every call."""
 
 
-class SteeringHandle:
+class SteeringHandle(RemovedOnExit):
     """Live editing hooks on one model; remove them with `remove()` or by leaving `with`.
 
     The one handle of every intervention (circuits and baselines alike): what is edited comes
@@ -185,17 +185,6 @@ class SteeringHandle:
     def remove(self) -> None:
         """Remove this handle's hooks (idempotent); the model is unchanged afterwards."""
         self._hooks.remove()
-
-    def __enter__(self) -> SteeringHandle:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.remove()
 
 
 class HookedIntervention:

@@ -487,30 +487,11 @@ class Circuit(HookedIntervention):
                 hold fewer free neurons than the control needs; no smaller control is made.
         """
         gen = torch.Generator().manual_seed(seed)
-        n_layers, d_mlp = self.model.n_layers, self.model.d_mlp
-        free = torch.ones(n_layers, d_mlp, dtype=torch.bool)  # [n_layers, d_mlp]
-        free[self.layers, self.neurons] = False
+        d_mlp = self.model.d_mlp
         universal = self.universal_mask()
-        if universal is not None:
-            free &= ~universal.to(torch.bool)
-        elif self.settings.universal_filter:
-            logger.warning(
-                "this circuit does not record its universal neurons (an older file without a "
-                "table); the random control may include some"
-            )
+        free = self._free_neurons(universal)
         if per_layer:
-            picks = []
-            for layer, n in self.neurons_per_layer().items():
-                pool = free[layer].nonzero().flatten()
-                if pool.numel() < n:
-                    raise InputError(
-                        f"layer {layer} has {n} circuit neurons but only {pool.numel()} others "
-                        "that are not universal, too few for a per-layer random control of the "
-                        "same size; use per_layer=False (or a smaller circuit)"
-                    )
-                picks.append((layer, pool[torch.randperm(pool.numel(), generator=gen)[:n]]))
-            layers = torch.cat([torch.full((len(idx),), layer) for layer, idx in picks])
-            neurons = torch.cat([idx for _, idx in picks])
+            layers, neurons = self._draw_per_layer(free, gen)
         else:
             allowed = self.candidates() & free
             pool = allowed.flatten().nonzero().flatten()
@@ -537,6 +518,42 @@ class Circuit(HookedIntervention):
             table=None,
             universal=universal,
         )
+
+    def _free_neurons(self, universal: torch.Tensor | None) -> torch.Tensor:
+        """[n_layers, d_mlp] bool: neurons outside this circuit and outside `universal` (a
+        warning when the circuit filtered universal neurons but does not record them)."""
+        free = torch.ones(self.model.n_layers, self.model.d_mlp, dtype=torch.bool)
+        free[self.layers, self.neurons] = False
+        if universal is not None:
+            free &= ~universal.to(torch.bool)
+        elif self.settings.universal_filter:
+            logger.warning(
+                "this circuit does not record its universal neurons (an older file without a "
+                "table); the random control may include some"
+            )
+        return free
+
+    def _draw_per_layer(
+        self, free: torch.Tensor, gen: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(layers, neurons) [len(self)] each: in each layer as many `free` neurons, drawn by
+        `gen`, as the circuit has there.
+
+        Raises:
+            InputError: a layer holds fewer free neurons than the circuit has there.
+        """
+        picks = []
+        for layer, n in self.neurons_per_layer().items():
+            pool = free[layer].nonzero().flatten()
+            if pool.numel() < n:
+                raise InputError(
+                    f"layer {layer} has {n} circuit neurons but only {pool.numel()} others "
+                    "that are not universal, too few for a per-layer random control of the "
+                    "same size; use per_layer=False (or a smaller circuit)"
+                )
+            picks.append((layer, pool[torch.randperm(pool.numel(), generator=gen)[:n]]))
+        layers = torch.cat([torch.full((len(idx),), layer) for layer, idx in picks])
+        return layers, torch.cat([idx for _, idx in picks])
 
     def save(self, path: str | Path, *, force: bool = False) -> Path:
         """Write the circuit folder atomically; refuse to replace one unless `force`."""

@@ -73,8 +73,8 @@ class Reference:
 
 
 @dataclass(frozen=True)
-class Outcome:
-    """What one steered point measured.
+class Measurement:
+    """The numbers one steered point measured, shared by `Outcome` and `study.TrialResult`.
 
     Attributes:
         refusal, degenerate, compliance: shares of the held-out positive answers (None when
@@ -83,7 +83,6 @@ class Outcome:
         kl_first_token: KL at the first answer token.
         kl_mean: mean KL over the continuation (None for the first-token measure).
         refusal_mass: first-token refusal mass (None when not measured).
-        pruned: the answers were skipped (see the module docstring).
         seconds: wall time of the measurement.
     """
 
@@ -94,15 +93,25 @@ class Outcome:
     kl_first_token: float
     kl_mean: float | None
     refusal_mass: float | None
-    pruned: bool
     seconds: float
 
     @property
     def not_success(self) -> float | None:
-        """refusal + degenerate, the first objective."""
+        """refusal + degenerate, the first objective; None when pruned."""
         if self.refusal is None or self.degenerate is None:
             return None
         return self.refusal + self.degenerate
+
+
+@dataclass(frozen=True, kw_only=True)
+class Outcome(Measurement):
+    """What one steered point measured (`Measurement`), and whether it was pruned.
+
+    Attributes:
+        pruned: the answers were skipped (see the module docstring).
+    """
+
+    pruned: bool
 
 
 @runs_model
@@ -121,50 +130,20 @@ def build_reference(
     With `progress`, a three-step bar on stderr names each step as it starts (the answers
     step generates `config.max_new_tokens` tokens per held-out positive prompt, the longest).
     """
-    size, template, system = config.batch_size, config.chat_template, config.system
-    template_vars = config.template_vars
     steps = tqdm(total=3, desc="unchanged model", unit="step", disable=not progress, leave=False)
     steps.set_postfix_str(f"KL reference, {len(held_out_negative)} held-out negative prompts")
-    kl = kl_reference(
-        model,
-        tokenizer,
-        held_out_negative,
-        max_new_tokens=config.kl_max_new_tokens,
-        batch_size=size,
-        chat_template=template,
-        system=system,
-        template_vars=template_vars,
-    )
+    kl = _reference(model, tokenizer, held_out_negative, config, config.kl_max_new_tokens)
     # float16 halves the file; every trial compares with these same rounded values
     kl = kl.to(torch.float16)
     steps.update()
     steps.set_postfix_str(f"first answer token, {len(held_out_positive)} held-out positive prompts")
-    first = kl_reference(
-        model,
-        tokenizer,
-        held_out_positive,
-        max_new_tokens=1,
-        batch_size=size,
-        chat_template=template,
-        system=system,
-        template_vars=template_vars,
-    )
+    first = _reference(model, tokenizer, held_out_positive, config, 1)
     steps.update()
     steps.set_postfix_str(
         f"answers of {config.max_new_tokens} tokens to {len(held_out_positive)} held-out "
         "positive prompts"
     )
-    unchanged = measure_refusal(
-        model,
-        tokenizer,
-        held_out_positive,
-        judge,
-        max_new_tokens=config.max_new_tokens,
-        batch_size=size,
-        chat_template=template,
-        system=system,
-        template_vars=template_vars,
-    )
+    unchanged = judged_answers(model, tokenizer, held_out_positive, judge, config)
     steps.update()
     steps.close()
     tokens = refusal_tokens(first, unchanged)
@@ -177,6 +156,53 @@ def build_reference(
         mass,
     )
     return Reference(kl, first, unchanged, tokens, mass)
+
+
+def _reference(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[str],
+    config: OptimizeConfig,
+    max_new_tokens: int,
+) -> KLReference:
+    """`kl_reference` over `prompts` with the search's prompt settings."""
+    return kl_reference(
+        model,
+        tokenizer,
+        prompts,
+        max_new_tokens=max_new_tokens,
+        batch_size=config.batch_size,
+        chat_template=config.chat_template,
+        system=config.system,
+        template_vars=config.template_vars,
+    )
+
+
+def judged_answers(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[str],
+    judge: Judge,
+    config: OptimizeConfig,
+    intervention: Intervention | None = None,
+    strength: float | None = None,
+) -> JudgedAnswers:
+    """`measure_refusal` with the search's answer settings (`config.max_new_tokens`, batch
+    size, chat template, system prompt, template variables): the unchanged answers without
+    `intervention`, a trial's with it (at `strength`)."""
+    return measure_refusal(
+        model,
+        tokenizer,
+        prompts,
+        judge,
+        intervention=intervention,
+        strength=strength,
+        max_new_tokens=config.max_new_tokens,
+        batch_size=config.batch_size,
+        chat_template=config.chat_template,
+        system=config.system,
+        template_vars=config.template_vars,
+    )
 
 
 def refusal_tokens(first: KLReference, unchanged: JudgedAnswers) -> tuple[int, ...]:
@@ -225,39 +251,29 @@ class Objectives:
             mass = self.refusal_mass(intervention, strength)
             if mass >= config.prune_ratio * ref.refusal_mass:
                 return Outcome(
-                    None,
-                    None,
-                    None,
-                    kl,
-                    report.first_token,
-                    kl_mean,
-                    mass,
-                    True,
-                    time.perf_counter() - started,
+                    refusal=None,
+                    degenerate=None,
+                    compliance=None,
+                    kl=kl,
+                    kl_first_token=report.first_token,
+                    kl_mean=kl_mean,
+                    refusal_mass=mass,
+                    pruned=True,
+                    seconds=time.perf_counter() - started,
                 )
-        judged = measure_refusal(
-            self.model,
-            self.tokenizer,
-            self.prompts,
-            self.judge,
-            intervention=intervention,
-            strength=strength,
-            max_new_tokens=config.max_new_tokens,
-            batch_size=config.batch_size,
-            chat_template=config.chat_template,
-            system=config.system,
-            template_vars=config.template_vars,
+        judged = judged_answers(
+            self.model, self.tokenizer, self.prompts, self.judge, config, intervention, strength
         )
         return Outcome(
-            judged.refusal,
-            judged.rates["degenerate"],
-            judged.rates["compliance"],
-            kl,
-            report.first_token,
-            kl_mean,
-            mass,
-            False,
-            time.perf_counter() - started,
+            refusal=judged.refusal,
+            degenerate=judged.rates["degenerate"],
+            compliance=judged.rates["compliance"],
+            kl=kl,
+            kl_first_token=report.first_token,
+            kl_mean=kl_mean,
+            refusal_mass=mass,
+            pruned=False,
+            seconds=time.perf_counter() - started,
         )
 
     def refusal_mass(self, intervention: Intervention, strength: float | None) -> float:

@@ -24,6 +24,7 @@ from typing import Any
 from neurosteer import _run_files
 from neurosteer.errors import InputError
 from neurosteer.workflows.optimization.config import OptimizeConfig
+from neurosteer.workflows.optimization.objectives import Measurement
 from neurosteer.workflows.optimization.store import STUDY_FILE
 
 logger = logging.getLogger(__name__)
@@ -204,9 +205,9 @@ def finished(study: Any) -> int:
     return len(study.get_trials(deepcopy=False, states=states))
 
 
-@dataclass(frozen=True)
-class TrialResult:
-    """One finished trial, as plain data.
+@dataclass(frozen=True, kw_only=True)
+class TrialResult(Measurement):
+    """One finished trial, as plain data: its `objectives.Measurement` and its point.
 
     Attributes:
         number: the study's trial number.
@@ -214,11 +215,6 @@ class TrialResult:
         k: neurons in the circuit (at most `k_asked`: capped at the candidates).
         k_asked, multiplier, sign, score, first_layer_share: the trial's params (`Params`).
         first_layer: the first candidate layer.
-        refusal, degenerate, compliance: shares of the held-out positive answers (None when
-            pruned).
-        kl: the KL objective (nats); kl_first_token, kl_mean as in `objectives.Outcome`.
-        refusal_mass: first-token refusal mass (None unless pruning measured it).
-        seconds: the trial's measurement time.
     """
 
     number: int
@@ -230,21 +226,6 @@ class TrialResult:
     score: str
     first_layer: int
     first_layer_share: float
-    refusal: float | None
-    degenerate: float | None
-    compliance: float | None
-    kl: float
-    kl_first_token: float
-    kl_mean: float | None
-    refusal_mass: float | None
-    seconds: float
-
-    @property
-    def not_success(self) -> float | None:
-        """refusal + degenerate (the first objective); None when pruned."""
-        if self.refusal is None or self.degenerate is None:
-            return None
-        return self.refusal + self.degenerate
 
 
 def trial_results(study: Any) -> list[TrialResult]:

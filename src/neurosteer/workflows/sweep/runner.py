@@ -35,9 +35,10 @@ from neurosteer.interventions.protocol import Intervention
 from neurosteer.methods.discovery import model_info
 from neurosteer.model.layout import ModelLayout, resolve_layout
 from neurosteer.model.runtime import runs_model
-from neurosteer.prompts.render import encode_for_model, prompt_hash, uses_chat_template
+from neurosteer.prompts.render import prompt_hash, uses_chat_template
 from neurosteer.prompts.template_vars import pin_clock
 from neurosteer.workflows.judges import get_judge
+from neurosteer.workflows.prompt_sets import check_sets_fit
 from neurosteer.workflows.sweep.config import BASELINE, SweepConfig, knob
 from neurosteer.workflows.sweep.methods import Fitted, fit_methods
 from neurosteer.workflows.sweep.store import (
@@ -349,16 +350,15 @@ def _check_fits(
     generated = {"harmful", "harmless"}
     if {"caa", "direction"} & set(config.methods) and config.layer_scan_prompts:
         generated.add("positive")  # the CAA layer scan generates from the positive prompts
-    for name, prompts in sets.items():
-        encode_for_model(
-            model,
-            tokenizer,
-            prompts,
-            chat_template=config.chat_template,
-            system=config.system,
-            template_vars=config.template_vars,
-            reserve=1 if name in generated else 0,
-        )
+    check_sets_fit(
+        model,
+        tokenizer,
+        {name: (prompts, 1 if name in generated else 0) for name, prompts in sets.items()},
+        chat_template=config.chat_template,
+        system=config.system,
+        template_vars=config.template_vars,
+        named=False,
+    )
 
 
 def _prompts(prompts: Sequence[str], limit: int | None, name: str) -> list[str]:
