@@ -35,4 +35,3 @@ def test_a_prompt_too_long_in_any_set_is_refused_by_its_set(
     message = str(raised.value)
     assert message.startswith(said)
     assert ("held-out" in message) == named
-
