@@ -40,6 +40,7 @@ DROPOUT = 0.5
 
 #: Functions that take a model but never run a forward pass (or train it on purpose), and why.
 NOT_RUNNING = {
+    "neurosteer.workflows.prompt_sets.check_sets_fit": "reads the model's context length only",
     "neurosteer.methods.steering.steer": "registers hooks",
     "neurosteer.methods.steering.steer_circuits": "registers hooks",
     "neurosteer.methods.baking.bake": "edits weights",

@@ -178,6 +178,7 @@ def _reference(
     )
 
 
+@runs_model
 def judged_answers(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
