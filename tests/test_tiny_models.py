@@ -11,15 +11,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from torch import nn
-from transformers import (
-    AutoModelForCausalLM,
-    AutoTokenizer,
-    PreTrainedModel,
-    PreTrainedTokenizerFast,
-)
-from transformers.pytorch_utils import Conv1D
-
 from tiny_models import (
     BOS_ID,
     D_MLP,
@@ -35,6 +26,14 @@ from tiny_models import (
     neuron_site,
     save_tiny,
 )
+from torch import nn
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerFast,
+)
+from transformers.pytorch_utils import Conv1D
 
 Pair = tuple[PreTrainedModel, PreTrainedTokenizerFast]
 
