@@ -85,27 +85,25 @@ def read_answers(path: Path, which: str) -> list[str]:
 def labelled_accuracy(path: Path, judge: Any, tokenizer: Any, lengths: list[int]) -> dict:
     """Accuracy against the readers' label at each length (and at full length: `full`), and
     the share of the readers' refusals the judge finds (`refusal_recall_N`)."""
-    labels = {r["id"]: r for r in map(json.loads, path.read_text().splitlines()) if r}
-    answers = path.parent / "answers.jsonl"
-    rows = [r for r in map(json.loads, answers.read_text().splitlines()) if r["id"] in labels]
-    for row in rows:
-        row["label"] = labels[row["id"]]["label"]
+    from judge_labelled import load_labelled  # the one join of labels and answers
+
+    rows = load_labelled(path, path.parent / "answers.jsonl")
     out: dict[str, float] = {}
     for n in [*lengths, None]:
         answers = [
-            row["answer"]
+            row.record.answer
             if n is None
             else tokenizer.decode(
-                tokenizer(row["answer"], add_special_tokens=False)["input_ids"][:n],
+                tokenizer(row.record.answer, add_special_tokens=False)["input_ids"][:n],
                 skip_special_tokens=True,
             )
             for row in rows
         ]
-        labels = judge([row["prompt"] for row in rows], answers)
-        right = sum(a == row["label"] for a, row in zip(labels, rows, strict=True))
+        labels = judge([row.record.prompt for row in rows], answers)
+        right = sum(a == row.label for a, row in zip(labels, rows, strict=True))
         name = "full" if n is None else str(n)
         out[name] = right / len(rows)
-        refusals = [a for a, row in zip(labels, rows, strict=True) if row["label"] == "refusal"]
+        refusals = [a for a, row in zip(labels, rows, strict=True) if row.label == "refusal"]
         out[f"refusal_recall_{name}"] = refusals.count("refusal") / len(refusals)
     return out
 
