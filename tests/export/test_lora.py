@@ -17,7 +17,7 @@ from gguf_files import circuit_neurons, hand_circuit, make_quant_tiny, write_ggu
 from tiny_models import make_tiny, save_tiny
 from transformers import PreTrainedModel, PreTrainedTokenizerFast
 
-from neurosteer import discover, render_prompts, resolve_layout, steer
+from neurosteer import render_prompts, resolve_layout, steer
 from neurosteer.cli.main import cli
 from neurosteer.errors import CircuitMismatchError, InputError
 from neurosteer.export.lora import (
@@ -62,11 +62,14 @@ def _assert_equal_to_hooks(out: torch.Tensor, hooked: torch.Tensor, base: torch.
     assert (hooked - base).abs().max() > 1000 * (out - hooked).abs().max().clamp(min=1e-6)
 
 
-def _uneven_circuit(pair: Pair, pos: list[str], neg: list[str]) -> Circuit:
-    """A discovered circuit whose layers hold different neuron counts (so ranks differ)."""
-    circuit = discover(pair[0], pair[1], pos, neg, top_k=9)
-    assert len(set(circuit.neurons_per_layer().values())) > 1 or len(circuit.by_layer()) == 1
-    return circuit
+#: Neurons of a hand-made circuit: different counts per layer (so ranks differ), the first and
+#: last neuron of the tiny models' 37 included.
+UNEVEN = {1: [0, 5, 36], 2: [11], 3: [2, 7, 20, 30]}
+
+
+def _uneven_circuit(model: PreTrainedModel) -> Circuit:
+    """A circuit whose layers hold different neuron counts, with `model`'s provenance."""
+    return hand_circuit(model, UNEVEN)
 
 
 @pytest.mark.parametrize("multiplier", [0.0, 2.5])
@@ -77,7 +80,7 @@ def test_peft_adapter_at_scale_s_equals_hooks_at_scaled_multiplier(
     tmp_path: Path,
     multiplier: float,
 ) -> None:
-    circuit = _uneven_circuit(tiny_model, positive_prompts, negative_prompts)
+    circuit = _uneven_circuit(tiny_model[0])
     prompts = positive_prompts[:3] + negative_prompts[:2]
     report = save_lora(tiny_model[0], circuit, multiplier, tmp_path / "adapter")
     assert report.ranks == circuit.neurons_per_layer()
@@ -100,10 +103,8 @@ def test_peft_adapter_at_scale_s_equals_hooks_at_scaled_multiplier(
     assert torch.equal(_logits(*tiny_model, prompts), base)  # the model was not changed
 
 
-def test_peft_adapter_files(
-    tiny_llama: Pair, positive_prompts: list[str], negative_prompts: list[str], tmp_path: Path
-) -> None:
-    circuit = _uneven_circuit(tiny_llama, positive_prompts, negative_prompts)
+def test_peft_adapter_files(tiny_llama: Pair, tmp_path: Path) -> None:
+    circuit = _uneven_circuit(tiny_llama[0])
     out = save_lora(tiny_llama[0], circuit, 0.0, tmp_path / "adapter").path
     assert {p.name for p in out.iterdir()} == {ADAPTER_CONFIG, ADAPTER_WEIGHTS, LORA_PROVENANCE}
     config = json.loads((out / ADAPTER_CONFIG).read_text())
@@ -159,7 +160,7 @@ def test_gguf_adapter_reads_back_and_equals_hooks(
     family: str, positive_prompts: list[str], negative_prompts: list[str], tmp_path: Path
 ) -> None:
     pair = make_tiny(family)
-    circuit = _uneven_circuit(pair, positive_prompts, negative_prompts)
+    circuit = _uneven_circuit(pair[0])
     report = save_lora_gguf(pair[0], circuit, 0.0, tmp_path / "adapter.gguf")
     fields, tensors = _read_adapter(report.path)
     rank = max(circuit.neurons_per_layer().values())
