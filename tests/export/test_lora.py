@@ -126,7 +126,8 @@ def _read_adapter(path: Path) -> tuple[dict[str, object], dict[str, np.ndarray]]
     fields = {name: field.contents() for name, field in reader.fields.items()}
     tensors = {}
     for t in reader.tensors:
-        assert t.tensor_type == gguf.GGMLQuantizationType.F32
+        stored = "F16" if t.name.endswith(".lora_a") else "F32"  # 0/1 exact in F16
+        assert t.tensor_type == gguf.GGMLQuantizationType[stored]
         tensors[t.name] = np.array(t.data, dtype=np.float32).reshape(
             [int(n) for n in reversed(t.shape)]
         )

@@ -10,6 +10,8 @@ llama.cpp multiplies B·A by the user's scale times alpha / rank, with one alpha
 every layer is padded with zero rows and columns to one rank R (the largest per-layer neuron
 count) and alpha = R: the factor is then exactly the scale s, and the neurons are scaled by
 m' = 1 + s·(m − 1) as in `neurosteer.export.lora`. The padding costs R − r zero rows per layer.
+lora_a is stored in F16 (its 0s and 1s are exact there, at half the bytes), lora_b in F32 (the
+weight columns times m − 1, unrounded).
 
 The factors come from the base weights as the engine will use them: from the GGUF file itself
 (its stored, possibly quantized, down projections decoded to float32), or from a loaded model.
@@ -159,8 +161,8 @@ def _mapped(path: Path) -> Iterator[mmap.mmap]:
 
 
 def _write(path: Path, arch: str, rank: int, factors: list[LoraFactors], record: str) -> None:
-    """Write the adapter file: metadata, then lora_a [rank, d_mlp] and lora_b [d_model, rank]
-    (float32) per layer."""
+    """Write the adapter file: metadata, then per layer lora_a [rank, d_mlp] (F16, exact: only
+    0 and 1) and lora_b [d_model, rank] (F32)."""
     gguf = require_gguf()
     writer = gguf.GGUFWriter(str(path), arch)
     writer.add_type(gguf.GGUFType.ADAPTER)
@@ -170,7 +172,7 @@ def _write(path: Path, arch: str, rank: int, factors: list[LoraFactors], record:
     writer.add_string(LORA_RECORD_KEY, record)
     for f in factors:
         name = down_projection_name(f.layer)
-        writer.add_tensor(f"{name}.lora_a", f.a.numpy())
+        writer.add_tensor(f"{name}.lora_a", f.a.numpy().astype(np.float16))
         writer.add_tensor(f"{name}.lora_b", f.b.numpy())
     try:
         writer.write_header_to_file()
