@@ -282,3 +282,23 @@ def test_cli_reads_a_gguf_model_without_loading_it(tmp_path: Path) -> None:
     assert "rank 2 fits vLLM's default --max-lora-rank 16" in result.output
     fields, _ = _read_adapter(out)
     assert fields["adapter.lora.alpha"] == 2
+
+
+def test_a_neuron_listed_twice_is_one_rank_scaled_once(tiny_llama: Pair, tmp_path: Path) -> None:
+    """The hooks and the bake scale a repeated neuron once; so must the adapters."""
+    circuit = hand_circuit(tiny_llama[0], {1: [4, 9, 4], 3: [2, 2]})
+    prompts = ["How do I pick a lock?", "Name a fruit."]
+    base = _logits(*tiny_llama, prompts)
+    hooked = _hooked(tiny_llama, circuit, 0.5, prompts)
+    report = save_lora(tiny_llama[0], circuit, 0.0, tmp_path / "adapter")
+    assert report.ranks == {1: 2, 3: 1}
+    steered = peft.PeftModel.from_pretrained(copy.deepcopy(tiny_llama[0]), report.path)
+    with peft.helpers.rescale_adapter_scale(steered, 0.5):
+        _assert_equal_to_hooks(_logits(steered, tiny_llama[1], prompts), hooked, base)
+    gguf_report = save_lora_gguf(tiny_llama[0], circuit, 0.0, tmp_path / "adapter.gguf")
+    assert gguf_report.rank == 2
+    fields, tensors = _read_adapter(gguf_report.path)
+    out = _logits(
+        _apply_like_llama_cpp(tiny_llama[0], fields, tensors, 0.5), tiny_llama[1], prompts
+    )
+    _assert_equal_to_hooks(out, hooked, base)

@@ -135,10 +135,17 @@ def lora_factors(
     return LoraFactors(layer, neurons.long().cpu(), a, b)
 
 
+def layer_neurons(circuit: Circuit) -> dict[int, torch.Tensor]:
+    """{layer: int64 [r] the circuit's distinct neurons there, ascending}: a neuron listed twice
+    is scaled once by the hooks and the bake, so it is one rank of the adapter, not two."""
+    return {layer: torch.unique(neurons) for layer, neurons in circuit.by_layer().items()}
+
+
 def neuron_columns(
     model: nn.Module, circuit: Circuit, layout: ModelLayout | None = None
 ) -> tuple[ModelLayout, dict[int, torch.Tensor]]:
-    """The circuit's weight columns in `model`: (layout, {layer: [d_model, r] W[:, C]}).
+    """The circuit's weight columns in `model`: (layout, {layer: [d_model, r] W[:, C]}), C the
+    layer's `layer_neurons`.
 
     Raises:
         CircuitMismatchError: the circuit does not fit the model (`Circuit.layout_on`).
@@ -146,7 +153,7 @@ def neuron_columns(
     """
     layout = circuit.layout_on(model, layout)
     sites = layout.site_modules(model)
-    by_layer = circuit.by_layer()
+    by_layer = layer_neurons(circuit)
     require_editable(model, [sites[layer] for layer in by_layer], "export a LoRA adapter")
     columns = {}
     for layer, neurons in by_layer.items():
@@ -194,7 +201,7 @@ def save_lora(
     m = check_strength(multiplier, circuit.default_strength)
     _require_neurons(circuit)
     layout, columns = neuron_columns(model, circuit, layout)
-    by_layer = circuit.by_layer()
+    by_layer = layer_neurons(circuit)
     modules = {
         f"{layout.layers_path}.{layer}.{layout.site_path}": lora_factors(
             layer, columns[layer], by_layer[layer], layout.d_mlp, m

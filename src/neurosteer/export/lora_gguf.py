@@ -34,7 +34,13 @@ from neurosteer._io import atomic_file, check_writable
 from neurosteer._version import __version__
 from neurosteer.errors import InputError, UnsupportedModelError
 from neurosteer.export.gguf import _family, circuit_tensors, down_projection_name
-from neurosteer.export.lora import LoraFactors, LoraReport, lora_factors, neuron_columns
+from neurosteer.export.lora import (
+    LoraFactors,
+    LoraReport,
+    layer_neurons,
+    lora_factors,
+    neuron_columns,
+)
 from neurosteer.interventions.protocol import check_strength
 from neurosteer.methods.baking import provenance
 from neurosteer.methods.circuit import Circuit
@@ -91,7 +97,7 @@ def save_lora_gguf(
         d_mlp, columns = _file_columns(header, circuit)
         weights = asdict(weights_fingerprint(header.path))
     rank = max(int(c.shape[1]) for c in columns.values())
-    by_layer = circuit.by_layer()
+    by_layer = layer_neurons(circuit)
     factors = [
         lora_factors(layer, columns[layer], by_layer[layer], d_mlp, m, rank=rank)
         for layer in sorted(columns)
@@ -136,12 +142,12 @@ def _file_columns(header: GGUFHeader, circuit: Circuit) -> tuple[int, dict[int, 
             file that already has this circuit baked in.
     """
     gguf = require_gguf()
-    targets = circuit_tensors(header, circuit)
+    circuit_tensors(header, circuit)  # the checks: shape, family, tensors present
     circuit.refuse_baked(baked_record(header.path), f"'{header.path.name}'")
     columns: dict[int, torch.Tensor] = {}
     d_mlp = 0
     with _mapped(header.path) as data:
-        for layer in circuit.by_layer():
+        for layer, neurons in layer_neurons(circuit).items():
             tensor = header.tensor(down_projection_name(layer))
             assert tensor is not None  # circuit_tensors checked it
             d_mlp, d_model = tensor.shape[0], int(np.prod(tensor.shape[1:]))
@@ -149,8 +155,8 @@ def _file_columns(header: GGUFHeader, circuit: Circuit) -> tuple[int, dict[int, 
             raw = np.frombuffer(data[start : start + tensor.nbytes()], dtype=np.uint8)
             qtype = gguf.GGMLQuantizationType(tensor.ggml_type)
             values = gguf.quants.dequantize(raw.reshape(d_model, -1), qtype)  # [d_model, d_mlp]
-            index = targets[tensor.name]
-            columns[layer] = torch.from_numpy(np.ascontiguousarray(values[:, index], np.float32))
+            picked = values[:, neurons.numpy()]
+            columns[layer] = torch.from_numpy(np.ascontiguousarray(picked, np.float32))
     return d_mlp, columns
 
 
