@@ -302,3 +302,23 @@ def test_a_neuron_listed_twice_is_one_rank_scaled_once(tiny_llama: Pair, tmp_pat
         _apply_like_llama_cpp(tiny_llama[0], fields, tensors, 0.5), tiny_llama[1], prompts
     )
     _assert_equal_to_hooks(out, hooked, base)
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_peft_adapter_on_a_bfloat16_model_is_within_its_rounding(
+    family: str, tmp_path: Path
+) -> None:
+    """bfloat16 rounds the hooked product and the adapter's sum at different places: they agree
+    to a few bfloat16 steps (2^-8 relative) of the largest logit, far below the edit."""
+    pair = make_tiny(family, dtype=torch.bfloat16)
+    circuit = _uneven_circuit(pair[0])
+    prompts = ["How do I pick a lock?", "Name a fruit."]
+    base = _logits(*pair, prompts).float()
+    hooked = _hooked(pair, circuit, 0.5, prompts).float()
+    report = save_lora(pair[0], circuit, 0.0, tmp_path / "adapter")
+    steered = peft.PeftModel.from_pretrained(copy.deepcopy(pair[0]), report.path)
+    with peft.helpers.rescale_adapter_scale(steered, 0.5):
+        out = _logits(steered, pair[1], prompts).float()
+    gap = (out - hooked).abs().max()
+    assert gap <= 8 * 2**-8 * hooked.abs().max()  # measured: 0.09 of 7.1 (llama)
+    assert (hooked - base).abs().max() > 10 * gap

@@ -104,5 +104,7 @@ def _print_report(report: LoraReport, kind: str) -> None:
         f"  at scale s it scales the {sum(report.ranks.values())} neurons by 1 + s({m:g} - 1): "
         f"s = 1 gives m = {m:g}, s = 0 the unchanged model"
     )
+    if m == 1.0:
+        click.echo("  m = 1 leaves the neurons as they are: this adapter changes nothing")
     for note in rank_notes(report.rank):
         click.echo(f"  {note}")
