@@ -535,6 +535,7 @@ def _register_commands() -> None:
     from neurosteer.cli.analysis_cmds import compare_command, report_command, sweep_command
     from neurosteer.cli.chat_cmd import chat_command
     from neurosteer.cli.judge_cmd import judge_command
+    from neurosteer.cli.lora_cmd import export_lora_command
     from neurosteer.cli.models_cmd import models_group
     from neurosteer.cli.optimize_cmds import optimize_command
     from neurosteer.cli.organism_cmds import demo_command, organism_group
@@ -547,6 +548,7 @@ def _register_commands() -> None:
     cli.add_command(optimize_command)
     cli.add_command(models_group)
     cli.add_command(judge_command)
+    cli.add_command(export_lora_command)
 
 
 _register_commands()
