@@ -24,12 +24,8 @@ from neurosteer.methods.discovery_record import DiscoveryRecord
 from neurosteer.methods.logit_lens import NeuronLens
 from neurosteer.workflows.report import write_report
 from neurosteer.workflows.report.neuron_html import visible
-from neurosteer.workflows.report.neurons import (
-    N_EXAMPLES,
-    neuron_entries,
-    neuron_page,
-    write_neuron_page,
-)
+from neurosteer.workflows.report.neuron_page import neuron_page, write_neuron_page
+from neurosteer.workflows.report.neurons import N_EXAMPLES, neuron_entries
 
 Model = tuple[PreTrainedModel, PreTrainedTokenizerFast]
 OLD_FILE = Path(__file__).parents[1] / "data" / "format_v1.circuit"

@@ -17,7 +17,7 @@ from test_report_browser import CHROMIUM, _layout
 
 from neurosteer.methods.discovery_record import DiscoveryRecord
 from neurosteer.methods.logit_lens import NeuronLens
-from neurosteer.workflows.report.neurons import write_neuron_page
+from neurosteer.workflows.report.neuron_page import write_neuron_page
 
 pytestmark = [
     pytest.mark.browser,

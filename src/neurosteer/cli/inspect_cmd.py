@@ -35,7 +35,7 @@ def write_browser(
         CircuitMismatchError: the model does not fit the circuit.
     """
     from neurosteer._io import check_writable
-    from neurosteer.workflows.report.neurons import write_neuron_page
+    from neurosteer.workflows.report.neuron_page import write_neuron_page
 
     check_writable(html_path, force=True)  # before loading a model
     lens = None if model is None else _lens(circuit, model, dtype, device)

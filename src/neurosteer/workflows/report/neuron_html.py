@@ -6,10 +6,10 @@ becomes a card whose cells carry their column's name.
 from __future__ import annotations
 
 import html
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from neurosteer.workflows.report.neurons import Example, Histogram, NeuronEntry
+from neurosteer.methods.circuit import Circuit
+from neurosteer.methods.logit_lens import NeuronLens
+from neurosteer.workflows.report.neurons import Example, Histogram, NeuronEntry, neuron_entries
 
 #: (key, title, numeric): the table's columns; "lens" columns only with a model.
 COLUMNS: tuple[tuple[str, str, bool], ...] = (
@@ -263,3 +263,10 @@ def histogram_svg(histogram: Histogram) -> str:
         f'<text x="{_SVG_W}" y="{_SVG_H - 1}" font-size="9" text-anchor="end">'
         f"{histogram.high:.3g}</text></svg>"
     )
+
+
+def neuron_section(circuit: Circuit, lens: dict[tuple[int, int], NeuronLens] | None = None) -> str:
+    """The browser as an HTML fragment (an <h2>, its notes, the table, its style and script),
+    for a page of its own or a report; `lens` maps (layer, neuron) to its logit lens."""
+    entries = neuron_entries(circuit, lens)
+    return section_html([entry_row(e) for e in entries], with_lens=lens is not None)

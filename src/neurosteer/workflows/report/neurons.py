@@ -8,8 +8,9 @@ their activations), the tokens its output column promotes and suppresses (the lo
 activations on the positive and the negative prompts. The table sorts by any column and
 filters by text and sign; on a narrow screen each row becomes a card.
 
-    entries = neuron_entries(circuit, lens)      # the data, one `NeuronEntry` per neuron
-    write_neuron_page(circuit, "neurons.html", lens)
+    entries = neuron_entries(circuit, lens)      # one `NeuronEntry` per neuron
+
+`neuron_html` renders them (`neuron_section`), `neuron_page` writes the page of its own.
 """
 
 from __future__ import annotations
@@ -17,15 +18,12 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
-from neurosteer._io import atomic_file
 from neurosteer.methods.circuit import Circuit
 from neurosteer.methods.discovery_record import SETS
 from neurosteer.methods.logit_lens import NeuronLens
-from neurosteer.workflows.report.neuron_html import entry_row, section_html
 
 N_EXAMPLES = 3
 N_BINS = 12
@@ -165,37 +163,3 @@ def circuit_facts(circuit: Circuit, with_lens: bool) -> list[tuple[str, str]]:
         lens = "not shown: give the model (--model) to see what each neuron promotes"
         out.append(("logit lens", lens))
     return out
-
-
-def neuron_section(circuit: Circuit, lens: dict[tuple[int, int], NeuronLens] | None = None) -> str:
-    """The browser as an HTML fragment (an <h2>, its notes, the table, its style and script),
-    for a page of its own or a report."""
-    entries = neuron_entries(circuit, lens)
-    return section_html([entry_row(e) for e in entries], with_lens=lens is not None)
-
-
-def neuron_page(circuit: Circuit, lens: dict[tuple[int, int], NeuronLens] | None = None) -> str:
-    """The browser as a self-contained HTML page (no network: style, script and figures
-    inline)."""
-    from neurosteer.workflows.report.page import html_document, html_facts  # page imports this
-
-    title = f"neurosteer neurons: {circuit.model.name_or_path or circuit.model.architecture}"
-    facts = html_facts(circuit_facts(circuit, lens is not None))
-    return html_document(title, ["<h2>At a glance</h2>" + facts, neuron_section(circuit, lens)])
-
-
-def write_neuron_page(
-    circuit: Circuit,
-    path: str | Path,
-    lens: dict[tuple[int, int], NeuronLens] | None = None,
-    *,
-    force: bool = True,
-) -> Path:
-    """Write `neuron_page` to `path` atomically; returns the path.
-
-    Raises:
-        InputError: `path` exists and `force` is False, or its folder does not exist.
-    """
-    with atomic_file(path, force=force) as staging:
-        Path(staging).write_text(neuron_page(circuit, lens), encoding="utf-8")
-    return Path(path)

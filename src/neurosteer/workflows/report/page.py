@@ -23,7 +23,7 @@ from typing import Any
 
 from neurosteer.methods.circuit import Circuit
 from neurosteer.workflows.report.headline import cell, facts
-from neurosteer.workflows.report.neurons import neuron_section
+from neurosteer.workflows.report.neuron_html import neuron_section
 from neurosteer.workflows.report.plots import plots
 from neurosteer.workflows.report.summary import Matched, Row, at_matched_refusal, summarise
 from neurosteer.workflows.report.tables import (
