@@ -143,7 +143,8 @@ def section_html(rows: list[str], *, with_lens: bool) -> str:
         "discovery sets (red: positive, blue: negative). "
         + (
             "Promotes / suppresses: the tokens its output column raises and lowers through the "
-            "final norm's weight and the unembedding (logit lens, logit per unit of activation). "
+            "final norm's weight and the unembedding (logit lens, logit per unit of activation; "
+            "a neuron with δ < 0 raises its suppressed tokens on the positive prompts). "
             if with_lens
             else ""
         )
