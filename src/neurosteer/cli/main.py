@@ -241,12 +241,36 @@ def _discover_contrastive(settings: DiscoverSettings) -> Circuit:
 @cli.command()
 @click.argument("circuit", type=click.Path(path_type=Path))
 @click.option("--top", type=int, default=20, show_default=True, help="Top neurons to list.")
-def inspect(circuit: Path, top: int) -> None:
-    """Show where a circuit's neurons sit, its strongest neurons and its settings."""
+@click.option(
+    "--html",
+    "html_path",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Write the neuron browser (a self-contained HTML page) to this file.",
+)
+@click.option("--model", default=None, help="With --html: the model, for the logit lens.")
+@click.option("--dtype", default="auto", show_default=True, help="With --model: its dtype.")
+@click.option("--device", default=None, help="With --model: cpu, cuda, cuda:N or mps.")
+def inspect(
+    circuit: Path,
+    top: int,
+    html_path: Path | None,
+    model: str | None,
+    dtype: str,
+    device: str | None,
+) -> None:
+    """Show where a circuit's neurons sit, its strongest neurons and its settings; with
+    --html, write its neuron browser."""
+    from neurosteer.cli import inspect_cmd
     from neurosteer.cli.render import print_circuit_summary
     from neurosteer.methods.circuit import Circuit
 
-    print_circuit_summary(Circuit.load(circuit), top=top, settings=True)
+    inspect_cmd.check_browser_options(html_path, model)
+    loaded = Circuit.load(circuit)
+    print_circuit_summary(loaded, top=top, settings=True)
+    if html_path is not None:
+        written = inspect_cmd.write_browser(loaded, html_path, model, dtype=dtype, device=device)
+        inspect_cmd.echo_written(written, model is not None)
 
 
 def discover_relp(settings: DiscoverSettings, pairs: Pairs) -> Circuit:

@@ -10,14 +10,16 @@ the provenance a reader needs to trust or reproduce it. On disk it is a folder:
         tensors.safetensors   layers, neurons, delta, positive_mean, negative_mean [k];
                               the universal neurons as "universal.layers", "universal.neurons"
                               [u] (absent in files of older versions); optionally, the full
-                              [n_layers, d_mlp] tables ("table.*")
+                              [n_layers, d_mlp] tables ("table.*") and the discovery record
+                              ("discovery.*", `neurosteer.methods.discovery_record`)
 
 No timestamps: the same inputs give the same files, byte for byte. Writes are atomic.
 
 Format versions: 1 (the first), 2 (adds `Settings.multiplier`, `Settings.score` and the
-"search" section), 3 (adds `ModelInfo.weights`, the fingerprint of the weights). This version
-reads all three; an older file reads with the defaults of the new fields (no stored
-multiplier, the plain difference of means, no search, weights unknown).
+"search" section), 3 (adds `ModelInfo.weights`, the fingerprint of the weights), 4 (adds the
+optional discovery record: the prompts and each neuron's activation on them). This version
+reads all four; an older file reads with the defaults of the new fields (no stored
+multiplier, the plain difference of means, no search, weights unknown, no discovery record).
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ from neurosteer.interventions.protocol import (
     Installer,
     check_strength,
 )
+from neurosteer.methods.discovery_record import DiscoveryRecord, record_from_files
 from neurosteer.methods.selection import (
     candidate_mask,
     neuron_scores,
@@ -67,8 +70,8 @@ from neurosteer.model.layout import ModelLayout, resolve_layout
 
 logger = logging.getLogger(__name__)
 
-FORMAT_VERSION = 3
-READABLE_VERSIONS = (1, 2, 3)
+FORMAT_VERSION = 4
+READABLE_VERSIONS = (1, 2, 3, 4)
 """Circuit format versions `Circuit.load` reads (see the module docstring)."""
 METADATA_FILE = "circuit.json"
 TENSORS_FILE = "tensors.safetensors"
@@ -215,6 +218,8 @@ class Circuit(HookedIntervention):
         universal: [n_layers, d_mlp] bool, the neurons the universal filter marked (all False
             when it was off); None when unknown (files of older versions without a table).
         search: the `neurosteer optimize` study the circuit was exported from, if any.
+        discovery: the discovery prompts and each neuron's activations on them (see
+            `neurosteer.methods.discovery_record`); None when not kept (older files, RelP).
 
     The default strength is `settings.multiplier` when the circuit stores one (an exported
     search result), else 0.
@@ -232,6 +237,7 @@ class Circuit(HookedIntervention):
     table: DeltaTable | None = None
     universal: torch.Tensor | None = None
     search: SearchProvenance | None = None
+    discovery: DiscoveryRecord | None = None
     identity_strength: ClassVar[float] = 1.0
 
     @property
@@ -517,6 +523,7 @@ class Circuit(HookedIntervention):
             settings=replace(self.settings, method="random", seed=seed, attribution=None),
             table=None,
             universal=universal,
+            discovery=self._record_for(layers.long(), neurons.long()),
         )
 
     def _free_neurons(self, universal: torch.Tensor | None) -> torch.Tensor:
@@ -555,6 +562,17 @@ class Circuit(HookedIntervention):
         layers = torch.cat([torch.full((len(idx),), layer) for layer, idx in picks])
         return layers, torch.cat([idx for _, idx in picks])
 
+    def _record_for(
+        self, layers: torch.Tensor, neurons: torch.Tensor, standardized: torch.Tensor | None = None
+    ) -> DiscoveryRecord | None:
+        """This circuit's discovery record for the neurons ([n] layers and neurons) of a
+        circuit made from it: their rows where it kept them all, else the prompts alone."""
+        if self.discovery is None:
+            return None
+        pairs = list(zip(layers.tolist(), neurons.tolist(), strict=True))
+        own = list(zip(self.layers.tolist(), self.neurons.tolist(), strict=True))
+        return self.discovery.restricted(own, pairs, standardized)
+
     def save(self, path: str | Path, *, force: bool = False) -> Path:
         """Write the circuit folder atomically; refuse to replace one unless `force`."""
         tensors = {
@@ -584,6 +602,9 @@ class Circuit(HookedIntervention):
         }
         if self.search is not None:
             meta["search"] = asdict(self.search)
+        if self.discovery is not None:
+            meta["discovery"], kept = self.discovery.to_files()
+            tensors.update(kept)
         with atomic_directory(path, force=force) as staging:
             (staging / METADATA_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
             save_file(tensors, str(staging / TENSORS_FILE))
@@ -638,6 +659,9 @@ class Circuit(HookedIntervention):
                 table=table,
                 universal=universal,
                 search=_search(meta.get("search")),
+                discovery=record_from_files(
+                    meta.get("discovery"), tensors, int(tensors["layers"].numel()), str(folder)
+                ),
             )
         except (KeyError, TypeError, IndexError) as err:
             raise CircuitFormatError(f"'{folder}' is missing a field: {err}") from None
@@ -688,6 +712,10 @@ def from_table(
     assert base.table is not None  # callers check; internal invariant
     pos = base.table.positive_mean[layers, neurons]
     neg = base.table.negative_mean[layers, neurons]
+    record = None
+    if base.discovery is not None:
+        standardized = base.scores("standardized")[layers, neurons]
+        record = base._record_for(layers, neurons, standardized)
     return replace(
         base,
         layers=layers,
@@ -696,6 +724,7 @@ def from_table(
         positive_mean=pos,
         negative_mean=neg,
         settings=settings,
+        discovery=record,
     )
 
 

@@ -20,7 +20,14 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from neurosteer._version import __version__
 from neurosteer.errors import InputError
 from neurosteer.methods.circuit import Circuit, DeltaTable, ModelInfo, PromptInfo, Settings
-from neurosteer.methods.recording import ActivationStats, record_stats, top_activation_frequency
+from neurosteer.methods.discovery_record import SETS, DiscoveryRecord
+from neurosteer.methods.recording import (
+    ActivationStats,
+    PromptActivations,
+    record_prompt_activations,
+    record_stats,
+    top_activation_frequency,
+)
 from neurosteer.methods.selection import (
     UNIVERSAL_THRESHOLD,
     candidate_mask,
@@ -46,6 +53,12 @@ logger = logging.getLogger(__name__)
 
 UNIVERSAL_FRACTION = 0.001
 """The universal filter's "top set" is the top 0.1% of all MLP neurons by |activation| (§1.6)."""
+
+KEEP_IN_PASS_BYTES = 256 * 2**20
+"""Up to this size (float32 activations of every neuron on every positive and negative prompt),
+discovery keeps every neuron's per-prompt activations during its one pass and reads the
+circuit's rows from them; above it, a second pass over the two sets records the circuit's
+neurons alone."""
 
 
 #: What to do when the built-in neutral prompts do not fit a model's context (the package's own
@@ -82,6 +95,7 @@ def discover(
     template_vars: Mapping[str, Any] | None = None,
     neutral: Sequence[str] | None = None,
     keep_table: bool = False,
+    keep_activations: bool = True,
     layout: ModelLayout | None = None,
     progress: bool = False,
 ) -> Circuit:
@@ -109,6 +123,10 @@ def discover(
         neutral: prompts for the universal filter (default: the built-in set).
         keep_table: store the full [n_layers, d_mlp] statistics in the circuit, so that
             `Circuit.reselect` can change k later without re-recording.
+        keep_activations: keep the prompts and each circuit neuron's activation on every
+            positive and negative prompt in `circuit.discovery`, for the neuron browser
+            (4 bytes per neuron per prompt; a second pass over the two sets when keeping every
+            neuron's during the first would take over `KEEP_IN_PASS_BYTES`).
         layout: a `ModelLayout` to use instead of resolving one.
         progress: show progress bars on stderr.
 
@@ -154,9 +172,18 @@ def discover(
     if batch_size is None:
         longest = max(map(len, ids["positive"] + ids["negative"]))
         batch_size = auto_batch_size(model, layout, longest)
-    pos, neg, universal = _record(model, layout, ids, batch_size, pad_id(tokenizer), progress)
+    options: dict[str, Any] = {
+        "batch_size": batch_size,
+        "pad_id": pad_id(tokenizer),
+        "progress": progress,
+    }
+    keep = _keepers(layout, ids) if keep_activations else {}
+    pos, neg, universal = _record(model, layout, ids, options, keep)
     info = {name: _info(prompts) for name, prompts in sets.items()}
     circuit = _select(model, layout, settings, pos, neg, universal, info)
+    if keep_activations:
+        record = _discovery_record(model, layout, circuit, sets, ids, keep, options)
+        circuit = replace(circuit, discovery=record)
     return circuit if keep_table else _without_table(circuit)
 
 
@@ -218,19 +245,63 @@ def circuit_size(
     return k, tuple(sorted(i % layout.n_layers for i in skip_layers))
 
 
+def _keepers(layout: ModelLayout, ids: dict[str, list[list[int]]]) -> dict[str, PromptActivations]:
+    """{set: a keeper of every neuron's activation on each prompt} for the positive and
+    negative sets, or {} when that would take over `KEEP_IN_PASS_BYTES`."""
+    n_prompts = len(ids["positive"]) + len(ids["negative"])
+    if n_prompts * layout.n_neurons * 4 > KEEP_IN_PASS_BYTES:
+        return {}
+    flat = torch.arange(layout.n_neurons)
+    layers, neurons = flat // layout.d_mlp, flat % layout.d_mlp
+    return {name: PromptActivations(len(ids[name]), layers, neurons) for name in SETS}
+
+
+def _discovery_record(
+    model: PreTrainedModel,
+    layout: ModelLayout,
+    circuit: Circuit,
+    sets: dict[str, list[str]],
+    ids: dict[str, list[list[int]]],
+    keep: dict[str, PromptActivations],
+    options: dict[str, Any],
+) -> DiscoveryRecord:
+    """The prompts, the circuit neurons' [k, n] activations on each set (from `keep`, else
+    from a second pass) and their standardized scores (from the circuit's full table)."""
+    layers, neurons = circuit.layers, circuit.neurons
+    activations = {}
+    for name in SETS:
+        if name in keep:
+            activations[name] = keep[name].result()[layers * layout.d_mlp + neurons].clone()
+        else:
+            activations[name] = record_prompt_activations(
+                model,
+                layout,
+                ids[name],
+                layers,
+                neurons,
+                desc=f"{name} prompts, circuit",
+                **options,
+            )
+    prompts = {name: tuple(sets[name]) for name in SETS}
+    return DiscoveryRecord(prompts, activations, circuit.scores("standardized")[layers, neurons])
+
+
 def _record(
     model: PreTrainedModel,
     layout: ModelLayout,
     ids: dict[str, list[list[int]]],
-    batch_size: int,
-    pad: int,
-    progress: bool,
+    options: dict[str, Any],
+    keep: dict[str, PromptActivations],
 ) -> tuple[ActivationStats, ActivationStats, torch.Tensor]:
-    """Last-token statistics of the positive and negative sets, and the [n_layers, d_mlp] bool
-    universal mask from the neutral set (all False when `ids` has none)."""
-    options: dict[str, Any] = {"batch_size": batch_size, "pad_id": pad, "progress": progress}
-    pos = record_stats(model, layout, ids["positive"], desc="positive prompts", **options)
-    neg = record_stats(model, layout, ids["negative"], desc="negative prompts", **options)
+    """Last-token statistics of the positive and negative sets (each prompt's activations
+    into `keep` too, for the sets it holds), and the [n_layers, d_mlp] bool universal mask
+    from the neutral set (all False when `ids` has none)."""
+    pos, neg = (
+        record_stats(
+            model, layout, ids[name], desc=f"{name} prompts", keep=keep.get(name), **options
+        )
+        for name in SETS
+    )
     if "neutral" not in ids:
         return pos, neg, torch.zeros(layout.n_layers, layout.d_mlp, dtype=torch.bool)
     top = neurons_for_fraction(UNIVERSAL_FRACTION, layout.n_neurons)

@@ -79,6 +79,46 @@ class RunningStats:
         return ActivationStats(count=count, mean=mean, var=var)
 
 
+class PromptActivations:
+    """Each prompt's last-token activation of chosen neurons, in the prompts' own order.
+
+    Batches arrive sorted by length; `rows` (called before a batch's layers) says which
+    prompts it holds, so the values land in the columns of their prompts.
+
+    Args:
+        n_prompts: the prompts that will be run.
+        layers, neurons: [k] int64, the neurons to keep (row i: neuron `neurons[i]` of layer
+            `layers[i]`).
+    """
+
+    def __init__(self, n_prompts: int, layers: torch.Tensor, neurons: torch.Tensor) -> None:
+        self.layers, self.neurons = layers.long().cpu(), neurons.long().cpu()
+        self.values = torch.full((len(self.layers), n_prompts), float("nan"))  # [k, n_prompts]
+        self._index: torch.Tensor | None = None
+
+    def rows(self, index: torch.Tensor) -> None:
+        """The prompt index of each row of the batch whose layers come next ([batch])."""
+        self._index = index.cpu()
+
+    def update(self, layer: int, acts: torch.Tensor) -> None:
+        """Keep the chosen neurons of `layer` from its [batch, d_mlp] activations."""
+        assert self._index is not None  # rows() runs before every batch's layers
+        mine = (self.layers == layer).nonzero().flatten()
+        if mine.numel():
+            taken = acts.detach()[:, self.neurons[mine].to(acts.device)].float().cpu()
+            self.values[mine.unsqueeze(1), self._index.unsqueeze(0)] = taken.T
+
+    def result(self) -> torch.Tensor:
+        """[k, n_prompts] float32.
+
+        Raises:
+            RuntimeError: a prompt was not recorded (a pass that did not run them all).
+        """
+        if bool(self.values.isnan().any()):
+            raise RuntimeError("not every prompt was recorded at every kept neuron")
+        return self.values
+
+
 class TopActivationCounter:
     """Counts, per neuron, how many prompts put it among their top-k by |activation|.
 
@@ -128,6 +168,7 @@ def run_last_token_pass(
     pad_id: int,
     on_layer: Callable[[int, torch.Tensor], None],
     on_batch_end: Callable[[], None] | None = None,
+    on_rows: Callable[[torch.Tensor], None] | None = None,
     progress: bool = False,
     desc: str = "recording",
     points: Sequence[nn.Module] | None = None,
@@ -135,6 +176,8 @@ def run_last_token_pass(
 ) -> int:
     """Run every prompt once and hand each layer's last-token site input to `on_layer`
     (as (layer, [batch, width]) in layer order, then `on_batch_end()`, per batch).
+    `on_rows`, when given, first gets the batch's [batch] prompt indices (batches run longest
+    first, not in the prompts' order).
 
     `points` and `capture` record elsewhere instead: e.g. the decoder layers' outputs (the
     residual stream) or the sites' outputs (what each MLP adds to it).
@@ -152,7 +195,7 @@ def run_last_token_pass(
     device = input_device(model)
     bar = tqdm(total=len(token_ids), desc=desc, unit="prompt", disable=not progress, leave=False)
     with bar, HookSet() as hooks, torch.inference_mode():
-        state = _PassState(model, device, on_layer, on_batch_end, bar)
+        state = _PassState(model, device, on_layer, on_batch_end, bar, on_rows)
         # Left padding puts every prompt's last real token at -1; taking the index from the
         # mask keeps this right for right-padded batches too.
         add_last_token_recorders(
@@ -184,8 +227,10 @@ class _PassState:
         on_layer: Callable[[int, torch.Tensor], None],
         on_batch_end: Callable[[], None] | None,
         bar: tqdm,
+        on_rows: Callable[[torch.Tensor], None] | None = None,
     ) -> None:
         self.model, self.device, self.bar = model, device, bar
+        self.on_rows = on_rows
         self.on_layer, self.on_batch_end = on_layer, on_batch_end
         self.pending: dict[int, torch.Tensor] = {}  # {layer: [batch, width]}
         self.mask: torch.Tensor | None = None  # [batch, seq] of the batch in flight
@@ -204,6 +249,8 @@ class _PassState:
 
     def finish(self, batch: Batch, _: None) -> None:
         """Hand the finished batch's activations over, once."""
+        if self.on_rows is not None:
+            self.on_rows(batch.index)
         for layer in sorted(self.pending):
             self.on_layer(layer, self.pending[layer])
         self.pending.clear()
@@ -222,20 +269,59 @@ def record_stats(
     pad_id: int,
     progress: bool = False,
     desc: str = "recording",
+    keep: PromptActivations | None = None,
 ) -> ActivationStats:
-    """Mean and variance of every neuron at the last prompt token over a prompt set."""
+    """Mean and variance of every neuron at the last prompt token over a prompt set; with
+    `keep`, also each prompt's activation of the neurons it names, in the same pass."""
     stats = RunningStats(layout.n_layers)
+
+    def on_layer(layer: int, acts: torch.Tensor) -> None:
+        stats.update(layer, acts)
+        if keep is not None:
+            keep.update(layer, acts)
+
     run_last_token_pass(
         model,
         layout,
         token_ids,
         batch_size=batch_size,
         pad_id=pad_id,
-        on_layer=stats.update,
+        on_layer=on_layer,
+        on_rows=None if keep is None else keep.rows,
         progress=progress,
         desc=desc,
     )
     return stats.result()
+
+
+@runs_model
+def record_prompt_activations(
+    model: PreTrainedModel,
+    layout: ModelLayout,
+    token_ids: Sequence[Sequence[int]],
+    layers: torch.Tensor,
+    neurons: torch.Tensor,
+    *,
+    batch_size: int,
+    pad_id: int,
+    progress: bool = False,
+    desc: str = "recording",
+) -> torch.Tensor:
+    """[k, n_prompts] float32: each prompt's last-token activation of the k neurons given
+    ([k] `layers` and `neurons`), in the prompts' order."""
+    keep = PromptActivations(len(token_ids), layers, neurons)
+    run_last_token_pass(
+        model,
+        layout,
+        token_ids,
+        batch_size=batch_size,
+        pad_id=pad_id,
+        on_layer=keep.update,
+        on_rows=keep.rows,
+        progress=progress,
+        desc=desc,
+    )
+    return keep.result()
 
 
 @runs_model

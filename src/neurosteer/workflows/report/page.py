@@ -5,7 +5,9 @@ baselines' layers, the prompt sets with their sizes, the judge (`headline.facts`
 methods compared at matched harmful refusal (`summary.at_matched_refusal`). Then the figures,
 every point of the sweep (rates as percentages; in the HTML a table that scrolls inside the
 page rather than running off it), the strength mapping, a few example answers per method at
-its strongest setting next to the unsteered ones, and the run's settings. The HTML
+its strongest setting next to the unsteered ones, the circuit's neurons (the neuron browser of
+`report.neurons`, without the logit lens: a report never loads a model), and the run's
+settings. The HTML
 embeds every figure as a base64 data URI and uses no external file, script or style sheet, so
 it can be mailed or archived alone; the Markdown links the PNGs in RUN/figures/.
 """
@@ -21,6 +23,7 @@ from typing import Any
 
 from neurosteer.methods.circuit import Circuit
 from neurosteer.workflows.report.headline import cell, facts
+from neurosteer.workflows.report.neuron_html import neuron_section
 from neurosteer.workflows.report.plots import plots
 from neurosteer.workflows.report.summary import Matched, Row, at_matched_refusal, summarise
 from neurosteer.workflows.report.tables import (
@@ -72,6 +75,7 @@ class _Page:
     facts: list[tuple[str, str]]
     matched: Matched
     examples: dict[str, list[dict[str, Any]]]
+    neurons: str = ""  # the neuron browser's HTML section; "" without a saved circuit
 
 
 def write_report(run_dir: str | Path) -> tuple[Path, Path]:
@@ -98,6 +102,7 @@ def write_report(run_dir: str | Path) -> tuple[Path, Path]:
         facts=facts(config, circuit),
         matched=at_matched_refusal(rows),
         examples=_examples(folder),
+        neurons="" if circuit is None else neuron_section(circuit),
     )
     html_path, md_path = folder / HTML_FILE, folder / MARKDOWN_FILE
     html_path.write_text(_html(page), encoding="utf-8")
@@ -266,6 +271,7 @@ def _html(page: _Page) -> str:
     parts += [f"<li>{e(line)}</li>" for line in _mapping_lines(page.config)]
     parts.append("</ul>")
     parts.append(_html_examples(page))
+    parts.append(page.neurons)
     parts.append(f"<h2>Settings</h2><pre>{e(_settings_json(page.config))}</pre>")
     return html_document(page.title, parts)
 
