@@ -226,5 +226,5 @@ def test_a_sweep_is_rescored_point_by_point_and_set_by_set(
     assert result.points[0].old.rates["refusal"] == pytest.approx(harmful_share)
     # a sweep whose answers files are gone: nothing to re-score
     shutil.rmtree(out / "answers")
-    with pytest.raises(InputError, match="made before neurosteer stored"):
+    with pytest.raises(InputError, match=f"no answers for its {len(finished)} finished points"):
         rescore_run(out, get_judge("patterns"), "patterns")

@@ -252,7 +252,13 @@ def _sweep_points(folder: Path) -> _Found:
             mine = [r for r in rows if str(r.get("set")) == split]
             stored.append((name, judged_of(mine, f"{folder / str(file)} ({split})"), None, None))
     if not stored:
-        raise InputError(_no_answers(folder, left_out > 0, "neurosteer sweep"))
+        if left_out:
+            raise InputError(
+                f"'{folder}' holds no answers for its {left_out} finished points (the files "
+                f"under {sweep_store.ANSWERS_DIR}/ are gone), so there is nothing to re-score; "
+                "run `neurosteer sweep` again into a new folder"
+            )
+        raise InputError(_no_answers(folder, False, "neurosteer sweep"))
     return _Found(judge, model, stored, left_out, [])
 
 
