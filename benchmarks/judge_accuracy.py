@@ -85,6 +85,11 @@ LABELLED_SET = (
 )
 
 
+#: The model whose answers the labelled set holds: captions name it, and say when a run's rates
+#: are of another model (`neurosteer.evaluation.judge_accuracy.measured_on`).
+ANSWERS_MODEL = "Qwen2.5-Coder-0.5B-Instruct"
+
+
 def package_entry(summary: dict[str, Any]) -> dict[str, Any]:
     """One judge's row of the package table from its `judge_labelled.summary`: accuracy on all
     answers and the held-out half, their sizes, the readers' refusals it calls something else
@@ -106,7 +111,12 @@ def package_table(summaries: list[dict[str, Any]]) -> dict[str, Any]:
     """The versioned table of `neurosteer/data/judge_accuracy.json`; judges by their table
     name (`evaluation.judge_accuracy.table_name`; a model judge without its model file)."""
     judges = {table_name(s["judge"].partition(" (")[0]): package_entry(s) for s in summaries}
-    return {"format": TABLE_FORMAT, "labelled_set": LABELLED_SET, "judges": judges}
+    return {
+        "format": TABLE_FORMAT,
+        "labelled_set": LABELLED_SET,
+        "answers_model": ANSWERS_MODEL,
+        "judges": judges,
+    }
 
 
 def main() -> None:

@@ -11,10 +11,14 @@ killed run leaves) means a fresh start; anything else that cannot be read is one
 from __future__ import annotations
 
 import json
+import logging
+import os
 from pathlib import Path
 from typing import Any
 
 from neurosteer.errors import InputError
+
+logger = logging.getLogger(__name__)
 
 
 def recorded(run_dir: Path) -> list[Path]:
@@ -82,3 +86,66 @@ def read_object(file: Path, fix: str) -> dict[str, Any] | None:
     if data is not None and not isinstance(data, dict):
         raise InputError(f"'{file}' holds a JSON {type(data).__name__}, not an object; {fix}")
     return data
+
+
+def append_json_line(file: Path, record: dict[str, Any]) -> None:
+    """Append `record` to a JSON-lines file as one line, durable before returning.
+
+    A last line without its newline (an append cut off by a kill) is cut first, so the new line
+    starts whole; the line is written in one call, flushed and fsynced.
+    """
+    _drop_torn_tail(file)
+    line = json.dumps(record, sort_keys=True, ensure_ascii=False) + "\n"
+    with file.open("a", encoding="utf-8") as handle:
+        handle.write(line)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def _drop_torn_tail(file: Path) -> None:
+    """Cut a last line that has no newline (an interrupted append) so the next line is whole."""
+    if not file.is_file() or file.stat().st_size == 0:
+        return
+    with file.open("rb+") as handle:
+        data = handle.read()
+        if data.endswith(b"\n"):
+            return
+        keep = data.rfind(b"\n") + 1
+        logger.warning("%s: dropping a torn last line before appending", file)
+        handle.truncate(keep)
+
+
+def read_json_lines(file: Path, fix: str) -> list[dict[str, Any]]:
+    """The JSON objects of a JSON-lines file written by `append_json_line` ([] when absent).
+
+    A last line without its newline that does not parse (a kill during the append) is skipped
+    with a warning: the next append cuts it.
+
+    Raises:
+        InputError: a folder at its name, an unreadable file, bytes that are not UTF-8, or a
+            whole line that is not a JSON object (the message names file:line; `fix` says what
+            to do).
+    """
+    if not check_regular(file, fix):
+        return []
+    try:
+        lines = file.read_bytes().decode("utf-8").split("\n")
+    except OSError as err:
+        raise InputError(f"cannot read '{file}' ({err.strerror or err}); {fix}") from None
+    except UnicodeDecodeError as err:
+        raise InputError(f"'{file}' is not UTF-8 text (byte {err.start}); {fix}") from None
+    records = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            if number == len(lines):  # no newline after it: the write was cut off
+                logger.warning("%s: ignoring a torn last line (an interrupted write)", file)
+                continue
+            record = None
+        if not isinstance(record, dict):
+            raise InputError(f"{file}:{number} is not a JSON object (damaged); {fix}")
+        records.append(record)
+    return records

@@ -18,12 +18,14 @@ from rich.table import Table
 
 from neurosteer.cli.options import (
     ContrastSettings,
+    JudgeModelSettings,
     ModelSettings,
     TemplateSettings,
     UniversalFilterSettings,
     contrast_options,
     floats,
     ints,
+    judge_model_options,
     load,
     model_options,
     names,
@@ -53,6 +55,7 @@ class SweepSettings:
     strengths: tuple[float, ...] = parsed(floats("--strengths"))
     output: Path
     judge: str
+    judging: JudgeModelSettings
     max_new_tokens: int
     batch_size: int
     mmlu: Path | None
@@ -110,8 +113,10 @@ class SweepSettings:
     default="sweep",
     show_default=True,
     help="Refusal judge: strict, sweep, patterns, organism (the built-in organism's own "
-    "judge, as in `neurosteer demo`), a phrase-list .json, or model:PATH.",
+    "judge, as in `neurosteer demo`), a phrase-list .json, model (the model of --judge-model) "
+    "or model:PATH.",
 )
+@judge_model_options
 @click.option("--max-new-tokens", type=int, default=150, show_default=True)
 @click.option("--batch-size", type=int, default=8, show_default=True)
 @click.option(
@@ -180,6 +185,7 @@ def sweep_command(settings: SweepSettings) -> None:
     from neurosteer.evaluation.datasets import load_dataset_prompts
     from neurosteer.evaluation.judge_accuracy import judge_caption
     from neurosteer.prompts.render import load_prompts
+    from neurosteer.workflows.judges import get_judge
     from neurosteer.workflows.report import plots, summarise
     from neurosteer.workflows.sweep import run_sweep
 
@@ -189,6 +195,9 @@ def sweep_command(settings: SweepSettings) -> None:
     harmful = load_dataset_prompts(settings.eval_harmful)
     harmless = load_dataset_prompts(settings.eval_harmless)
     neutral = settings.universal.neutral
+    judging = settings.judging
+    # a model judge without its model fails here, before the model to steer loads
+    get_judge(settings.judge, judge_model=judging.judge_model, judge_prompts=judging.judge_prompts)
     model, tokenizer, layout = load(settings.loading)
     run_sweep(
         model,
@@ -202,11 +211,13 @@ def sweep_command(settings: SweepSettings) -> None:
         neutral=load_prompts(neutral) if neutral else None,
         layout=layout,
         progress=True,
+        judge_model=judging.judge_model,
+        judge_prompts=judging.judge_prompts,
     )
     rows = summarise(settings.output)
     figures = plots(settings.output, rows)
     print_summary(rows)
-    click.echo(judge_caption(settings.judge))
+    click.echo(judge_caption(settings.judge, settings.loading.model))
     click.echo(
         f"wrote {settings.output}/results.jsonl, summary.csv and {len(figures)} figures; "
         f"`neurosteer report {settings.output}` writes the HTML and Markdown report"

@@ -1,4 +1,11 @@
-"""`neurosteer judge FILE`: label the answers of a JSONL/CSV file with any refusal judge."""
+"""`neurosteer judge FILE`: label the answers of a JSONL/CSV file with any refusal judge.
+
+Given a run folder instead (the output of `neurosteer optimize` or `neurosteer sweep`), it
+re-scores the answers the run stored, without generating again: each point's shares under the
+run's judge and under this one, side by side, each judge with its measured accuracy. The
+judge command is where every judge option already is (--judge, --judge-model,
+--judge-prompts, --cache), and it reads both kinds of run folder alike.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import click
+
+from neurosteer.cli.options import judge_model_options
 
 JUDGE_HELP = (
     "Refusal judge: strict, sweep, patterns, organism, a phrase-list .json (file.json#entry), "
@@ -18,30 +27,20 @@ JUDGE_HELP = (
 @click.command("judge")
 @click.argument("file", type=click.Path(path_type=Path))
 @click.option("--judge", "judge_name", default=None, help=JUDGE_HELP + "  [default: sweep]")
-@click.option(
-    "--judge-model",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="Judge model for model judges: a folder or .gguf file (default: $NEUROSTEER_JUDGE_MODEL).",
-)
-@click.option(
-    "--judge-prompts",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="JSON file of judge prompts for model#ENTRY, e.g. refusal_judges/llm_judges.json "
-    "(default: $NEUROSTEER_JUDGE_PROMPTS).",
-)
+@judge_model_options
 @click.option(
     "--cache",
     type=click.Path(path_type=Path, dir_okay=False),
     default=None,
-    help="JSONL file where a model judge keeps its verdicts between runs.",
+    help="JSONL file where a model judge keeps its verdicts between runs (a run folder's "
+    "default: RUN/judge-cache.jsonl).",
 )
 @click.option(
     "--json",
     "as_json",
     is_flag=True,
-    help="Print one JSON object per record, in input order: id (if given) and label.",
+    help="Print one JSON object per record, in input order: id (if given) and label (for a "
+    "run folder: one per point, with its old and new shares).",
 )
 def judge_command(
     file: Path,
@@ -53,12 +52,20 @@ def judge_command(
 ) -> None:
     """Label the answers in FILE (JSONL or CSV records with prompt and answer, optionally id
     and label) as refusal, compliance or degenerate; print the shares and, for records that
-    carry a label, the judge's accuracy and confusion table."""
+    carry a label, the judge's accuracy and confusion table. FILE may be a run folder of
+    `optimize` or `sweep`: its stored answers are re-scored, old and new shares side by side."""
     from neurosteer.cli.options import show_progress
     from neurosteer.evaluation.answer_records import read_answer_records
     from neurosteer.evaluation.judges import DEFAULT_JUDGE
     from neurosteer.workflows.judges import get_judge
 
+    if file.is_dir():
+        from neurosteer.cli.rescore_view import rescore_folder
+
+        rescore_folder(
+            file, judge_name or DEFAULT_JUDGE, judge_model, judge_prompts, cache, as_json
+        )
+        return
     records = read_answer_records(file)  # a bad file fails before any model is loaded
     name = judge_name or DEFAULT_JUDGE
     judge = get_judge(

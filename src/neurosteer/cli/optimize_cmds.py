@@ -21,11 +21,13 @@ import click
 from rich.table import Table
 
 from neurosteer.cli.options import (
+    JudgeModelSettings,
     ModelSettings,
     OptionalContrastSettings,
     TemplateSettings,
     UniversalFilterSettings,
     floats,
+    judge_model_options,
     load,
     model_options,
     names,
@@ -60,6 +62,7 @@ class OptimizeSettings:
     held_out_negative: int
     split_seed: int
     judge: str
+    judging: JudgeModelSettings
     max_new_tokens: int
     batch_size: int
     kl: Literal["first_token", "mean"]
@@ -147,8 +150,10 @@ class OptimizeSettings:
     "--judge",
     default="sweep",
     show_default=True,
-    help="Refusal judge: strict, sweep, patterns, organism, a phrase-list .json, model:PATH.",
+    help="Refusal judge: strict, sweep, patterns, organism, a phrase-list .json, model (the "
+    "model of --judge-model) or model:PATH.",
 )
+@judge_model_options
 @click.option(
     "--max-new-tokens",
     type=int,
@@ -257,6 +262,7 @@ def _search(settings: OptimizeSettings) -> None:
             hint = f"; '{model_name}' is a search folder: add --show or --export FILE"
         raise InputError(f"a search needs {', '.join(missing)}{hint}")
     from neurosteer.prompts.render import load_prompts
+    from neurosteer.workflows.judges import get_judge
     from neurosteer.workflows.optimization import optimize, read_search
     from neurosteer.workflows.optimization.run import check_resumable
 
@@ -266,6 +272,9 @@ def _search(settings: OptimizeSettings) -> None:
     neutral = load_prompts(neutral_file) if neutral_file else None
     # too few prompts, or a folder with other settings, fail here, before the model loads
     check_resumable(output, positive, negative, config=config, neutral=neutral)
+    judging = settings.judging
+    # a model judge without its model fails here, before the model to steer loads
+    get_judge(config.judge, judge_model=judging.judge_model, judge_prompts=judging.judge_prompts)
     model, tokenizer, layout = load(settings.loading)
     optimize(
         model,
@@ -277,6 +286,8 @@ def _search(settings: OptimizeSettings) -> None:
         neutral=neutral,
         layout=layout,
         progress=True,
+        judge_model=judging.judge_model,
+        judge_prompts=judging.judge_prompts,
     )
     search = read_search(output)
     _show(search)
@@ -293,13 +304,16 @@ def _held_out(result: SearchResult) -> int:
 
 def _judge_line(folder: Path) -> str:
     """The search's judge and its measured accuracy on real answers (`judge_caption`), as
-    its optimize.json records the judge ("sweep" for a file that names none)."""
+    its optimize.json records the judge ("sweep" for a file that names none) and the model
+    (the caption says when the accuracy was measured on another model's answers)."""
     from neurosteer.evaluation.judge_accuracy import judge_caption
     from neurosteer.workflows.optimization.store import read_meta
 
-    settings = read_meta(folder).get("settings")
+    meta = read_meta(folder)
+    settings, model = meta.get("settings"), meta.get("model")
     judge = settings.get("judge") if isinstance(settings, dict) else None
-    return "refusal by " + judge_caption(str(judge or "sweep"))
+    name = model.get("name_or_path") if isinstance(model, dict) else None
+    return "refusal by " + judge_caption(str(judge or "sweep"), str(name) if name else None)
 
 
 def _export_hint(

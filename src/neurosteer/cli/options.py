@@ -389,3 +389,30 @@ def _contrast_options(fn: F, *, required: bool) -> F:
         default=None,
         help="Prompts showing the behaviour (.txt, .jsonl, .json, .csv).",
     )(fn)
+
+
+@dataclass(frozen=True, kw_only=True)
+class JudgeModelSettings:
+    """The options of `judge_model_options`: what a model judge (`--judge model...`) reads."""
+
+    judge_model: Path | None
+    judge_prompts: Path | None
+
+
+def judge_model_options(fn: F) -> F:
+    """The model judge's model and prompt file (judge, sweep, optimize; read as
+    `JudgeModelSettings`); both default to their environment variables."""
+    fn = click.option(
+        "--judge-prompts",
+        type=click.Path(path_type=Path),
+        default=None,
+        help="JSON file of judge prompts for model#ENTRY, e.g. refusal_judges/llm_judges.json "
+        "(default: $NEUROSTEER_JUDGE_PROMPTS).",
+    )(fn)
+    return click.option(
+        "--judge-model",
+        type=click.Path(path_type=Path),
+        default=None,
+        help="Judge model for model judges: a folder or .gguf file "
+        "(default: $NEUROSTEER_JUDGE_MODEL).",
+    )(fn)

@@ -77,3 +77,33 @@ def get_judge(
         ".json file (optionally file.json#entry), model or model:PATH (a model folder or "
         ".gguf file), optionally with #ENTRY of a judge prompt file"
     )
+
+
+#: The model judge's verdict cache in a sweep's or search's run folder (`judge_cache`).
+RUN_CACHE_FILE = "judge-cache.jsonl"
+
+
+def run_judge(
+    name: str,
+    run_dir: str | Path | None,
+    *,
+    judge_model: str | Path | None = None,
+    judge_prompts: str | Path | None = None,
+    progress: bool = False,
+) -> Judge:
+    """`get_judge` for a run: a model judge keeps its verdicts in RUN/judge-cache.jsonl (none
+    for a run kept in memory, `run_dir` None), so a resumed run or a re-score of its answers
+    asks the judge model nothing twice.
+
+    Raises:
+        InputError: as `get_judge` (a model judge without a model: the one-line error that
+            names --judge-model and $NEUROSTEER_JUDGE_MODEL).
+    """
+    cache = None if run_dir is None else Path(run_dir) / RUN_CACHE_FILE
+    return get_judge(
+        name,
+        judge_model=judge_model,
+        judge_prompts=judge_prompts,
+        cache_file=cache,
+        progress=progress,
+    )

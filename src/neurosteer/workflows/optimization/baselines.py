@@ -24,6 +24,7 @@ from neurosteer.methods.baselines import CAA, DirectionAblation, contrast_vector
 from neurosteer.model.layout import ModelLayout
 from neurosteer.model.runtime import runs_model
 from neurosteer.workflows.optimization import store
+from neurosteer.workflows.optimization.answers import append_answers, baseline_record
 from neurosteer.workflows.optimization.config import OptimizeConfig
 from neurosteer.workflows.optimization.objectives import Objectives
 from neurosteer.workflows.optimization.split import Split
@@ -74,8 +75,10 @@ def measure_baselines(
     *,
     layout: ModelLayout,
     progress: bool = False,
+    folder: Path | None = None,
 ) -> list[BaselinePoint]:
-    """Fit CAA and directional ablation on the discovery prompts; measure each strength."""
+    """Fit CAA and directional ablation on the discovery prompts; measure each strength (its
+    judged answers appended to the answers file of the run `folder`, if given)."""
     vectors = contrast_vectors(
         model,
         tokenizer,
@@ -102,6 +105,11 @@ def measure_baselines(
         assert outcome.refusal is not None
         assert outcome.degenerate is not None
         assert outcome.compliance is not None
+        if folder is not None and outcome.answers is not None:
+            record = baseline_record(
+                method, s, config.judge, config.max_new_tokens, outcome.answers
+            )
+            append_answers(folder, record)
         points.append(
             BaselinePoint(
                 method=method,
@@ -188,6 +196,7 @@ def cached_baselines(
             config,
             layout=layout,
             progress=progress,
+            folder=folder,
         )
     except InputError as err:
         raise InputError(f"the baseline comparison failed: {err} (or pass --no-baselines)") from err

@@ -25,7 +25,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from tqdm.auto import tqdm
@@ -109,9 +109,12 @@ class Outcome(Measurement):
 
     Attributes:
         pruned: the answers were skipped (see the module docstring).
+        answers: the judged answers behind the shares (None when pruned), for the run
+            folder's answers file (`answers`).
     """
 
     pruned: bool
+    answers: JudgedAnswers | None = field(default=None, repr=False, compare=False)
 
 
 @runs_model
@@ -275,6 +278,7 @@ class Objectives:
             refusal_mass=mass,
             pruned=False,
             seconds=time.perf_counter() - started,
+            answers=judged,
         )
 
     def refusal_mass(self, intervention: Intervention, strength: float | None) -> float:

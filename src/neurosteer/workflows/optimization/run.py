@@ -28,7 +28,7 @@ from neurosteer.model.layout import ModelLayout, resolve_layout
 from neurosteer.model.runtime import runs_model
 from neurosteer.prompts.render import prompt_hash, uses_chat_template
 from neurosteer.prompts.template_vars import pin_clock
-from neurosteer.workflows.judges import get_judge
+from neurosteer.workflows.judges import run_judge
 from neurosteer.workflows.optimization import baselines as baseline_points
 from neurosteer.workflows.optimization import store
 from neurosteer.workflows.optimization.baselines import BaselinePoint, cached_baselines
@@ -78,7 +78,7 @@ class SearchResult:
     run_dir: Path | None
 
 
-# over 60 lines: a 12-line signature and 31-line docstring of public arguments; body 42 lines
+# over 60 lines: a 14-line signature and 34-line docstring of public arguments; body 48 lines
 @runs_model
 def optimize(
     model: PreTrainedModel,
@@ -91,6 +91,8 @@ def optimize(
     neutral: Sequence[str] | None = None,
     layout: ModelLayout | None = None,
     progress: bool = False,
+    judge_model: str | Path | None = None,
+    judge_prompts: str | Path | None = None,
 ) -> SearchResult:
     """Search circuits and multipliers that remove the positive set's behaviour at least cost.
 
@@ -109,6 +111,9 @@ def optimize(
         neutral: prompts for the universal-neuron filter (default: the built-in set).
         layout: a `ModelLayout` to use instead of resolving one.
         progress: progress bars on stderr (the trial bar shows the best point so far).
+        judge_model, judge_prompts: for a model judge (`workflows.judges.get_judge`): its
+            model (else $NEUROSTEER_JUDGE_MODEL) and prompt file; its verdicts are cached in
+            RUN/judge-cache.jsonl.
 
     Returns:
         A `SearchResult`: the Pareto front and every trial as frozen dataclasses.
@@ -116,7 +121,7 @@ def optimize(
     Raises:
         InputError: too few prompts to split, a prompt too long for the model, a run folder
             holding another search (the message names the difference) or in use, an
-            unknown judge, or Optuna missing.
+            unknown judge (or a model judge without a model), or Optuna missing.
 
     Example:
         >>> result = optimize(model, tok, harmful, benign, config=OptimizeConfig(trials=40),
@@ -126,11 +131,17 @@ def optimize(
     config = config or OptimizeConfig()
     optuna_module()
     split = _split(positive, negative, config)
-    judge = get_judge(config.judge)
-    layout = layout or resolve_layout(model)
     folder = None if run_dir is None else Path(run_dir)
     if folder is not None:
         store.check_folder(folder)
+    judge = run_judge(
+        config.judge,
+        folder,
+        judge_model=judge_model,
+        judge_prompts=judge_prompts,
+        progress=progress,
+    )
+    layout = layout or resolve_layout(model)
     if uses_chat_template(tokenizer, config.chat_template):
         stored = _stored_template_vars(folder)
         config = replace(config, template_vars=pin_clock(tokenizer, config.template_vars, stored))
@@ -152,7 +163,7 @@ def optimize(
                 MIN_REFUSAL_MASS,
             )
         study, interrupted = _open(folder, config, progress)
-        run_trials(study, table, objectives, config, progress)
+        run_trials(study, table, objectives, config, progress, folder)
         points = cached_baselines(
             model, tokenizer, split, objectives, config, layout, folder, progress
         )

@@ -9,11 +9,13 @@ refused + degenerate share so far and the size of the Pareto front.
 from __future__ import annotations
 
 import contextlib
+from pathlib import Path
 from typing import Any
 
 from tqdm.auto import tqdm
 
 from neurosteer.methods.circuit import Circuit
+from neurosteer.workflows.optimization.answers import append_answers, trial_record
 from neurosteer.workflows.optimization.config import OptimizeConfig
 from neurosteer.workflows.optimization.objectives import Objectives, Outcome
 from neurosteer.workflows.optimization.space import NoCandidates, build_circuit, suggest
@@ -34,8 +36,10 @@ def run_trials(
     objectives: Objectives,
     config: OptimizeConfig,
     progress: bool,
+    folder: Path | None = None,
 ) -> None:
-    """Ask, measure and tell trials until the study holds `config.trials` finished ones."""
+    """Ask, measure and tell trials until the study holds `config.trials` finished ones; with
+    a run `folder`, each trial's judged answers are appended to its answers file first."""
     done = finished(study)
     results = trial_results(study)
     with tqdm(
@@ -47,7 +51,7 @@ def run_trials(
     ) as bar:
         bar.set_postfix_str(_best(results))
         while done < config.trials:
-            result = _one_trial(study, table, objectives, config)
+            result = _one_trial(study, table, objectives, config, folder)
             if result is not None:
                 results.append(result)
             done += 1
@@ -56,10 +60,14 @@ def run_trials(
 
 
 def _one_trial(
-    study: Any, table: Circuit, objectives: Objectives, config: OptimizeConfig
+    study: Any,
+    table: Circuit,
+    objectives: Objectives,
+    config: OptimizeConfig,
+    folder: Path | None,
 ) -> TrialResult | None:
-    """Run one trial to its end (COMPLETE or PRUNED); on any error mark it FAIL, enqueue its
-    point again and re-raise."""
+    """Run one trial to its end (COMPLETE or PRUNED), its answers kept in `folder` before the
+    study hears of it; on any error mark it FAIL, enqueue its point again and re-raise."""
     optuna = optuna_module()
     trial = study.ask()
     try:
@@ -71,6 +79,11 @@ def _one_trial(
             study.tell(trial, state=optuna.trial.TrialState.PRUNED)
             return None
         outcome = objectives.measure(circuit, params.multiplier, prune=config.prune)
+        if folder is not None and outcome.answers is not None:
+            record = trial_record(
+                trial.number, trial.params, config.judge, config.max_new_tokens, outcome.answers
+            )
+            append_answers(folder, record)
         attrs = _attributes(outcome, len(circuit), params.first_layer(table.model.n_layers))
         for key, value in attrs.items():
             trial.set_user_attr(key, value)

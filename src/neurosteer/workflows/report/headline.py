@@ -81,7 +81,8 @@ def facts(config: dict[str, Any], circuit: Circuit | None) -> list[tuple[str, st
     if settings.get("judge"):
         judge = str(settings["judge"])
         labels = "labels: refusal, compliance, degenerate"
-        lines.append(("Judge", f"{judge} ({labels}); {accuracy_text(judge)}"))
+        accuracy = accuracy_text(judge, model.get("name_or_path") or None)
+        lines.append(("Judge", f"{judge} ({labels}); {accuracy}"))
     if settings.get("max_new_tokens"):
         template = {True: "on", False: "off", None: "when the tokenizer has one"}.get(
             settings.get("chat_template"), "?"

@@ -37,7 +37,7 @@ from neurosteer.model.layout import ModelLayout, resolve_layout
 from neurosteer.model.runtime import runs_model
 from neurosteer.prompts.render import prompt_hash, uses_chat_template
 from neurosteer.prompts.template_vars import pin_clock
-from neurosteer.workflows.judges import get_judge
+from neurosteer.workflows.judges import run_judge
 from neurosteer.workflows.prompt_sets import check_sets_fit
 from neurosteer.workflows.sweep.config import BASELINE, SweepConfig, knob
 from neurosteer.workflows.sweep.methods import Fitted, fit_methods
@@ -83,6 +83,8 @@ def run_sweep(
     neutral: Sequence[str] | None = None,
     layout: ModelLayout | None = None,
     progress: bool = False,
+    judge_model: str | Path | None = None,
+    judge_prompts: str | Path | None = None,
 ) -> list[dict[str, Any]]:
     """Run (or resume) a strength sweep into `out_dir`; returns every finished point's record.
 
@@ -96,6 +98,9 @@ def run_sweep(
         neutral: prompts for the circuit's universal-neuron filter (default: the built-in set).
         layout: a resolved `ModelLayout` (default: resolved from the model).
         progress: progress bars on stderr.
+        judge_model, judge_prompts: for a model judge (`workflows.judges.get_judge`): its
+            model (else $NEUROSTEER_JUDGE_MODEL) and prompt file; its verdicts are cached in
+            RUN/judge-cache.jsonl.
 
     Returns:
         The records of results.jsonl (see `neurosteer.workflows.sweep` for the schema).
@@ -106,7 +111,13 @@ def run_sweep(
     """
     run_dir = _run_folder(out_dir)
     sets = _prompt_sets(positive, negative, eval_harmful, eval_harmless, neutral, config)
-    judge = get_judge(config.judge)
+    judge = run_judge(
+        config.judge,
+        run_dir,
+        judge_model=judge_model,
+        judge_prompts=judge_prompts,
+        progress=progress,
+    )
     mmlu_data = None if config.mmlu is None else load_mmlu(config.mmlu)
     layout = layout or resolve_layout(model)
     config = _pin_clock(tokenizer, config, run_dir)

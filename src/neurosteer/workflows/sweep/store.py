@@ -98,13 +98,7 @@ def _lines(file: Path) -> list[str]:
 
 def append_result(run_dir: str | Path, record: dict[str, Any]) -> None:
     """Append one point to results.jsonl and make it durable before returning."""
-    file = Path(run_dir) / RESULTS_FILE
-    _drop_torn_tail(file)
-    line = json.dumps(record, sort_keys=True, ensure_ascii=False) + "\n"
-    with file.open("a", encoding="utf-8") as handle:
-        handle.write(line)
-        handle.flush()
-        os.fsync(handle.fileno())
+    _run_files.append_json_line(Path(run_dir) / RESULTS_FILE, record)
 
 
 def write_answers(run_dir: str | Path, name: str, rows: Sequence[dict[str, Any]]) -> None:
@@ -228,16 +222,3 @@ def merge_stored(old: Any, new: Any) -> Any:
         numbers = all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in union)
         return sorted(union) if numbers else union
     return new
-
-
-def _drop_torn_tail(file: Path) -> None:
-    """Cut a last line that has no newline (an interrupted append) so the next line is whole."""
-    if not file.is_file() or file.stat().st_size == 0:
-        return
-    with file.open("rb+") as handle:
-        data = handle.read()
-        if data.endswith(b"\n"):
-            return
-        keep = data.rfind(b"\n") + 1
-        logger.warning("%s: dropping a torn last line before appending", file)
-        handle.truncate(keep)
