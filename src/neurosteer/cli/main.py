@@ -374,6 +374,7 @@ class BakeSettings:
     force: bool
     streaming: bool
     gguf_fallback: Literal["F16", "Q8_0"]
+    gguf_keep_type: bool
 
 
 @cli.command()
@@ -404,7 +405,13 @@ class BakeSettings:
     type=click.Choice(["F16", "Q8_0"], case_sensitive=False),
     default="F16",
     show_default=True,
-    help="GGUF only: the type of a changed tensor whose own type cannot be kept exactly enough.",
+    help="GGUF only: the type of a changed tensor whose own type cannot hold the edit exactly.",
+)
+@click.option(
+    "--gguf-keep-type",
+    is_flag=True,
+    help="GGUF only: keep each changed tensor's own (quantized) type, with an approximate edit "
+    "whose error is printed.",
 )
 @settings_command(BakeSettings)
 def bake(settings: BakeSettings) -> None:
@@ -518,12 +525,12 @@ def _bake_gguf(source: Path, circuit: Circuit, multiplier: float, settings: Bake
         output,
         force=settings.force,
         fallback=settings.gguf_fallback,
+        keep_type=settings.gguf_keep_type,
     )
-    for tensor in report.changed:
-        click.echo(
-            f"  {tensor.name}: {tensor.neurons} neurons, {tensor.source_type} -> "
-            f"{tensor.stored_type} (largest weight error {tensor.max_error:.2e})"
-        )
+    from neurosteer.cli.gguf_cmds import edit_fidelity
+
+    for line in edit_fidelity(report.changed):
+        click.echo(line)
     click.echo(
         f"wrote {output}: {len(report.changed)} tensors changed, {report.copied} copied byte for "
         "byte; it loads in llama.cpp and with neurosteer/transformers"
@@ -534,6 +541,7 @@ def _register_commands() -> None:
     """Commands defined in their own files (they import the shared options, not this file)."""
     from neurosteer.cli.analysis_cmds import compare_command, report_command, sweep_command
     from neurosteer.cli.chat_cmd import chat_command
+    from neurosteer.cli.gguf_cmds import evaluate_gguf_command
     from neurosteer.cli.judge_cmd import judge_command
     from neurosteer.cli.models_cmd import models_group
     from neurosteer.cli.optimize_cmds import optimize_command
@@ -547,6 +555,7 @@ def _register_commands() -> None:
     cli.add_command(optimize_command)
     cli.add_command(models_group)
     cli.add_command(judge_command)
+    cli.add_command(evaluate_gguf_command)
 
 
 _register_commands()

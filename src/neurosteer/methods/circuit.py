@@ -643,6 +643,12 @@ class Circuit(HookedIntervention):
             raise CircuitFormatError(f"'{folder}' is missing a field: {err}") from None
 
 
+def baked_neurons(record: dict[str, Any]) -> set[tuple[int, int]]:
+    """{(layer, neuron)} of every circuit a baked checkpoint's record names
+    (`neurosteer.model.fingerprint.baked_record`)."""
+    return _baked_neurons(record)
+
+
 def _baked_neurons(record: dict[str, Any]) -> set[tuple[int, int]]:
     """{(layer, neuron)} of every circuit a baked checkpoint's record names."""
     circuits = record.get("circuits") or [record.get("circuit") or {}]
