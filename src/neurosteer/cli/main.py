@@ -548,6 +548,7 @@ def _register_commands() -> None:
     from neurosteer.cli.organism_cmds import demo_command, organism_group
     from neurosteer.cli.probe_cmd import probe_command
     from neurosteer.cli.relp_cmds import faithfulness_command
+    from neurosteer.cli.reproduce_cmd import reproduce_command
 
     commands = (sweep_command, report_command, compare_command, demo_command, organism_group)
     for command in (*commands, faithfulness_command, probe_command, chat_command):
@@ -556,6 +557,7 @@ def _register_commands() -> None:
     cli.add_command(models_group)
     cli.add_command(judge_command)
     cli.add_command(evaluate_gguf_command)
+    cli.add_command(reproduce_command)
 
 
 _register_commands()

@@ -36,6 +36,7 @@ from neurosteer.export.gguf_quants import (
 from neurosteer.interventions.protocol import check_strength
 from neurosteer.methods.baking import provenance
 from neurosteer.methods.circuit import Circuit, as_circuits
+from neurosteer.model.environment import environment
 from neurosteer.model.fingerprint import GGUF_PROVENANCE_KEY, baked_record, weights_fingerprint
 from neurosteer.model.gguf.reader import (
     STRING,
@@ -313,6 +314,7 @@ def _provenance_entries(
         "source": asdict(header.identity()),
         "source_weights": asdict(weights_fingerprint(header.path)),
         "fallback_type": fallback,
+        "environment": environment(),
     }
     if keep_type:
         record["edit"] = "approximate, in the tensors' own types"

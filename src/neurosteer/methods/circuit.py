@@ -215,6 +215,7 @@ class Circuit(HookedIntervention):
         universal: [n_layers, d_mlp] bool, the neurons the universal filter marked (all False
             when it was off); None when unknown (files of older versions without a table).
         search: the `neurosteer optimize` study the circuit was exported from, if any.
+        environment: where it was found (`neurosteer.model.environment`); empty when unknown.
 
     The default strength is `settings.multiplier` when the circuit stores one (an exported
     search result), else 0.
@@ -232,6 +233,7 @@ class Circuit(HookedIntervention):
     table: DeltaTable | None = None
     universal: torch.Tensor | None = None
     search: SearchProvenance | None = None
+    environment: dict[str, Any] = field(default_factory=dict)
     identity_strength: ClassVar[float] = 1.0
 
     @property
@@ -584,6 +586,8 @@ class Circuit(HookedIntervention):
         }
         if self.search is not None:
             meta["search"] = asdict(self.search)
+        if self.environment:
+            meta["environment"] = self.environment
         with atomic_directory(path, force=force) as staging:
             (staging / METADATA_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
             save_file(tensors, str(staging / TENSORS_FILE))
@@ -638,6 +642,7 @@ class Circuit(HookedIntervention):
                 table=table,
                 universal=universal,
                 search=_search(meta.get("search")),
+                environment=dict(meta.get("environment") or {}),
             )
         except (KeyError, TypeError, IndexError) as err:
             raise CircuitFormatError(f"'{folder}' is missing a field: {err}") from None
