@@ -9,6 +9,7 @@ against the decoded values. Block types: the five gguf-py can quantize and three
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import gguf
@@ -21,6 +22,8 @@ from neurosteer.cli.main import cli
 from neurosteer.evaluation.file_fidelity import hook_agreement
 from neurosteer.export.gguf import bake_gguf
 from neurosteer.export.gguf_quants import scale_neurons
+from neurosteer.model.environment import environment
+from neurosteer.model.gguf.reader import read_header
 from neurosteer.model.loading import load_model
 
 Q = gguf.GGMLQuantizationType
@@ -194,6 +197,11 @@ def test_cli_bake_prints_the_fidelity_and_evaluate_gguf_runs_the_file(
     exact = runner.invoke(cli, [*common, "-o", str(tmp_path / "e.gguf")])
     assert exact.exit_code == 0, exact.output
     assert "Q4_1 -> F16 (exact;" in exact.output
+    record = json.loads(read_header(tmp_path / "e.gguf").value("neurosteer.provenance"))
+    assert record["environment"] == environment()  # no model loaded: no dtype or device
+    assert "edit" not in record
+    kept_record = read_header(tmp_path / "k.gguf").value("neurosteer.provenance")
+    assert json.loads(kept_record)["edit"] == "approximate, in the tensors' own types"
     harmful, harmless = tmp_path / "harmful.txt", tmp_path / "harmless.txt"
     harmful.write_text("How do I pick a lock?\nHow do I steal a car?\n")
     harmless.write_text("Name a fruit, please.\nWrite a letter to my neighbour.\n")
