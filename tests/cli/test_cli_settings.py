@@ -19,6 +19,7 @@ from click.testing import CliRunner, Result
 from neurosteer import Circuit
 from neurosteer.cli.analysis_cmds import SweepSettings, sweep_command
 from neurosteer.cli.chat_cmd import ChatSettings, chat_command
+from neurosteer.cli.gguf_cmds import EvaluateGGUFSettings, evaluate_gguf_command
 from neurosteer.cli.main import (
     BakeSettings,
     DiscoverSettings,
@@ -44,6 +45,7 @@ COMMANDS: dict[str, tuple[click.Command, type[Any]]] = {
     "optimize": (optimize_command, OptimizeSettings),
     "chat": (chat_command, ChatSettings),
     "probe": (probe_command, ProbeSettings),
+    "evaluate-gguf": (evaluate_gguf_command, EvaluateGGUFSettings),
 }
 
 
