@@ -99,7 +99,7 @@ def table(rows: list[dict[str, Any]]) -> str:
     lines = [head, "|" + "---|" * 9]
     for r in rows:
         lines.append(
-            f"| {r['file']} | {r['bake']} | {r['stored']} | {r['worst neuron error / edit']:.1%} "
+            f"| {r['file']} | {r['bake']} | {r['stored']} | {r['worst neuron error / edit']:.2%} "
             f"| {r['top1']:.1%} | {r['max_logit_error']:.3g} | {r['kl']:.2e} | {r['positions']} "
             f"| {r['size_mb']:.1f} |"
         )
