@@ -20,6 +20,7 @@ from neurosteer import Circuit
 from neurosteer.cli.analysis_cmds import SweepSettings, sweep_command
 from neurosteer.cli.chat_cmd import ChatSettings, chat_command
 from neurosteer.cli.lora_cmd import ExportLoraSettings, export_lora_command
+from neurosteer.cli.gguf_cmds import EvaluateGGUFSettings, evaluate_gguf_command
 from neurosteer.cli.main import (
     BakeSettings,
     DiscoverSettings,
@@ -46,6 +47,7 @@ COMMANDS: dict[str, tuple[click.Command, type[Any]]] = {
     "chat": (chat_command, ChatSettings),
     "probe": (probe_command, ProbeSettings),
     "export-lora": (export_lora_command, ExportLoraSettings),
+    "evaluate-gguf": (evaluate_gguf_command, EvaluateGGUFSettings),
 }
 
 

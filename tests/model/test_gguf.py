@@ -3,7 +3,7 @@
 In: `load_model` reads a .gguf file (or a folder holding one) into a dequantized model whose
 logits are the HF model's, with the tokenizer and chat template from the file; circuits found on
 it record the file's identity. Out: `bake_gguf` rewrites only the down projections of circuit
-layers (same type where exact enough, else F16/Q8_0), copies every other tensor and metadata
+layers (same type where the edit is exact, else F16/Q8_0), copies every other tensor and metadata
 entry byte for byte, and the baked file reloaded gives the hooked model's logits within the
 stored type's tolerance.
 """
@@ -353,11 +353,14 @@ def test_bake_matches_hooks_and_copies_the_rest(
 
 
 def _stored_afresh(model: PreTrainedModel, changed: tuple[ChangedTensor, ...]) -> PreTrainedModel:
-    """A copy whose changed down projections are quantized anew, whole, in their stored type."""
+    """A copy whose changed down projections are quantized anew, whole, in their stored type
+    (an exact edit kept in its own type holds the steered values themselves)."""
     fresh = copy.deepcopy(model)
     sites = resolve_layout(fresh).site_modules(fresh)
     with torch.no_grad():
         for tensor in changed:
+            if tensor.error.exact and tensor.stored_type == tensor.source_type:
+                continue
             weight = sites[int(tensor.name.split(".")[1])].weight
             stored = Q[tensor.stored_type]
             data = np.asarray(gguf.quants.quantize(weight.numpy(), stored))
@@ -396,21 +399,20 @@ def test_bake_takes_several_circuits_like_steer(f16_case: Case, tmp_path: Path) 
     assert not (tmp_path / "overlap.gguf").exists()
 
 
-def test_bake_keeps_the_type_where_exact_enough(case: Case, tmp_path: Path) -> None:
-    """m = 0: floats scale exactly, and so do the symmetric block types (zero is on their grid);
-    K-quants cannot be re-quantized by gguf-py and fall back to F16."""
+def test_bake_keeps_the_type_where_the_edit_is_exact(case: Case, tmp_path: Path) -> None:
+    """m = 0: floats scale exactly, and so do the block types whose grid holds zero (the
+    neuron's code set to it: Q8_0, Q4_0, Q6_K); Q4_1's grid (q·d + min) holds zero only by
+    chance, so its tensors are kept only where every neuron landed exactly, else F16."""
     report = bake_gguf(case.path, case.circuit, 0.0, tmp_path / "zero.gguf")
     stored = {t.stored_type for t in report.changed}
-    if case.down_type == "Q6_K":
-        assert stored == {"F16"}
-    elif case.down_type in ("F32", "F16"):
+    assert all(t.error.exact for t in report.changed)
+    if case.down_type in ("F32", "F16", "Q8_0", "Q4_0", "Q6_K"):
         assert stored == {case.down_type}
         assert all(t.max_error == 0.0 for t in report.changed)
-    elif case.down_type in ("Q8_0", "Q4_0"):  # the neuron's code set to the grid's zero
-        assert stored == {case.down_type}
-        assert all(t.requantized_blocks > 0 and t.max_error == 0.0 for t in report.changed)
-    else:  # Q4_1's grid (q·d + min) holds zero only by chance: kept within the rule, or F16
+    else:
         assert stored <= {case.down_type, "F16"}
+    if case.down_type in ("Q8_0", "Q4_0", "Q6_K"):
+        assert all(t.requantized_blocks > 0 for t in report.changed)
 
 
 def test_bake_multiplier_one_changes_no_tensor(q8_case: Case, tmp_path: Path) -> None:
@@ -425,7 +427,8 @@ def test_bake_multiplier_one_changes_no_tensor(q8_case: Case, tmp_path: Path) ->
 
 def test_bake_q8_0_fallback(k_case: Case, tmp_path: Path) -> None:
     case = k_case
-    report = bake_gguf(case.path, case.circuit, 0.0, tmp_path / "q8.gguf", fallback="Q8_0")
+    # m = 0.5 halves Q6_K codes, which its grid holds only for even codes: not exact
+    report = bake_gguf(case.path, case.circuit, 0.5, tmp_path / "q8.gguf", fallback="Q8_0")
     assert {t.stored_type for t in report.changed} == {"Q8_0"}
     assert load_model(tmp_path / "q8.gguf")[0].config.model_type == case.family
 
@@ -497,32 +500,7 @@ def decoded(data: np.ndarray, ggml_type: int, rows: int) -> np.ndarray:
     return gguf.quants.dequantize(data.reshape(rows, -1), Q(ggml_type)).reshape(rows, -1)
 
 
-@pytest.mark.parametrize("type_name", ["Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1"])
-@pytest.mark.parametrize("multiplier", [0.0, -1.0, 0.5, 3.0])
-def test_requantized_blocks_follow_the_rule(type_name: str, multiplier: float) -> None:
-    rng = np.random.default_rng(7)
-    weights = rng.normal(size=(6, 128)).astype(np.float32)  # [d_model, d_mlp]
-    raw = quantized(weights, type_name)
-    original = decoded(raw, int(Q[type_name]), 6)
-    neurons = np.array([1, 2, 64, 127])
-    out = scale_neurons(raw, int(Q[type_name]), (128, 6), neurons, multiplier)
-    result = decoded(out.data, out.ggml_type, 6)
-    target = original.copy()
-    target[:, neurons] *= multiplier
-    if out.ggml_type == int(Q[type_name]):
-        assert out.requantized_blocks == 6 * 3  # blocks 0, 2 and 3 of each row
-        untouched = np.r_[32:64]  # block 1 holds no neuron
-        blocks = raw.reshape(6, 4, -1)
-        assert np.array_equal(out.data.reshape(6, 4, -1)[:, 1], blocks[:, 1])
-        assert np.array_equal(result[:, untouched], original[:, untouched])
-        step = np.abs(blocks[..., :2].copy().view(np.float16).astype(np.float32))[..., 0]
-        allowed = 0.5 * step + 2**-10 * np.abs(target.reshape(6, 4, 32)).max(axis=-1)
-        error = np.abs(result - target).reshape(6, 4, 32).max(axis=-1)
-        assert (error <= allowed).all()
-    else:  # rejected: the whole tensor in F16, every value within f16 rounding
-        assert out.ggml_type == int(Q.F16)
-        assert np.allclose(result, target, rtol=2**-10, atol=1e-6)
-    assert out.max_error == pytest.approx(float(np.abs(result - target).max()))
+# the rule for every block type, exact and kept: tests/export/test_gguf_fidelity.py
 
 
 @pytest.mark.parametrize(
@@ -532,12 +510,12 @@ def test_requantized_blocks_follow_the_rule(type_name: str, multiplier: float) -
 def test_setting_a_code_keeps_the_rest_of_the_block(type_name: str, multiplier: float) -> None:
     """Within a block, only the neuron's code changes: its other 31 values stay exactly as they
     were, and the neuron lands on the nearest point of the block's grid (exactly 0 for m = 0 on
-    the symmetric types)."""
+    the symmetric types; with keep_type where that is not the exact edit)."""
     weights = np.random.default_rng(11).normal(size=(9, 64)).astype(np.float32)
     raw = quantized(weights, type_name)
     before = decoded(raw, int(Q[type_name]), 9)
     neurons = np.array([4, 17, 40])
-    out = scale_neurons(raw, int(Q[type_name]), (64, 9), neurons, multiplier)
+    out = scale_neurons(raw, int(Q[type_name]), (64, 9), neurons, multiplier, keep_type=True)
     assert out.ggml_type == int(Q[type_name])
     after = decoded(out.data, out.ggml_type, 9)
     others = np.setdiff1d(np.arange(64), neurons)

@@ -21,6 +21,8 @@ What is left out or normalised, by rule (each differs between environments, not 
     GGUF's `neurosteer.version` reads `<version>` (a GGUF file is hashed by its parts: each
     metadata value as normalised text, each tensor's type, shape and data; a safetensors file
     likewise, since its writer orders the header's metadata at random);
+  - the environment record (`neurosteer.model.environment`: versions, platform, threads) of
+    circuit.json, the sweep's config, optimize.json and the baked files reads "<environment>";
   - timings: the `seconds` of each sweep row and of each trial, and the files that hold
     timings or are drawn from them: the sweep's results.jsonl (compared as rows instead),
     the study's study.db (SQLite with timestamps; compared as trials instead), the figures
@@ -55,6 +57,8 @@ SKIPPED_NAMES = ("study.db", ".lock", "summary.csv", "results.jsonl")
 SKIPPED_SUFFIXES = (".png",)
 #: JSON fields that hold a version of this package or of transformers
 VERSION_FIELDS = re.compile(rb'"(library_version|transformers_version)": "[^"]*"')
+#: The flat environment record, in plain JSON or escaped inside a JSON string (a GGUF value)
+ENVIRONMENT = re.compile(rb'(\\?"environment\\?": )\{[^{}]*\}')
 
 
 def _cli(args: list[object]) -> None:
@@ -71,6 +75,7 @@ def _normalise(data: bytes, roots: dict[str, Path]) -> bytes:
     for name, root in roots.items():
         for spelling in (str(root), json.dumps(str(root))[1:-1]):
             data = data.replace(spelling.encode(), f"<{name}>".encode())
+    data = ENVIRONMENT.sub(rb'\1"<environment>"', data)
     return VERSION_FIELDS.sub(rb'"\1": "<version>"', data)
 
 

@@ -398,6 +398,7 @@ class BakeSettings:
     force: bool
     streaming: bool
     gguf_fallback: Literal["F16", "Q8_0"]
+    gguf_keep_type: bool
 
 
 @cli.command()
@@ -428,7 +429,13 @@ class BakeSettings:
     type=click.Choice(["F16", "Q8_0"], case_sensitive=False),
     default="F16",
     show_default=True,
-    help="GGUF only: the type of a changed tensor whose own type cannot be kept exactly enough.",
+    help="GGUF only: the type of a changed tensor whose own type cannot hold the edit exactly.",
+)
+@click.option(
+    "--gguf-keep-type",
+    is_flag=True,
+    help="GGUF only: keep each changed tensor's own (quantized) type, with an approximate edit "
+    "whose error is printed.",
 )
 @settings_command(BakeSettings)
 def bake(settings: BakeSettings) -> None:
@@ -542,12 +549,12 @@ def _bake_gguf(source: Path, circuit: Circuit, multiplier: float, settings: Bake
         output,
         force=settings.force,
         fallback=settings.gguf_fallback,
+        keep_type=settings.gguf_keep_type,
     )
-    for tensor in report.changed:
-        click.echo(
-            f"  {tensor.name}: {tensor.neurons} neurons, {tensor.source_type} -> "
-            f"{tensor.stored_type} (largest weight error {tensor.max_error:.2e})"
-        )
+    from neurosteer.cli.gguf_cmds import edit_fidelity
+
+    for line in edit_fidelity(report.changed):
+        click.echo(line)
     click.echo(
         f"wrote {output}: {len(report.changed)} tensors changed, {report.copied} copied byte for "
         "byte; it loads in llama.cpp and with neurosteer/transformers"
@@ -558,6 +565,7 @@ def _register_commands() -> None:
     """Commands defined in their own files (they import the shared options, not this file)."""
     from neurosteer.cli.analysis_cmds import compare_command, report_command, sweep_command
     from neurosteer.cli.chat_cmd import chat_command
+    from neurosteer.cli.gguf_cmds import evaluate_gguf_command
     from neurosteer.cli.judge_cmd import judge_command
     from neurosteer.cli.lora_cmd import export_lora_command
     from neurosteer.cli.models_cmd import models_group
@@ -565,6 +573,7 @@ def _register_commands() -> None:
     from neurosteer.cli.organism_cmds import demo_command, organism_group
     from neurosteer.cli.probe_cmd import probe_command
     from neurosteer.cli.relp_cmds import faithfulness_command
+    from neurosteer.cli.reproduce_cmd import reproduce_command
 
     commands = (sweep_command, report_command, compare_command, demo_command, organism_group)
     for command in (*commands, faithfulness_command, probe_command, chat_command):
@@ -573,6 +582,8 @@ def _register_commands() -> None:
     cli.add_command(models_group)
     cli.add_command(judge_command)
     cli.add_command(export_lora_command)
+    cli.add_command(evaluate_gguf_command)
+    cli.add_command(reproduce_command)
 
 
 _register_commands()

@@ -278,6 +278,25 @@ def kl_from_reference(
     return rows.report(reference.max_new_tokens)
 
 
+@runs_model
+def kl_of_model(model: PreTrainedModel, reference: KLReference) -> KLReport:
+    """KL(P_reference || P_model) on a stored reference that another model made: how far
+    `model` (the same tokenizer; e.g. the same weights baked or quantized into a file) moves
+    the next-token distribution, with one forward pass per batch.
+
+    Args:
+        model: the model to score, as it is (anything active on it applies).
+        reference: from `kl_reference` on the other model.
+    """
+    rows = _Rows(reference.n_prompts)
+    with torch.inference_mode():
+        for ref in reference.batches:
+            device = input_device(model)
+            inputs = model_inputs(model, ref.input_ids.to(device), ref.attention_mask.to(device))
+            rows.add(ref, _kl(ref, _continuation_logprobs(model, inputs, ref.logprobs.shape[1])))
+    return rows.report(reference.max_new_tokens)
+
+
 class _Rows:
     """Per-prompt KL values gathered batch by batch, then averaged into a `KLReport`."""
 
@@ -372,7 +391,11 @@ def _steered_kl(
 ) -> torch.Tensor:
     """KL(P_unsteered || P_steered) [b, t] at each continuation position of `ref` (0 where
     not scored)."""
-    steered = steered_logprobs(model, ref, intervention, strength)
+    return _kl(ref, steered_logprobs(model, ref, intervention, strength))
+
+
+def _kl(ref: ReferenceBatch, steered: torch.Tensor) -> torch.Tensor:
+    """KL(P_ref || P_steered) [b, t] from log-probabilities [b, t, vocab] (0 where not scored)."""
     reference = ref.logprobs.to(steered.device).float()
     # KL(p || q) = sum_v p_v (log p_v - log q_v); [b, t]
     kl = (reference.exp() * (reference - steered)).sum(-1).clamp(min=0.0)

@@ -4,9 +4,10 @@ The copy is written tensor by tensor, never loading the model: the metadata entr
 byte for byte (an earlier bake's `neurosteer.*` entries are replaced), the provenance is added
 as `neurosteer.*` entries, and every tensor except the down projections of layers with circuit
 neurons is copied byte for byte. Those few are rewritten by `quants.scale_neurons` (same type
-where exact enough, otherwise the fallback type, see `neurosteer.export.gguf_quants`). Peak memory
-is
-about one tensor. The result loads in llama.cpp and in transformers like the original.
+where it holds the edit exactly, otherwise the fallback type, or the same type with an
+approximate edit when asked; see `neurosteer.export.gguf_quants`), and each one's distance from
+the exact edit is reported. Peak memory is about one tensor. The result loads in llama.cpp
+and in transformers like the original.
 """
 
 from __future__ import annotations
@@ -25,10 +26,17 @@ import numpy as np
 from neurosteer._io import atomic_file, check_writable
 from neurosteer._version import __version__
 from neurosteer.errors import CircuitMismatchError, InputError
-from neurosteer.export.gguf_quants import FALLBACKS, Fallback, ScaledTensor, scale_neurons
+from neurosteer.export.gguf_quants import (
+    FALLBACKS,
+    EditError,
+    Fallback,
+    ScaledTensor,
+    scale_neurons,
+)
 from neurosteer.interventions.protocol import check_strength
 from neurosteer.methods.baking import provenance
 from neurosteer.methods.circuit import Circuit, as_circuits
+from neurosteer.model.environment import environment
 from neurosteer.model.fingerprint import GGUF_PROVENANCE_KEY, baked_record, weights_fingerprint
 from neurosteer.model.gguf.reader import (
     STRING,
@@ -48,7 +56,8 @@ COPY_CHUNK = 64 * 2**20
 
 @dataclass(frozen=True)
 class ChangedTensor:
-    """One rewritten down projection: its types before and after, and the largest change error."""
+    """One rewritten down projection: its types before and after, and how far the stored edit
+    is from the exact one (`error`; `max_error` is its largest value, in weight units)."""
 
     name: str
     source_type: str
@@ -56,6 +65,7 @@ class ChangedTensor:
     neurons: int
     requantized_blocks: int
     max_error: float
+    error: EditError
 
 
 @dataclass(frozen=True)
@@ -89,6 +99,7 @@ def bake_gguf(
     *,
     force: bool = False,
     fallback: Fallback = "F16",
+    keep_type: bool = False,
 ) -> GGUFBakeReport:
     """Write `output`, a copy of the GGUF file `source` with the circuits' neurons scaled.
 
@@ -102,7 +113,10 @@ def bake_gguf(
         strength: the multiplier m written into the weights (0 ablates, 1 leaves them as they
             are); None takes the first circuit's default strength.
         output: the file to write (atomically); refused if it exists unless `force`.
-        fallback: "F16" or "Q8_0", the type of a changed tensor whose own type cannot be kept.
+        fallback: "F16" or "Q8_0", the type of a changed tensor whose own type cannot hold
+            the edit exactly.
+        keep_type: keep each changed tensor's own type even where the edit is then
+            approximate (its error is in the report; block types whose codes are known only).
 
     Raises:
         InputError: not a GGUF file, no down projection for a circuit layer, a non-finite
@@ -124,14 +138,14 @@ def bake_gguf(
     targets = _merge([circuit_tensors(header, c) for c in circuits])
     for c in circuits:
         c.refuse_baked(baked_record(header.path), f"'{header.path.name}'")
-    extra = _provenance_entries(header, circuit, multiplier, fallback)
+    extra = _provenance_entries(header, circuit, multiplier, fallback, keep_type)
     with (
         atomic_file(target, force=force, inputs=[source]) as staging,
         header.path.open("rb") as f,
         mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as src,
         staging.open("wb") as out,
     ):
-        changed, peak = _write(header, src, out, targets, multiplier, fallback, extra)
+        changed, peak = _write(header, src, out, targets, multiplier, (fallback, keep_type), extra)
     return GGUFBakeReport(
         path=target,
         changed=changed,
@@ -211,7 +225,7 @@ def _write(
     out: BinaryIO,
     targets: dict[str, np.ndarray],
     multiplier: float,
-    fallback: Fallback,
+    storage: tuple[Fallback, bool],
     extra: list[bytes],
 ) -> tuple[tuple[ChangedTensor, ...], int]:
     """Write the new file: header and metadata, a placeholder index, the data, the real index."""
@@ -243,7 +257,8 @@ def _write(
                 tensor.shape,
                 targets[tensor.name],
                 multiplier,
-                fallback=fallback,
+                fallback=storage[0],
+                keep_type=storage[1],
             )
             out.write(scaled.data.tobytes())
             values = int(np.prod(tensor.shape))  # at most this many decoded float32 values
@@ -269,6 +284,7 @@ def _record(tensor: TensorInfo, neurons: int, scaled: ScaledTensor) -> ChangedTe
         neurons=neurons,
         requantized_blocks=scaled.requantized_blocks,
         max_error=scaled.max_error,
+        error=scaled.error,
     )
 
 
@@ -285,15 +301,23 @@ def _index(tensors: tuple[TensorInfo, ...], placed: dict[str, tuple[int, int]]) 
 
 
 def _provenance_entries(
-    header: GGUFHeader, circuit: Circuit | Sequence[Circuit], multiplier: float, fallback: Fallback
+    header: GGUFHeader,
+    circuit: Circuit | Sequence[Circuit],
+    multiplier: float,
+    fallback: Fallback,
+    keep_type: bool,
 ) -> list[bytes]:
     """The `neurosteer.*` metadata entries, serialized: the library version, the multiplier,
-    and a JSON record of the circuit, the source file and the fallback type."""
+    and a JSON record of the circuit, the source file, the fallback type and whether types were
+    kept with approximate edits."""
     record = provenance(circuit, multiplier) | {
         "source": asdict(header.identity()),
         "source_weights": asdict(weights_fingerprint(header.path)),
         "fallback_type": fallback,
+        "environment": environment(),
     }
+    if keep_type:
+        record["edit"] = "approximate, in the tensors' own types"
     text = json.dumps(record, sort_keys=True)
     values = {
         "neurosteer.multiplier": (FLOAT64, struct.pack("<d", multiplier)),

@@ -28,6 +28,7 @@ from neurosteer.hooks.edits import scale_values
 from neurosteer.interventions.protocol import check_strength
 from neurosteer.methods.baking import PROVENANCE_FILE, provenance
 from neurosteer.methods.circuit import Circuit, as_circuits
+from neurosteer.model.environment import environment
 from neurosteer.model.fingerprint import baked_record
 from neurosteer.model.layout import ModelLayout, resolve_layout
 
@@ -122,7 +123,7 @@ def bake_streaming(
                 shutil.copytree(item, staging / item.name)
             elif item.name != PROVENANCE_FILE:
                 shutil.copyfile(item, staging / item.name)
-        record = provenance(circuit, m) | {"streaming": True}
+        record = provenance(circuit, m) | {"streaming": True, "environment": environment()}
         (staging / PROVENANCE_FILE).write_text(json.dumps(record, indent=2, sort_keys=True))
     return StreamingReport(
         shards=len(set(shard_of.values())),

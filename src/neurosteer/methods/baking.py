@@ -36,6 +36,7 @@ from neurosteer.interventions.handles import BakeHandle, require_editable
 from neurosteer.interventions.protocol import Bound, Intervention, check_strength
 from neurosteer.methods.circuit import Circuit, as_circuits, bake_circuits, circuits_provenance
 from neurosteer.methods.steering import Steerable
+from neurosteer.model.environment import environment
 from neurosteer.model.fingerprint import BAKED_FILE, weights_fingerprint
 from neurosteer.model.layout import ModelLayout
 
@@ -145,7 +146,10 @@ def save_baked(
         finally:
             handle.undo()
         tokenizer.save_pretrained(staging)
-        record = provenance(intervention, value) | {"source_weights": asdict(source)}
+        record = provenance(intervention, value) | {
+            "source_weights": asdict(source),
+            "environment": environment(model),
+        }
         (staging / PROVENANCE_FILE).write_text(json.dumps(record, indent=2, sort_keys=True))
     return Path(out_dir)
 

@@ -220,6 +220,7 @@ class Circuit(HookedIntervention):
         search: the `neurosteer optimize` study the circuit was exported from, if any.
         discovery: the discovery prompts and each neuron's activations on them (see
             `neurosteer.methods.discovery_record`); None when not kept (older files, RelP).
+        environment: where it was found (`neurosteer.model.environment`); empty when unknown.
 
     The default strength is `settings.multiplier` when the circuit stores one (an exported
     search result), else 0.
@@ -238,6 +239,7 @@ class Circuit(HookedIntervention):
     universal: torch.Tensor | None = None
     search: SearchProvenance | None = None
     discovery: DiscoveryRecord | None = None
+    environment: dict[str, Any] = field(default_factory=dict)
     identity_strength: ClassVar[float] = 1.0
 
     @property
@@ -605,6 +607,8 @@ class Circuit(HookedIntervention):
         if self.discovery is not None:
             meta["discovery"], kept = self.discovery.to_files()
             tensors.update(kept)
+        if self.environment:
+            meta["environment"] = self.environment
         with atomic_directory(path, force=force) as staging:
             (staging / METADATA_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
             save_file(tensors, str(staging / TENSORS_FILE))
@@ -662,9 +666,16 @@ class Circuit(HookedIntervention):
                 discovery=record_from_files(
                     meta.get("discovery"), tensors, int(tensors["layers"].numel()), str(folder)
                 ),
+                environment=dict(meta.get("environment") or {}),
             )
         except (KeyError, TypeError, IndexError) as err:
             raise CircuitFormatError(f"'{folder}' is missing a field: {err}") from None
+
+
+def baked_neurons(record: dict[str, Any]) -> set[tuple[int, int]]:
+    """{(layer, neuron)} of every circuit a baked checkpoint's record names
+    (`neurosteer.model.fingerprint.baked_record`)."""
+    return _baked_neurons(record)
 
 
 def _baked_neurons(record: dict[str, Any]) -> set[tuple[int, int]]:

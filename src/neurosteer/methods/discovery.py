@@ -37,6 +37,7 @@ from neurosteer.methods.selection import (
     select_top_k,
     universal_mask,
 )
+from neurosteer.model.environment import environment
 from neurosteer.model.fingerprint import weights_fingerprint
 from neurosteer.model.gguf.loading import source_file
 from neurosteer.model.layout import ModelLayout, resolve_layout
@@ -337,6 +338,7 @@ def _select(
         settings=replace(settings, universal_removed=removed, n_candidates=chosen.n_candidates),
         prompts=prompts,
         library_version=__version__,
+        environment=environment(model),
         table=DeltaTable(pos.mean, neg.mean, pos.var, neg.var, universal),
         universal=universal,
     )

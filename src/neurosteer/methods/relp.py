@@ -51,6 +51,7 @@ from neurosteer.methods.relp_pass import (
     attention_rule,
 )
 from neurosteer.methods.selection import candidate_mask, select_top_k
+from neurosteer.model.environment import environment
 from neurosteer.model.layout import ModelLayout, resolve_layout
 from neurosteer.model.runtime import auto_batch_size, input_device, pad_id, run_batches, runs_model
 from neurosteer.prompts.render import Batch, prompt_hash, uses_chat_template
@@ -268,6 +269,7 @@ def attribute(
         ),
         prompts=_prompt_infos(prompts, target_list, contrast_list),
         library_version=__version__,
+        environment=environment(model),
         table=_table(scores.target, contrast, universal),
         universal=universal,
     )

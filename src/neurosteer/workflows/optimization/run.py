@@ -24,6 +24,7 @@ from neurosteer._version import __version__
 from neurosteer.errors import CircuitFormatError, InputError
 from neurosteer.methods.circuit import Circuit
 from neurosteer.methods.discovery import discover, model_info
+from neurosteer.model.environment import environment
 from neurosteer.model.layout import ModelLayout, resolve_layout
 from neurosteer.model.runtime import runs_model
 from neurosteer.prompts.render import prompt_hash, uses_chat_template
@@ -326,6 +327,7 @@ def _meta(
         },
         **_sections(config, split, neutral),
         "library_version": __version__,
+        "environment": environment(model),
     }
 
 

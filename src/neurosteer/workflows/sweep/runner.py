@@ -33,6 +33,7 @@ from neurosteer.evaluation.quality import quality
 from neurosteer.evaluation.refusal import measure_refusal
 from neurosteer.interventions.protocol import Intervention
 from neurosteer.methods.discovery import model_info
+from neurosteer.model.environment import environment
 from neurosteer.model.layout import ModelLayout, resolve_layout
 from neurosteer.model.runtime import runs_model
 from neurosteer.prompts.render import prompt_hash, uses_chat_template
@@ -211,6 +212,7 @@ def _start_run(
         },
         "settings": config.to_dict(),
         "library_version": __version__,
+        "environment": environment(model),
     }
     run_dir.mkdir(exist_ok=True)
     check_or_write_config(run_dir, meta)
@@ -237,6 +239,27 @@ def _run_points(
             append_result(run_dir, record)
             logger.info("finished %s at s=%g", point_label(method, seed), strength)
             bar.update(1)
+
+
+def measure_point(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    config: SweepConfig,
+    sets: dict[str, list[str]],
+    fitted: Fitted,
+    layout: ModelLayout,
+    point: PointKey,
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """(result record, answer rows) of one point, measured as `run_sweep` measures it.
+
+    Args:
+        sets: "harmful" and "harmless" evaluation prompts (already limited).
+        fitted: the run's interventions (`fit_methods`).
+        point: (method, strength, seed).
+    """
+    mmlu_data = None if config.mmlu is None else load_mmlu(config.mmlu)
+    evaluator = _Evaluator(model, tokenizer, config, get_judge(config.judge), sets, mmlu_data)
+    return evaluator.point(fitted, layout, *point)
 
 
 class _Evaluator:
