@@ -55,6 +55,7 @@ from neurosteer.interventions.protocol import (
     Installer,
     check_strength,
 )
+from neurosteer.methods.moe_sites import bake_moe, edited_modules, moe_installer
 from neurosteer.methods.selection import (
     candidate_mask,
     neuron_scores,
@@ -269,8 +270,11 @@ class Circuit(HookedIntervention):
             CircuitMismatchError: the circuit does not fit `model` (`CircuitLayoutError` when
                 its paths do not resolve or `layout` uses others).
         """
-        sites = self.layout_on(model, layout).site_modules(model)
+        resolved = self.layout_on(model, layout)
         by_layer = self.by_layer()
+        if resolved.moe is not None:
+            return moe_installer(model, resolved, by_layer)
+        sites = resolved.site_modules(model)
 
         def install(hooks: HookSet, state: EditState) -> None:
             add_neuron_scalers(hooks, sites, by_layer, state)
@@ -736,10 +740,15 @@ def bake_circuits(
         raise InputError("bake() needs at least one circuit")
     m = check_strength(strength, circuits[0].default_strength)
     plans = []
+    edited: list[nn.Module] = []
     for circuit in circuits:
         c_layout = circuit.layout_on(model, layout)
-        plans.append((c_layout, c_layout.site_modules(model), circuit.by_layer()))
-    edited = [sites[layer] for _, sites, by_layer in plans for layer in by_layer]
+        sites, by_layer = c_layout.site_modules(model), circuit.by_layer()
+        plans.append((c_layout, sites, by_layer))
+        if c_layout.moe is not None:
+            edited += edited_modules(model, c_layout, by_layer)
+        else:
+            edited += [sites[layer] for layer in by_layer]
     require_editable(model, edited, "bake the circuit")
     handle = BakeHandle()
     before = baked_on(model)
@@ -747,6 +756,9 @@ def bake_circuits(
     try:
         with torch.no_grad():
             for c_layout, sites, by_layer in plans:
+                if c_layout.moe is not None:
+                    bake_moe(handle, model, c_layout, by_layer, m)
+                    continue
                 axis = 1 if c_layout.orientation == "columns" else 0
                 for layer, neurons in by_layer.items():
                     weight = sites[layer].weight
