@@ -18,6 +18,7 @@ import re
 from dataclasses import dataclass
 from typing import Literal
 
+import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
@@ -65,6 +66,13 @@ class ModelLayout:
     def n_neurons(self) -> int:
         """Neurons of the model (all experts of all layers for an MoE model)."""
         return self.n_layers * self.d_mlp if self.moe is None else self.moe.n_neurons
+
+    def valid_mask(self) -> torch.Tensor:
+        """[n_layers, d_mlp] bool: the indices that are neurons (an MoE layer narrower than
+        the widest ends early; every index of a dense model)."""
+        if self.moe is None:
+            return torch.ones(self.n_layers, self.d_mlp, dtype=torch.bool)
+        return self.moe.valid_mask(self.d_mlp)
 
     def require_dense(self, what: str) -> None:
         """Refuse a method that reads the neurons as one site input on an MoE model.
