@@ -15,9 +15,11 @@ the provenance a reader needs to trust or reproduce it. On disk it is a folder:
 No timestamps: the same inputs give the same files, byte for byte. Writes are atomic.
 
 Format versions: 1 (the first), 2 (adds `Settings.multiplier`, `Settings.score` and the
-"search" section), 3 (adds `ModelInfo.weights`, the fingerprint of the weights). This version
-reads all three; an older file reads with the defaults of the new fields (no stored
-multiplier, the plain difference of means, no search, weights unknown).
+"search" section), 3 (adds `ModelInfo.weights`, the fingerprint of the weights), 4 (adds
+`ModelInfo.neuron_blocks`, written only for mixture-of-experts models: which expert each flat
+neuron index of a layer belongs to). This version reads all four; an older file reads with
+the defaults of the new fields (no stored multiplier, the plain difference of means, no
+search, weights unknown, a dense model).
 """
 
 from __future__ import annotations
@@ -65,11 +67,12 @@ from neurosteer.methods.selection import (
 from neurosteer.model.fingerprint import WeightsFingerprint, baked_on, mark_baked, same_weights
 from neurosteer.model.gguf.reader import FileIdentity
 from neurosteer.model.layout import ModelLayout, resolve_layout
+from neurosteer.model.moe_layout import describe_neuron
 
 logger = logging.getLogger(__name__)
 
-FORMAT_VERSION = 3
-READABLE_VERSIONS = (1, 2, 3)
+FORMAT_VERSION = 4
+READABLE_VERSIONS = (1, 2, 3, 4)
 """Circuit format versions `Circuit.load` reads (see the module docstring)."""
 METADATA_FILE = "circuit.json"
 TENSORS_FILE = "tensors.safetensors"
@@ -84,7 +87,10 @@ class ModelInfo:
     `file` names the GGUF file (name, size, hash of its header and tensor index) when the
     model was loaded from one; None for transformers checkpoints. `weights` is the
     fingerprint of the weights (`neurosteer.model.fingerprint`); None in files of version 2 and
-    older.
+    older. `neuron_blocks` is, for a mixture-of-experts model, each layer's block table
+    (`neurosteer.model.moe_layout.MoeLayout.table`: [kind, start, n_experts, width] per block)
+    saying which expert a flat neuron index belongs to; None for dense models (and files of
+    version 3 and older). `d_mlp` is then the widest layer.
     """
 
     name_or_path: str
@@ -98,6 +104,32 @@ class ModelInfo:
     config_hash: str
     file: FileIdentity | None = None
     weights: WeightsFingerprint | None = None
+    neuron_blocks: list[list[list[int | str]]] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """`dataclasses.asdict`, without `neuron_blocks` for a dense model (so dense records
+        stay as they were)."""
+        data = asdict(self)
+        if data["neuron_blocks"] is None:
+            del data["neuron_blocks"]
+        return data
+
+    def valid_mask(self) -> torch.Tensor:
+        """[n_layers, d_mlp] bool: the indices that are neurons (all of them for a dense model;
+        for an MoE model, layers narrower than `d_mlp` end early)."""
+        if self.neuron_blocks is None:
+            return torch.ones(self.n_layers, self.d_mlp, dtype=torch.bool)
+        widths = torch.tensor(
+            [sum(int(b[2]) * int(b[3]) for b in layer) for layer in self.neuron_blocks]
+        )
+        return torch.arange(self.d_mlp)[None, :] < widths[:, None]
+
+    def neuron_name(self, layer: int, neuron: int) -> str:
+        """ "301" for a dense model; "E5 n301" (routed expert 5), "S n12" (shared experts) or
+        "n7" (a dense layer) for an MoE model."""
+        if self.neuron_blocks is None:
+            return str(neuron)
+        return describe_neuron(self.neuron_blocks, layer, neuron)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelInfo:
@@ -293,9 +325,10 @@ class Circuit(HookedIntervention):
         """[n_layers, d_mlp] bool: the neurons this circuit was selected from (its candidate
         layers without the universal neurons, where those are recorded)."""
         info = self.model
-        return candidate_mask(
+        mask = candidate_mask(
             info.n_layers, info.d_mlp, self.settings.skip_layers, self.universal_mask()
         )
+        return mask & info.valid_mask()
 
     def layout_on(self, model: nn.Module, layout: ModelLayout | None = None) -> ModelLayout:
         """The layout that puts this circuit's neurons where they were found, on `model`.
@@ -526,7 +559,7 @@ class Circuit(HookedIntervention):
     def _free_neurons(self, universal: torch.Tensor | None) -> torch.Tensor:
         """[n_layers, d_mlp] bool: neurons outside this circuit and outside `universal` (a
         warning when the circuit filtered universal neurons but does not record them)."""
-        free = torch.ones(self.model.n_layers, self.model.d_mlp, dtype=torch.bool)
+        free = self.model.valid_mask()  # an MoE layer narrower than d_mlp ends early
         free[self.layers, self.neurons] = False
         if universal is not None:
             free &= ~universal.to(torch.bool)
@@ -579,7 +612,7 @@ class Circuit(HookedIntervention):
             "format": "neurosteer.circuit",
             "format_version": FORMAT_VERSION,
             "library_version": self.library_version,
-            "model": asdict(self.model),
+            "model": self.model.to_dict(),
             "settings": asdict(self.settings),
             "prompts": {name: asdict(info) for name, info in sorted(self.prompts.items())},
             "n_neurons": len(self),
@@ -790,7 +823,7 @@ def circuits_provenance(
 
 def _circuit_record(circuit: Circuit) -> dict[str, Any]:
     return {
-        "model": asdict(circuit.model),
+        "model": circuit.model.to_dict(),
         "settings": asdict(circuit.settings),
         "prompts": {k: asdict(v) for k, v in sorted(circuit.prompts.items())},
         "neurons": {str(layer): idx.tolist() for layer, idx in circuit.by_layer().items()},
