@@ -201,16 +201,6 @@ def _moe_layout(
     )
 
 
-def linear_shape(module: nn.Module) -> tuple[int, int, bool] | None:
-    """(input width, output width, is Conv1D) of an `nn.Linear` or Conv1D; None otherwise."""
-    if isinstance(module, Conv1D):
-        d_in, d_out = module.weight.shape  # Conv1D stores [in, out]
-        return int(d_in), int(d_out), True
-    if isinstance(module, nn.Linear):
-        return module.in_features, module.out_features, False
-    return None
-
-
 def _find_layers(model: nn.Module, expected: int | None, model_type: str) -> str:
     """The shallowest homogeneous ModuleList with the config's layer count."""
     candidates: list[tuple[int, str]] = []

@@ -26,6 +26,7 @@ from typing import Literal
 
 import torch
 from torch import nn
+from transformers.pytorch_utils import Conv1D
 
 from neurosteer.errors import UnsupportedModelError
 
@@ -252,10 +253,18 @@ def _routed_block(experts: nn.Module, path: str, hidden: int | None, where: str)
     return NeuronBlock("routed", path, 0, n_experts, width, "fused", transposed)
 
 
+def linear_shape(module: nn.Module) -> tuple[int, int, bool] | None:
+    """(input width, output width, is Conv1D) of an `nn.Linear` or Conv1D; None otherwise."""
+    if isinstance(module, Conv1D):
+        d_in, d_out = module.weight.shape  # Conv1D stores [in, out]
+        return int(d_in), int(d_out), True
+    if isinstance(module, nn.Linear):
+        return module.in_features, module.out_features, False
+    return None
+
+
 def _down_projection(mlp: nn.Module, hidden: int | None, what: str) -> tuple[str, int, bool]:
     """(name, input width, is Conv1D) of the MLP's last projection back to the hidden size."""
-    from neurosteer.model.layout import linear_shape  # the dense resolver's shape rule
-
     found: tuple[str, int, bool] | None = None
     for name, child in mlp.named_children():
         shape = linear_shape(child)
