@@ -143,7 +143,7 @@ def add_moe_recorders(
     last_index: Callable[[], torch.Tensor],
     sink: Callable[[int, torch.Tensor], None],
     *,
-    rule: RoutingRule = DEFAULT_RULE,
+    rule: RoutingRule | None = None,
     stop_after_last: bool = True,
 ) -> None:
     """Record every layer's flat neurons [batch, d_mlp] at the prompts' last real tokens.
@@ -182,6 +182,6 @@ def add_moe_recorders(
             layout.d_mlp,
             last_index,
             sink,
-            rule=rule,
+            rule=DEFAULT_RULE if rule is None else rule,  # read at call time (benchmarks vary it)
             stop=stop_after_last and i == final,
         )
