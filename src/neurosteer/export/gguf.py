@@ -26,6 +26,7 @@ from neurosteer._io import atomic_file, check_writable
 from neurosteer._version import __version__
 from neurosteer.errors import CircuitMismatchError, InputError
 from neurosteer.export.gguf_quants import FALLBACKS, Fallback, ScaledTensor, scale_neurons
+from neurosteer.export.moe_streaming import refuse_experts
 from neurosteer.interventions.protocol import check_strength
 from neurosteer.methods.baking import provenance
 from neurosteer.methods.circuit import Circuit, as_circuits
@@ -116,6 +117,7 @@ def bake_gguf(
         [('blk.12.ffn_down.weight', 'F16'), ...]
     """
     circuits = as_circuits(circuit)
+    refuse_experts(circuits)
     multiplier = check_strength(strength, circuits[0].default_strength)
     if fallback not in FALLBACKS:
         raise InputError(f"unknown fallback type {fallback!r}; use one of: {', '.join(FALLBACKS)}")
