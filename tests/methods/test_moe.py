@@ -89,23 +89,27 @@ def test_identity_strength_is_bit_identical_and_circuit_sits_in_experts(family: 
     )
 
 
-def _routed_rows(
+def _routed_at_last(
     model: PreTrainedModel, layer: int, batch: dict[str, torch.Tensor]
-) -> list[set[int]]:
-    """Per row of the batch, the experts the router chose at its last token in `layer`."""
+) -> dict[int, float]:
+    """{expert: routing weight} of the experts the router chose at the last token of a
+    one-prompt batch in `layer`."""
     seen: dict[str, torch.Tensor] = {}
     experts = model.model.layers[layer].mlp.experts
-    handle = experts.register_forward_pre_hook(lambda _m, args: seen.update(idx=args[1]))
+    hook = experts.register_forward_pre_hook(lambda _m, args: seen.update(idx=args[1], w=args[2]))
     _logits(model, batch)
-    handle.remove()
-    seq = batch["input_ids"].shape[1]
-    idx = seen["idx"].view(-1, seq, seen["idx"].shape[-1])[:, -1]
-    return [set(row.tolist()) for row in idx]
+    hook.remove()
+    return dict(zip(seen["idx"][-1].tolist(), seen["w"][-1].tolist(), strict=True))
 
 
-def test_recording_counts_a_routed_expert_at_the_last_token_and_zero_otherwise() -> None:
+@pytest.mark.parametrize("rule", ["routed", "weighted", "every"])
+def test_recording_follows_the_routing_rule_at_the_last_token(
+    rule: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from neurosteer.methods import moe_sites
     from neurosteer.methods.recording import run_last_token_pass
 
+    monkeypatch.setattr(moe_sites, "DEFAULT_RULE", rule)
     model, tokenizer = _tiny("qwen2_moe")
     layout = resolve_layout(model)
     layer = 2
@@ -116,19 +120,21 @@ def test_recording_counts_a_routed_expert_at_the_last_token_and_zero_otherwise()
         got: dict[int, torch.Tensor] = {}
         ids = [batch["input_ids"][0].tolist()]
         run_last_token_pass(model, layout, ids, batch_size=8, pad_id=0, on_layer=got.__setitem__)
-        chosen = _routed_rows(model, layer, batch)[0]
+        chosen = _routed_at_last(model, layer, batch)
         handle = mlp.register_forward_pre_hook(lambda _m, args: inputs.update(x=args[0]))
         _logits(model, batch)
         handle.remove()
         x_last = inputs["x"][:, -1]  # [1, H]
+        assert len(chosen) == 2
         for e in range(MOE_EXPERTS):
             recorded = got[layer][0, e * MOE_WIDTH : (e + 1) * MOE_WIDTH]
-            if e in chosen:
-                expected = expert_neurons(mlp.experts, x_last, e)[0]
-                torch.testing.assert_close(recorded, expected, rtol=1e-5, atol=1e-5)
-            else:
-                assert torch.count_nonzero(recorded) == 0
-        assert len(chosen) == 2
+            expected = expert_neurons(mlp.experts, x_last, e)[0]
+            if rule == "weighted":
+                expected = expected * chosen.get(e, 0.0)
+            elif rule == "routed" and e not in chosen:
+                expected = torch.zeros_like(expected)
+            torch.testing.assert_close(recorded, expected, rtol=1e-5, atol=1e-5)
+            assert (torch.count_nonzero(recorded) == 0) == (rule != "every" and e not in chosen)
         shared = got[layer][0, MOE_EXPERTS * MOE_WIDTH :]
         assert torch.count_nonzero(shared) > shared.numel() // 2  # the shared expert always runs
 
