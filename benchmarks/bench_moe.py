@@ -127,7 +127,7 @@ def routing_rules(model: Any, tokenizer: Any, n_prompts: int, k: int) -> dict[st
                     .mean()
                     .item()
                 }
-    moe_sites.DEFAULT_RULE = "routed"
+    moe_sites.DEFAULT_RULE = "weighted"
     return rows
 
 

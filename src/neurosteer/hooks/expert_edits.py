@@ -50,8 +50,10 @@ def add_expert_scalers(
         expert: int, h: torch.Tensor, rows: torch.Tensor, _weights: torch.Tensor
     ) -> torch.Tensor | None:
         neurons = by_expert.get(expert)
+        if neurons is None:  # most experts hold no circuit neuron: return before any work
+            return None
         m = float32_strength(state.strength)
-        if neurons is None or m == 1.0:
+        if m == 1.0:
             return None
         start, end = state.steered_range(grid.seq)
         if start >= end:

@@ -33,7 +33,7 @@ from neurosteer.interventions.protocol import Installer
 from neurosteer.model.layout import ModelLayout
 from neurosteer.model.moe_layout import MoeLayout, NeuronBlock
 
-DEFAULT_RULE: RoutingRule = "routed"
+DEFAULT_RULE: RoutingRule = "weighted"
 """The routing rule discovery records with (docs/moe.md gives the evidence)."""
 
 
