@@ -40,8 +40,19 @@ FAMILIES: list[str] = [
     "gpt_neox",
     "olmo2",
 ]
-#: Mixture-of-experts families, kept apart: the package must refuse them with a clear error.
-MOE_FAMILIES: list[str] = ["mixtral", "qwen2_moe"]
+#: Mixture-of-experts families (per-expert neurons; `neurosteer.model.moe_layout`), kept apart
+#: from FAMILIES because their neurons are flattened per layer (e * I + j, then shared ones).
+MOE_FAMILIES: list[str] = [
+    "mixtral",
+    "qwen2_moe",
+    "qwen3_moe",
+    "olmoe",
+    "deepseek_v3",
+    "gpt_oss",
+    "qwen3_5_moe_text",
+]
+MOE_EXPERTS = 5  # routed experts per MoE layer (top-2); odd, and differs from N_LAYERS
+MOE_WIDTH = 23  # one expert's width I; the shared experts and dense layers use others
 
 HIDDEN = 32
 D_MLP = 37  # differs from HIDDEN, from heads * head_dim and from VOCAB
@@ -174,19 +185,70 @@ def tiny_config(family: str) -> PretrainedConfig:
             "bos_token_id": BOS_ID,
             "eos_token_id": EOS_ID,
         }
-    elif family == "mixtral":
-        kw = _common(num_local_experts=4, num_experts_per_tok=2, sliding_window=None)
-    elif family == "qwen2_moe":
-        kw = _common(
-            num_experts=4,
-            num_experts_per_tok=2,
-            moe_intermediate_size=D_MLP,
-            shared_expert_intermediate_size=41,
-            decoder_sparse_step=1,
-        )
+    elif family in MOE_FAMILIES:
+        kw = _moe_kw(family)
     else:
         raise ValueError(f"unknown tiny family {family!r}; known: {FAMILIES + MOE_FAMILIES}")
     return AutoConfig.for_model(family, **kw)
+
+
+def _moe_kw(family: str) -> dict[str, Any]:
+    """Config fields of the tiny MoE families: 5 experts of width 23, top-2; shared experts
+    of width 41 (Qwen2/3.5-MoE) or 2 x 23 (DeepSeek-V3); DeepSeek's first layer dense (37)."""
+    experts = {"num_experts_per_tok": 2}
+    if family == "mixtral":
+        return _common(
+            **experts,
+            num_local_experts=MOE_EXPERTS,
+            intermediate_size=MOE_WIDTH,
+            sliding_window=None,
+        )
+    if family == "gpt_oss":
+        return _common(
+            **experts,
+            num_local_experts=MOE_EXPERTS,
+            intermediate_size=MOE_WIDTH,
+            head_dim=ODD_HEAD_DIM,
+            sliding_window=128,
+            layer_types=["sliding_attention", "full_attention"] * (N_LAYERS // 2),
+            rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
+        )
+    if family == "deepseek_v3":
+        return _common(
+            **experts,
+            n_routed_experts=MOE_EXPERTS,
+            n_shared_experts=2,
+            moe_intermediate_size=MOE_WIDTH,
+            first_k_dense_replace=1,
+            n_group=1,
+            topk_group=1,
+            q_lora_rank=None,
+            kv_lora_rank=16,
+            qk_rope_head_dim=8,
+            qk_nope_head_dim=8,
+            v_head_dim=12,
+            num_key_value_heads=N_HEADS,  # multi-head latent attention: one kv head per head
+        )
+    kw = _common(**experts, num_experts=MOE_EXPERTS, moe_intermediate_size=MOE_WIDTH)
+    if family == "qwen2_moe":
+        kw.update(
+            shared_expert_intermediate_size=41, decoder_sparse_step=1, use_sliding_window=False
+        )
+    elif family == "olmoe":
+        kw.update(intermediate_size=MOE_WIDTH)
+    elif family == "qwen3_moe":
+        kw.update(head_dim=ODD_HEAD_DIM, decoder_sparse_step=1)
+    elif family == "qwen3_5_moe_text":
+        kw.update(
+            shared_expert_intermediate_size=41,
+            head_dim=ODD_HEAD_DIM,
+            layer_types=["linear_attention", "full_attention"] * (N_LAYERS // 2),
+            linear_key_head_dim=8,
+            linear_value_head_dim=8,
+            linear_num_key_heads=2,
+            linear_num_value_heads=4,
+        )
+    return kw
 
 
 def make_tokenizer(chat_template: bool = True) -> PreTrainedTokenizerFast:

@@ -13,7 +13,7 @@ from rich.console import Console, RenderableType
 from rich.table import Table
 
 if TYPE_CHECKING:  # only for annotations: the CLI imports this file at startup
-    from neurosteer.methods.circuit import Circuit
+    from neurosteer.methods.circuit import Circuit, ModelInfo
 
 console = Console()
 
@@ -36,14 +36,43 @@ def print_circuit_summary(circuit: Circuit, *, top: int, settings: bool = False)
     """Where the circuit sits (neurons per layer, as bars) and its strongest neurons."""
     info = circuit.model
     console.print(
-        f"[bold]{len(circuit)} neurons[/bold] of {info.n_layers} x {info.d_mlp} "
-        f"({100 * len(circuit) / (info.n_layers * info.d_mlp):.3g}% of all MLP neurons) "
+        f"[bold]{len(circuit)} neurons[/bold] of {_total(info)} "
+        f"({100 * len(circuit) / int(info.valid_mask().sum()):.3g}% of all MLP neurons) "
         f"in {info.name_or_path or info.architecture} ({info.model_type}, {info.site_path})"
     )
     print_table(_layer_table(circuit))
+    if circuit.model.neuron_blocks is not None:
+        print_table(_expert_table(circuit))
     print_table(_top_table(circuit, top))
     if settings:
         _print_settings(circuit)
+
+
+def _total(info: ModelInfo) -> str:
+    """ "28 x 8960" for a dense model; "756 in 4 layers (routed: 5 experts x 23)" for an MoE
+    model (its shared experts and dense layers counted in the total)."""
+    if info.neuron_blocks is None:
+        return f"{info.n_layers} x {info.d_mlp}"
+    routed = {
+        (int(b[2]), int(b[3])) for layer in info.neuron_blocks for b in layer if b[0] == "routed"
+    }
+    per = ", ".join(f"{e} experts x {w}" for e, w in sorted(routed))
+    return f"{int(info.valid_mask().sum())} in {info.n_layers} layers (routed: {per})"
+
+
+def _expert_table(circuit: Circuit) -> Table:
+    """Neurons per (layer, expert) of an MoE circuit, most first ("S": shared experts)."""
+    counts: dict[tuple[int, str], int] = {}
+    for layer, neuron in zip(circuit.layers.tolist(), circuit.neurons.tolist(), strict=True):
+        name = circuit.model.neuron_name(layer, neuron)
+        where = (layer, name.split()[0] if " " in name else "dense")
+        counts[where] = counts.get(where, 0) + 1
+    table = Table(title="neurons per expert", show_edge=False)
+    for name in ("layer", "expert", "neurons"):
+        table.add_column(name, justify="right")
+    for (layer, expert), n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])):
+        table.add_row(str(layer), expert, str(n))
+    return table
 
 
 def _layer_table(circuit: Circuit) -> Table:
@@ -65,13 +94,13 @@ def _top_table(circuit: Circuit, top: int) -> Table:
     score = "attribution" if relp else "δ"
     best = Table(title=f"top {min(top, len(circuit))} neurons by |{score}|", show_edge=False)
     names = ("target", "contrast") if relp else ("mean +", "mean −")
-    for name in ("rank", "layer", "neuron", score, *names):
+    for name in ("rank", "layer", "neuron", score, *names):  # MoE neurons read "E5 n301"
         best.add_column(name, justify="right")
     for rank in range(min(top, len(circuit))):
         best.add_row(
             str(rank + 1),
             str(int(circuit.layers[rank])),
-            str(int(circuit.neurons[rank])),
+            circuit.model.neuron_name(int(circuit.layers[rank]), int(circuit.neurons[rank])),
             f"{float(circuit.delta[rank]):+.4g}",
             f"{float(circuit.positive_mean[rank]):.4g}",
             f"{float(circuit.negative_mean[rank]):.4g}",

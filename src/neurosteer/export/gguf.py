@@ -33,6 +33,7 @@ from neurosteer.export.gguf_quants import (
     ScaledTensor,
     scale_neurons,
 )
+from neurosteer.export.moe_streaming import refuse_experts
 from neurosteer.interventions.protocol import check_strength
 from neurosteer.methods.baking import provenance
 from neurosteer.methods.circuit import Circuit, as_circuits
@@ -130,6 +131,7 @@ def bake_gguf(
         [('blk.12.ffn_down.weight', 'F16'), ...]
     """
     circuits = as_circuits(circuit)
+    refuse_experts(circuits)
     multiplier = check_strength(strength, circuits[0].default_strength)
     if fallback not in FALLBACKS:
         raise InputError(f"unknown fallback type {fallback!r}; use one of: {', '.join(FALLBACKS)}")

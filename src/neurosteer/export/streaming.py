@@ -24,6 +24,7 @@ from transformers import AutoConfig, AutoModelForCausalLM
 from neurosteer._compat import renamed_keywords
 from neurosteer._io import atomic_directory, check_writable
 from neurosteer.errors import InputError
+from neurosteer.export.moe_streaming import moe_edits
 from neurosteer.hooks.edits import scale_values
 from neurosteer.interventions.protocol import check_strength
 from neurosteer.methods.baking import PROVENANCE_FILE, provenance
@@ -107,17 +108,15 @@ def bake_streaming(
         c.refuse_baked(baked_record(source), f"'{source}'")
     if any(lay != layouts[0] for lay in layouts):
         raise InputError("the circuits sit at different layer or site paths; bake them one by one")
-    targets = _target_names(layouts[0], circuits, set(shard_of))
-    axis = 1 if layouts[0].orientation == "columns" else 0
-    by_shard: dict[str, dict[str, list[torch.Tensor]]] = {}
-    for name, neurons in targets.items():
-        by_shard.setdefault(shard_of[name], {})[name] = neurons
+    by_shard: dict[str, dict[str, list[_Slice]]] = {}
+    for name, edit in _edits(layouts[0], circuits, set(shard_of)):
+        by_shard.setdefault(shard_of[name], {}).setdefault(name, []).append(edit)
 
     peak = 0
     with atomic_directory(out_dir, force=force, inputs=[source]) as staging:
         for item in sorted(source.iterdir()):
             if item.name in by_shard:
-                shard = _rewrite_shard(item, staging / item.name, by_shard[item.name], axis, m)
+                shard = _rewrite_shard(item, staging / item.name, by_shard[item.name], m)
                 peak = max(peak, shard)
             elif item.is_dir():
                 shutil.copytree(item, staging / item.name)
@@ -128,7 +127,7 @@ def bake_streaming(
     return StreamingReport(
         shards=len(set(shard_of.values())),
         rewritten=tuple(sorted(by_shard)),
-        tensors=tuple(sorted(targets)),
+        tensors=tuple(sorted({name for edits in by_shard.values() for name in edits})),
         peak_bytes=peak,
     )
 
@@ -166,6 +165,21 @@ def layout_from_config(
     return resolve_layout(skeleton(folder), layers_path=layers_path, site_path=site_path)
 
 
+_Slice = tuple[int | None, int, torch.Tensor]
+"""(expert slice of a fused 3-D tensor or None, axis, [n] neuron indices) of one edit."""
+
+
+def _edits(
+    layout: ModelLayout, circuits: Sequence[Circuit], names: set[str]
+) -> list[tuple[str, _Slice]]:
+    """(tensor name, slice to scale) of every edit, circuit by circuit."""
+    if layout.moe is not None:
+        return [(e.name, (e.expert, e.axis, e.neurons)) for e in moe_edits(layout, circuits, names)]
+    axis = 1 if layout.orientation == "columns" else 0
+    targets = _target_names(layout, circuits, names)
+    return [(name, (None, axis, n)) for name, per in targets.items() for n in per]
+
+
 def _target_names(
     layout: ModelLayout, circuits: Sequence[Circuit], names: set[str]
 ) -> dict[str, list[torch.Tensor]]:
@@ -190,8 +204,7 @@ def _target_names(
 def _rewrite_shard(
     source: Path,
     target: Path,
-    scaled: dict[str, list[torch.Tensor]],
-    axis: int,
+    scaled: dict[str, list[_Slice]],
     multiplier: float,
 ) -> int:
     """Copy one shard with the given tensors' neuron slices scaled; returns the bytes held."""
@@ -202,9 +215,10 @@ def _rewrite_shard(
         weight = tensors[name]
         # The same operations as the in-memory bake (circuit by circuit), so both give the same
         # bits in any dtype.
-        for neurons in per_circuit:
-            weight.index_copy_(
-                axis, neurons, scale_values(weight.index_select(axis, neurons), multiplier)
+        for expert, axis, neurons in per_circuit:
+            part = weight if expert is None else weight[expert]  # a view: edits land in weight
+            part.index_copy_(
+                axis, neurons, scale_values(part.index_select(axis, neurons), multiplier)
             )
     save_file(tensors, str(target), metadata=metadata)
     logger.info("rewrote %s (%d tensors scaled)", source.name, len(scaled))

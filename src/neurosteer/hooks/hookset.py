@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from torch import nn
-from torch.utils.hooks import RemovableHandle
 
 
 class StopForward(Exception):  # a control-flow signal, not an error
@@ -39,6 +38,12 @@ class RemovedOnExit:
         self.remove()
 
 
+class Removable(Protocol):
+    """Anything a `HookSet` can hold: a hook handle, or an expert tap's handle."""
+
+    def remove(self) -> None: ...
+
+
 class HookSet(RemovedOnExit):
     """Hooks registered together and removed together.
 
@@ -52,7 +57,7 @@ class HookSet(RemovedOnExit):
     """
 
     def __init__(self) -> None:
-        self._handles: list[RemovableHandle] = []
+        self._handles: list[Removable] = []
 
     def __len__(self) -> int:
         return len(self._handles)
@@ -73,6 +78,10 @@ class HookSet(RemovedOnExit):
         """Register a forward hook `fn(module, args, output) -> new output | None`."""
         self._handles.append(module.register_forward_hook(fn))
 
+    def add(self, handle: Removable) -> None:
+        """Hold `handle` (e.g. an expert tap's) to remove with the set."""
+        self._handles.append(handle)
+
     def remove(self) -> None:
         """Remove every hook of this set (idempotent)."""
         while self._handles:
@@ -80,5 +89,9 @@ class HookSet(RemovedOnExit):
 
 
 def count_hooks(model: nn.Module) -> int:
-    """All forward and forward-pre hooks on the model's modules (for tests and sanity checks)."""
-    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+    """All forward and forward-pre hooks (and expert taps, `neurosteer.hooks.experts`) on the
+    model's modules (for tests and sanity checks)."""
+    return sum(
+        len(m._forward_hooks) + len(m._forward_pre_hooks) + len(getattr(m, "_neurosteer_taps", []))
+        for m in model.modules()
+    )

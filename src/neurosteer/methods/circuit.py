@@ -17,9 +17,11 @@ No timestamps: the same inputs give the same files, byte for byte. Writes are at
 
 Format versions: 1 (the first), 2 (adds `Settings.multiplier`, `Settings.score` and the
 "search" section), 3 (adds `ModelInfo.weights`, the fingerprint of the weights), 4 (adds the
-optional discovery record: the prompts and each neuron's activation on them). This version
-reads all four; an older file reads with the defaults of the new fields (no stored
-multiplier, the plain difference of means, no search, weights unknown, no discovery record).
+optional discovery record: the prompts and each neuron's activation on them), 5 (adds
+`ModelInfo.neuron_blocks`, written only for mixture-of-experts models: which expert each flat
+neuron index of a layer belongs to). This version reads all five; an older file reads with the
+defaults of the new fields (no stored multiplier, the plain difference of means, no search,
+weights unknown, no discovery record, a dense model).
 """
 
 from __future__ import annotations
@@ -58,6 +60,7 @@ from neurosteer.interventions.protocol import (
     check_strength,
 )
 from neurosteer.methods.discovery_record import DiscoveryRecord, record_from_files
+from neurosteer.methods.moe_sites import bake_moe, edited_modules, moe_installer
 from neurosteer.methods.selection import (
     candidate_mask,
     neuron_scores,
@@ -67,11 +70,12 @@ from neurosteer.methods.selection import (
 from neurosteer.model.fingerprint import WeightsFingerprint, baked_on, mark_baked, same_weights
 from neurosteer.model.gguf.reader import FileIdentity
 from neurosteer.model.layout import ModelLayout, resolve_layout
+from neurosteer.model.moe_layout import describe_neuron
 
 logger = logging.getLogger(__name__)
 
-FORMAT_VERSION = 4
-READABLE_VERSIONS = (1, 2, 3, 4)
+FORMAT_VERSION = 5
+READABLE_VERSIONS = (1, 2, 3, 4, 5)
 """Circuit format versions `Circuit.load` reads (see the module docstring)."""
 METADATA_FILE = "circuit.json"
 TENSORS_FILE = "tensors.safetensors"
@@ -86,7 +90,10 @@ class ModelInfo:
     `file` names the GGUF file (name, size, hash of its header and tensor index) when the
     model was loaded from one; None for transformers checkpoints. `weights` is the
     fingerprint of the weights (`neurosteer.model.fingerprint`); None in files of version 2 and
-    older.
+    older. `neuron_blocks` is, for a mixture-of-experts model, each layer's block table
+    (`neurosteer.model.moe_layout.MoeLayout.table`: [kind, start, n_experts, width] per block)
+    saying which expert a flat neuron index belongs to; None for dense models (and files of
+    version 3 and older). `d_mlp` is then the widest layer.
     """
 
     name_or_path: str
@@ -100,6 +107,32 @@ class ModelInfo:
     config_hash: str
     file: FileIdentity | None = None
     weights: WeightsFingerprint | None = None
+    neuron_blocks: list[list[list[int | str]]] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """`dataclasses.asdict`, without `neuron_blocks` for a dense model (so dense records
+        stay as they were)."""
+        data = asdict(self)
+        if data["neuron_blocks"] is None:
+            del data["neuron_blocks"]
+        return data
+
+    def valid_mask(self) -> torch.Tensor:
+        """[n_layers, d_mlp] bool: the indices that are neurons (all of them for a dense model;
+        for an MoE model, layers narrower than `d_mlp` end early)."""
+        if self.neuron_blocks is None:
+            return torch.ones(self.n_layers, self.d_mlp, dtype=torch.bool)
+        widths = torch.tensor(
+            [sum(int(b[2]) * int(b[3]) for b in layer) for layer in self.neuron_blocks]
+        )
+        return torch.arange(self.d_mlp)[None, :] < widths[:, None]
+
+    def neuron_name(self, layer: int, neuron: int) -> str:
+        """ "301" for a dense model; "E5 n301" (routed expert 5), "S n12" (shared experts) or
+        "n7" (a dense layer) for an MoE model."""
+        if self.neuron_blocks is None:
+            return str(neuron)
+        return describe_neuron(self.neuron_blocks, layer, neuron)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelInfo:
@@ -277,8 +310,11 @@ class Circuit(HookedIntervention):
             CircuitMismatchError: the circuit does not fit `model` (`CircuitLayoutError` when
                 its paths do not resolve or `layout` uses others).
         """
-        sites = self.layout_on(model, layout).site_modules(model)
+        resolved = self.layout_on(model, layout)
         by_layer = self.by_layer()
+        if resolved.moe is not None:
+            return moe_installer(model, resolved, by_layer)
+        sites = resolved.site_modules(model)
 
         def install(hooks: HookSet, state: EditState) -> None:
             add_neuron_scalers(hooks, sites, by_layer, state)
@@ -297,9 +333,10 @@ class Circuit(HookedIntervention):
         """[n_layers, d_mlp] bool: the neurons this circuit was selected from (its candidate
         layers without the universal neurons, where those are recorded)."""
         info = self.model
-        return candidate_mask(
+        mask = candidate_mask(
             info.n_layers, info.d_mlp, self.settings.skip_layers, self.universal_mask()
         )
+        return mask & info.valid_mask()
 
     def layout_on(self, model: nn.Module, layout: ModelLayout | None = None) -> ModelLayout:
         """The layout that puts this circuit's neurons where they were found, on `model`.
@@ -531,7 +568,7 @@ class Circuit(HookedIntervention):
     def _free_neurons(self, universal: torch.Tensor | None) -> torch.Tensor:
         """[n_layers, d_mlp] bool: neurons outside this circuit and outside `universal` (a
         warning when the circuit filtered universal neurons but does not record them)."""
-        free = torch.ones(self.model.n_layers, self.model.d_mlp, dtype=torch.bool)
+        free = self.model.valid_mask()  # an MoE layer narrower than d_mlp ends early
         free[self.layers, self.neurons] = False
         if universal is not None:
             free &= ~universal.to(torch.bool)
@@ -595,7 +632,7 @@ class Circuit(HookedIntervention):
             "format": "neurosteer.circuit",
             "format_version": FORMAT_VERSION,
             "library_version": self.library_version,
-            "model": asdict(self.model),
+            "model": self.model.to_dict(),
             "settings": asdict(self.settings),
             "prompts": {name: asdict(info) for name, info in sorted(self.prompts.items())},
             "n_neurons": len(self),
@@ -776,10 +813,15 @@ def bake_circuits(
         raise InputError("bake() needs at least one circuit")
     m = check_strength(strength, circuits[0].default_strength)
     plans = []
+    edited: list[nn.Module] = []
     for circuit in circuits:
         c_layout = circuit.layout_on(model, layout)
-        plans.append((c_layout, c_layout.site_modules(model), circuit.by_layer()))
-    edited = [sites[layer] for _, sites, by_layer in plans for layer in by_layer]
+        sites, by_layer = c_layout.site_modules(model), circuit.by_layer()
+        plans.append((c_layout, sites, by_layer))
+        if c_layout.moe is not None:
+            edited += edited_modules(model, c_layout, by_layer)
+        else:
+            edited += [sites[layer] for layer in by_layer]
     require_editable(model, edited, "bake the circuit")
     handle = BakeHandle()
     before = baked_on(model)
@@ -787,6 +829,9 @@ def bake_circuits(
     try:
         with torch.no_grad():
             for c_layout, sites, by_layer in plans:
+                if c_layout.moe is not None:
+                    bake_moe(handle, model, c_layout, by_layer, m)
+                    continue
                 axis = 1 if c_layout.orientation == "columns" else 0
                 for layer, neurons in by_layer.items():
                     weight = sites[layer].weight
@@ -818,7 +863,7 @@ def circuits_provenance(
 
 def _circuit_record(circuit: Circuit) -> dict[str, Any]:
     return {
-        "model": asdict(circuit.model),
+        "model": circuit.model.to_dict(),
         "settings": asdict(circuit.settings),
         "prompts": {k: asdict(v) for k, v in sorted(circuit.prompts.items())},
         "neurons": {str(layer): idx.tolist() for layer, idx in circuit.by_layer().items()},

@@ -237,7 +237,9 @@ def circuit_size(
     if not 0.0 < fraction <= 1.0:
         raise InputError(f"fraction must be in (0, 1], got {fraction}")
     k = top_k if top_k is not None else neurons_for_fraction(fraction, layout.n_neurons)
-    in_layers = int(layer_mask(layout.n_layers, layout.d_mlp, skip_layers).sum())
+    in_layers = int(
+        (layer_mask(layout.n_layers, layout.d_mlp, skip_layers) & layout.valid_mask()).sum()
+    )
     if k > in_layers:
         raise InputError(
             f"asked for {k} neurons but the candidate layers hold only {in_layers}; "
@@ -321,8 +323,10 @@ def _select(
 ) -> Circuit:
     """The circuit: the global top-k of |δ| among the candidates, with its full table."""
     skip = settings.skip_layers
-    candidates = candidate_mask(layout.n_layers, layout.d_mlp, skip, universal)
-    removed = int(layer_mask(layout.n_layers, layout.d_mlp, skip).sum() - candidates.sum())
+    valid = layout.valid_mask()  # False past the end of a narrower MoE layer
+    candidates = candidate_mask(layout.n_layers, layout.d_mlp, skip, universal) & valid
+    in_layers = layer_mask(layout.n_layers, layout.d_mlp, skip) & valid
+    removed = int(in_layers.sum() - candidates.sum())
     if settings.universal_filter:
         logger.info("universal-neuron filter removed %d candidate neurons", removed)
     delta = difference_of_means(pos.mean, neg.mean)
@@ -363,6 +367,7 @@ def model_info(model: PreTrainedModel, layout: ModelLayout) -> ModelInfo:
         config_hash=config_hash(config.to_dict()),
         file=source_file(model),
         weights=weights_fingerprint(model),
+        neuron_blocks=None if layout.moe is None else layout.moe.table(),
     )
 
 

@@ -43,7 +43,9 @@ class MeanAblation(HookedIntervention):
     no_bake_reason: ClassVar[str] = "setting a neuron to a constant is not a weight change"
 
     def installer(self, model: nn.Module, layout: ModelLayout | None) -> Installer:
-        sites = (layout or resolve_layout(model)).site_modules(model)
+        resolved = layout or resolve_layout(model)
+        resolved.require_dense("mean ablation")
+        sites = resolved.site_modules(model)
         by_layer = {
             layer: (idx, self.values[layer, idx].float())
             for layer in range(self.ablated.shape[0])
@@ -68,6 +70,7 @@ def mean_activations(
 ) -> torch.Tensor:
     """[n_layers, d_mlp] mean activation over the negatives: at their last token ("last"), or
     over every real token ("all")."""
+    layout.require_dense("mean ablation")
     if positions == "last":
         return record_stats(model, layout, token_ids, batch_size=batch_size, pad_id=pad).mean
     stats = RunningStats(layout.n_layers)

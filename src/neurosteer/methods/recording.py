@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel
 
 from neurosteer.hooks import HookSet, StopForward, add_last_token_recorders
+from neurosteer.methods.moe_sites import add_moe_recorders
 from neurosteer.model.layout import ModelLayout
 from neurosteer.model.runtime import input_device, model_inputs, run_batches, runs_model
 from neurosteer.prompts.render import Batch
@@ -198,14 +199,17 @@ def run_last_token_pass(
         state = _PassState(model, device, on_layer, on_batch_end, bar, on_rows)
         # Left padding puts every prompt's last real token at -1; taking the index from the
         # mask keeps this right for right-padded batches too.
-        add_last_token_recorders(
-            hooks,
-            layout.site_modules(model) if points is None else points,
-            state.last_index,
-            state.pending.__setitem__,
-            capture=capture,
-            stop_after_last=True,
-        )
+        if layout.moe is not None and points is None:
+            add_moe_recorders(hooks, model, layout, state.last_index, state.pending.__setitem__)
+        else:
+            add_last_token_recorders(
+                hooks,
+                layout.site_modules(model) if points is None else points,
+                state.last_index,
+                state.pending.__setitem__,
+                capture=capture,
+                stop_after_last=True,
+            )
         return run_batches(
             token_ids,
             state.attempt,

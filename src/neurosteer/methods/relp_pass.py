@@ -168,6 +168,7 @@ class RelPPass:
     def install(self, hooks: HookSet, counter: list[int] | None) -> None:
         """Register the rules and the capture (the half rule before the capture)."""
         self.counter = counter
+        self.layout.require_dense("RelP attribution")
         sites = self.layout.site_modules(self.model)
         if self.rules.norm or self.rules.activation_identity or self.rules.gate_half:
             found = rule_sites(self.model, self.layout, activations=self.rules.activation_identity)

@@ -18,10 +18,12 @@ import re
 from dataclasses import dataclass
 from typing import Literal
 
+import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from neurosteer.errors import UnsupportedModelError
+from neurosteer.model.moe_layout import MoeLayout, is_moe, resolve_moe
 
 Orientation = Literal["columns", "rows"]
 
@@ -46,6 +48,9 @@ class ModelLayout:
         d_model: residual-stream width (output width of the output projection).
         orientation: "columns" when neuron j is column j of the site's weight (`nn.Linear`,
             weight [d_model, d_mlp]); "rows" for GPT-2's Conv1D (weight [d_mlp, d_model]).
+        moe: for a mixture-of-experts model, where each layer's neurons sit (experts, shared
+            experts, dense layers; `neurosteer.model.moe_layout`); `site_path` is then the
+            MLP block and `d_mlp` the widest layer. None for dense models.
     """
 
     model_type: str
@@ -55,10 +60,31 @@ class ModelLayout:
     d_mlp: int
     d_model: int
     orientation: Orientation
+    moe: MoeLayout | None = None
 
     @property
     def n_neurons(self) -> int:
-        return self.n_layers * self.d_mlp
+        """Neurons of the model (all experts of all layers for an MoE model)."""
+        return self.n_layers * self.d_mlp if self.moe is None else self.moe.n_neurons
+
+    def valid_mask(self) -> torch.Tensor:
+        """[n_layers, d_mlp] bool: the indices that are neurons (an MoE layer narrower than
+        the widest ends early; every index of a dense model)."""
+        if self.moe is None:
+            return torch.ones(self.n_layers, self.d_mlp, dtype=torch.bool)
+        return self.moe.valid_mask(self.d_mlp)
+
+    def require_dense(self, what: str) -> None:
+        """Refuse a method that reads the neurons as one site input on an MoE model.
+
+        Raises:
+            UnsupportedModelError: this is a mixture-of-experts layout.
+        """
+        if self.moe is not None:
+            raise UnsupportedModelError(
+                f"{what} is not available for mixture-of-experts models ({self.model_type}) "
+                "yet; use discover, steer, bake and sweep, which work per expert"
+            )
 
     def layer_modules(self, model: nn.Module) -> list[nn.Module]:
         """The decoder layers, in order (their outputs are the residual stream)."""
@@ -90,7 +116,6 @@ def resolve_layout(
     config = getattr(model, "config", None)
     text_config = config.get_text_config() if config is not None else None
     model_type = str(getattr(text_config, "model_type", None) or type(model).__name__)
-    _reject_moe(model_type, text_config)
 
     if layers_path is None:
         layers_path = _find_layers(model, _config_layer_count(text_config), model_type)
@@ -100,6 +125,8 @@ def resolve_layout(
             f"'{layers_path}' in this {model_type} model is not a non-empty list of layers; "
             + _OVERRIDE_HINT
         )
+    if is_moe(layers, site_path):
+        return _moe_layout(layers, layers_path, model_type, text_config, site_path)
     first = layers[0]
     if site_path is None:
         site_path = _find_site(first, model_type, _config_hidden_size(text_config))
@@ -145,14 +172,33 @@ def _config_hidden_size(text_config: object) -> int | None:
     return None
 
 
-def _reject_moe(model_type: str, text_config: object) -> None:
-    for name in ("num_local_experts", "num_experts", "n_routed_experts", "moe_num_experts"):
-        value = getattr(text_config, name, None)
-        if isinstance(value, int) and value > 1:
-            raise UnsupportedModelError(
-                f"{model_type} is a mixture-of-experts model ({name}={value}); "
-                "neuron steering of expert MLPs is not supported yet"
-            )
+def _moe_layout(
+    layers: nn.ModuleList,
+    layers_path: str,
+    model_type: str,
+    text_config: object,
+    mlp_path: str | None,
+) -> ModelLayout:
+    """The layout of a mixture-of-experts model: `site_path` is the MLP block, `d_mlp` the
+    widest layer, `moe` the per-layer neuron blocks."""
+    hidden = _config_hidden_size(text_config)
+    moe = resolve_moe(layers, model_type, hidden, mlp_path)
+    mlp_paths = {layer.mlp_path for layer in moe.layers}
+    if len(mlp_paths) != 1:
+        raise UnsupportedModelError(
+            f"the MLPs of this {model_type} model sit at several paths ({sorted(mlp_paths)}); "
+            "pass site_path= (--site) naming one"
+        )
+    return ModelLayout(
+        model_type=model_type,
+        layers_path=layers_path,
+        site_path=mlp_paths.pop(),
+        n_layers=len(layers),
+        d_mlp=max(moe.widths),
+        d_model=hidden or 0,
+        orientation="columns",
+        moe=moe,
+    )
 
 
 def _find_layers(model: nn.Module, expected: int | None, model_type: str) -> str:
@@ -185,8 +231,8 @@ def _find_site(layer: nn.Module, model_type: str, hidden: int | None) -> str:
     mlp = layer.get_submodule(mlp_name)
     if any(hasattr(mlp, hint) for hint in _MOE_HINTS):
         raise UnsupportedModelError(
-            f"{model_type} has a mixture-of-experts MLP ({type(mlp).__name__}); "
-            "neuron steering of expert MLPs is not supported yet"
+            f"{model_type} has a mixture-of-experts MLP ({type(mlp).__name__}) but no child "
+            "named 'experts' holding them, so its neurons cannot be found; " + _OVERRIDE_HINT
         )
     projections = [
         name
@@ -281,5 +327,7 @@ def residual_writers(model: nn.Module, layout: ModelLayout) -> ResidualWriters:
         and m.embedding_dim == layout.d_model
     ]
     return ResidualWriters(
-        embeddings=(inputs, *positions), blocks=tuple(blocks), linear=not post_norm
+        embeddings=(inputs, *positions),
+        blocks=tuple(blocks),
+        linear=not post_norm and layout.moe is None,  # an MoE block is no linear writer
     )

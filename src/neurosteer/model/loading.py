@@ -198,8 +198,25 @@ def _ready(
     if target is not None:
         model.to(target)  # type: ignore[arg-type]
     model.eval()
+    _cpu_experts(model)
     prepare_tokenizer(tokenizer)
     return model, tokenizer
+
+
+def _cpu_experts(model: PreTrainedModel) -> None:
+    """Compute fused MoE experts with transformers' eager loop when the model is on the CPU.
+
+    transformers 5 defaults to "grouped_mm", whose CPU kernel needs 16-byte aligned strides
+    and fails on expert widths that are not (RuntimeError "strides should be multiple of 16
+    bytes"); the eager loop is the same computation (and what our hooks run while tapped).
+    """
+    config = getattr(model, "config", None)
+    if getattr(config, "_experts_implementation", None) in (None, "eager"):
+        return
+    if next(model.parameters()).device.type != "cpu":
+        return
+    logger.info("MoE model on the CPU: computing experts with transformers' eager loop")
+    model.set_experts_implementation("eager")
 
 
 def prepare_tokenizer(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:

@@ -158,6 +158,7 @@ def build_circuit(table: Circuit, params: Params) -> Circuit:
     first = params.first_layer(info.n_layers)
     skip = tuple(range(first))
     candidates = candidate_mask(info.n_layers, info.d_mlp, skip, table.universal_mask())
+    candidates &= info.valid_mask()  # an MoE layer narrower than d_mlp ends early
     scores = table.scores(params.score)  # [n_layers, d_mlp]
     positive_only = params.sign == "positive"
     allowed = candidates & (scores > 0) if positive_only else candidates
@@ -172,7 +173,7 @@ def build_circuit(table: Circuit, params: Params) -> Circuit:
         table.settings,
         k=k,
         top_k=k,
-        fraction=k / (info.n_layers * info.d_mlp),
+        fraction=k / int(info.valid_mask().sum()),
         skip_layers=skip,
         positive_only=positive_only,
         n_candidates=chosen.n_candidates,

@@ -71,7 +71,7 @@ def _one_trial(
     optuna = optuna_module()
     trial = study.ask()
     try:
-        params = suggest(trial, config.space, table.model.n_layers * table.model.d_mlp)
+        params = suggest(trial, config.space, int(table.model.valid_mask().sum()))
         try:
             circuit = build_circuit(table, params)
         except NoCandidates as err:

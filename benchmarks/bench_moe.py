@@ -1,0 +1,155 @@
+"""Mixture-of-experts: speed of discovery and of hooked generation, and the evidence for the
+routing rule (what an unrouted expert's neuron counts at the last token).
+
+Speed, side by side in one process on a random-init Qwen3-MoE (16 experts, top-2): discovery
+(two prompt sets, universal filter off) vs a plain forward of the same prompts and batches,
+target ≤ 0.85×; greedy generation with an m = 0 circuit hooked vs plain, target ≤ 1.05×.
+
+Routing rule, on the same model: a circuit is discovered under each rule ("routed", "weighted",
+"every"; see docs/moe.md) and ablated (m = 0) on held-out prompts; the rule whose circuit moves
+the last-token output most is the one whose scores describe what the neurons do there. A random
+circuit of the same size is the floor.
+
+    python benchmarks/bench_moe.py --prompts 32 --repeats 3 --out benchmarks/results-moe-cpu.json
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+import torch
+from common import char_tokenizer, emit, prompts, side_by_side
+from transformers import AutoConfig, AutoModelForCausalLM
+
+import neurosteer
+from neurosteer.methods import moe_sites
+from neurosteer.prompts.render import render_prompts
+
+
+def moe_model(vocab: int, seed: int = 0) -> Any:
+    """A random-init Qwen3-MoE; `vocab` sets the LM head's share of a forward pass (1024: about
+    10%, as Qwen3-30B-A3B's 151k x 2048 head is of its ~3B active parameters per token)."""
+    config = AutoConfig.for_model(
+        "qwen3_moe",
+        vocab_size=vocab,
+        hidden_size=256,
+        intermediate_size=512,
+        moe_intermediate_size=128,
+        num_experts=16,
+        num_experts_per_tok=2,
+        num_hidden_layers=6,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=64,
+        max_position_embeddings=1024,
+        decoder_sparse_step=1,
+        tie_word_embeddings=False,
+    )
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config, experts_implementation="eager").eval()
+    with torch.no_grad():  # O(1) activations, so that neurons differ clearly
+        for p in model.parameters():
+            if p.dim() >= 2:
+                p.normal_(0.0, 0.08)
+    return model
+
+
+def speed(
+    model: Any, tokenizer: Any, n_prompts: int, batch_size: int, repeats: int
+) -> dict[str, Any]:
+    pos, neg = prompts(n_prompts), prompts(n_prompts, offset=n_prompts)
+    texts = render_prompts(tokenizer, pos) + render_prompts(tokenizer, neg)
+    batches = []
+    for group in (texts[:n_prompts], texts[n_prompts:]):
+        ordered = sorted(group, key=len)  # discovery sorts by length too
+        for i in range(0, len(ordered), batch_size):
+            batches.append(
+                tokenizer(ordered[i : i + batch_size], return_tensors="pt", padding=True)
+            )
+
+    def plain() -> None:
+        with torch.inference_mode():
+            for b in batches:
+                model(**b, use_cache=False)
+
+    def discovery() -> None:
+        neurosteer.discover(
+            model, tokenizer, pos, neg, universal_filter=False, batch_size=batch_size, top_k=32
+        )
+
+    found = side_by_side({"plain_forward": plain, "discovery": discovery}, repeats)
+    circuit = neurosteer.discover(model, tokenizer, pos, neg, universal_filter=False, top_k=32)
+    batch = tokenizer(
+        render_prompts(tokenizer, prompts(4, offset=99)), return_tensors="pt", padding=True
+    )
+
+    def generate() -> None:
+        with torch.inference_mode():
+            model.generate(**batch, max_new_tokens=24, do_sample=False, pad_token_id=0)
+
+    def hooked() -> None:
+        with neurosteer.steer(model, circuit, 0.0):
+            generate()
+
+    gen = side_by_side({"plain_generate": generate, "hooked_generate": hooked}, repeats)
+    return {
+        **found,
+        **gen,
+        "discovery_ratio": found["discovery"] / found["plain_forward"],
+        "hooked_generation_ratio": gen["hooked_generate"] / gen["plain_generate"],
+    }
+
+
+def _last_logits(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    with torch.inference_mode():
+        return model(**batch, use_cache=False).logits[:, -1].float()
+
+
+def routing_rules(model: Any, tokenizer: Any, n_prompts: int, k: int) -> dict[str, Any]:
+    pos, neg = prompts(n_prompts, offset=200), prompts(n_prompts, offset=300)
+    held = tokenizer(
+        render_prompts(tokenizer, prompts(16, offset=400)), return_tensors="pt", padding=True
+    )
+    base = _last_logits(model, held)
+    rows: dict[str, Any] = {}
+    for rule in ("routed", "weighted", "every"):
+        moe_sites.DEFAULT_RULE = rule  # type: ignore[assignment]
+        circuit = neurosteer.discover(model, tokenizer, pos, neg, universal_filter=False, top_k=k)
+        with neurosteer.steer(model, circuit, 0.0):
+            moved = (_last_logits(model, held) - base).norm(dim=-1).mean().item()
+        rows[rule] = {"last_token_logit_shift": moved}
+        if rule == "routed":
+            with neurosteer.steer(model, circuit.random_like(seed=1, per_layer=True), 0.0):
+                rows["random"] = {
+                    "last_token_logit_shift": (_last_logits(model, held) - base)
+                    .norm(dim=-1)
+                    .mean()
+                    .item()
+                }
+    moe_sites.DEFAULT_RULE = "weighted"
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--prompts", type=int, default=32)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--k", type=int, default=48)
+    parser.add_argument("--vocab", type=int, default=1024)
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    model, tokenizer = moe_model(args.vocab), char_tokenizer()
+    result = {
+        "model": f"random-init qwen3_moe: 6 layers, hidden 256, 16 experts x 128, top-2, "
+        f"vocab {args.vocab}, float32, CPU (2 threads, shared machine)",
+        "speed": speed(model, tokenizer, args.prompts, args.batch_size, args.repeats),
+        "routing_rules": routing_rules(model, tokenizer, args.prompts, args.k),
+    }
+    emit(result, args.out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,193 @@
+"""Hooks inside fused expert modules, through transformers' own experts dispatch.
+
+transformers 5 computes fused experts (3-D `gate_up_proj` / `down_proj` parameters) in a
+function it looks up at every call: the experts class is wrapped by
+`use_experts_implementation`, whose `forward` asks `ALL_EXPERTS_FUNCTIONS` (an
+`ExpertsInterface`) for `config._experts_implementation` ("eager", "grouped_mm", ...). The
+router runs before, in the MoE block, and hands the experts (tokens [T, H], top-k expert ids
+[T, k], top-k weights [T, k]).
+
+We register one more implementation, "neurosteer", and point the config at it only while one
+of our taps is installed. For an experts module with no tap it calls the implementation that
+was in use, unchanged. For a tapped one it runs the eager per-expert loop, with each expert's
+neurons h [n_tokens, I] (the input of its down projection) handed to the taps between the two
+projections, so the model's own routing, gating (gpt-oss's clamped, interleaved SwiGLU
+included), biases and weighting are untouched. With taps that return nothing the result is the
+eager result bit for bit.
+
+Tokens reach the experts flattened ([batch × seq, H], row-major), so a token's position is its
+row modulo the sequence length, which a pre-hook on the MoE block reads (`TokenGrid`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+from transformers.integrations.moe import ALL_EXPERTS_FUNCTIONS
+
+from neurosteer.hooks.hookset import HookSet
+
+IMPLEMENTATION = "neurosteer"
+_TAPS = "_neurosteer_taps"
+
+ExpertTap = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor | None]
+"""tap(expert, h [n, I], token rows [n] int64, routing weights [n]) -> new h, or None."""
+
+# id(config) -> [implementation in use before ours, number of taps installed under it]
+_SWITCHED: dict[int, list[Any]] = {}
+
+
+def neurosteer_experts_forward(
+    module: nn.Module,
+    hidden_states: torch.Tensor,
+    top_k_index: torch.Tensor,
+    top_k_weights: torch.Tensor,
+) -> torch.Tensor:
+    """The experts computed as transformers' eager loop, with `module`'s taps between the
+    projections; without taps, the implementation in use before ours.
+
+    Args:
+        hidden_states: [T, H] tokens; top_k_index: [T, k] expert ids; top_k_weights: [T, k].
+
+    Returns:
+        [T, H] the weighted sum of the routed experts' outputs.
+    """
+    taps: list[ExpertTap] = getattr(module, _TAPS, [])
+    if not taps:
+        return _previous(module)(module, hidden_states, top_k_index, top_k_weights)
+    n_experts = int(_dynamic(module).down_proj.shape[0])
+    final = torch.zeros_like(hidden_states)
+    with torch.no_grad():
+        mask = nn.functional.one_hot(top_k_index, num_classes=n_experts + 1).permute(2, 1, 0)
+        hit = torch.greater(mask.sum(dim=(-1, -2)), 0).nonzero()
+    for row in hit:
+        expert = int(row[0])
+        if expert == n_experts:
+            continue
+        top_k_pos, tokens = torch.where(mask[expert])
+        weights = top_k_weights[tokens, top_k_pos]
+        h = expert_neurons(module, hidden_states[tokens], expert)
+        for tap in taps:
+            new = tap(expert, h, tokens, weights)
+            h = h if new is None else new
+        out = _down(module, h, expert) * weights[:, None]
+        final.index_add_(0, tokens, out.to(final.dtype))
+    return final
+
+
+def expert_neurons(module: nn.Module, x: torch.Tensor, expert: int) -> torch.Tensor:
+    """Expert `expert`'s neurons for tokens x [n, H]: the input of its down projection, [n, I]
+    (gate/up projection, biases and the class's own gating, as transformers computes them)."""
+    mod = _dynamic(module)
+    if mod.has_gate:
+        gate_up = _project(x, mod.gate_up_proj[expert], mod.is_transposed)
+        if mod.has_bias:
+            gate_up = gate_up + mod.gate_up_proj_bias[expert]
+        return mod._apply_gate(gate_up)
+    up = _project(x, mod.up_proj[expert], mod.is_transposed)
+    if mod.has_bias:
+        up = up + mod.up_proj_bias[expert]
+    return mod.act_fn(up)
+
+
+def _down(module: nn.Module, h: torch.Tensor, expert: int) -> torch.Tensor:
+    mod = _dynamic(module)
+    out = _project(h, mod.down_proj[expert], mod.is_transposed)
+    if mod.has_bias:
+        out = out + mod.down_proj_bias[expert]
+    if getattr(module, "has_post_expert_norm", False):
+        out = mod.post_expert_norm(out)
+    return out
+
+
+def _dynamic(module: object) -> Any:
+    """The experts module with the attributes transformers' decorator sets (`has_gate`,
+    `has_bias`, `is_transposed`, `config`), which the type checker cannot see."""
+    return module
+
+
+def _project(x: torch.Tensor, weight: torch.Tensor, transposed: bool) -> torch.Tensor:
+    """x [n, in] through one expert's weight: [in, out] when transposed, else [out, in]."""
+    return x @ weight if transposed else nn.functional.linear(x, weight)
+
+
+def _previous(module: nn.Module) -> Callable[..., torch.Tensor]:
+    """The implementation the config named before ours (eager: the class's own forward)."""
+    config = _dynamic(module).config
+    name = _SWITCHED.get(id(config), [getattr(config, "_experts_implementation", None)])[0]
+    original = _dynamic(type(module).forward).__wrapped__  # the class's own, under the decorator
+    return ALL_EXPERTS_FUNCTIONS.get_interface(name, original)
+
+
+class _TapHandle:
+    """Removes one tap (and switches the config back when it was the last one)."""
+
+    def __init__(self, module: nn.Module, tap: ExpertTap) -> None:
+        self.module, self.tap = module, tap
+
+    def remove(self) -> None:
+        taps: list[ExpertTap] = getattr(self.module, _TAPS, [])
+        if self.tap not in taps:
+            return  # idempotent
+        taps.remove(self.tap)
+        config = _dynamic(self.module).config
+        entry = _SWITCHED[id(config)]
+        entry[1] -= 1
+        if entry[1] == 0:
+            config._experts_implementation = entry[0]
+            del _SWITCHED[id(config)]
+
+
+def add_expert_tap(hooks: HookSet, module: nn.Module, tap: ExpertTap) -> None:
+    """Hand `tap` every routed expert's neurons in `module`'s forward passes, until `hooks`
+    is removed.
+
+    Args:
+        hooks: owns the tap (removed with the set's hooks).
+        module: a fused experts module wrapped by transformers' `use_experts_implementation`.
+        tap: see `ExpertTap`; it must not edit h in place (other taps may hold it).
+    """
+    if IMPLEMENTATION not in ALL_EXPERTS_FUNCTIONS:
+        ALL_EXPERTS_FUNCTIONS.register(IMPLEMENTATION, neurosteer_experts_forward)
+    config = _dynamic(module).config
+    entry = _SWITCHED.setdefault(id(config), [getattr(config, "_experts_implementation", None), 0])
+    entry[1] += 1
+    config._experts_implementation = IMPLEMENTATION
+    if not hasattr(module, _TAPS):
+        setattr(module, _TAPS, [])
+    getattr(module, _TAPS).append(tap)
+    hooks.add(_TapHandle(module, tap))
+
+
+def count_taps(model: nn.Module) -> int:
+    """Expert taps installed on the model's modules (for tests, beside `count_hooks`)."""
+    return sum(len(getattr(m, _TAPS, [])) for m in model.modules())
+
+
+class TokenGrid:
+    """The sequence length of the tokens an MoE block is running, read by a pre-hook on it, so
+    that a flattened token row (row = b × seq + position) gives back its position."""
+
+    def __init__(self) -> None:
+        self.batch = 0
+        self.seq = 0
+
+    def watch(self, hooks: HookSet, block: nn.Module) -> None:
+        """Register the pre-hook on `block` (whose input is [batch, seq, H])."""
+
+        def hook(_module: nn.Module, args: tuple[Any, ...]) -> None:
+            x = args[0]
+            self.batch, self.seq = int(x.shape[0]), int(x.shape[-2])
+
+        hooks.pre(block, hook)
+
+    def positions(self, rows: torch.Tensor) -> torch.Tensor:
+        """[n] position in the sequence of each flattened token row."""
+        return rows % self.seq
+
+    def as_3d(self, x: torch.Tensor) -> torch.Tensor:
+        """x [T, w] (T = batch × seq) as [batch, seq, w]; a 3-D x is returned as it is."""
+        return x if x.dim() == 3 else x.view(-1, self.seq, x.shape[-1])

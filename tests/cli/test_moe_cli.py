@@ -1,0 +1,52 @@
+"""The CLI on a tiny mixture-of-experts checkpoint folder: discover, inspect, generate, bake
+(in memory and streamed) and sweep run end to end and show the experts."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner, Result
+from tiny_models import save_tiny
+
+from conftest import NEGATIVE_PROMPTS, POSITIVE_PROMPTS
+from neurosteer import Circuit
+from neurosteer.cli.main import cli
+
+pytestmark = pytest.mark.usefixtures("restore_library_logging")
+
+
+def _ok(args: list[object]) -> Result:
+    result = CliRunner().invoke(cli, [str(a) for a in args])
+    assert result.exit_code == 0, (result.output, result.exception)
+    return result
+
+
+def test_discover_inspect_generate_bake_and_sweep_on_a_moe_folder(tmp_path: Path) -> None:
+    model = save_tiny("qwen2_moe", tmp_path / "moe")
+    positive, negative = tmp_path / "pos.txt", tmp_path / "neg.txt"
+    positive.write_text("\n".join(POSITIVE_PROMPTS) + "\n")
+    negative.write_text("\n".join(NEGATIVE_PROMPTS) + "\n")
+    circuit = tmp_path / "moe.circuit"
+    common = ["-p", positive, "-n", negative, "--no-universal-filter"]
+    _ok(["discover", model, *common, "-o", circuit, "--top-k", "6", "--skip-layers", ""])
+    found = Circuit.load(circuit)
+    assert found.model.neuron_blocks is not None
+    shown = _ok(["inspect", circuit]).stdout
+    assert "neurons per expert" in shown
+    pairs = zip(found.layers.tolist(), found.neurons.tolist(), strict=True)
+    names = [found.model.neuron_name(layer, neuron) for layer, neuron in pairs]
+    assert any(name in shown for name in names if name.startswith(("E", "S")))
+    answer = _ok(["generate", model, "--circuit", circuit, "--max-new-tokens", "3", "Hi"])
+    assert "steered (m = 0)" in answer.stdout
+    for extra in ([], ["--streaming"]):
+        out = tmp_path / f"baked{len(extra)}"
+        _ok(["bake", model, "--circuit", circuit, "-o", out, *extra])
+        assert json.loads((out / "neurosteer.json").read_text())["multiplier"] == 0.0
+    run = tmp_path / "sweep"
+    args = ["sweep", model, *common, "--eval-harmful", positive, "--eval-harmless", negative]
+    args += ["-o", run, "--methods", "cna,random", "--strengths", "0,1", "--top-k", "4"]
+    args += ["--max-new-tokens", "2", "--kl-limit", "1", "--kl-tokens", "1", "--eval-limit", "2"]
+    _ok(args)
+    assert (run / "config.json").is_file()
