@@ -53,6 +53,92 @@ def matmul_floor(seconds: float = 2.0) -> list[dict[str, Any]]:
     return rows
 
 
+#: Qwen2.5-1.5B's shape (the GGUF of issue 22), for `step_costs`
+QWEN15 = {
+    "hidden_size": 1536,
+    "intermediate_size": 8960,
+    "num_attention_heads": 12,
+    "num_key_value_heads": 2,
+    "vocab_size": 151936,
+    "tie_word_embeddings": True,
+}
+STEP_ROWS = (1, 4, 8, 16, 32, 64)
+
+
+def step_costs(cached: int = 150, repeats: int = 3) -> dict[int, float]:
+    """Seconds of one decoding step of the 1.5B model's shape (random weights, float32) per
+    number of rows, each row on a cache of `cached` positions: measured with 2 and 4 decoder
+    layers, rows interleaved in every repeat, and extended to 28 layers (the steps cost
+    base + layers x per-layer). Random weights: speed only."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    per: dict[int, dict[int, list[float]]] = {}
+    for layers in (2, 4):
+        model = Qwen2ForCausalLM(Qwen2Config(num_hidden_layers=layers, **QWEN15)).eval()
+        per[layers] = {rows: [] for rows in STEP_ROWS}
+        with torch.inference_mode():
+            for _ in range(repeats):
+                for rows in STEP_ROWS:
+                    cache = filled_cache(model, rows, cached)
+                    ids = torch.randint(0, 1000, (rows, 1))
+                    start = time.perf_counter()
+                    model(input_ids=ids, cache=cache, use_cache=True, logits_to_keep=1)
+                    per[layers][rows].append(time.perf_counter() - start)
+        del model
+    costs = {}
+    for rows in STEP_ROWS:
+        two, four = (statistics.median(per[n][rows]) for n in (2, 4))
+        layer = (four - two) / 2
+        costs[rows] = two - 2 * layer + 28 * layer
+        print(f"{rows} rows: {costs[rows]:.3f} s per step (28 layers)", flush=True)
+    return costs
+
+
+def filled_cache(model: Any, rows: int, length: int) -> Any:
+    """A DynamicCache of `rows` x `length` random keys and values in every layer (what a
+    prefill would leave, without its cost)."""
+    from transformers import DynamicCache
+
+    config = model.config
+    shape = (
+        rows,
+        config.num_key_value_heads,
+        length,
+        config.hidden_size // config.num_attention_heads,
+    )
+    cache = DynamicCache(config=config)
+    for layer in range(config.num_hidden_layers):
+        cache.update(torch.randn(shape), torch.randn(shape), layer)
+    return cache
+
+
+def step_seconds(costs: dict[int, float], rows: int) -> float:
+    """Seconds of a step on `rows` rows, linear between the measured row counts."""
+    known = sorted(costs)
+    if rows in costs:
+        return costs[rows]
+    low = max(r for r in known if r < rows)
+    high = min((r for r in known if r > rows), default=known[-1])
+    if high == low:
+        return costs[low] * rows / low
+    return costs[low] + (costs[high] - costs[low]) * (rows - low) / (high - low)
+
+
+def point_seconds(
+    costs: dict[int, float], answers: list[int], batch_size: int, drop: bool
+) -> float:
+    """Decoding seconds of one set of answers (tokens per answer, in batching order): each
+    batch runs until its longest answer ends, on all its rows (old) or on the rows still
+    running (`drop`)."""
+    total = 0.0
+    for start in range(0, len(answers), batch_size):
+        batch = answers[start : start + batch_size]
+        for step in range(max(batch)):
+            rows = sum(1 for n in batch if n > step) if drop else len(batch)
+            total += step_seconds(costs, rows)
+    return total
+
+
 def flops_per_token(model: Any) -> float:
     """Forward FLOPs of one decoded token: 2 x (every weight matrix but the input embedding;
     the output head counted even when tied to it). Attention over the cache is left out (under
@@ -121,6 +207,40 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def estimate_point(lengths_file: str) -> dict[str, Any]:
+    """Decoding seconds of a 1.5B point (both sets), old path and new, from measured step
+    costs and measured answer lengths, the prompts batched longest first as `generate` does."""
+    import json
+
+    costs = step_costs()
+    sets = json.loads(Path(lengths_file).read_text())
+    variants = {"old b16": (16, False), "drop b16": (16, True)}
+    variants |= {"drop b32": (32, True), "drop b64": (64, True)}
+    seconds = dict.fromkeys(variants, 0.0)
+    tokens = 0
+    for lengths in sets.values():
+        order = sorted(
+            range(len(lengths["prompt_tokens"])), key=lambda i: (-lengths["prompt_tokens"][i], i)
+        )
+        answers = [lengths["answer_tokens"][i] for i in order]
+        tokens += sum(answers)
+        for name, (batch_size, drop) in variants.items():
+            seconds[name] += point_seconds(costs, answers, batch_size, drop)
+    old = seconds["old b16"]
+    rows = [
+        {
+            "variant": name,
+            "decoding_seconds": round(t, 1),
+            "tokens_per_second": round(tokens / t, 2),
+            "new_over_old_seconds": round(t / old, 3),
+        }
+        for name, t in seconds.items()
+    ]
+    for row in rows:
+        print(row, flush=True)
+    return {"step_seconds": costs, "answer_tokens": tokens, "estimate": rows}
+
+
 def answer_tokens(tokenizer: Any, answers: list[str], budget: int) -> int:
     """Tokens the answers took: each answer re-tokenised, plus its stop token when it ended
     before the budget (an estimate: re-tokenising stripped text may differ by a token)."""
@@ -140,12 +260,20 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--floor", action="store_true", help="only the matmul floor")
+    parser.add_argument(
+        "--lengths",
+        default=None,
+        help="JSON of measured answer lengths {set: {answer_tokens, prompt_tokens}}: estimate "
+        "a 1.5B point from measured step costs instead of running a model",
+    )
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     args.batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
     torch.set_num_threads(args.threads)
     result: dict[str, Any] = {"threads": args.threads, "matmul_floor": matmul_floor()}
-    if not args.floor:
+    if args.lengths:
+        result |= estimate_point(args.lengths)
+    elif not args.floor:
         if not args.model:
             parser.error("--model is needed (or --floor)")
         result |= run(args)
