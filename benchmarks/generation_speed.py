@@ -9,6 +9,11 @@ float32 and bfloat16 at the thread count, and the FLOPs a point needs).
 
 Prints seconds, answer tokens per second and the ratio new/old for each variant (the machine
 may be shared: read the ratios, which interleaving protects, more than the seconds).
+
+    python benchmarks/generation_speed.py --lengths benchmarks/results-answer-lengths-qwen05.json
+
+estimates a 1.5B point instead, without loading a model: one decoding step of the 1.5B's shape
+timed at 1-64 rows (random weights), replayed over measured answer lengths for each path.
 """
 
 from __future__ import annotations
