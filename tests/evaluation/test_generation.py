@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 from typing import Any
 
 import pytest
@@ -30,16 +31,17 @@ def test_out_of_memory_halves_the_generation_batch(
 ) -> None:
     model, tokenizer = copy.deepcopy(tiny_llama[0]), tiny_llama[1]
     expected = generate(model, tokenizer, positive_prompts, max_new_tokens=4, batch_size=1)
-    real_generate = model.generate
+    real_forward = model.forward
     sizes: list[int] = []
 
-    def small_memory(**kwargs: Any) -> torch.Tensor:
+    @functools.wraps(real_forward)
+    def small_memory(*args: Any, **kwargs: Any) -> Any:
         sizes.append(kwargs["input_ids"].shape[0])
         if kwargs["input_ids"].shape[0] > 3:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
-        return real_generate(**kwargs)
+        return real_forward(*args, **kwargs)
 
-    monkeypatch.setattr(model, "generate", small_memory)
+    monkeypatch.setattr(model, "forward", small_memory)
     got = generate(model, tokenizer, positive_prompts, max_new_tokens=4, batch_size=8)
     assert got == expected
     assert sizes[:3] == [8, 4, 2]

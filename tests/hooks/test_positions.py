@@ -152,6 +152,30 @@ def test_the_tracker_maps_the_rule_onto_each_chunk() -> None:
     assert fixed.steered_range("prompt", 8) == (0, 5)
 
 
+def _cache(rows: int, length: int) -> DynamicCache:
+    """A one-layer cache of `rows` sequences of `length` positions."""
+    cache = DynamicCache()
+    cache.update(torch.zeros(rows, 1, length, 4), torch.zeros(rows, 1, length, 4), 0)
+    return cache
+
+
+def test_a_step_on_fewer_rows_is_still_a_decoding_step() -> None:
+    """Generation drops finished answers from the batch and its cache: one token per row on
+    some of the rows keeps the prompt; more rows, or a cache of another length, is a prompt."""
+    tracker = PositionTracker()
+    step = torch.zeros(2, 1, dtype=torch.long)
+    tracker.on_forward(torch.nn.Identity(), (), {"input_ids": torch.zeros(4, 5, dtype=torch.long)})
+    tracker.on_forward(torch.nn.Identity(), (), {"input_ids": step, "cache": _cache(2, 5)})
+    assert tracker.prompt_length == 5
+    assert tracker.steered_range("prompt", 1) == (0, 0)
+    tracker.on_forward(torch.nn.Identity(), (), {"input_ids": step[:1], "cache": _cache(1, 6)})
+    assert tracker.prompt_length == 5
+    tracker.on_forward(torch.nn.Identity(), (), {"input_ids": step, "cache": _cache(2, 7)})
+    assert tracker.prompt_length == 8  # more rows than the last pass: a new prompt
+    tracker.on_forward(torch.nn.Identity(), (), {"input_ids": step, "cache": _cache(2, 3)})
+    assert tracker.prompt_length == 4  # not the cache the last pass left: a new prompt
+
+
 @pytest.mark.parametrize("positions", ["generated", "prompt"])
 def test_a_prompt_pass_is_steered_exactly_where_the_rule_says(
     tiny_model: Pair, positive_prompts: list[str], negative_prompts: list[str], positions: Positions

@@ -14,6 +14,8 @@ from click.testing import CliRunner
 from transformers import PreTrainedModel, PreTrainedTokenizerFast
 
 import neurosteer.cli.main  # before analysis_cmds: main registers it at its end
+import neurosteer.evaluation.generation as generation
+import neurosteer.evaluation.kl as kl
 import neurosteer.evaluation.refusal as refusal
 import neurosteer.workflows.sweep.runner as runner
 from neurosteer.cli.analysis_cmds import sweep_command
@@ -348,17 +350,20 @@ def test_caa_layer_scan_picks_the_layer_with_least_refusal(
 
 
 class _Generations:
-    """Counts every `model.generate` call (scans, points and KL references alike), noting the
-    finished points at each and whether a sweep point was being measured."""
+    """Counts every generation of a batch by `model` (`greedy_batch`, for answers and KL
+    references alike: scans, points), noting the finished points at each and whether a sweep
+    point was being measured."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch, model: Any, out: Path) -> None:
         self.calls: list[tuple[bool, int]] = []
         self.kill_in_point: int | None = None  # raise when measuring the point after n done
         self.kill_at_call: int | None = None  # raise at this call (1-based)
         self._in_point = False
-        real_generate, real_point = model.generate, runner._Evaluator.point
+        real_generate, real_point = generation.greedy_batch, runner._Evaluator.point
 
         def generate(*args: Any, **kwargs: Any) -> Any:
+            if args[0] is not model:
+                return real_generate(*args, **kwargs)
             done = len(read_results(out))
             self.calls.append((self._in_point, done))
             if self._in_point and done == self.kill_in_point:
@@ -374,7 +379,8 @@ class _Generations:
             finally:
                 self._in_point = False
 
-        monkeypatch.setattr(model, "generate", generate)
+        monkeypatch.setattr(generation, "greedy_batch", generate)
+        monkeypatch.setattr(kl, "greedy_batch", generate)
         monkeypatch.setattr(runner._Evaluator, "point", point)
 
 

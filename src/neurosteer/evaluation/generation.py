@@ -18,6 +18,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from transformers.generation.streamers import BaseStreamer
 
 from neurosteer.errors import InputError
+from neurosteer.evaluation.greedy_loop import greedy_drop_finished, plain_greedy
 from neurosteer.model.runtime import input_device, pad_id, run_batches, runs_model
 from neurosteer.model.stop_tokens import stop_token_ids
 from neurosteer.prompts.render import Batch, context_limit, encode_for_model, new_token_budgets
@@ -39,6 +40,7 @@ def generate(
     template_vars: Mapping[str, Any] | None = None,
     progress: bool = False,
     desc: str = "generating",
+    drop_finished: bool = True,
 ) -> list[str]:
     """Greedy completions (new text only, special tokens dropped), one per prompt.
 
@@ -48,7 +50,9 @@ def generate(
 
     Prompts are batched by length; an out-of-memory error halves the batch and retries it,
     keeping the completions already made. `system` is a system turn and `template_vars` the chat
-    template's variables (see `render_prompts`).
+    template's variables (see `render_prompts`). `drop_finished` (the default) takes an answer
+    out of its batch the step it ends (see `greedy_batch`); False runs every row until the
+    batch's longest answer ends (the old path, kept to measure against).
 
     Context: a prompt that leaves no position for a new token in the model's context is an
     `InputError` (before any forward pass); a prompt whose answer would run past the context
@@ -81,7 +85,15 @@ def generate(
 
     def attempt(batch: Batch) -> torch.Tensor:
         budget = budgets[int(batch.index[0])]
-        return greedy_batch(model, batch, budget, pad, stop_ids=stop_ids, streamer=counter)
+        return greedy_batch(
+            model,
+            batch,
+            budget,
+            pad,
+            stop_ids=stop_ids,
+            streamer=counter,
+            drop_finished=drop_finished,
+        )
 
     def finish(batch: Batch, output: torch.Tensor) -> None:
         new_tokens = output[:, batch.input_ids.shape[1] :].cpu()
@@ -119,11 +131,19 @@ def greedy_batch(
     *,
     stop_ids: Sequence[int] | None = None,
     streamer: BaseStreamer | None = None,
+    drop_finished: bool = True,
 ) -> torch.Tensor:
     """[batch, seq + t] int64: a left-padded batch of prompts followed by the model's greedy
     continuation, on the model's input device. t <= `max_new_tokens`; a row ends at its first
     token of `stop_ids` (None or empty: the generation config's eos), then is padded with
-    `pad_id`. `streamer` is handed to `model.generate` (e.g. a `TokenRate`)."""
+    `pad_id`. `streamer` gets the prompt ids, then each step's new tokens (e.g. a `TokenRate`).
+
+    With `drop_finished` (and a model whose greedy answer is a plain argmax, `plain_greedy`) a
+    row leaves the batch the step it ends (`greedy_drop_finished`), with the same tokens;
+    otherwise `model.generate` runs every row until the longest answer ends."""
+    if drop_finished and plain_greedy(model):
+        ends = list(stop_ids) if stop_ids else _config_eos(model)
+        return greedy_drop_finished(model, batch, max_new_tokens, pad_id, ends, streamer=streamer)
     device = input_device(model)
     stops = {"eos_token_id": list(stop_ids)} if stop_ids else {}
     return model.generate(  # type: ignore[operator]
@@ -137,11 +157,20 @@ def greedy_batch(
     )
 
 
+def _config_eos(model: PreTrainedModel) -> list[int]:
+    """The generation config's eos ids (an int, a list or None) as a list."""
+    eos = model.generation_config.eos_token_id
+    if eos is None:
+        return []
+    return [int(eos)] if isinstance(eos, int) else [int(i) for i in eos]
+
+
 class TokenRate(BaseStreamer):
     """Shows the tokens generated so far and tokens per second on a tqdm bar's postfix.
 
-    `model.generate` calls `put` with the prompt ids once per call, then with each step's
-    new tokens [batch] (rows already finished carry `pad_id`, which is not counted). The
+    `greedy_batch` calls `put` with the prompt ids once per batch, then with each step's
+    new tokens [rows] (rows already finished carry `pad_id`, which is not counted, or are
+    left out). The
     postfix is redrawn at most every `interval` seconds.
     """
 

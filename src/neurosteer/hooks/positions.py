@@ -17,12 +17,13 @@ asks `EditState.steered_range(seq_len)` for the slice of the current chunk it ma
 
 A pass starts a new prompt, whose length P is then the cached length plus the pass's new
 tokens, unless it is a decoding step: exactly one new token on the cache the previous pass
-left. So a cache that comes in already filled (a stored prefix, a cache reused from an earlier
-call, or one built under other steering) is placed right: its positions are taken as they are,
-and only the uncached rest of the prompt is steered by the rule. Not told apart: a new call
-whose only uncached token directly continues the previous pass counts as a decoding step, and
-prefill split into several chunks (or several draft tokens at once) counts as prompts; give
-`prompt_length` there.
+left, on its rows or some of them (generation drops finished answers from the batch). So a
+cache that comes in already filled (a stored prefix, a cache reused from an earlier call, or
+one built under other steering) is placed right: its positions are taken as they are, and only
+the uncached rest of the prompt is steered by the rule. Not told apart: a new call whose only
+uncached token directly continues the previous pass (on as many rows or fewer) counts as a
+decoding step, and prefill split into several chunks (or several draft tokens at once) counts
+as prompts; give `prompt_length` there.
 """
 
 from __future__ import annotations
@@ -71,7 +72,7 @@ class PositionTracker:
         if tokens is None and args:
             tokens = args[0]
         batch, seq = _chunk_shape(tokens)
-        decoding = past > 0 and seq == 1 and self._left == (batch, past)
+        decoding = past > 0 and seq == 1 and _continues(self._left, batch, past)
         if self.fixed_prompt_length is None and not decoding:
             self.prompt_length = past + seq
         self.past_length = past
@@ -97,6 +98,13 @@ class PositionTracker:
     def _in_chunk(self, position: int, seq_len: int) -> int:
         """Absolute sequence `position` as an index into the current chunk, clamped to it."""
         return min(seq_len, max(0, position - self.past_length))
+
+
+def _continues(left: tuple[int, int] | None, batch: int, past: int) -> bool:
+    """Whether a pass of `batch` rows on a cache of `past` positions extends the cache the
+    previous pass `left` (batch, length): the same length, and the same rows or some of them
+    (generation drops finished answers from the batch and its cache)."""
+    return left is not None and left[1] == past and 0 < batch <= left[0]
 
 
 def _chunk_shape(tokens: Any) -> tuple[int, int]:
