@@ -38,7 +38,7 @@ from neurosteer.model.layout import ModelLayout, resolve_layout
 from neurosteer.model.runtime import runs_model
 from neurosteer.prompts.render import prompt_hash, uses_chat_template
 from neurosteer.prompts.template_vars import pin_clock
-from neurosteer.workflows.judges import run_judge
+from neurosteer.workflows.judges import get_judge, run_judge
 from neurosteer.workflows.prompt_sets import check_sets_fit
 from neurosteer.workflows.sweep.config import BASELINE, SweepConfig, knob
 from neurosteer.workflows.sweep.methods import Fitted, fit_methods
