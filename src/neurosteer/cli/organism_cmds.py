@@ -46,7 +46,7 @@ def demo_command(out: Path, top_k: int | None, force: bool, moe: bool) -> None:
     """
     from neurosteer.workflows.organism.demo import DEMO_TOP_K, MOE_DEMO_TOP_K, run_demo
     from neurosteer.workflows.organism.demo_report import VERDICTS
-    from neurosteer.workflows.organism.paths import INSTRUCT_DIR, MOE_INSTRUCT_DIR
+    from neurosteer.workflows.organism.paths import MOE_INSTRUCT_DIR
 
     if out.exists() and any(out.iterdir()) and not force:
         raise InputError(f"{out} is not empty; pass --force to overwrite it or choose another -o")
@@ -63,8 +63,10 @@ def demo_command(out: Path, top_k: int | None, force: bool, moe: bool) -> None:
                 click.echo(f"demo: {what}", err=True)
 
         try:
-            model_dir = MOE_INSTRUCT_DIR if moe else INSTRUCT_DIR
-            result = run_demo(out, top_k=k, progress=step, model_dir=model_dir)
+            if moe:
+                result = run_demo(out, top_k=k, progress=step, model_dir=MOE_INSTRUCT_DIR)
+            else:
+                result = run_demo(out, top_k=k, progress=step)
         except UnsupportedModelError as err:
             if not moe:
                 raise
