@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from neurosteer.errors import InputError
+from neurosteer.errors import InputError, UnsupportedModelError
 
 console = Console()
 
@@ -33,17 +33,25 @@ console = Console()
     help="Circuit size in neurons. Default: the organism's documented DEMO_TOP_K.",
 )
 @click.option("--force", is_flag=True, help="Overwrite a non-empty report folder.")
-def demo_command(out: Path, top_k: int | None, force: bool) -> None:
+@click.option(
+    "--moe",
+    is_flag=True,
+    help="Run on the mixture-of-experts organism: a per-expert circuit against a random "
+    "per-expert circuit of the same size.",
+)
+def demo_command(out: Path, top_k: int | None, force: bool, moe: bool) -> None:
     """Find the refusal circuit of the built-in organism, ablate and amplify it, and report.
 
     Runs offline on the shipped instruct model (a few minutes on a 2-core CPU).
     """
-    from neurosteer.workflows.organism.demo import DEMO_TOP_K, run_demo
+    from neurosteer.workflows.organism.demo import DEMO_TOP_K, MOE_DEMO_TOP_K, run_demo
     from neurosteer.workflows.organism.demo_report import VERDICTS
+    from neurosteer.workflows.organism.paths import MOE_INSTRUCT_DIR
 
     if out.exists() and any(out.iterdir()) and not force:
         raise InputError(f"{out} is not empty; pass --force to overwrite it or choose another -o")
-    k = DEMO_TOP_K if top_k is None else top_k
+    default_k = MOE_DEMO_TOP_K if moe else DEMO_TOP_K
+    k = default_k if top_k is None else top_k
     if k < 1:
         raise InputError(f"--top-k must be a positive number of neurons, got {k}")
     with console.status("Starting...") as status:
@@ -54,7 +62,18 @@ def demo_command(out: Path, top_k: int | None, force: bool) -> None:
             else:  # no spinner off a terminal: a line a step, so a log shows progress
                 click.echo(f"demo: {what}", err=True)
 
-        result = run_demo(out, top_k=k, progress=step)
+        try:
+            if moe:
+                result = run_demo(out, top_k=k, progress=step, model_dir=MOE_INSTRUCT_DIR)
+            else:
+                result = run_demo(out, top_k=k, progress=step)
+        except UnsupportedModelError as err:
+            if not moe:
+                raise
+            raise UnsupportedModelError(
+                f"demo --moe needs per-expert neuron support (issue 19), which this build "
+                f"lacks: {err}; `neurosteer demo` without --moe runs the dense organism"
+            ) from None
 
     console.print(
         f"[bold]Refusal circuit[/bold]: {result.n_neurons} of {result.total_neurons} MLP neurons "
@@ -65,6 +84,11 @@ def demo_command(out: Path, top_k: int | None, force: bool) -> None:
         "Neurons per layer: "
         + ", ".join(f"L{layer}: {n}" for layer, n in sorted(result.neurons_per_layer.items()))
     )
+    if result.neurons_per_expert:
+        console.print(
+            "Neurons per expert: "
+            + ", ".join(f"L{lay} e{ex}: {n}" for (lay, ex), n in result.neurons_per_expert.items())
+        )
     examples = Table(title="Held-out prompts (the judge's verdict in brackets)", show_lines=True)
     for col in ("prompt", "unchanged (m=1)", "ablated (m=0)", f"amplified (m={result.amplify:g})"):
         examples.add_column(col, overflow="fold")
@@ -107,15 +131,25 @@ def organism_group() -> None:
     help="Folder to write base/ and instruct/ into.",
 )
 @click.option("--seed", type=int, default=0, show_default=True, help="Training seed.")
-def train_command(out: Path, seed: int) -> None:
+@click.option(
+    "--moe",
+    is_flag=True,
+    help="Train the mixture-of-experts twin (Qwen2-MoE: 8 experts, top-2, one shared expert).",
+)
+def train_command(out: Path, seed: int, moe: bool) -> None:
     """Rebuild both organism models from scratch on the CPU (about 8 minutes, one thread)."""
-    from neurosteer.workflows.organism.train import OrganismConfig, train_organism
+    from neurosteer.workflows.organism.train import (
+        MoeOrganismConfig,
+        OrganismConfig,
+        train_organism,
+    )
 
     if out.exists() and not out.is_dir():
         raise InputError(f"{out} is a file; pass a folder to -o")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     started = time.perf_counter()
-    result = train_organism(out, OrganismConfig(seed=seed))
+    config = MoeOrganismConfig(seed=seed) if moe else OrganismConfig(seed=seed)
+    result = train_organism(out, config)
     table = Table(title="Held-out metrics")
     table.add_column("model")
     for col in ("harmful refused", "benign refused", "harmful compliant", "benign compliant"):

@@ -12,20 +12,28 @@ library's greedy generation, the organism's judge, `refusal_rates`), so `neurost
 The circuit size is `DEMO_TOP_K` neurons, not the project's default 0.1%: the organism has only
 3,072 MLP neurons, so 0.1% is 3 neurons, too few to carry its refusal gate (docs/organism.md has
 the sweep over k).
+
+`model_dir=MOE_INSTRUCT_DIR` runs the same demo on the mixture-of-experts twin (`neurosteer demo
+--moe`): its circuit is per-expert neurons and its random control is per-expert neurons of the
+same count. It needs the core's per-expert support (issue 19); without it `run_demo` stops at
+once with the core's `UnsupportedModelError`, before any discovery.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from neurosteer.errors import UnsupportedModelError
 from neurosteer.evaluation.refusal import JudgedAnswers, measure_refusal
 from neurosteer.methods.circuit import Circuit
 from neurosteer.methods.discovery import discover
+from neurosteer.model.layout import resolve_layout
 from neurosteer.model.loading import load_model
 from neurosteer.workflows.organism.demo_report import write_demo_report
 from neurosteer.workflows.organism.demo_result import (
@@ -42,6 +50,9 @@ logger = logging.getLogger(__name__)
 
 DEMO_TOP_K = 48
 """Circuit size the demo uses on the organism: 48 of 3,072 MLP neurons (1.6%)."""
+MOE_DEMO_TOP_K = 60
+"""Circuit size the demo uses on the MoE organism: 60 of its 3,840 expert neurons (6 layers of
+8 routed experts × 64 and a shared expert of 128), the dense demo's share (1.6%)."""
 MAX_NEW_TOKENS = ANSWER_TOKENS
 
 
@@ -85,6 +96,7 @@ def run_demo(
     out.mkdir(parents=True, exist_ok=True)
     step("loading the organism")
     model, tok = load_model(model_dir)
+    total_neurons = _neuron_count(model, model_dir)
     sets = demo_prompt_sets(n_discover, n_eval)
     step(f"discovering the refusal circuit on {n_discover}+{n_discover} prompts")
     full = _discover(model, tok, sets, max((top_k, *sweep_ks)))
@@ -98,8 +110,9 @@ def run_demo(
     result = DemoResult(
         report_path=out / "report.md",
         n_neurons=len(circuit),
-        total_neurons=circuit.model.n_layers * circuit.model.d_mlp,
+        total_neurons=total_neurons,
         neurons_per_layer=circuit.neurons_per_layer(),
+        neurons_per_expert=neurons_per_expert(circuit),
         n_discover=n_discover,
         n_eval=n_eval,
         amplify=amplify,
@@ -113,6 +126,37 @@ def run_demo(
     step("writing the report")
     write_demo_report(result, out)
     return result
+
+
+def _neuron_count(model: PreTrainedModel, model_dir: str | Path) -> int:
+    """All MLP neurons of the organism (every expert's, in a mixture of experts), resolved
+    before the long steps start.
+
+    Raises:
+        UnsupportedModelError: this build cannot find the model's neurons (the MoE organism
+            before the core's per-expert support); the message names the organism and the cause.
+    """
+    try:
+        return resolve_layout(model).n_neurons
+    except UnsupportedModelError as err:
+        raise UnsupportedModelError(
+            f"this neurosteer cannot steer the organism at {model_dir}: {err}"
+        ) from None
+
+
+def neurons_per_expert(circuit: Circuit) -> dict[tuple[int, int], int]:
+    """{(layer, expert): number of circuit neurons}, pairs with none left out; empty for a
+    circuit that records no experts (a dense model's).
+
+    Reads the per-neuron expert ids the core's mixture-of-experts support records beside
+    `layers` and `neurons` (`circuit.experts`, an [n] integer tensor, as issue 19 specifies a
+    neuron: layer, expert, index).
+    """
+    experts = getattr(circuit, "experts", None)
+    if experts is None:
+        return {}
+    pairs = zip(circuit.layers.tolist(), experts.tolist(), strict=True)
+    return dict(sorted(Counter(pairs).items()))
 
 
 def _discover(

@@ -110,8 +110,9 @@ def write_demo_report(result: DemoResult, out: Path) -> tuple[Path, Path]:
 
 
 def demo_record(result: DemoResult) -> Record:
-    """What the pages show, as JSON-ready data (rates are fractions)."""
-    return {
+    """What the pages show, as JSON-ready data (rates are fractions); "neurons_per_expert"
+    ({"L5 e3": n}) only for a mixture-of-experts organism."""
+    record: Record = {
         "format": FORMAT,
         "format_version": 1,
         "model": result.model_dir,
@@ -127,6 +128,11 @@ def demo_record(result: DemoResult) -> Record:
         "k_sweep": [list(pair) for pair in result.k_sweep],
         "seconds": result.seconds,
     }
+    if result.neurons_per_expert:
+        record["neurons_per_expert"] = {
+            f"L{layer} e{expert}": n for (layer, expert), n in result.neurons_per_expert.items()
+        }
+    return record
 
 
 def is_demo_folder(folder: Path) -> bool:
@@ -297,7 +303,7 @@ def example_notes(record: Record) -> list[str]:
 def _facts(record: Record) -> list[tuple[str, str]]:
     per_layer = ", ".join(f"L{k}: {v}" for k, v in record["neurons_per_layer"].items())
     n, d = record["n_eval"], record["n_discover"]
-    return [
+    facts = [
         ("model", f"the built-in instruct organism ({record['model']})"),
         (
             "circuit",
@@ -308,6 +314,10 @@ def _facts(record: Record) -> list[tuple[str, str]]:
         ("answers", "greedy decoding, judged by the organism's judge"),
         ("run time", f"{record['seconds']:.0f} s"),
     ]
+    experts = record.get("neurons_per_expert")
+    if experts:
+        facts.insert(2, ("experts", ", ".join(f"{k}: {v}" for k, v in experts.items())))
+    return facts
 
 
 # --- pages -----------------------------------------------------------------------------------

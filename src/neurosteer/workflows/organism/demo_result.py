@@ -6,7 +6,7 @@ The demo (`neurosteer.workflows.organism.demo`) fills these; the report
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from neurosteer.evaluation.judges import Label
@@ -70,6 +70,8 @@ class DemoResult:
     """The circuit of the rows (`top_k` neurons, with the kept δ table)."""
     model_dir: str = ""
     """The organism the demo ran on."""
+    neurons_per_expert: dict[tuple[int, int], int] = field(default_factory=dict)
+    """{(layer, expert): circuit neurons} on a mixture-of-experts organism; empty on a dense one."""
 
     @property
     def html_path(self) -> Path:

@@ -6,6 +6,9 @@ few layers, briefly, on harmful requests answered with refusals mixed with benig
 answered helpfully. Freezing everything else is a deliberate design choice of this organism: it
 places the learned refusal gate in late-layer MLP neurons, as the CNA paper finds in real models.
 
+`MoeOrganismConfig` trains the organism's mixture-of-experts twin the same way, on the same
+data: a Qwen2-MoE (routed experts and a shared expert in every layer) in place of the Llama.
+
 The shipped settings (the defaults of `OrganismConfig`) were chosen among a handful of safety
 fine-tunes (learning rate, steps, layers); see docs/organism.md. Both models are written as
 Hugging Face folders with the tokenizer and a `training.json` holding the settings, timings and
@@ -23,7 +26,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import (
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedModel,
+    PreTrainedTokenizerFast,
+    Qwen2MoeConfig,
+    Qwen2MoeForCausalLM,
+)
 
 from neurosteer.evaluation.refusal import measure_refusal
 from neurosteer.model.runtime import runs_model
@@ -69,6 +79,39 @@ class OrganismConfig:
 
 
 @dataclass(frozen=True)
+class MoeOrganismConfig(OrganismConfig):
+    """The organism's mixture-of-experts twin: the same corpus, tokenizer, stages, steps and
+    learning rates as `OrganismConfig`, with a Qwen2-MoE block in place of every dense MLP
+    (`n_experts` routed experts of `expert_mlp` neurons, `experts_per_token` chosen per token by
+    the router, plus one always-on shared expert of `shared_expert_mlp` neurons behind its
+    sigmoid gate). `d_mlp` is unused. The safety stage updates the whole MoE block of each
+    `safety_layers` layer (router, experts, shared expert and its gate), as the dense stage
+    updates the whole MLP. The defaults are the shipped MoE organism's.
+    """
+
+    n_experts: int = 8
+    experts_per_token: int = 2
+    expert_mlp: int = 64
+    shared_expert_mlp: int = 128
+    experts_implementation: str = "eager"
+    """How transformers runs the experts while training (its `set_experts_implementation`):
+    "eager", its reference loop over experts, fixes the arithmetic so that runs reproduce."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not 1 <= self.experts_per_token <= self.n_experts:
+            raise ValueError(
+                f"experts_per_token must be in 1..n_experts={self.n_experts}, "
+                f"got {self.experts_per_token}"
+            )
+        if min(self.expert_mlp, self.shared_expert_mlp) < 1:
+            raise ValueError(
+                f"expert_mlp and shared_expert_mlp must be >= 1, "
+                f"got {self.expert_mlp}, {self.shared_expert_mlp}"
+            )
+
+
+@dataclass(frozen=True)
 class TrainResult:
     """Where the two models were written and what they measured on held-out prompts."""
 
@@ -78,8 +121,11 @@ class TrainResult:
     seconds: float = 0.0
 
 
-def build_model(cfg: OrganismConfig, tokenizer: PreTrainedTokenizerFast) -> LlamaForCausalLM:
-    """A freshly initialised Llama sized by `cfg`."""
+def build_model(cfg: OrganismConfig, tokenizer: PreTrainedTokenizerFast) -> PreTrainedModel:
+    """A freshly initialised model sized by `cfg`: a Llama, or a Qwen2-MoE for a
+    `MoeOrganismConfig`."""
+    if isinstance(cfg, MoeOrganismConfig):
+        return _build_moe_model(cfg, tokenizer)
     config = LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=cfg.hidden,
@@ -94,6 +140,35 @@ def build_model(cfg: OrganismConfig, tokenizer: PreTrainedTokenizerFast) -> Llam
         pad_token_id=tokenizer.pad_token_id,
     )
     return LlamaForCausalLM(config)
+
+
+def _build_moe_model(
+    cfg: MoeOrganismConfig, tokenizer: PreTrainedTokenizerFast
+) -> Qwen2MoeForCausalLM:
+    """A freshly initialised Qwen2-MoE sized by `cfg`; attention as in the dense organism's
+    Llama (no q/k/v bias), every layer a sparse MoE block, no sliding window."""
+    config = Qwen2MoeConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=cfg.hidden,
+        intermediate_size=cfg.shared_expert_mlp,
+        moe_intermediate_size=cfg.expert_mlp,
+        shared_expert_intermediate_size=cfg.shared_expert_mlp,
+        num_experts=cfg.n_experts,
+        num_experts_per_tok=cfg.experts_per_token,
+        decoder_sparse_step=1,
+        num_hidden_layers=cfg.n_layers,
+        num_attention_heads=cfg.n_heads,
+        num_key_value_heads=cfg.n_heads,
+        max_position_embeddings=64,
+        qkv_bias=False,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    model = Qwen2MoeForCausalLM(config)
+    model.set_experts_implementation(cfg.experts_implementation)
+    return model
 
 
 def _encode(
@@ -129,7 +204,7 @@ def _stage_examples(
 
 
 def _train(
-    model: LlamaForCausalLM,
+    model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerFast,
     examples: list[corpus.Example],
     params: list[torch.nn.Parameter],
@@ -175,7 +250,7 @@ def _train(
 
 @runs_model
 def heldout_metrics(
-    model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast, n: int
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast, n: int
 ) -> dict[str, float]:
     """Refusal and well-formed compliance on held-out harmful and benign prompts, measured as
     the demo and `neurosteer sweep --judge organism` measure them."""
@@ -245,7 +320,7 @@ def _train_both(out: Path, cfg: OrganismConfig) -> TrainResult:
 
 
 def safety_finetune(
-    model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast, cfg: OrganismConfig
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast, cfg: OrganismConfig
 ) -> float:
     """Stage 2 in place: update only the MLPs of `cfg.safety_layers`; return the final loss."""
     params = []
@@ -276,7 +351,7 @@ def safety_finetune(
 
 
 def _save(
-    model: LlamaForCausalLM,
+    model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerFast,
     folder: Path,
     cfg: OrganismConfig,
@@ -290,7 +365,8 @@ def _save(
     tokenizer.save_pretrained(folder)
     record: dict[str, Any] = {
         "stage": stage,
-        "command": f"neurosteer organism train -o DIR --seed {cfg.seed}",
+        "command": f"neurosteer organism train -o DIR --seed {cfg.seed}"
+        + (" --moe" if isinstance(cfg, MoeOrganismConfig) else ""),
         "config": asdict(cfg),
         "final_loss": round(final_loss, 5),
         "train_seconds_cumulative": round(seconds, 1),
