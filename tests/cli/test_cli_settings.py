@@ -19,8 +19,8 @@ from click.testing import CliRunner, Result
 from neurosteer import Circuit
 from neurosteer.cli.analysis_cmds import SweepSettings, sweep_command
 from neurosteer.cli.chat_cmd import ChatSettings, chat_command
-from neurosteer.cli.lora_cmd import ExportLoraSettings, export_lora_command
 from neurosteer.cli.gguf_cmds import EvaluateGGUFSettings, evaluate_gguf_command
+from neurosteer.cli.lora_cmd import ExportLoraSettings, export_lora_command
 from neurosteer.cli.main import (
     BakeSettings,
     DiscoverSettings,

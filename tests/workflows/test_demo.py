@@ -308,14 +308,14 @@ def test_neurosteer_report_redraws_a_demo_folder_and_explains_a_broken_one(tmp_p
 def test_a_moe_demo_names_its_experts_and_a_dense_one_has_none(tmp_path: Path) -> None:
     dense = _made_up_result(tmp_path / "dense")
     moe = dataclasses.replace(
-        _made_up_result(tmp_path / "moe"), neurons_per_expert={(2, 1): 1, (3, 8): 2}
+        _made_up_result(tmp_path / "moe"), neurons_per_expert={(2, "E1"): 1, (3, "S"): 2}
     )
     for result in (dense, moe):
         result.report_path.parent.mkdir()
         write_demo_report(result, result.report_path.parent)
     record = json.loads((tmp_path / "moe" / DEMO_FILE).read_text())
-    assert record["neurons_per_expert"] == {"L2 e1": 1, "L3 e8": 2}
-    assert "L2 e1: 1, L3 e8: 2" in (tmp_path / "moe" / "report.md").read_text()
+    assert record["neurons_per_expert"] == {"L2 E1": 1, "L3 S": 2}
+    assert "L2 E1: 1, L3 S: 2" in (tmp_path / "moe" / "report.md").read_text()
     # the dense demo's record and pages are as before: no experts
     assert "neurons_per_expert" not in json.loads((tmp_path / "dense" / DEMO_FILE).read_text())
     assert "experts" not in (tmp_path / "dense" / "report.md").read_text()

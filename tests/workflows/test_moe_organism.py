@@ -17,7 +17,6 @@ from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
 
 import neurosteer
 from neurosteer.cli.main import cli
-from neurosteer.errors import UnsupportedModelError
 from neurosteer.workflows.organism import MOE_INSTRUCT_DIR, corpus, neutral_prompts
 from neurosteer.workflows.organism import train as train_module
 from neurosteer.workflows.organism.demo import MOE_DEMO_TOP_K, neurons_per_expert
@@ -169,22 +168,6 @@ def test_shipped_twin_refuses_harmful_only() -> None:
 
 
 @cache
-def _moe_support() -> str | None:
-    """None when this build resolves the twin's neurons; else the core's reason."""
-    try:
-        neurosteer.resolve_layout(_shipped()[0])
-    except UnsupportedModelError as err:
-        return str(err)
-    return None
-
-
-def _require_moe_support() -> None:
-    reason = _moe_support()
-    if reason is not None:
-        pytest.skip(f"needs the core's per-expert neuron support (issue 19): {reason}")
-
-
-@cache
 def _circuit() -> neurosteer.Circuit:
     model, tok = _shipped()
     return neurosteer.discover(
@@ -197,20 +180,7 @@ def _circuit() -> neurosteer.Circuit:
     )
 
 
-def test_demo_moe_stops_in_one_line_without_expert_support(tmp_path: Path) -> None:
-    if _moe_support() is None:
-        pytest.skip("this build steers experts; the per-expert tests below run instead")
-    result = CliRunner().invoke(cli, ["demo", "--moe", "-o", str(tmp_path / "demo")])
-    assert result.exit_code == 2, result.output
-    # off a terminal the demo logs a line a step ("demo: loading the organism"), then the error
-    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert errors == [result.stderr.strip().splitlines()[-1]], result.stderr
-    assert all(w in errors[0] for w in ("--moe", "issue 19", "qwen2_moe")), result.stderr
-    assert not (tmp_path / "demo" / "report.md").exists()
-
-
 def test_a_per_expert_circuit_removes_refusal_and_a_random_one_does_not() -> None:
-    _require_moe_support()
     harmful = corpus.make_prompts("heldout", True, N_FAST, seed=3)
     before = _rates(harmful)
     ablated = _rates(harmful, _circuit())
@@ -229,7 +199,6 @@ def test_a_per_expert_circuit_removes_refusal_and_a_random_one_does_not() -> Non
 
 @pytest.mark.slow
 def test_demo_moe_end_to_end(tmp_path: Path) -> None:
-    _require_moe_support()
     result = CliRunner().invoke(cli, ["demo", "--moe", "-o", str(tmp_path / "demo")])
     assert result.exit_code == 0, result.output
     assert "Neurons per expert" in result.output

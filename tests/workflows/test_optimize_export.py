@@ -16,10 +16,10 @@ from optimize_support import neutral, one_thread, organism, prompts, trial_resul
 
 import neurosteer
 from neurosteer import Circuit
-from neurosteer.methods.circuit import FORMAT_VERSION
 from neurosteer.cli.main import cli
 from neurosteer.errors import InputError
 from neurosteer.evaluation.kl import KLReference, kl_from_reference
+from neurosteer.methods.circuit import FORMAT_VERSION
 from neurosteer.workflows.optimization import choose_trial, read_search
 from neurosteer.workflows.optimization.store import BASELINES_FILE, PLOT_FILE
 from neurosteer.workflows.organism import INSTRUCT_DIR

@@ -87,7 +87,7 @@ def demo_command(out: Path, top_k: int | None, force: bool, moe: bool) -> None:
     if result.neurons_per_expert:
         console.print(
             "Neurons per expert: "
-            + ", ".join(f"L{lay} e{ex}: {n}" for (lay, ex), n in result.neurons_per_expert.items())
+            + ", ".join(f"L{lay} {ex}: {n}" for (lay, ex), n in result.neurons_per_expert.items())
         )
     examples = Table(title="Held-out prompts (the judge's verdict in brackets)", show_lines=True)
     for col in ("prompt", "unchanged (m=1)", "ablated (m=0)", f"amplified (m={result.amplify:g})"):

@@ -144,18 +144,20 @@ def _neuron_count(model: PreTrainedModel, model_dir: str | Path) -> int:
         ) from None
 
 
-def neurons_per_expert(circuit: Circuit) -> dict[tuple[int, int], int]:
+def neurons_per_expert(circuit: Circuit) -> dict[tuple[int, str], int]:
     """{(layer, expert): number of circuit neurons}, pairs with none left out; empty for a
-    circuit that records no experts (a dense model's).
-
-    Reads the per-neuron expert ids the core's mixture-of-experts support records beside
-    `layers` and `neurons` (`circuit.experts`, an [n] integer tensor, as issue 19 specifies a
-    neuron: layer, expert, index).
+    dense model's circuit. The expert is "E5" (routed expert 5), "S" (the shared experts) or
+    "dense" (a dense layer of an MoE model), read from the circuit's neuron blocks
+    (`ModelInfo.neuron_blocks`, circuit format 5).
     """
-    experts = getattr(circuit, "experts", None)
-    if experts is None:
+    if circuit.model.neuron_blocks is None:
         return {}
-    pairs = zip(circuit.layers.tolist(), experts.tolist(), strict=True)
+    names = (
+        circuit.model.neuron_name(layer, neuron).split(" ")
+        for layer, neuron in zip(circuit.layers.tolist(), circuit.neurons.tolist(), strict=True)
+    )
+    experts = (name[0] if len(name) == 2 else "dense" for name in names)
+    pairs = zip(circuit.layers.tolist(), experts, strict=True)
     return dict(sorted(Counter(pairs).items()))
 
 

@@ -130,7 +130,7 @@ def demo_record(result: DemoResult) -> Record:
     }
     if result.neurons_per_expert:
         record["neurons_per_expert"] = {
-            f"L{layer} e{expert}": n for (layer, expert), n in result.neurons_per_expert.items()
+            f"L{layer} {expert}": n for (layer, expert), n in result.neurons_per_expert.items()
         }
     return record
 

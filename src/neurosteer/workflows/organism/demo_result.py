@@ -70,7 +70,7 @@ class DemoResult:
     """The circuit of the rows (`top_k` neurons, with the kept δ table)."""
     model_dir: str = ""
     """The organism the demo ran on."""
-    neurons_per_expert: dict[tuple[int, int], int] = field(default_factory=dict)
+    neurons_per_expert: dict[tuple[int, str], int] = field(default_factory=dict)
     """{(layer, expert): circuit neurons} on a mixture-of-experts organism; empty on a dense one."""
 
     @property
