@@ -400,8 +400,25 @@ def _folder_mode(settings: OptimizeSettings) -> None:
 
 
 def _show(result: SearchResult) -> None:
-    """Print the Pareto table and the baselines; write the plot into the folder."""
-    unchanged = result.unchanged
+    """Print the summary, the Pareto table and the baselines; write the plot into the folder."""
+    click.echo(_summary_line(result))
+    if result.run_dir is not None:
+        click.echo(_judge_line(result.run_dir))
+    print_table(_pareto_table(result))
+    if result.baselines:
+        print_table(_baselines_table(result))
+    if result.run_dir is not None:
+        from neurosteer.workflows.optimization.store import PLOT_FILE
+        from neurosteer.workflows.report.pareto import (
+            write_pareto_plot,  # matplotlib: after the tables
+        )
+
+        path = write_pareto_plot(result, result.run_dir / PLOT_FILE)
+        click.echo(f"wrote {path}")
+
+
+def _summary_line(result: SearchResult) -> str:
+    """Trials finished / pruned / interrupted, the held-out count and the unchanged model."""
     pruned = sum(t.state == "pruned" for t in result.trials)
     line = (
         f"{len(result.trials)} finished trials ({pruned} pruned, {result.interrupted} interrupted)"
@@ -409,26 +426,20 @@ def _show(result: SearchResult) -> None:
     held_out = _held_out(result)
     if held_out:
         line += f"; {held_out} held-out positive prompts (one answer = {100 / held_out:.3g}%)"
+    unchanged = result.unchanged
     if unchanged is not None:
         line += (
             f"; unchanged model: refusal {unchanged['refusal']:.2f}, degenerate "
             f"{unchanged['degenerate']:.2f}"
         )
-    click.echo(line)
-    if result.run_dir is not None:
-        click.echo(_judge_line(result.run_dir))
+    return line
+
+
+def _pareto_table(result: SearchResult) -> Table:
+    """The Pareto-front trials, one row each."""
     table = Table(title="Pareto front (held-out prompts)", show_edge=False)
-    for name in (
-        "trial",
-        "refusal",
-        "degenerate",
-        "KL",
-        "k",
-        "m",
-        "sign",
-        "score",
-        "first layer",
-    ):
+    columns = ("trial", "refusal", "degenerate", "KL", "k", "m", "sign", "score", "first layer")
+    for name in columns:
         table.add_column(name, justify="right")
     for t in result.pareto:
         table.add_row(
@@ -442,29 +453,24 @@ def _show(result: SearchResult) -> None:
             t.score,
             str(t.first_layer),
         )
-    print_table(table)
-    if result.baselines:
-        base = Table(title="baselines (same prompts, judge and KL)", show_edge=False)
-        for name in ("method", "layer", "s", "refusal", "degenerate", "KL"):
-            base.add_column(name, justify="right")
-        for p in result.baselines:
-            base.add_row(
-                p.method,
-                str(p.layer),
-                f"{p.s:g}",
-                f"{p.refusal:.2f}",
-                f"{p.degenerate:.2f}",
-                f"{p.kl:.3g}",
-            )
-        print_table(base)
-    if result.run_dir is not None:
-        from neurosteer.workflows.optimization.store import PLOT_FILE
-        from neurosteer.workflows.report.pareto import (
-            write_pareto_plot,  # matplotlib: after the tables
-        )
+    return table
 
-        path = write_pareto_plot(result, result.run_dir / PLOT_FILE)
-        click.echo(f"wrote {path}")
+
+def _baselines_table(result: SearchResult) -> Table:
+    """The baselines measured beside the search (same prompts, judge and KL)."""
+    base = Table(title="baselines (same prompts, judge and KL)", show_edge=False)
+    for name in ("method", "layer", "s", "refusal", "degenerate", "KL"):
+        base.add_column(name, justify="right")
+    for p in result.baselines:
+        base.add_row(
+            p.method,
+            str(p.layer),
+            f"{p.s:g}",
+            f"{p.refusal:.2f}",
+            f"{p.degenerate:.2f}",
+            f"{p.kl:.3g}",
+        )
+    return base
 
 
 def _config(settings: OptimizeSettings) -> OptimizeConfig:
