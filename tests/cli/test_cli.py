@@ -279,6 +279,17 @@ def test_force_replaces_existing_output(files: Files, tiny_llama_dir: Path) -> N
     assert len(Circuit.load(out)) == 2
 
 
+def test_bake_of_a_folder_into_a_gguf_name_is_one_line(files: Files, tiny_llama_dir: Path) -> None:
+    # a user asked for steered.gguf from a folder and got a checkpoint folder named steered.gguf
+    out = files.root / "steered.gguf"
+    result = _invoke(["bake", tiny_llama_dir, "--circuit", files.circuit, "-o", out])
+    assert result.exit_code == 2, (result.stdout, result.stderr)
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert "folder" in result.stderr
+    assert ".gguf" in result.stderr
+    assert not out.exists()
+
+
 def test_bake_force_replaces_existing_output(files: Files, tiny_llama_dir: Path) -> None:
     out = files.root / "baked_forced"
     out.mkdir()

@@ -231,3 +231,35 @@ def test_cli_bake_prints_the_fidelity_and_evaluate_gguf_runs_the_file(
     assert unbaked.output.strip().splitlines() == [
         f"error: '{q4_1_file}' records no baked circuit; give a file written by bake"
     ]
+
+
+def test_f16_fallback_of_tiny_weights_counts_as_exact() -> None:
+    # weights under F16's normal range (6e-5) are stored as subnormals, rounded to multiples
+    # of 2**-24: that is F16 itself, not an approximate edit (a user saw "APPROXIMATE, 0.0%")
+    from neurosteer.export.gguf_quants import _whole_tensor_error
+
+    rng = np.random.default_rng(0)
+    original = (rng.standard_normal((4, 64)) * 2e-5).astype(np.float32)
+    neurons = np.array([3, 40])
+    target = original.copy()
+    target[:, neurons] *= np.float32(-1.45)
+    stored = target.astype(np.float16).astype(np.float32)
+    assert np.abs(stored - target).max() > 0  # the subnormals did round
+    assert _whole_tensor_error(original, target, stored, neurons, 32).exact
+
+
+def test_the_summary_names_why_an_edit_is_approximate() -> None:
+    from neurosteer.cli.gguf_cmds import edit_fidelity
+    from neurosteer.export.gguf import ChangedTensor
+    from neurosteer.export.gguf_quants import EditError
+
+    off = EditError(neurons=1e-3, blocks=0.0, rest=1e-3, edit=0.1, exact=False)
+
+    def changed(stored: str) -> ChangedTensor:
+        return ChangedTensor("blk.0.ffn_down.weight", "Q4_K", stored, 2, 0, 1e-3, off)
+
+    fallback = edit_fidelity([changed("Q8_0")])[-1]
+    assert "Q8_0 fallback holds it approximately" in fallback
+    assert "--gguf-keep-type" not in fallback  # it was not passed
+    kept = edit_fidelity([changed("Q4_K")])[-1]
+    assert "kept their own type (--gguf-keep-type)" in kept

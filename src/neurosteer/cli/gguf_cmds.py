@@ -39,9 +39,15 @@ def edit_fidelity(changed: Sequence[ChangedTensor]) -> list[str]:
     approximate = [t for t in changed if not t.error.exact]
     if approximate:
         worst = max(t.error.relative for t in approximate)
+        kept = any(t.stored_type == t.source_type for t in approximate)
+        how = (
+            "they kept their own type (--gguf-keep-type)"
+            if kept
+            else f"the {approximate[0].stored_type} fallback holds it approximately"
+        )
         lines.append(
             f"  {len(approximate)} of {len(changed)} tensors hold an approximate edit (worst "
-            f"{worst:.1%} of the edit); without --gguf-keep-type they are stored exactly"
+            f"{worst:.1%} of the edit): {how}; the default (F16 fallback) stores it exactly"
         )
     return lines
 

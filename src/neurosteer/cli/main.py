@@ -448,6 +448,11 @@ def bake(settings: BakeSettings) -> None:
 
     model_name = settings.loading.model
     gguf_file = _gguf_model(model_name)
+    if gguf_file is None and settings.output.suffix.lower() == ".gguf":
+        raise InputError(
+            f"{settings.output} names a .gguf file, but bake writes a checkpoint folder from a "
+            "folder MODEL; bake a GGUF MODEL to get a .gguf file, or name the output a folder"
+        )
     inputs = [model_name] if settings.streaming or gguf_file is not None else []
     check_writable(settings.output, force=settings.force, inputs=inputs)
     circuit = Circuit.load(settings.circuit_path)

@@ -53,8 +53,11 @@ REQUANTIZABLE = (2, 3, 6, 7, 8)  # Q4_0, Q4_1, Q5_0, Q5_1, Q8_0
 SCALE_ROUNDING = 2.0**-10
 #: A value is exact within this much of its own size (F16's rounding) ...
 EXACT_RELATIVE = 2.0**-11
-#: ... plus this much of its block's largest value (float32 arithmetic in the decoders).
+#: ... plus this much of its block's largest value (float32 arithmetic in the decoders) ...
 EXACT_BLOCK = 2.0**-20
+#: ... plus F16's smallest step (its subnormals: a weight under 6e-5 stored in F16 is rounded to
+#: a multiple of 2**-24, which is not within EXACT_RELATIVE of its size).
+EXACT_ABSOLUTE = 2.0**-24
 
 
 @dataclass(frozen=True)
@@ -202,7 +205,8 @@ def _exact_tolerance(target: np.ndarray, block: int) -> np.ndarray:
     """Per value [rows, n_ff] (n_ff a multiple of `block`): what counts as exact."""
     blocks = np.abs(target).reshape(target.shape[0], -1, block)
     top = np.repeat(blocks.max(axis=-1), block, axis=-1)
-    return np.float32(EXACT_RELATIVE) * np.abs(target) + np.float32(EXACT_BLOCK) * top
+    relative = np.float32(EXACT_RELATIVE) * np.abs(target)
+    return relative + np.float32(EXACT_BLOCK) * top + np.float32(EXACT_ABSOLUTE)
 
 
 def _scale_elementwise(
