@@ -19,7 +19,7 @@ import torch
 from transformers import DynamicCache, GenerationConfig, PreTrainedModel
 from transformers.generation.streamers import BaseStreamer
 
-from neurosteer.model.runtime import forward_takes, input_device, model_inputs
+from neurosteer.model.runtime import forward_takes, input_device, model_inputs, runs_model
 from neurosteer.prompts.render import Batch
 
 #: Generation-config fields whose logits processors (or search) change a greedy answer; any of
@@ -58,6 +58,7 @@ def plain_greedy(model: PreTrainedModel) -> bool:
     return all(getattr(config, f, None) == getattr(default, f, None) for f in _GREEDY_CHANGERS)
 
 
+@runs_model
 def greedy_drop_finished(
     model: PreTrainedModel,
     batch: Batch,

@@ -23,6 +23,7 @@ from neurosteer.evaluation.kl import kl_from_reference, kl_of_model, kl_referenc
 from neurosteer.evaluation.refusal import measure_refusal
 from neurosteer.methods.circuit import Circuit, baked_neurons
 from neurosteer.model.fingerprint import baked_record
+from neurosteer.model.runtime import runs_model
 
 
 @dataclass(frozen=True)
@@ -71,6 +72,7 @@ def baked_multiplier(path: Path, circuit: Circuit) -> float:
     return float(multiplier)
 
 
+@runs_model
 def check_baked_file(
     model: PreTrainedModel,
     file_model: PreTrainedModel,

@@ -30,6 +30,7 @@ from neurosteer.errors import InputError
 from neurosteer.methods.circuit import Circuit
 from neurosteer.model.environment import environment, environment_differences
 from neurosteer.model.layout import ModelLayout
+from neurosteer.model.runtime import runs_model
 from neurosteer.prompts.render import prompt_hash
 from neurosteer.workflows.judges import get_judge
 from neurosteer.workflows.optimization import store as search_store
@@ -120,6 +121,7 @@ def _meta(run_dir: Path) -> dict[str, Any]:
     return search_store.read_meta(run_dir)
 
 
+@runs_model
 def reproduce_sweep_point(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -177,6 +179,7 @@ def reproduce_sweep_point(
     )
 
 
+@runs_model
 def reproduce_trial(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,

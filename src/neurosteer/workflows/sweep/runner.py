@@ -241,6 +241,7 @@ def _run_points(
             bar.update(1)
 
 
+@runs_model
 def measure_point(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
