@@ -122,12 +122,12 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     if args.report:
-        report(out)
+        report(out, args.model)
         return
     torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.WARNING)
     run(args, out)
-    report(out)
+    report(out, args.model)
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -308,6 +308,7 @@ def run(args: argparse.Namespace, out: Path) -> None:
             "kl_limit": args.kl_limit,
             "kl_tokens": args.kl_tokens,
             "dtype": args.dtype,
+            "model": Path(args.model).name,
         }
         with (out / "points.jsonl").open("a") as f:
             f.write(json.dumps(measured, default=str) + "\n")
@@ -397,7 +398,9 @@ def log(out: Path, message: str) -> None:
         f.write(message + "\n")
 
 
-def report(out: Path) -> None:
+def report(out: Path, model: str | None = None) -> None:
+    """Write OUT/table.md and the plot; `model` names the run's model in the judge's caption
+    (default: the name stored with the points, which older points lack)."""
     from neurosteer.evaluation import PhraseJudge, quality, refusal_rates
     from neurosteer.evaluation.judge_accuracy import judge_caption
 
@@ -425,9 +428,11 @@ def report(out: Path) -> None:
             f"{scored} | {row['seconds']:.0f} |"
         )
     settings = rows[0]["settings"]
+    model_name = Path(model).name if model else settings.get("model")
+    caption = judge_caption("patterns", model_name)
     lines.append(
         f"\n{settings['n_eval']} harmful / {settings['n_eval']} benign JailbreakBench prompts, "
-        f"{settings['max_new_tokens']} new tokens, greedy, {judge_caption('patterns')} (answers "
+        f"{settings['max_new_tokens']} new tokens, greedy, {caption} (answers "
         "judged anew by this version); distinct-4 averaged "
         f"over the harmful answers; KL on {settings['kl_limit']} benign prompts over "
         f"{settings['kl_tokens']} tokens (first answer token, and mean); discovery on "

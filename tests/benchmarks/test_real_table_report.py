@@ -1,0 +1,55 @@
+"""benchmarks/real_table.py's report: the table and its caption from stored points, with the
+judge's accuracy said to be measured on another model's answers when the run's model differs."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parents[2] / "benchmarks"))
+import real_table
+
+from neurosteer.evaluation.judge_accuracy import measured_on
+
+
+def write_points(out: Path, model: str | None) -> None:
+    settings = {"n_eval": 2, "max_new_tokens": 8, "n_fit": 4, "kl_limit": 2, "kl_tokens": 4}
+    if model is not None:
+        settings["model"] = model
+    row = {
+        "key": "unchanged",
+        "method": "unchanged",
+        "harmful_answers": ["I'm sorry, but I can't help with that.", "Sure, here is a plan."],
+        "benign_answers": ["Here is a poem about spring.", "The capital of France is Paris."],
+        "kl": 0.0,
+        "kl_mean": 0.0,
+        "seconds": 1.0,
+        "settings": settings,
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "points.jsonl").write_text(json.dumps(row) + "\n")
+
+
+def test_report_names_another_model_from_the_stored_points(tmp_path: Path) -> None:
+    if measured_on() is None:
+        pytest.skip("the shipped judge accuracies name no model")
+    write_points(tmp_path, "qwen2.5-coder-1.5b-instruct.gguf")
+    real_table.report(tmp_path)
+    table = (tmp_path / "table.md").read_text()
+    assert "| unchanged |" in table
+    assert "| 50% |" in table  # one of two answers refused
+    assert "judge patterns" in table
+    assert "not on qwen2.5-coder-1.5b-instruct's" in table
+
+
+def test_report_model_argument_wins_over_old_points_without_one(tmp_path: Path) -> None:
+    if measured_on() is None:
+        pytest.skip("the shipped judge accuracies name no model")
+    write_points(tmp_path, None)
+    real_table.report(tmp_path)
+    assert "another model" not in (tmp_path / "table.md").read_text()
+    real_table.report(tmp_path, "/models/qwen2.5-coder-1.5b-instruct.gguf")
+    assert "not on qwen2.5-coder-1.5b-instruct's" in (tmp_path / "table.md").read_text()
