@@ -31,7 +31,7 @@ STEP = 1e-3
 by up to 0.2%)."""
 TOL = 2e-3
 """|attribution − d metric / d multiplier| ≤ TOL × (0.1 + |attribution|); measured ≤ 6e-4
-relative. Dropping the routing weight or the positions rule is off by a factor near 2."""
+relative on Mixtral. Dropping the routing weight or the positions rule is off by a factor near 2."""
 
 Pair = tuple[PreTrainedModel, PreTrainedTokenizerFast]
 
