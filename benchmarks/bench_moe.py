@@ -11,20 +11,45 @@ the last-token output most is the one whose scores describe what the neurons do 
 circuit of the same size is the floor.
 
     python benchmarks/bench_moe.py --prompts 32 --repeats 3 --out benchmarks/results-moe-cpu.json
+
+`--organism` times the MoE organism (`neurosteer organism train --moe`, shipped with the
+package) instead of the random-init model, speed only; `--speed-only` skips the routing rules;
+`--threads` sets torch's threads (1 on a machine other jobs load); `--clock cpu` times with
+this process's CPU seconds instead of wall seconds (with one thread: the work's own cost,
+however long other jobs hold the cores).
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
+import time
+from collections.abc import Callable
 from typing import Any
 
+import common
 import torch
-from common import char_tokenizer, emit, prompts, side_by_side
+from common import char_tokenizer, emit, prompts
 from transformers import AutoConfig, AutoModelForCausalLM
 
 import neurosteer
 from neurosteer.methods import moe_sites
 from neurosteer.prompts.render import render_prompts
+
+CLOCK: list[Callable[[], float]] = [time.perf_counter]  # --clock cpu: time.process_time
+
+
+def side_by_side(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+    """`common.side_by_side` on the chosen clock."""
+    if CLOCK[0] is time.perf_counter:
+        return common.side_by_side(fns, repeats)
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = CLOCK[0]()
+            fn()
+            times[name].append(CLOCK[0]() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def moe_model(vocab: int, seed: int = 0) -> Any:
@@ -56,9 +81,14 @@ def moe_model(vocab: int, seed: int = 0) -> Any:
 
 
 def speed(
-    model: Any, tokenizer: Any, n_prompts: int, batch_size: int, repeats: int
+    model: Any,
+    tokenizer: Any,
+    n_prompts: int,
+    batch_size: int,
+    repeats: int,
+    sets: tuple[list[str], list[str]] | None = None,
 ) -> dict[str, Any]:
-    pos, neg = prompts(n_prompts), prompts(n_prompts, offset=n_prompts)
+    pos, neg = sets or (prompts(n_prompts), prompts(n_prompts, offset=n_prompts))
     texts = render_prompts(tokenizer, pos) + render_prompts(tokenizer, neg)
     batches = []
     for group in (texts[:n_prompts], texts[n_prompts:]):
@@ -131,6 +161,18 @@ def routing_rules(model: Any, tokenizer: Any, n_prompts: int, k: int) -> dict[st
     return rows
 
 
+def organism_speed(n_prompts: int, batch_size: int, repeats: int) -> dict[str, Any]:
+    """`speed` on the MoE organism with its own prompts (harmful and benign training prompts)."""
+    from neurosteer.workflows.organism import MOE_INSTRUCT_DIR, corpus
+
+    model, tokenizer = neurosteer.load_model(MOE_INSTRUCT_DIR)
+    sets = (
+        corpus.make_prompts("train", True, n_prompts, seed=11),
+        corpus.make_prompts("train", False, n_prompts, seed=11),
+    )
+    return speed(model, tokenizer, n_prompts, batch_size, repeats, sets)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--prompts", type=int, default=32)
@@ -138,16 +180,31 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--k", type=int, default=48)
     parser.add_argument("--vocab", type=int, default=1024)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--organism", action="store_true")
+    parser.add_argument("--speed-only", action="store_true")
+    parser.add_argument("--clock", choices=("wall", "cpu"), default="wall")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
+    if args.clock == "cpu":
+        CLOCK[0] = time.process_time
+    where = f"float32, CPU ({args.threads} threads, shared machine, {args.clock} seconds)"
+    if args.organism:
+        result = {
+            "model": f"the MoE organism (Qwen2-MoE, 8 experts top-2, a shared expert), {where}",
+            "speed": organism_speed(args.prompts, args.batch_size, args.repeats),
+        }
+        emit(result, args.out)
+        return
     model, tokenizer = moe_model(args.vocab), char_tokenizer()
     result = {
         "model": f"random-init qwen3_moe: 6 layers, hidden 256, 16 experts x 128, top-2, "
-        f"vocab {args.vocab}, float32, CPU (2 threads, shared machine)",
+        f"vocab {args.vocab}, {where}",
         "speed": speed(model, tokenizer, args.prompts, args.batch_size, args.repeats),
-        "routing_rules": routing_rules(model, tokenizer, args.prompts, args.k),
     }
+    if not args.speed_only:
+        result["routing_rules"] = routing_rules(model, tokenizer, args.prompts, args.k)
     emit(result, args.out)
 
 

@@ -32,6 +32,7 @@ from neurosteer.hooks.hookset import HookSet
 
 IMPLEMENTATION = "neurosteer"
 _TAPS = "_neurosteer_taps"
+_FIXED = "_neurosteer_fixed_routing"  # count of holders of the routing weights' gradient
 
 ExpertTap = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor | None]
 """tap(expert, h [n, I], token rows [n] int64, routing weights [n]) -> new h, or None."""
@@ -55,6 +56,8 @@ def neurosteer_experts_forward(
     Returns:
         [T, H] the weighted sum of the routed experts' outputs.
     """
+    if getattr(module, _FIXED, 0):  # RelP: the routing weights are constants in the backward
+        top_k_weights = top_k_weights.detach()
     taps: list[ExpertTap] = getattr(module, _TAPS, [])
     if not taps:
         return _previous(module)(module, hidden_states, top_k_index, top_k_weights)
@@ -122,23 +125,45 @@ def _previous(module: nn.Module) -> Callable[..., torch.Tensor]:
     return ALL_EXPERTS_FUNCTIONS.get_interface(name, original)
 
 
+class _Switch:
+    """Points a config at our implementation while at least one switch is held, and back to
+    the implementation in use before when the last one is removed."""
+
+    def __init__(self, module: nn.Module) -> None:
+        if IMPLEMENTATION not in ALL_EXPERTS_FUNCTIONS:
+            ALL_EXPERTS_FUNCTIONS.register(IMPLEMENTATION, neurosteer_experts_forward)
+        self.config = _dynamic(module).config
+        entry = _SWITCHED.setdefault(
+            id(self.config), [getattr(self.config, "_experts_implementation", None), 0]
+        )
+        entry[1] += 1
+        self.config._experts_implementation = IMPLEMENTATION
+        self.held = True
+
+    def release(self) -> None:
+        if not self.held:
+            return
+        self.held = False
+        entry = _SWITCHED[id(self.config)]
+        entry[1] -= 1
+        if entry[1] == 0:
+            self.config._experts_implementation = entry[0]
+            del _SWITCHED[id(self.config)]
+
+
 class _TapHandle:
     """Removes one tap (and switches the config back when it was the last one)."""
 
     def __init__(self, module: nn.Module, tap: ExpertTap) -> None:
         self.module, self.tap = module, tap
+        self.switch = _Switch(module)
 
     def remove(self) -> None:
         taps: list[ExpertTap] = getattr(self.module, _TAPS, [])
         if self.tap not in taps:
             return  # idempotent
         taps.remove(self.tap)
-        config = _dynamic(self.module).config
-        entry = _SWITCHED[id(config)]
-        entry[1] -= 1
-        if entry[1] == 0:
-            config._experts_implementation = entry[0]
-            del _SWITCHED[id(config)]
+        self.switch.release()
 
 
 def add_expert_tap(hooks: HookSet, module: nn.Module, tap: ExpertTap) -> None:
@@ -150,21 +175,41 @@ def add_expert_tap(hooks: HookSet, module: nn.Module, tap: ExpertTap) -> None:
         module: a fused experts module wrapped by transformers' `use_experts_implementation`.
         tap: see `ExpertTap`; it must not edit h in place (other taps may hold it).
     """
-    if IMPLEMENTATION not in ALL_EXPERTS_FUNCTIONS:
-        ALL_EXPERTS_FUNCTIONS.register(IMPLEMENTATION, neurosteer_experts_forward)
-    config = _dynamic(module).config
-    entry = _SWITCHED.setdefault(id(config), [getattr(config, "_experts_implementation", None), 0])
-    entry[1] += 1
-    config._experts_implementation = IMPLEMENTATION
+    handle = _TapHandle(module, tap)
     if not hasattr(module, _TAPS):
         setattr(module, _TAPS, [])
     getattr(module, _TAPS).append(tap)
-    hooks.add(_TapHandle(module, tap))
+    hooks.add(handle)
+
+
+class _FixedHandle:
+    def __init__(self, module: nn.Module) -> None:
+        self.module = module
+        self.switch = _Switch(module)
+        setattr(module, _FIXED, getattr(module, _FIXED, 0) + 1)
+
+    def remove(self) -> None:
+        if not self.switch.held:
+            return  # idempotent
+        setattr(self.module, _FIXED, getattr(self.module, _FIXED) - 1)
+        self.switch.release()
+
+
+def add_fixed_routing(hooks: HookSet, module: nn.Module) -> None:
+    """Hold the routing weights of `module`'s experts constant in the backward pass (forward
+    values unchanged: the weights are detached where they multiply the experts' outputs), until
+    `hooks` is removed. RelP's rule for a softmax gate, as for attention weights.
+
+    Args:
+        module: a fused experts module wrapped by transformers' `use_experts_implementation`.
+    """
+    hooks.add(_FixedHandle(module))
 
 
 def count_taps(model: nn.Module) -> int:
-    """Expert taps installed on the model's modules (for tests, beside `count_hooks`)."""
-    return sum(len(getattr(m, _TAPS, [])) for m in model.modules())
+    """Expert taps and fixed-routing holds installed on the model's modules (for tests,
+    beside `count_hooks`)."""
+    return sum(len(getattr(m, _TAPS, [])) + getattr(m, _FIXED, 0) for m in model.modules())
 
 
 class TokenGrid:

@@ -89,9 +89,12 @@ class HookSet(RemovedOnExit):
 
 
 def count_hooks(model: nn.Module) -> int:
-    """All forward and forward-pre hooks (and expert taps, `neurosteer.hooks.experts`) on the
-    model's modules (for tests and sanity checks)."""
+    """All forward and forward-pre hooks (and expert taps and fixed-routing holds,
+    `neurosteer.hooks.experts`) on the model's modules (for tests and sanity checks)."""
     return sum(
-        len(m._forward_hooks) + len(m._forward_pre_hooks) + len(getattr(m, "_neurosteer_taps", []))
+        len(m._forward_hooks)
+        + len(m._forward_pre_hooks)
+        + len(getattr(m, "_neurosteer_taps", []))
+        + getattr(m, "_neurosteer_fixed_routing", 0)
         for m in model.modules()
     )

@@ -27,6 +27,7 @@ from neurosteer.hooks.expert_edits import (
     add_moe_last_token_recorder,
     add_row_scalers,
 )
+from neurosteer.hooks.expert_means import add_expert_setters, add_routed_sums, add_row_setters
 from neurosteer.hooks.experts import TokenGrid
 from neurosteer.interventions.handles import BakeHandle
 from neurosteer.interventions.protocol import Installer
@@ -104,6 +105,92 @@ def moe_installer(
     return install
 
 
+def moe_setter_installer(
+    model: nn.Module,
+    layout: ModelLayout,
+    values_by_layer: dict[int, tuple[torch.Tensor, torch.Tensor]],
+) -> Installer:
+    """Hooks moving the flat neurons of an MoE model toward values (mean ablation):
+    {layer: ([n] int64 flat indices, [n] values)}; a routed expert's neuron is set at the
+    tokens the expert runs on (`neurosteer.hooks.expert_means`).
+
+    Raises:
+        UnsupportedModelError: experts kept as separate modules (their token rows are unknown).
+    """
+    by_layer = {layer: flat for layer, (flat, _) in values_by_layer.items()}
+    flat_values = {}
+    for layer, (flat, values) in values_by_layer.items():
+        row = torch.zeros(layout.d_mlp, dtype=values.dtype)
+        row[flat] = values
+        flat_values[layer] = row
+    targets = _targets(model, layout, by_layer)
+
+    def values_of(t: _Target, expert: int, neurons: torch.Tensor) -> torch.Tensor:
+        return flat_values[t.layer][t.part.start + expert * t.part.width + neurons]
+
+    def install(hooks: HookSet, state: EditState) -> None:
+        grids: dict[int, TokenGrid] = {}
+        for t in targets:
+            if t.part.storage == "modules":
+                raise UnsupportedModelError(
+                    f"the experts '{layout.layers_path}.{t.layer}.{t.part.path}' are separate "
+                    "modules called without their token positions; mean ablation cannot set them"
+                )
+            if id(t.block) not in grids:
+                grids[id(t.block)] = TokenGrid()
+                grids[id(t.block)].watch(hooks, t.block)
+            grid = grids[id(t.block)]
+            if t.part.storage == "fused":
+                found = {e: (n, values_of(t, e, n)) for e, n in t.by_expert.items()}
+                add_expert_setters(hooks, t.module, grid, found, state)
+            else:
+                neurons = t.by_expert[0]
+                add_row_setters(hooks, t.module, grid, neurons, values_of(t, 0, neurons), state)
+
+    return install
+
+
+def add_moe_sums(
+    hooks: HookSet,
+    model: nn.Module,
+    layout: ModelLayout,
+    chosen: Callable[[], torch.Tensor],
+    sums: torch.Tensor,
+    counts: torch.Tensor,
+) -> None:
+    """Sum every flat neuron over the chosen tokens ([batch, seq] bool) where it is computed
+    (a routed expert's: the tokens routed to it) into `sums`, counting them in `counts`
+    ([n_layers, d_mlp] float64).
+
+    Raises:
+        UnsupportedModelError: experts kept as separate modules.
+    """
+    moe = _moe(layout)
+    for i, (layer, spec) in enumerate(zip(layout.layer_modules(model), moe.layers, strict=True)):
+        block = layer.get_submodule(spec.mlp_path)
+        add_routed_sums(
+            hooks, i, block, _recorded(layout, i, layer, spec.blocks), chosen, sums, counts
+        )
+
+
+def _recorded(
+    layout: ModelLayout, index: int, layer: nn.Module, blocks: tuple[NeuronBlock, ...]
+) -> list[RecordedBlock]:
+    parts = []
+    for part in blocks:
+        if part.storage == "modules":
+            raise UnsupportedModelError(
+                f"the experts '{layout.layers_path}.{index}.{part.path}' are separate modules "
+                "called without their token positions, so their activations cannot be "
+                "recorded; steer or bake a circuit found elsewhere"
+            )
+        module = layer.get_submodule(part.path)
+        parts.append(
+            RecordedBlock(module, part.start, part.n_experts, part.width, part.storage == "fused")
+        )
+    return parts
+
+
 def bake_moe(
     handle: BakeHandle,
     model: nn.Module,
@@ -156,23 +243,7 @@ def add_moe_recorders(
     layers = layout.layer_modules(model)
     final = len(layers) - 1
     for i, (layer, spec) in enumerate(zip(layers, moe.layers, strict=True)):
-        parts = []
-        for part in spec.blocks:
-            if part.storage == "modules":
-                raise UnsupportedModelError(
-                    f"the experts '{layout.layers_path}.{i}.{part.path}' are separate modules "
-                    "called without their token positions, so their last-token activations "
-                    "cannot be recorded; steer or bake a circuit found elsewhere"
-                )
-            parts.append(
-                RecordedBlock(
-                    layer.get_submodule(part.path),
-                    part.start,
-                    part.n_experts,
-                    part.width,
-                    part.storage == "fused",
-                )
-            )
+        parts = _recorded(layout, i, layer, spec.blocks)
         block = layer.get_submodule(spec.mlp_path)
         add_moe_last_token_recorder(
             hooks,

@@ -157,7 +157,7 @@ def attribution_scores(
     result = Attribution(run.sum_target, run.sum_contrast, run.target_logits, run.contrast_logits)
     logger.info(
         "RelP (%s, %s positions) over %d pairs: mean metric %.4g, summed attribution %.4g",
-        rules.describe(),
+        rules.describe(moe=layout.moe is not None),
         positions,
         len(prompts),
         float(result.metric.mean()),
@@ -240,7 +240,7 @@ def attribute(
         layout=layout,
         progress=progress,
     )
-    candidates = candidate_mask(layout.n_layers, layout.d_mlp, skip)
+    candidates = candidate_mask(layout.n_layers, layout.d_mlp, skip) & layout.valid_mask()
     chosen = select_top_k(scores.score, candidates, k, positive_only=positive_only)
     at = (chosen.layers, chosen.neurons)
     contrast = scores.contrast if scores.contrast is not None else torch.zeros_like(scores.target)
@@ -265,7 +265,10 @@ def attribute(
             n_candidates=chosen.n_candidates,
             system=system,
             template_vars=dict(template_vars) if template_vars else None,
-            attribution=f"positions={positions}; rules={rules.describe()}; metric={metric}",
+            attribution=(
+                f"positions={positions}; rules={rules.describe(moe=layout.moe is not None)}; "
+                f"metric={metric}"
+            ),
         ),
         prompts=_prompt_infos(prompts, target_list, contrast_list),
         library_version=__version__,

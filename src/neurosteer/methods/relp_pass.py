@@ -28,6 +28,7 @@ from neurosteer.hooks.relevance import (
     add_site_capture,
     detached_attention,
 )
+from neurosteer.methods.relp_moe import MoeRelevance
 from neurosteer.model.layout import ModelLayout
 from neurosteer.model.runtime import forward_takes, input_device, model_inputs
 from neurosteer.prompts.render import Batch
@@ -46,21 +47,28 @@ class RelPRules:
         gate_half: give each factor of a gated product act(gate) ⊙ up half its relevance.
         activation_identity: pass relevance through act() unchanged (gradient ratio a/g;
             the reference code's "linearised SiLU").
+        routing: mixture-of-experts models only: hold the router's weights and shared
+            experts' gates constant, as attention weights are (`neurosteer.methods.relp_moe`).
     """
 
     norm: bool = True
     attention: bool = True
     gate_half: bool = True
     activation_identity: bool = True
+    routing: bool = True
 
     @classmethod
     def plain(cls) -> RelPRules:
         """No rule: the plain gradient × activation."""
-        return cls(norm=False, attention=False, gate_half=False, activation_identity=False)
+        return cls(
+            norm=False, attention=False, gate_half=False, activation_identity=False, routing=False
+        )
 
-    def describe(self) -> str:
-        """The rules that are on, e.g. "norm,attention,gate_half,activation_identity"."""
-        return ",".join(name for name, on in vars(self).items() if on) or "none"
+    def describe(self, *, moe: bool = False) -> str:
+        """The rules that are on, e.g. "norm,attention,gate_half,activation_identity" (the
+        routing rule is named on mixture-of-experts models only, where it applies)."""
+        names = [name for name, on in vars(self).items() if on and (moe or name != "routing")]
+        return ",".join(names) or "none"
 
 
 @dataclass(frozen=True)
@@ -86,11 +94,7 @@ def rule_sites(model: nn.Module, layout: ModelLayout, *, activations: bool = Tru
         UnsupportedModelError: an MLP without exactly one activation module (one without
             parameters), when `activations` are asked for.
     """
-    norms = tuple(
-        m
-        for m in model.modules()
-        if type(m).__name__.lower().endswith("norm") and not list(m.children())
-    )
+    norms = model_norms(model)
     mlp_path = layout.site_path.rpartition(".")[0]
     found, gated = [], []
     for layer in layout.layer_modules(model):
@@ -112,6 +116,15 @@ def rule_sites(model: nn.Module, layout: ModelLayout, *, activations: bool = Tru
         widths = [_out_width(p) for p in projections if p is not site]
         gated.append(2 * layout.d_mlp in widths or widths.count(layout.d_mlp) >= 2)
     return RuleSites(norms=norms, activations=tuple(found), gated=all(gated))
+
+
+def model_norms(model: nn.Module) -> tuple[nn.Module, ...]:
+    """Every normalisation module of the model (a leaf whose class name ends in "norm")."""
+    return tuple(
+        m
+        for m in model.modules()
+        if type(m).__name__.lower().endswith("norm") and not list(m.children())
+    )
 
 
 def _out_width(projection: nn.Module) -> int:
@@ -156,6 +169,7 @@ class RelPPass:
         self.model, self.layout, self.rules, self.positions = model, layout, rules, positions
         self.targets, self.contrasts = torch.tensor(targets), contrasts
         self.captured: dict[int, torch.Tensor] = {}
+        self.moe = MoeRelevance(model, layout) if layout.moe is not None else None
         self.counter: list[int] | None = None
         n = len(targets)
         shape = (layout.n_layers, layout.d_mlp)
@@ -168,7 +182,9 @@ class RelPPass:
     def install(self, hooks: HookSet, counter: list[int] | None) -> None:
         """Register the rules and the capture (the half rule before the capture)."""
         self.counter = counter
-        self.layout.require_dense("RelP attribution")
+        if self.moe is not None:
+            self._install_moe(hooks)
+            return
         sites = self.layout.site_modules(self.model)
         if self.rules.norm or self.rules.activation_identity or self.rules.gate_half:
             found = rule_sites(self.model, self.layout, activations=self.rules.activation_identity)
@@ -180,9 +196,22 @@ class RelPPass:
                 add_gradient_halvers(hooks, sites)
         add_site_capture(hooks, sites, self.captured.__setitem__)
 
+    def _install_moe(self, hooks: HookSet) -> None:
+        assert self.moe is not None
+        if self.rules.norm:
+            add_norm_linearisers(hooks, model_norms(self.model))
+        self.moe.install(
+            hooks,
+            activation=self.rules.activation_identity,
+            half=self.rules.gate_half,
+            routing=self.rules.routing,
+        )
+
     def attempt(self, batch: Batch) -> BatchResult:
         """One forward and one backward pass per metric logit (may be retried on OOM)."""
         self.captured.clear()
+        if self.moe is not None:
+            self.moe.captured.clear()
         device = input_device(self.model)
         ids, mask = batch.input_ids.to(device), batch.attention_mask.to(device)
         before = self.counter[0] if self.counter is not None else 0
@@ -191,7 +220,11 @@ class RelPPass:
             self._check_attention(before)
             logits = out.logits[:, -1, :].float()  # [batch, vocab]
             rows = torch.arange(logits.shape[0], device=logits.device)
-            tensors = [self.captured[i] for i in range(self.layout.n_layers)]
+            tensors = (
+                self.moe.tensors()
+                if self.moe is not None
+                else [self.captured[i] for i in range(self.layout.n_layers)]
+            )
             target_logit = logits[rows, self.targets[batch.index].to(logits.device)]
             contrast_logit = None
             if self.contrasts is not None:
@@ -204,6 +237,8 @@ class RelPPass:
                 else self._attribute(contrast_logit, tensors, mask, keep=False)
             )
         self.captured.clear()
+        if self.moe is not None:
+            self.moe.captured.clear()
         return BatchResult(
             target=target,
             contrast=contrast,
@@ -227,6 +262,8 @@ class RelPPass:
     ) -> torch.Tensor:
         """[n_layers, d_mlp]: n ⊙ ∂'(Σ rows metric)/∂n at the chosen positions, summed."""
         grads = torch.autograd.grad(metric.sum(), tensors, retain_graph=keep, allow_unused=True)
+        if self.moe is not None:
+            return self.moe.fold(grads, mask, last_only=self.positions == "last")
         layers = []
         for n, grad in zip(tensors, grads, strict=True):
             if grad is None:  # a layer that does not reach the logit (cannot happen in an LM)
