@@ -20,7 +20,6 @@ from neurosteer.cli.modes import deprecated_spelling
 from neurosteer.cli.options import (
     ModelSettings,
     OptionalContrastSettings,
-    TemplateSettings,
     UniversalFilterSettings,
     circuit_layout,
     load,
@@ -36,6 +35,7 @@ from neurosteer.cli.probe_cmd import parse_multipliers
 from neurosteer.cli.relp_cmds import Pairs, PairSettings, pair_options, read_pairs
 from neurosteer.cli.settings import parsed, settings_command
 from neurosteer.errors import InputError, NeurosteerError
+from neurosteer.prompts.rendering import Rendering
 
 if TYPE_CHECKING:
     from neurosteer.methods.circuit import Circuit
@@ -114,7 +114,7 @@ class DiscoverSettings:
     batch_size: int | None
     keep_table: bool
     force: bool
-    template: TemplateSettings
+    template: Rendering
 
 
 @cli.command()
@@ -229,9 +229,7 @@ def _discover_contrastive(settings: DiscoverSettings) -> Circuit:
         neutral=neutral,
         positive_only=settings.positive_only,
         batch_size=settings.batch_size,
-        chat_template=template.chat_template,
-        system=template.system,
-        template_vars=template.template_vars,
+        **template.as_kwargs(),
         keep_table=settings.keep_table,
         layout=layout,
         progress=True,
@@ -294,9 +292,7 @@ def discover_relp(settings: DiscoverSettings, pairs: Pairs) -> Circuit:
         skip_layers=settings.skip_layers,
         positive_only=settings.positive_only,
         batch_size=settings.batch_size,
-        chat_template=template.chat_template,
-        system=template.system,
-        template_vars=template.template_vars,
+        **template.as_kwargs(),
         keep_table=settings.keep_table,
         layout=layout,
         progress=True,
@@ -313,7 +309,7 @@ class GenerateSettings:
     multipliers: tuple[float, ...] | None = parsed(optional(parse_multipliers))
     positions: Literal["all", "generated"]
     max_new_tokens: int
-    template: TemplateSettings
+    template: Rendering
 
 
 @cli.command()

@@ -253,18 +253,9 @@ def pair(option: str) -> Callable[[str], tuple[float, float]]:
     return parse
 
 
-@dataclass(frozen=True, kw_only=True)
-class TemplateSettings:
-    """The options of `template_option`: how prompts are rendered."""
-
-    chat_template: bool | None
-    system: str | None
-    template_vars: dict[str, Any] | None
-
-
 def template_option(fn: F) -> F:
     """How prompts are rendered: the chat-template switch, the system turn and the template
-    variables (read as `TemplateSettings`)."""
+    variables (read as `neurosteer.prompts.rendering.Rendering`)."""
     fn = template_vars_option(fn)
     fn = click.option(
         "--system",

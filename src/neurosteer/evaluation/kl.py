@@ -40,6 +40,7 @@ from neurosteer.prompts.render import (
     iter_batches,
     new_token_budgets,
 )
+from neurosteer.prompts.rendering import Rendering
 
 
 @dataclass(frozen=True)
@@ -112,9 +113,7 @@ def kl_to_reference(
             prompts,
             max_new_tokens,
             batch_size,
-            chat_template,
-            system,
-            template_vars,
+            Rendering(chat_template=chat_template, system=system, template_vars=template_vars),
         ):
             rows.add(ref, _steered_kl(model, ref, intervention, strength))
     return rows.report(max_new_tokens)
@@ -247,9 +246,7 @@ def kl_reference(
                 prompts,
                 max_new_tokens,
                 batch_size,
-                chat_template,
-                system,
-                template_vars,
+                Rendering(chat_template=chat_template, system=system, template_vars=template_vars),
             )
         )
     return KLReference(batches, len(prompts), max_new_tokens)
@@ -330,9 +327,7 @@ def _reference_batches(
     prompts: Sequence[str],
     max_new_tokens: int,
     batch_size: int,
-    chat_template: bool | None,
-    system: str | None,
-    template_vars: Mapping[str, Any] | None,
+    rendering: Rendering,
 ) -> Iterator[ReferenceBatch]:
     """The unsteered continuation and log-probabilities of each batch, one batch at a time
     (call under `torch.inference_mode`; tensors stay on the model's devices)."""
@@ -344,9 +339,7 @@ def _reference_batches(
         model,
         tokenizer,
         prompts,
-        chat_template=chat_template,
-        system=system,
-        template_vars=template_vars,
+        **rendering.as_kwargs(),
         reserve=1,
     )
     budgets = new_token_budgets(token_ids, max_new_tokens, context_limit(model, tokenizer))

@@ -301,9 +301,7 @@ class _Evaluator:
                 strength=value,
                 max_new_tokens=config.max_new_tokens,
                 batch_size=config.batch_size,
-                chat_template=config.chat_template,
-                system=config.system,
-                template_vars=config.template_vars,
+                **config.rendering.as_kwargs(),
             )
             report = quality(judged.answers)
             sets[name] = {"n": len(prompts)}
@@ -342,9 +340,7 @@ class _Evaluator:
             strength=strength,
             max_new_tokens=tokens,
             batch_size=self.config.batch_size,
-            chat_template=self.config.chat_template,
-            system=self.config.system,
-            template_vars=self.config.template_vars,
+            **self.config.rendering.as_kwargs(),
         )
         return {
             "first_token": report.first_token,
@@ -389,9 +385,7 @@ def _check_fits(
         model,
         tokenizer,
         {name: (prompts, 1 if name in generated else 0) for name, prompts in sets.items()},
-        chat_template=config.chat_template,
-        system=config.system,
-        template_vars=config.template_vars,
+        **config.rendering.as_kwargs(),
         named=False,
     )
 
