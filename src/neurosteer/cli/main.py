@@ -22,6 +22,7 @@ from neurosteer.cli.options import (
     OptionalContrastSettings,
     UniversalFilterSettings,
     circuit_layout,
+    circuit_output_options,
     load,
     model_options,
     optional,
@@ -399,22 +400,11 @@ class BakeSettings:
 
 @cli.command()
 @model_options
-@click.option("--circuit", "circuit_path", type=click.Path(path_type=Path), required=True)
-@click.option(
-    "--multiplier",
-    "-m",
-    type=float,
-    default=None,
-    help="The multiplier baked in (default: the circuit's stored multiplier, else 0).",
+@circuit_output_options(
+    multiplier_help="The multiplier baked in (default: the circuit's stored multiplier, else 0).",
+    output_help="Folder for the steered checkpoint (model + tokenizer); a .gguf file for a GGUF "
+    "MODEL.",
 )
-@click.option(
-    "--output",
-    "-o",
-    type=click.Path(path_type=Path),
-    required=True,
-    help="Folder for the steered checkpoint (model + tokenizer); a .gguf file for a GGUF MODEL.",
-)
-@click.option("--force", is_flag=True, help="Replace OUTPUT if it exists.")
 @click.option(
     "--streaming",
     is_flag=True,
