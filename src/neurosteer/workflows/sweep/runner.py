@@ -123,6 +123,26 @@ def run_sweep(
     layout = layout or resolve_layout(model)
     config = _pin_clock(tokenizer, config, run_dir)
     meta = _start_run(model, tokenizer, layout, config, sets, run_dir)
+    fitted = _fit(model, tokenizer, config, sets, run_dir, meta, judge, layout, progress)
+    evaluator = _Evaluator(model, tokenizer, config, judge, sets, mmlu_data)
+    _run_points(run_dir, evaluator, fitted, layout, progress=progress)
+    return read_results(run_dir)
+
+
+@runs_model
+def _fit(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    config: SweepConfig,
+    sets: dict[str, list[str]],
+    run_dir: Path,
+    meta: dict[str, Any],
+    judge: Judge,
+    layout: ModelLayout,
+    progress: bool,
+) -> Fitted:
+    """`fit_methods` on the run's prompt sets, and what was fitted recorded in config.json
+    beside `meta` (checked against what it records when resuming)."""
     fitted = fit_methods(
         model,
         tokenizer,
@@ -136,9 +156,7 @@ def run_sweep(
         progress=progress,
     )
     check_or_write_config(run_dir, {**meta, "fitted": fitted.settings()})
-    evaluator = _Evaluator(model, tokenizer, config, judge, sets, mmlu_data)
-    _run_points(run_dir, evaluator, fitted, layout, progress=progress)
-    return read_results(run_dir)
+    return fitted
 
 
 def _pin_clock(
