@@ -64,3 +64,14 @@ def probe_page(
 def page_layout(page: Path, width: int, height: int, tmp: Path) -> dict[str, Any]:
     """Chromium's measurements of `page` in a window of width x height pixels (`LAYOUT_PROBE`)."""
     return probe_page(page, LAYOUT_PROBE, f"probe-{width}.html", width, height, tmp)
+
+
+def assert_fits(page: Path, width: int, height: int, tmp: Path, first_section: str) -> None:
+    """`page` in a width x height window: nothing runs off it sideways, and it opens with the
+    section `first_section` on the first screen."""
+    layout = page_layout(page, width, height, tmp)
+    assert layout["innerWidth"] == width
+    assert layout["wide"] == [], f"elements run off the page: {layout['wide']}"
+    assert layout["scrollWidth"] <= layout["innerWidth"], layout
+    assert layout["firstSection"] == first_section
+    assert layout["firstSectionTop"] < layout["innerHeight"]  # on the first screen

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from chromium_probe import CHROMIUM, page_layout, probe_page
+from chromium_probe import CHROMIUM, assert_fits, probe_page
 from test_neuron_browser import _circuit
 
 from neurosteer.methods.discovery_record import DiscoveryRecord
@@ -80,12 +80,7 @@ def page(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.mark.parametrize(("width", "height"), [(1280, 900), (800, 700), (500, 900)])
 def test_the_browser_fits_the_window(page: Path, tmp_path: Path, width: int, height: int) -> None:
-    layout = page_layout(page, width, height, tmp_path)
-    assert layout["innerWidth"] == width
-    assert layout["wide"] == [], f"elements run off the page: {layout['wide']}"
-    assert layout["scrollWidth"] <= layout["innerWidth"], layout
-    assert layout["firstSection"] == "At a glance"
-    assert layout["firstSectionTop"] < layout["innerHeight"]
+    assert_fits(page, width, height, tmp_path, "At a glance")
 
 
 def _interact(page: Path, width: int, tmp: Path) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 import torch
-from chromium_probe import CHROMIUM, page_layout
+from chromium_probe import CHROMIUM, assert_fits
 from support_circuits import make_circuit
 from test_demo import _made_up_result
 
@@ -96,12 +96,7 @@ def report_html(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_the_report_fits_the_window_and_opens_with_the_headline(
     report_html: Path, tmp_path: Path, width: int, height: int
 ) -> None:
-    layout = page_layout(report_html, width, height, tmp_path)
-    assert layout["innerWidth"] == width
-    assert layout["wide"] == [], f"elements run off the page: {layout['wide']}"
-    assert layout["scrollWidth"] <= layout["innerWidth"], layout
-    assert layout["firstSection"] == "At a glance"
-    assert layout["firstSectionTop"] < layout["innerHeight"]  # on the first screen
+    assert_fits(report_html, width, height, tmp_path, "At a glance")
 
 
 @pytest.fixture(scope="module")
@@ -115,9 +110,4 @@ def demo_html(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_the_demo_page_fits_the_window_and_opens_with_what_it_shows(
     demo_html: Path, tmp_path: Path, width: int, height: int
 ) -> None:
-    layout = page_layout(demo_html, width, height, tmp_path)
-    assert layout["innerWidth"] == width
-    assert layout["wide"] == [], f"elements run off the page: {layout['wide']}"
-    assert layout["scrollWidth"] <= layout["innerWidth"], layout
-    assert layout["firstSection"] == "What this shows"
-    assert layout["firstSectionTop"] < layout["innerHeight"]
+    assert_fits(demo_html, width, height, tmp_path, "What this shows")
