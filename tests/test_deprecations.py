@@ -1,7 +1,7 @@
 """The last release's spellings still work for one release, each with a DeprecationWarning that
 names the new spelling, and do exactly what the new spelling does: `multiplier=` / `alpha=` (now
 `strength=`), `circuit=` (now `intervention=`), `save_baked(model, tok, out_dir, circuit=...,
-multiplier=...)`, and the handles' `active`."""
+multiplier=...)`, the handles' `active`, and `methods.circuit.Settings` (now `CircuitRecipe`)."""
 
 from __future__ import annotations
 
@@ -142,6 +142,21 @@ def test_baselines_take_alpha_and_the_handle_its_old_names(
     with _old("strength"):
         handle = SteeringHandle(model, lambda hooks, state: None, multiplier=2.0)
     assert handle.strength == 2.0
+
+
+def test_circuit_settings_is_the_old_name_of_circuit_recipe() -> None:
+    import neurosteer.methods.circuit as circuit_module
+
+    with pytest.warns(
+        DeprecationWarning, match="methods.circuit.Settings is deprecated.*CircuitRecipe"
+    ):
+        old = circuit_module.Settings
+    assert old is circuit_module.CircuitRecipe
+    with pytest.warns(DeprecationWarning, match="use 'CircuitRecipe'"):
+        from neurosteer.methods.circuit import Settings
+    assert Settings(k=3) == circuit_module.CircuitRecipe(k=3)
+    with pytest.raises(AttributeError, match="no attribute 'Setting'"):
+        _ = circuit_module.Setting
 
 
 def test_old_and_new_spelling_together_is_refused(tiny_llama: Pair, circuit: Circuit) -> None:

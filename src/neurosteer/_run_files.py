@@ -13,8 +13,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from neurosteer.errors import InputError
 
@@ -115,36 +116,60 @@ def _drop_torn_tail(file: Path) -> None:
         handle.truncate(keep)
 
 
-def read_json_lines(file: Path, fix: str) -> list[dict[str, Any]]:
-    """The JSON objects of a JSON-lines file written by `append_json_line` ([] when absent).
+def read_lines(file: Path, fix: str) -> list[str]:
+    """The lines of a run folder's text file, split at "\\n" ([] when absent).
 
-    A last line without its newline that does not parse (a kill during the append) is skipped
-    with a warning: the next append cuts it.
+    Raises:
+        InputError: a folder at its name, an unreadable file, or bytes that are not UTF-8
+            (`fix` says what to do).
+    """
+    if not check_regular(file, fix):
+        return []
+    try:
+        return file.read_bytes().decode("utf-8").split("\n")
+    except OSError as err:
+        raise InputError(f"cannot read '{file}' ({err.strerror or err}); {fix}") from None
+    except UnicodeDecodeError as err:
+        raise InputError(f"'{file}' is not UTF-8 text (byte {err.start}); {fix}") from None
+
+
+#: What `json_lines` gives for a whole line that is not JSON (None is JSON's null).
+NOT_JSON: Final = object()
+
+
+def json_lines(file: Path, fix: str) -> Iterator[tuple[int, Any]]:
+    """(line number, parsed value) of each non-blank line of a JSON-lines file written by
+    `append_json_line` (nothing when absent); a line that does not parse gives `NOT_JSON`,
+    except a last line without its newline (a kill during the append): skipped with a
+    warning, since the next append cuts it. The callers say what a bad line is.
+
+    Raises:
+        InputError: as `read_lines`.
+    """
+    lines = read_lines(file, fix)
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            yield number, json.loads(line)
+        except json.JSONDecodeError:
+            if number == len(lines):  # no newline after it: the write was cut off
+                logger.warning("%s: ignoring a torn last line (an interrupted write)", file)
+                continue
+            yield number, NOT_JSON
+
+
+def read_json_lines(file: Path, fix: str) -> list[dict[str, Any]]:
+    """The JSON objects of a JSON-lines file written by `append_json_line` ([] when absent;
+    a torn last line skipped, see `json_lines`).
 
     Raises:
         InputError: a folder at its name, an unreadable file, bytes that are not UTF-8, or a
             whole line that is not a JSON object (the message names file:line; `fix` says what
             to do).
     """
-    if not check_regular(file, fix):
-        return []
-    try:
-        lines = file.read_bytes().decode("utf-8").split("\n")
-    except OSError as err:
-        raise InputError(f"cannot read '{file}' ({err.strerror or err}); {fix}") from None
-    except UnicodeDecodeError as err:
-        raise InputError(f"'{file}' is not UTF-8 text (byte {err.start}); {fix}") from None
     records = []
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            if number == len(lines):  # no newline after it: the write was cut off
-                logger.warning("%s: ignoring a torn last line (an interrupted write)", file)
-                continue
-            record = None
+    for number, record in json_lines(file, fix):
         if not isinstance(record, dict):
             raise InputError(f"{file}:{number} is not a JSON object (damaged); {fix}")
         records.append(record)

@@ -30,7 +30,7 @@ from neurosteer import (
 from neurosteer.cli.main import cli
 from neurosteer.hooks import count_hooks
 from neurosteer.methods.baselines import DirectionAblation
-from neurosteer.methods.circuit import Settings
+from neurosteer.methods.circuit import CircuitRecipe
 from neurosteer.methods.discovery import model_info
 from neurosteer.workflows.organism import INSTRUCT_DIR
 
@@ -125,7 +125,7 @@ def _circuit_on(model: PreTrainedModel, layers: tuple[int, ...]) -> Circuit:
         positive_mean=zeros(),
         negative_mean=zeros(),
         model=model_info(model, layout),
-        settings=Settings(k=len(layer_idx)),
+        settings=CircuitRecipe(k=len(layer_idx)),
     )
 
 

@@ -27,7 +27,7 @@ import torch
 from tiny_models import SPECIAL_TOKENS, _reinit_, make_tokenizer, tiny_config
 from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerFast
 
-from neurosteer.methods.circuit import Circuit, Settings
+from neurosteer.methods.circuit import Circuit, CircuitRecipe
 from neurosteer.methods.discovery import model_info
 from neurosteer.model.layout import resolve_layout
 
@@ -206,7 +206,7 @@ def hand_circuit(model: PreTrainedModel, neurons: dict[int, list[int]]) -> Circu
         positive_mean=zeros.clone(),
         negative_mean=zeros.clone(),
         model=model_info(model, resolve_layout(model)),
-        settings=Settings(method="hand"),
+        settings=CircuitRecipe(method="hand"),
     )
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from neurosteer.methods.circuit import Circuit, DeltaTable, ModelInfo, Settings
+from neurosteer.methods.circuit import Circuit, CircuitRecipe, DeltaTable, ModelInfo
 
 
 def make_circuit(
@@ -32,6 +32,6 @@ def make_circuit(
         positive_mean=scores.float().clone(),
         negative_mean=torch.zeros(len(neurons)),
         model=info,
-        settings=Settings(k=len(neurons), skip_layers=(0, 1)),
+        settings=CircuitRecipe(k=len(neurons), skip_layers=(0, 1)),
         table=table,
     )

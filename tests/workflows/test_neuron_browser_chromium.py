@@ -4,16 +4,13 @@ filters. Marked `browser`; skipped only where no Chromium is installed (CI insta
 
 from __future__ import annotations
 
-import json
-import re
-import subprocess
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
+from chromium_probe import CHROMIUM, assert_fits, probe_page
 from test_neuron_browser import _circuit
-from test_report_browser import CHROMIUM, _layout
 
 from neurosteer.methods.discovery_record import DiscoveryRecord
 from neurosteer.methods.logit_lens import NeuronLens
@@ -83,27 +80,11 @@ def page(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.mark.parametrize(("width", "height"), [(1280, 900), (800, 700), (500, 900)])
 def test_the_browser_fits_the_window(page: Path, tmp_path: Path, width: int, height: int) -> None:
-    layout = _layout(page, width, height, tmp_path)
-    assert layout["innerWidth"] == width
-    assert layout["wide"] == [], f"elements run off the page: {layout['wide']}"
-    assert layout["scrollWidth"] <= layout["innerWidth"], layout
-    assert layout["firstSection"] == "At a glance"
-    assert layout["firstSectionTop"] < layout["innerHeight"]
+    assert_fits(page, width, height, tmp_path, "At a glance")
 
 
 def _interact(page: Path, width: int, tmp: Path) -> dict[str, Any]:
-    probed = page.with_name(f"interact-{width}.html")
-    probed.write_text(page.read_text().replace("</body>", INTERACT + "</body>"))
-    command = [
-        str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-        "--no-first-run", f"--user-data-dir={tmp / f'profile-{width}'}",
-        f"--window-size={width},900", "--virtual-time-budget=10000", "--dump-dom",
-        probed.as_uri(),
-    ]  # fmt: skip
-    done = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
-    found = re.search(r'<pre id="probe">(.*?)</pre>', done.stdout, re.S)
-    assert found, f"chromium printed nothing (exit {done.returncode}): {done.stderr[-500:]}"
-    return dict(json.loads(found.group(1).replace("&quot;", '"').replace("&amp;", "&")))
+    return probe_page(page, INTERACT, f"interact-{width}.html", width, 900, tmp)
 
 
 @pytest.mark.parametrize("width", [1280, 800, 500])  # a table, then cards

@@ -8,48 +8,22 @@ Debian's package, so in CI it always runs.
 from __future__ import annotations
 
 import json
-import re
-import shutil
-import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+from chromium_probe import CHROMIUM, assert_fits
 from support_circuits import make_circuit
 from test_demo import _made_up_result
 
 from neurosteer.workflows.organism.demo_report import write_demo_report
 from neurosteer.workflows.report import write_report
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-
 pytestmark = [
     pytest.mark.browser,
     pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (.ci/run installs it)"),
 ]
-
-#: Appended to a copy of the page: after layout, writes the page's widths into the DOM, where
-#: --dump-dom shows them. Elements inside a scrolling box (a wide table) may be wider.
-PROBE = """<script>
-window.addEventListener("load", () => {
-  const root = document.documentElement;
-  const inScroll = (el) => el.closest(".scroll, pre") !== null;
-  const wide = [...document.body.querySelectorAll("*")]
-    .filter((el) => !inScroll(el) && el.getBoundingClientRect().right > window.innerWidth + 1)
-    .map((el) => el.tagName + (el.className ? "." + el.className : ""));
-  const first = document.querySelector("h2");
-  const probe = document.createElement("pre");
-  probe.id = "probe";
-  probe.textContent = JSON.stringify({
-    scrollWidth: root.scrollWidth, innerWidth: window.innerWidth, wide: wide.slice(0, 8),
-    firstSection: first ? first.textContent : null,
-    firstSectionTop: first ? first.getBoundingClientRect().top : null,
-    innerHeight: window.innerHeight,
-  });
-  document.body.appendChild(probe);
-});
-</script>"""
 
 LONG_MODEL = "/models/" + "a-very-long-checkpoint-folder-name-" * 4 + "instruct"
 METHODS = ("cna", "caa", "mlp_output", "direction")
@@ -111,22 +85,6 @@ def _run_folder(folder: Path) -> Path:
     return folder
 
 
-def _layout(page: Path, width: int, height: int, tmp: Path) -> dict[str, Any]:
-    """Chromium's measurements of `page` in a window of width x height pixels."""
-    probed = page.with_name(f"probe-{width}.html")
-    probed.write_text(page.read_text().replace("</body>", PROBE + "</body>"))
-    command = [
-        str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-        "--no-first-run", f"--user-data-dir={tmp / f'profile-{width}'}",
-        f"--window-size={width},{height}", "--virtual-time-budget=10000", "--dump-dom",
-        probed.as_uri(),
-    ]  # fmt: skip
-    done = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
-    found = re.search(r'<pre id="probe">(.*?)</pre>', done.stdout, re.S)
-    assert found, f"chromium printed no measurements (exit {done.returncode}): {done.stderr[-500:]}"
-    return dict(json.loads(found.group(1).replace("&quot;", '"').replace("&amp;", "&")))
-
-
 @pytest.fixture(scope="module")
 def report_html(tmp_path_factory: pytest.TempPathFactory) -> Path:
     html_path, _ = write_report(_run_folder(tmp_path_factory.mktemp("browser") / "run"))
@@ -138,12 +96,7 @@ def report_html(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_the_report_fits_the_window_and_opens_with_the_headline(
     report_html: Path, tmp_path: Path, width: int, height: int
 ) -> None:
-    layout = _layout(report_html, width, height, tmp_path)
-    assert layout["innerWidth"] == width
-    assert layout["wide"] == [], f"elements run off the page: {layout['wide']}"
-    assert layout["scrollWidth"] <= layout["innerWidth"], layout
-    assert layout["firstSection"] == "At a glance"
-    assert layout["firstSectionTop"] < layout["innerHeight"]  # on the first screen
+    assert_fits(report_html, width, height, tmp_path, "At a glance")
 
 
 @pytest.fixture(scope="module")
@@ -157,9 +110,4 @@ def demo_html(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_the_demo_page_fits_the_window_and_opens_with_what_it_shows(
     demo_html: Path, tmp_path: Path, width: int, height: int
 ) -> None:
-    layout = _layout(demo_html, width, height, tmp_path)
-    assert layout["innerWidth"] == width
-    assert layout["wide"] == [], f"elements run off the page: {layout['wide']}"
-    assert layout["scrollWidth"] <= layout["innerWidth"], layout
-    assert layout["firstSection"] == "What this shows"
-    assert layout["firstSectionTop"] < layout["innerHeight"]
+    assert_fits(demo_html, width, height, tmp_path, "What this shows")

@@ -237,6 +237,11 @@ def test_damaged_sweep_files_are_one_line(tmp_path: Path) -> None:
     results.write_text('{"method": "cna", "strength": 0.0}\n5\n')
     with pytest.raises(InputError, match=r"results.jsonl:2 is not a sweep point"):
         read_results(tmp_path)
+    results.write_text('{"method": "cna", "strength": 0.0}\n{"meth\n{"method": "cna", "s')
+    with pytest.raises(InputError, match=r"results.jsonl:2 is not valid JSON; fix or remove"):
+        read_results(tmp_path)
+    results.write_text('{"method": "cna", "strength": 0.0}\n{"method": "cna", "s')  # torn
+    assert read_results(tmp_path) == [{"method": "cna", "strength": 0.0}]
     results.write_bytes(b'{"method": "\xff"}\n')
     with pytest.raises(InputError, match=r"results\.jsonl' is not UTF-8"):
         read_results(tmp_path)

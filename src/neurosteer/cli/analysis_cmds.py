@@ -20,7 +20,6 @@ from neurosteer.cli.options import (
     ContrastSettings,
     JudgeModelSettings,
     ModelSettings,
-    TemplateSettings,
     UniversalFilterSettings,
     contrast_options,
     floats,
@@ -36,6 +35,7 @@ from neurosteer.cli.options import (
 from neurosteer.cli.render import console, print_table
 from neurosteer.cli.settings import parsed, settings_command
 from neurosteer.errors import InputError
+from neurosteer.prompts.rendering import Rendering
 
 if TYPE_CHECKING:  # imported at run time inside the commands: `--help` stays fast
     from neurosteer.evaluation.comparison import Comparison
@@ -71,7 +71,7 @@ class SweepSettings:
     layer_scan_prompts: int
     caa_normalize: bool
     seeds: tuple[int, ...] = parsed(ints("--seeds"))
-    template: TemplateSettings
+    template: Rendering
 
 
 @click.command("sweep")
@@ -235,9 +235,7 @@ def _sweep_config(settings: SweepSettings) -> SweepConfig:
         max_new_tokens=settings.max_new_tokens,
         batch_size=settings.batch_size,
         judge=settings.judge,
-        chat_template=template.chat_template,
-        system=template.system,
-        template_vars=template.template_vars,
+        **template.as_kwargs(),
         eval_limit=settings.eval_limit,
         kl_limit=settings.kl_limit,
         kl_max_new_tokens=settings.kl_tokens,

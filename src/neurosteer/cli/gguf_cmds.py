@@ -12,13 +12,13 @@ import click
 
 from neurosteer.cli.options import (
     ModelSettings,
-    TemplateSettings,
     load,
     model_options,
     template_option,
 )
 from neurosteer.cli.settings import settings_command
 from neurosteer.errors import InputError
+from neurosteer.prompts.rendering import Rendering
 
 if TYPE_CHECKING:
     from neurosteer.export.gguf import ChangedTensor
@@ -66,7 +66,7 @@ class EvaluateGGUFSettings:
     max_new_tokens: int
     kl_tokens: int
     batch_size: int
-    template: TemplateSettings
+    template: Rendering
 
 
 @click.command("evaluate-gguf")

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import click
 
 from neurosteer._io import check_writable
-from neurosteer.cli.options import ModelSettings, load, model_options
+from neurosteer.cli.options import ModelSettings, circuit_output_options, load, model_options
 from neurosteer.cli.settings import settings_command
 
 if TYPE_CHECKING:  # imported inside the command: `--help` stays fast
@@ -36,24 +36,12 @@ class ExportLoraSettings:
 
 @click.command("export-lora")
 @model_options
-@click.option("--circuit", "circuit_path", type=click.Path(path_type=Path), required=True)
-@click.option(
-    "--multiplier",
-    "-m",
-    type=float,
-    default=None,
-    help="The multiplier m the adapter applies at scale 1 (default: the circuit's stored "
-    "multiplier, else 0); at scale s the neurons are scaled by 1 + s(m - 1).",
+@circuit_output_options(
+    multiplier_help="The multiplier m the adapter applies at scale 1 (default: the circuit's "
+    "stored multiplier, else 0); at scale s the neurons are scaled by 1 + s(m - 1).",
+    output_help="A folder for a PEFT adapter (PEFT, vLLM, SGLang), or a .gguf file for a "
+    "llama.cpp adapter (--lora-scaled).",
 )
-@click.option(
-    "--output",
-    "-o",
-    type=click.Path(path_type=Path),
-    required=True,
-    help="A folder for a PEFT adapter (PEFT, vLLM, SGLang), or a .gguf file for a llama.cpp "
-    "adapter (--lora-scaled).",
-)
-@click.option("--force", is_flag=True, help="Replace OUTPUT if it exists.")
 @settings_command(ExportLoraSettings)
 def export_lora_command(settings: ExportLoraSettings) -> None:
     """Write the circuit as a LoRA adapter on MODEL's down projections (rank per layer = its

@@ -20,9 +20,9 @@ from neurosteer.cli.modes import deprecated_spelling
 from neurosteer.cli.options import (
     ModelSettings,
     OptionalContrastSettings,
-    TemplateSettings,
     UniversalFilterSettings,
     circuit_layout,
+    circuit_output_options,
     load,
     model_options,
     optional,
@@ -36,6 +36,7 @@ from neurosteer.cli.probe_cmd import parse_multipliers
 from neurosteer.cli.relp_cmds import Pairs, PairSettings, pair_options, read_pairs
 from neurosteer.cli.settings import parsed, settings_command
 from neurosteer.errors import InputError, NeurosteerError
+from neurosteer.prompts.rendering import Rendering
 
 if TYPE_CHECKING:
     from neurosteer.methods.circuit import Circuit
@@ -114,7 +115,7 @@ class DiscoverSettings:
     batch_size: int | None
     keep_table: bool
     force: bool
-    template: TemplateSettings
+    template: Rendering
 
 
 @cli.command()
@@ -229,9 +230,7 @@ def _discover_contrastive(settings: DiscoverSettings) -> Circuit:
         neutral=neutral,
         positive_only=settings.positive_only,
         batch_size=settings.batch_size,
-        chat_template=template.chat_template,
-        system=template.system,
-        template_vars=template.template_vars,
+        **template.as_kwargs(),
         keep_table=settings.keep_table,
         layout=layout,
         progress=True,
@@ -294,9 +293,7 @@ def discover_relp(settings: DiscoverSettings, pairs: Pairs) -> Circuit:
         skip_layers=settings.skip_layers,
         positive_only=settings.positive_only,
         batch_size=settings.batch_size,
-        chat_template=template.chat_template,
-        system=template.system,
-        template_vars=template.template_vars,
+        **template.as_kwargs(),
         keep_table=settings.keep_table,
         layout=layout,
         progress=True,
@@ -313,7 +310,7 @@ class GenerateSettings:
     multipliers: tuple[float, ...] | None = parsed(optional(parse_multipliers))
     positions: Literal["all", "generated"]
     max_new_tokens: int
-    template: TemplateSettings
+    template: Rendering
 
 
 @cli.command()
@@ -403,22 +400,11 @@ class BakeSettings:
 
 @cli.command()
 @model_options
-@click.option("--circuit", "circuit_path", type=click.Path(path_type=Path), required=True)
-@click.option(
-    "--multiplier",
-    "-m",
-    type=float,
-    default=None,
-    help="The multiplier baked in (default: the circuit's stored multiplier, else 0).",
+@circuit_output_options(
+    multiplier_help="The multiplier baked in (default: the circuit's stored multiplier, else 0).",
+    output_help="Folder for the steered checkpoint (model + tokenizer); a .gguf file for a GGUF "
+    "MODEL.",
 )
-@click.option(
-    "--output",
-    "-o",
-    type=click.Path(path_type=Path),
-    required=True,
-    help="Folder for the steered checkpoint (model + tokenizer); a .gguf file for a GGUF MODEL.",
-)
-@click.option("--force", is_flag=True, help="Replace OUTPUT if it exists.")
 @click.option(
     "--streaming",
     is_flag=True,

@@ -24,7 +24,6 @@ from neurosteer.cli.options import (
     JudgeModelSettings,
     ModelSettings,
     OptionalContrastSettings,
-    TemplateSettings,
     UniversalFilterSettings,
     floats,
     judge_model_options,
@@ -38,6 +37,7 @@ from neurosteer.cli.options import (
 from neurosteer.cli.render import print_table
 from neurosteer.cli.settings import parsed, settings_command
 from neurosteer.errors import InputError
+from neurosteer.prompts.rendering import Rendering
 
 if TYPE_CHECKING:  # imported at run time inside the command: `--help` stays fast
     from neurosteer.workflows.optimization import OptimizeConfig, SearchResult
@@ -81,7 +81,7 @@ class OptimizeSettings:
     no_baselines: bool
     baseline_strengths: tuple[float, ...] = parsed(floats("--baseline-strengths"))
     baseline_layer: int | None
-    template: TemplateSettings
+    template: Rendering
 
     def search_only_given(self) -> list[str]:
         """The options given that only a search reads (a run folder's --show/--export
@@ -502,9 +502,7 @@ def _config(settings: OptimizeSettings) -> OptimizeConfig:
         prune_ratio=settings.prune_ratio,
         space=space,
         universal_filter=settings.universal.universal_filter,
-        chat_template=template.chat_template,
-        system=template.system,
-        template_vars=template.template_vars,
+        **template.as_kwargs(),
         baselines=not settings.no_baselines,
         baseline_strengths=settings.baseline_strengths,
         baseline_layer=settings.baseline_layer,

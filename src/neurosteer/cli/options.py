@@ -90,6 +90,30 @@ def model_options(fn: F) -> F:
     return fn
 
 
+def circuit_output_options(*, multiplier_help: str, output_help: str) -> Callable[[F], F]:
+    """`--circuit`, `--multiplier/-m`, `--output/-o` and `--force`: the options of a command
+    that writes a circuit, edited in at a multiplier, to OUTPUT (`bake`, `export-lora`); read
+    as the settings fields `circuit_path`, `multiplier`, `output` and `force`. The commands
+    word what the multiplier and the output are."""
+
+    def decorate(fn: F) -> F:
+        options = [
+            click.option(
+                "--circuit", "circuit_path", type=click.Path(path_type=Path), required=True
+            ),
+            click.option("--multiplier", "-m", type=float, default=None, help=multiplier_help),
+            click.option(
+                "--output", "-o", type=click.Path(path_type=Path), required=True, help=output_help
+            ),
+            click.option("--force", is_flag=True, help="Replace OUTPUT if it exists."),
+        ]
+        for option in reversed(options):
+            fn = option(fn)
+        return fn
+
+    return decorate
+
+
 def show_progress() -> bool:
     """Whether long steps show progress bars: when stderr is a terminal (not in logs/pipes)."""
     return sys.stderr.isatty()
@@ -253,18 +277,9 @@ def pair(option: str) -> Callable[[str], tuple[float, float]]:
     return parse
 
 
-@dataclass(frozen=True, kw_only=True)
-class TemplateSettings:
-    """The options of `template_option`: how prompts are rendered."""
-
-    chat_template: bool | None
-    system: str | None
-    template_vars: dict[str, Any] | None
-
-
 def template_option(fn: F) -> F:
     """How prompts are rendered: the chat-template switch, the system turn and the template
-    variables (read as `TemplateSettings`)."""
+    variables (read as `neurosteer.prompts.rendering.Rendering`)."""
     fn = template_vars_option(fn)
     fn = click.option(
         "--system",

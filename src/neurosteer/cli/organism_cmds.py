@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 from rich.console import Console
@@ -12,6 +13,9 @@ from rich.table import Table
 from rich.text import Text
 
 from neurosteer.errors import InputError, UnsupportedModelError
+
+if TYPE_CHECKING:  # imported inside the commands: `--help` stays fast
+    from neurosteer.workflows.organism.demo_result import DemoResult
 
 console = Console()
 
@@ -44,9 +48,7 @@ def demo_command(out: Path, top_k: int | None, force: bool, moe: bool) -> None:
 
     Runs offline on the shipped instruct model (a few minutes on a 2-core CPU).
     """
-    from neurosteer.workflows.organism.demo import DEMO_TOP_K, MOE_DEMO_TOP_K, run_demo
-    from neurosteer.workflows.organism.demo_report import VERDICTS
-    from neurosteer.workflows.organism.paths import MOE_INSTRUCT_DIR
+    from neurosteer.workflows.organism.demo import DEMO_TOP_K, MOE_DEMO_TOP_K
 
     if out.exists() and any(out.iterdir()) and not force:
         raise InputError(f"{out} is not empty; pass --force to overwrite it or choose another -o")
@@ -54,6 +56,21 @@ def demo_command(out: Path, top_k: int | None, force: bool, moe: bool) -> None:
     k = default_k if top_k is None else top_k
     if k < 1:
         raise InputError(f"--top-k must be a positive number of neurons, got {k}")
+    result = _run_demo(out, k, moe)
+    _print_circuit(result)
+    console.print(_examples_table(result))
+    console.print(_rates_table(result))
+    console.print(
+        f"Report: {result.html_path} (and {result.report_path.name})  ({result.seconds:.0f} s)"
+    )
+
+
+def _run_demo(out: Path, k: int, moe: bool) -> DemoResult:
+    """`run_demo` under a status line (a line a step off a terminal); a build without
+    per-expert support says so for --moe."""
+    from neurosteer.workflows.organism.demo import run_demo
+    from neurosteer.workflows.organism.paths import MOE_INSTRUCT_DIR
+
     with console.status("Starting...") as status:
 
         def step(what: str) -> None:
@@ -64,9 +81,8 @@ def demo_command(out: Path, top_k: int | None, force: bool, moe: bool) -> None:
 
         try:
             if moe:
-                result = run_demo(out, top_k=k, progress=step, model_dir=MOE_INSTRUCT_DIR)
-            else:
-                result = run_demo(out, top_k=k, progress=step)
+                return run_demo(out, top_k=k, progress=step, model_dir=MOE_INSTRUCT_DIR)
+            return run_demo(out, top_k=k, progress=step)
         except UnsupportedModelError as err:
             if not moe:
                 raise
@@ -75,6 +91,9 @@ def demo_command(out: Path, top_k: int | None, force: bool, moe: bool) -> None:
                 f"lacks: {err}; `neurosteer demo` without --moe runs the dense organism"
             ) from None
 
+
+def _print_circuit(result: DemoResult) -> None:
+    """The circuit's size and where its neurons sit (layers; experts of a MoE model)."""
     console.print(
         f"[bold]Refusal circuit[/bold]: {result.n_neurons} of {result.total_neurons} MLP neurons "
         f"({100 * result.n_neurons / result.total_neurons:.2f}%), "
@@ -89,6 +108,12 @@ def demo_command(out: Path, top_k: int | None, force: bool, moe: bool) -> None:
             "Neurons per expert: "
             + ", ".join(f"L{lay} {ex}: {n}" for (lay, ex), n in result.neurons_per_expert.items())
         )
+
+
+def _examples_table(result: DemoResult) -> Table:
+    """The held-out example prompts and the three answers, each with its verdict."""
+    from neurosteer.workflows.organism.demo_report import VERDICTS
+
     examples = Table(title="Held-out prompts (the judge's verdict in brackets)", show_lines=True)
     for col in ("prompt", "unchanged (m=1)", "ablated (m=0)", f"amplified (m={result.amplify:g})"):
         examples.add_column(col, overflow="fold")
@@ -98,8 +123,11 @@ def demo_command(out: Path, top_k: int | None, force: bool, moe: bool) -> None:
             Text(f"{ex.kind}: {ex.prompt}"),
             *(Text(f"[{VERDICTS[v]}] {a}") for a, v in zip(answers, ex.labels, strict=True)),
         )
-    console.print(examples)
+    return examples
 
+
+def _rates_table(result: DemoResult) -> Table:
+    """Held-out refusal and compliance rates per condition."""
     rates = Table(title=f"Held-out refusal ({result.n_eval} harmful, {result.n_eval} benign)")
     for col in ("condition", "harmful refused", "benign refused", "harmful complied"):
         rates.add_column(col, justify="right" if col != "condition" else "left")
@@ -110,10 +138,7 @@ def demo_command(out: Path, top_k: int | None, force: bool, moe: bool) -> None:
             f"{row.benign.refusal:.0%}",
             f"{row.harmful.compliant:.0%}",
         )
-    console.print(rates)
-    console.print(
-        f"Report: {result.html_path} (and {result.report_path.name})  ({result.seconds:.0f} s)"
-    )
+    return rates
 
 
 @click.group("organism")

@@ -19,7 +19,6 @@ from rich.table import Table
 
 from neurosteer.cli.options import (
     ModelSettings,
-    TemplateSettings,
     load,
     model_options,
     optional,
@@ -28,6 +27,7 @@ from neurosteer.cli.options import (
 from neurosteer.cli.render import console, print_table
 from neurosteer.cli.settings import parsed, settings_command
 from neurosteer.errors import InputError
+from neurosteer.prompts.rendering import Rendering
 
 if TYPE_CHECKING:  # imported inside the command: `--help` stays fast
     from neurosteer.evaluation.probe import NextTokenProbs, OpeningToken, TokenChoice, TokenPick
@@ -75,7 +75,7 @@ class ProbeSettings:
     top: int
     batch_size: int
     as_json: bool
-    template: TemplateSettings
+    template: Rendering
 
 
 @click.command("probe")

@@ -18,7 +18,6 @@ from rich.table import Table
 from neurosteer.cli.options import (
     F,
     ModelSettings,
-    TemplateSettings,
     ints,
     load,
     model_options,
@@ -28,6 +27,7 @@ from neurosteer.cli.options import (
 from neurosteer.cli.render import console, print_table
 from neurosteer.cli.settings import parsed, settings_command
 from neurosteer.errors import InputError
+from neurosteer.prompts.rendering import Rendering
 from neurosteer.prompts.text_check import check_text
 
 if TYPE_CHECKING:
@@ -133,7 +133,7 @@ class FaithfulnessSettings:
     batch_size: int
     output: Path | None
     force: bool
-    template: TemplateSettings
+    template: Rendering
 
 
 @click.command("faithfulness")
@@ -199,9 +199,7 @@ def faithfulness_command(settings: FaithfulnessSettings) -> None:
         ks=settings.ks,
         positions=settings.positions,
         batch_size=settings.batch_size,
-        chat_template=template.chat_template,
-        system=template.system,
-        template_vars=template.template_vars,
+        **template.as_kwargs(),
         layout=layout,
         progress=True,
     )

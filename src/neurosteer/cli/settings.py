@@ -3,12 +3,13 @@ dataclass (`DiscoverSettings`, `SweepSettings`, ...) instead of a mapping of nam
 
 A settings class lists one field per click parameter, named as click names it (the option's
 long name with '-' as '_', or its explicit destination), or a field holding a group of
-options several commands share (`ModelSettings`, `TemplateSettings`, ...: a dataclass too,
-defined next to the decorator that declares its options). `settings_command` turns click's
-parsed values into the settings object before the command runs: a field whose text needs
-more parsing than click does (a comma-separated list) names its parser with `parsed`, and
-every value is checked against the field's annotation, so a settings class that disagrees
-with its options fails on the first run (and in the tests), not later inside the library.
+options several commands share (`ModelSettings`, ...: a dataclass too, defined next to the
+decorator that declares its options; `template_option`'s group is the library's `Rendering`).
+`settings_command` turns click's parsed values into the settings object before the command
+runs: a field whose text needs more parsing than click does (a comma-separated list) names its
+parser with `parsed`, and every value is checked against the field's annotation, so a
+settings class that disagrees with its options fails on the first run (and in the tests), not
+later inside the library.
 
 Names: `*Settings` is a command's typed options; `*Config` is a library object a command
 builds from them (`SweepConfig`, `OptimizeConfig`).

@@ -53,6 +53,7 @@ from neurosteer.model.runtime import (
     runs_model,
 )
 from neurosteer.prompts.render import Batch, encode_for_model
+from neurosteer.prompts.rendering import Rendering
 from neurosteer.prompts.targets import Target, check_pairs, encode_pairs
 
 logger = logging.getLogger(__name__)
@@ -109,7 +110,7 @@ def default_ks(n: int) -> list[int]:
     return [*ks, n]
 
 
-# over 60 lines: a 18-line signature and 26-line docstring of public arguments; body 45 lines
+# over 60 lines: a 18-line signature and 26-line docstring of public arguments; body 33 lines
 @runs_model
 def measure_faithfulness(
     model: PreTrainedModel,
@@ -161,28 +162,16 @@ def measure_faithfulness(
     negative = _check_negative(negative)
     layout = circuit.layout_on(model, layout)
     ranked = _ranked(circuit, ks)
-    template = circuit.settings.chat_template if chat_template is None else chat_template
-    system = circuit.settings.system if system is None else system
-    if template_vars is None:
-        template_vars = circuit.settings.template_vars
+    recorded = circuit.settings
+    rendering = Rendering(
+        chat_template=recorded.chat_template if chat_template is None else chat_template,
+        system=recorded.system if system is None else system,
+        template_vars=recorded.template_vars if template_vars is None else template_vars,
+    )
     pairs = encode_pairs(
-        model,
-        tokenizer,
-        prompts,
-        target_list,
-        contrast_list,
-        chat_template=template,
-        system=system,
-        template_vars=template_vars,
+        model, tokenizer, prompts, target_list, contrast_list, **rendering.as_kwargs()
     )
-    neg_ids = encode_for_model(
-        model,
-        tokenizer,
-        negative,
-        chat_template=template,
-        system=system,
-        template_vars=template_vars,
-    )
+    neg_ids = encode_for_model(model, tokenizer, negative, **rendering.as_kwargs())
     pad = pad_id(tokenizer)
     means = mean_activations(model, layout, neg_ids, positions, batch_size=batch_size, pad=pad)
     measure = _Measure(model, layout, pairs.token_ids, pairs.targets, pairs.contrasts, means)

@@ -19,15 +19,9 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from neurosteer.errors import InputError
-from neurosteer.evaluation.kl import ReferenceBatch, kl_reference
+from neurosteer.evaluation.kl import continuation_logits, kl_reference
 from neurosteer.interventions.protocol import Intervention
-from neurosteer.model.runtime import (
-    evaluating,
-    forward_takes,
-    input_device,
-    model_inputs,
-    runs_model,
-)
+from neurosteer.model.runtime import evaluating, runs_model
 
 
 @dataclass(frozen=True)
@@ -96,24 +90,14 @@ def hook_agreement(
     totals = _Totals()
     with torch.inference_mode(), evaluating(file_model):
         for ref in reference.batches:
-            width = ref.input_ids.shape[1] - ref.logprobs.shape[1]
-            with intervention.steer(model, strength, prompt_length=width):
-                hooked = _logits(model, ref)
-            totals.add(hooked, _logits(file_model, ref).to(hooked.device), ref.valid)
+            hooked = continuation_logits(model, ref, intervention, strength)
+            baked = continuation_logits(file_model, ref).to(hooked.device)
+            totals.add(hooked, baked, ref.valid)
     return totals.agreement()
 
 
 def _vocab(model: PreTrainedModel) -> int:
     return int(model.get_output_embeddings().weight.shape[0])
-
-
-def _logits(model: PreTrainedModel, ref: ReferenceBatch) -> torch.Tensor:
-    """float32 logits [b, t, vocab] that predict each continuation token of `ref`."""
-    n_new = ref.logprobs.shape[1]
-    device = input_device(model)
-    inputs = model_inputs(model, ref.input_ids.to(device), ref.attention_mask.to(device))
-    extra = {"logits_to_keep": n_new + 1} if forward_takes(model, "logits_to_keep") else {}
-    return model(**inputs, use_cache=False, **extra).logits[:, -n_new - 1 : -1].float()
 
 
 class _Totals:

@@ -40,6 +40,7 @@ from neurosteer.prompts.render import (
     iter_batches,
     new_token_budgets,
 )
+from neurosteer.prompts.rendering import Rendering
 
 
 @dataclass(frozen=True)
@@ -112,9 +113,7 @@ def kl_to_reference(
             prompts,
             max_new_tokens,
             batch_size,
-            chat_template,
-            system,
-            template_vars,
+            Rendering(chat_template=chat_template, system=system, template_vars=template_vars),
         ):
             rows.add(ref, _steered_kl(model, ref, intervention, strength))
     return rows.report(max_new_tokens)
@@ -247,9 +246,7 @@ def kl_reference(
                 prompts,
                 max_new_tokens,
                 batch_size,
-                chat_template,
-                system,
-                template_vars,
+                Rendering(chat_template=chat_template, system=system, template_vars=template_vars),
             )
         )
     return KLReference(batches, len(prompts), max_new_tokens)
@@ -291,9 +288,7 @@ def kl_of_model(model: PreTrainedModel, reference: KLReference) -> KLReport:
     rows = _Rows(reference.n_prompts)
     with torch.inference_mode():
         for ref in reference.batches:
-            device = input_device(model)
-            inputs = model_inputs(model, ref.input_ids.to(device), ref.attention_mask.to(device))
-            rows.add(ref, _kl(ref, _continuation_logprobs(model, inputs, ref.logprobs.shape[1])))
+            rows.add(ref, _kl(ref, torch.log_softmax(continuation_logits(model, ref), dim=-1)))
     return rows.report(reference.max_new_tokens)
 
 
@@ -330,9 +325,7 @@ def _reference_batches(
     prompts: Sequence[str],
     max_new_tokens: int,
     batch_size: int,
-    chat_template: bool | None,
-    system: str | None,
-    template_vars: Mapping[str, Any] | None,
+    rendering: Rendering,
 ) -> Iterator[ReferenceBatch]:
     """The unsteered continuation and log-probabilities of each batch, one batch at a time
     (call under `torch.inference_mode`; tensors stay on the model's devices)."""
@@ -344,9 +337,7 @@ def _reference_batches(
         model,
         tokenizer,
         prompts,
-        chat_template=chat_template,
-        system=system,
-        template_vars=template_vars,
+        **rendering.as_kwargs(),
         reserve=1,
     )
     budgets = new_token_budgets(token_ids, max_new_tokens, context_limit(model, tokenizer))
@@ -364,6 +355,30 @@ def _reference_batches(
 
 
 @runs_model
+def continuation_logits(
+    model: PreTrainedModel,
+    ref: ReferenceBatch,
+    intervention: Intervention | None = None,
+    strength: float | None = None,
+) -> torch.Tensor:
+    """float32 logits [b, t, vocab] of `model` at the continuation positions of `ref` (the
+    same inputs, teacher-forced; call under `torch.inference_mode`): the model as it is, or
+    steered by `intervention` at `strength` for that one pass.
+
+    The one pass holds prompt and continuation together, so the prompt width is given to the
+    steering: an intervention bound to positions "prompt" or "generated" edits the columns it
+    would edit while generating that continuation."""
+    device = input_device(model)
+    inputs = model_inputs(model, ref.input_ids.to(device), ref.attention_mask.to(device))
+    n_new = ref.logprobs.shape[1]
+    if intervention is None:
+        return _continuation_logits(model, inputs, n_new)
+    width = ref.input_ids.shape[1] - n_new  # the padded prompt
+    with intervention.steer(model, strength, prompt_length=width):
+        return _continuation_logits(model, inputs, n_new)
+
+
+@runs_model
 def steered_logprobs(
     model: PreTrainedModel,
     ref: ReferenceBatch,
@@ -371,16 +386,9 @@ def steered_logprobs(
     strength: float | None,
 ) -> torch.Tensor:
     """float32 log-probabilities [b, t, vocab] of the steered model at the continuation
-    positions of `ref` (the same inputs, teacher-forced; call under `torch.inference_mode`).
-
-    The one pass holds prompt and continuation together, so the prompt width is given to the
-    steering: an intervention bound to positions "prompt" or "generated" edits the columns it
-    would edit while generating that continuation."""
-    device = input_device(model)
-    inputs = model_inputs(model, ref.input_ids.to(device), ref.attention_mask.to(device))
-    width = ref.input_ids.shape[1] - ref.logprobs.shape[1]  # the padded prompt
-    with intervention.steer(model, strength, prompt_length=width):
-        return _continuation_logprobs(model, inputs, ref.logprobs.shape[1])
+    positions of `ref` (see `continuation_logits`; call under `torch.inference_mode`)."""
+    logits = continuation_logits(model, ref, intervention, strength)
+    return torch.log_softmax(logits, dim=-1)
 
 
 def _steered_kl(
@@ -427,9 +435,16 @@ def _continuation_logprobs(
     n_new of the left-padded row) are predicted by positions -n_new-1 .. -2. Models that take
     `logits_to_keep` compute only those last n_new + 1 rows of the vocabulary projection.
     """
+    return torch.log_softmax(_continuation_logits(model, inputs, n_new), dim=-1)
+
+
+def _continuation_logits(
+    model: PreTrainedModel, inputs: dict[str, torch.Tensor], n_new: int
+) -> torch.Tensor:
+    """float32 logits [batch, n_new, vocab] that predicted each continuation token (see
+    `_continuation_logprobs`)."""
     extra = {"logits_to_keep": n_new + 1} if forward_takes(model, "logits_to_keep") else {}
-    logits = model(**inputs, use_cache=False, **extra).logits[:, -n_new - 1 : -1]
-    return torch.log_softmax(logits.float(), dim=-1)
+    return model(**inputs, use_cache=False, **extra).logits[:, -n_new - 1 : -1].float()
 
 
 def _continuation_mask(new: torch.Tensor, stop_ids: Sequence[int]) -> torch.Tensor:

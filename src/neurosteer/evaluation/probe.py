@@ -42,6 +42,7 @@ from neurosteer.model.runtime import (
     runs_model,
 )
 from neurosteer.prompts.render import Batch, encode_for_model
+from neurosteer.prompts.rendering import Rendering
 from neurosteer.prompts.text_check import check_text
 
 
@@ -434,6 +435,7 @@ def choose_tokens(
     """
     from neurosteer.evaluation.refusal import measure_refusal, opening_counts
 
+    rendering = Rendering(chat_template=chat_template, system=system, template_vars=template_vars)
     answers = measure_refusal(
         model,
         tokenizer,
@@ -441,15 +443,12 @@ def choose_tokens(
         judge,
         max_new_tokens=max_new_tokens,
         batch_size=batch_size,
-        chat_template=chat_template,
-        system=system,
-        template_vars=template_vars,
+        **rendering.as_kwargs(),
     )
     # greedy: each answer's first token is the unchanged distribution's most likely one
     first = next_token_probs(
-        model, tokenizer, prompts, top=1, system=system, template_vars=template_vars,
-        chat_template=chat_template, batch_size=batch_size,
-    )  # fmt: skip
+        model, tokenizer, prompts, top=1, batch_size=batch_size, **rendering.as_kwargs()
+    )
     first_ids = [row[0].top[0].token_id for row in first.probs]
     counts = opening_counts(first_ids, answers.labels)
 

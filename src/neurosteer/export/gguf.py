@@ -137,9 +137,7 @@ def bake_gguf(
         raise InputError(f"unknown fallback type {fallback!r}; use one of: {', '.join(FALLBACKS)}")
     target = check_writable(output, force=force, inputs=[source])
     header = read_header(source)
-    targets = _merge([circuit_tensors(header, c) for c in circuits])
-    for c in circuits:
-        c.refuse_baked(baked_record(header.path), f"'{header.path.name}'")
+    targets = _targets(header, circuits)
     extra = _provenance_entries(header, circuit, multiplier, fallback, keep_type)
     with (
         atomic_file(target, force=force, inputs=[source]) as staging,
@@ -148,12 +146,21 @@ def bake_gguf(
         staging.open("wb") as out,
     ):
         changed, peak = _write(header, src, out, targets, multiplier, (fallback, keep_type), extra)
-    return GGUFBakeReport(
-        path=target,
-        changed=changed,
-        copied=len(header.tensors) - len(changed),
-        peak_bytes=peak,
-    )
+    copied = len(header.tensors) - len(changed)
+    return GGUFBakeReport(path=target, changed=changed, copied=copied, peak_bytes=peak)
+
+
+def _targets(header: GGUFHeader, circuits: Sequence[Circuit]) -> dict[str, np.ndarray]:
+    """The down projections the circuits rewrite (`circuit_tensors`, merged), once the file is
+    known not to be baked with one of them already.
+
+    Raises:
+        InputError, CircuitMismatchError: as `circuit_tensors`, `_merge` and `refuse_baked`.
+    """
+    targets = _merge([circuit_tensors(header, c) for c in circuits])
+    for c in circuits:
+        c.refuse_baked(baked_record(header.path), f"'{header.path.name}'")
+    return targets
 
 
 def circuit_tensors(header: GGUFHeader, circuit: Circuit) -> dict[str, np.ndarray]:

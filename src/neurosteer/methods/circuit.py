@@ -15,8 +15,8 @@ the provenance a reader needs to trust or reproduce it. On disk it is a folder:
 
 No timestamps: the same inputs give the same files, byte for byte. Writes are atomic.
 
-Format versions: 1 (the first), 2 (adds `Settings.multiplier`, `Settings.score` and the
-"search" section), 3 (adds `ModelInfo.weights`, the fingerprint of the weights), 4 (adds the
+Format versions: 1 (the first), 2 (adds `CircuitRecipe.multiplier`, `CircuitRecipe.score` and
+the "search" section), 3 (adds `ModelInfo.weights`, the fingerprint of the weights), 4 (adds the
 optional discovery record: the prompts and each neuron's activation on them), 5 (adds
 `ModelInfo.neuron_blocks`, written only for mixture-of-experts models: which expert each flat
 neuron index of a layer belongs to). This version reads all five; an older file reads with the
@@ -39,7 +39,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from neurosteer._compat import renamed_keywords
+from neurosteer._compat import deprecated_name, renamed_keywords
 from neurosteer._io import atomic_directory
 from neurosteer._version import __version__
 from neurosteer.errors import (
@@ -152,9 +152,11 @@ class PromptInfo:
 
 
 @dataclass(frozen=True)
-class Settings:
-    """How the neurons were chosen (`method` is "cna", "relp" or "random") and how prompts
-    were rendered (`chat_template`, `system`, `template_vars`)."""
+class CircuitRecipe:
+    """What a circuit records about how it was made: how the neurons were chosen (`method` is
+    "cna", "relp" or "random") and how prompts were rendered (`chat_template`, `system`,
+    `template_vars`). Named `Settings` before (still importable, deprecated), which read like
+    the CLI's `*Settings`, a command's options."""
 
     method: str = "cna"
     k: int = 0
@@ -265,7 +267,7 @@ class Circuit(HookedIntervention):
     positive_mean: torch.Tensor
     negative_mean: torch.Tensor
     model: ModelInfo
-    settings: Settings
+    settings: CircuitRecipe
     prompts: dict[str, PromptInfo] = field(default_factory=dict)
     library_version: str = ""
     table: DeltaTable | None = None
@@ -694,7 +696,7 @@ class Circuit(HookedIntervention):
                 positive_mean=tensors["positive_mean"],
                 negative_mean=tensors["negative_mean"],
                 model=model,
-                settings=Settings(**settings),
+                settings=CircuitRecipe(**settings),
                 prompts={k: PromptInfo(**v) for k, v in meta["prompts"].items()},
                 library_version=str(meta.get("library_version", "")),
                 table=table,
@@ -754,7 +756,7 @@ def _search(data: dict[str, Any] | None) -> SearchProvenance | None:
 
 
 def from_table(
-    base: Circuit, layers: torch.Tensor, neurons: torch.Tensor, settings: Settings
+    base: Circuit, layers: torch.Tensor, neurons: torch.Tensor, settings: CircuitRecipe
 ) -> Circuit:
     """A circuit of the given neurons with scores read from `base.table`."""
     assert base.table is not None  # callers check; internal invariant
@@ -868,3 +870,15 @@ def _circuit_record(circuit: Circuit) -> dict[str, Any]:
         "prompts": {k: asdict(v) for k, v in sorted(circuit.prompts.items())},
         "neurons": {str(layer): idx.tolist() for layer, idx in circuit.by_layer().items()},
     }
+
+
+def __getattr__(name: str) -> Any:
+    """The old name `Settings` (now `CircuitRecipe`), kept one release with a DeprecationWarning.
+
+    Raises:
+        AttributeError: any other name the module does not have.
+    """
+    if name == "Settings":
+        deprecated_name(f"{__name__}.Settings", "use 'CircuitRecipe'")
+        return CircuitRecipe
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

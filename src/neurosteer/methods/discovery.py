@@ -19,7 +19,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from neurosteer._version import __version__
 from neurosteer.errors import InputError
-from neurosteer.methods.circuit import Circuit, DeltaTable, ModelInfo, PromptInfo, Settings
+from neurosteer.methods.circuit import Circuit, CircuitRecipe, DeltaTable, ModelInfo, PromptInfo
 from neurosteer.methods.discovery_record import SETS, DiscoveryRecord
 from neurosteer.methods.recording import (
     ActivationStats,
@@ -199,7 +199,7 @@ def _settings(
     chat_template: bool,
     system: str | None,
     template_vars: dict[str, Any] | None = None,
-) -> Settings:
+) -> CircuitRecipe:
     """The circuit's settings before selection (no candidate counts yet), checked.
 
     Raises:
@@ -207,7 +207,7 @@ def _settings(
             leaving fewer neurons than asked for.
     """
     k, skip = circuit_size(layout, top_k, fraction, skip_layers)
-    return Settings(
+    return CircuitRecipe(
         method="cna",
         k=k,
         top_k=top_k,
@@ -315,7 +315,7 @@ def _record(
 def _select(
     model: PreTrainedModel,
     layout: ModelLayout,
-    settings: Settings,
+    settings: CircuitRecipe,
     pos: ActivationStats,
     neg: ActivationStats,
     universal: torch.Tensor,

@@ -41,7 +41,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from neurosteer._version import __version__
 from neurosteer.errors import InputError
 from neurosteer.hooks import HookSet
-from neurosteer.methods.circuit import Circuit, DeltaTable, PromptInfo, Settings
+from neurosteer.methods.circuit import Circuit, CircuitRecipe, DeltaTable, PromptInfo
 from neurosteer.methods.discovery import circuit_size, model_info
 from neurosteer.methods.relp_pass import (
     AttributionPositions,
@@ -253,7 +253,7 @@ def attribute(
         positive_mean=scores.target[at],
         negative_mean=contrast[at],
         model=model_info(model, layout),
-        settings=Settings(
+        settings=CircuitRecipe(
             method="relp",
             k=k,
             top_k=top_k,

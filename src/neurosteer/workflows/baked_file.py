@@ -111,18 +111,10 @@ def check_baked_file(
     baked_kl = kl_of_model(file_model, reference)
     refusals: list[float | None] = [None, None]
     if judge is not None:
-        for i, (subject, steering) in enumerate([(model, circuit), (file_model, None)]):
-            refusals[i] = measure_refusal(
-                subject,
-                tokenizer,
-                harmful,
-                judge,
-                intervention=steering,
-                strength=multiplier,
-                max_new_tokens=max_new_tokens,
-                batch_size=batch_size,
-                **template,
-            ).refusal
+        answering = {"max_new_tokens": max_new_tokens, "batch_size": batch_size, **template}
+        refusals = _refusals(
+            (model, file_model), tokenizer, circuit, multiplier, harmful, judge, answering
+        )
     agreement = hook_agreement(
         model,
         file_model,
@@ -140,3 +132,29 @@ def check_baked_file(
         baked=Side(refusals[1], baked_kl.mean),
         agreement=agreement,
     )
+
+
+def _refusals(
+    models: tuple[PreTrainedModel, PreTrainedModel],
+    tokenizer: PreTrainedTokenizerBase,
+    circuit: Circuit,
+    multiplier: float,
+    harmful: Sequence[str],
+    judge: Judge,
+    answering: dict[str, Any],
+) -> list[float | None]:
+    """The refusal rates on `harmful` of the model hooked with `circuit` and of the file
+    (`models`: the unbaked model, the file's), with `measure_refusal`'s keywords `answering`."""
+    model, file_model = models
+    return [
+        measure_refusal(
+            subject,
+            tokenizer,
+            harmful,
+            judge,
+            intervention=steering,
+            strength=multiplier,
+            **answering,
+        ).refusal
+        for subject, steering in ((model, circuit), (file_model, None))
+    ]

@@ -211,13 +211,7 @@ def reproduce_trial(
         )
     table = Circuit.load(table_dir)
     table.check_fits(layout)
-    done = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
-    trials = [t for t in load_study(run_dir).trials if t.state in done and "k" in t.user_attrs]
-    chosen = [t for t in trials if trial is None or t.number == trial][:1]
-    if not chosen:
-        numbers = ", ".join(str(t.number) for t in trials) or "none"
-        raise InputError(f"no measured trial {trial} in '{run_dir}' (measured: {numbers})")
-    recorded = chosen[0]
+    recorded = _measured_trial(run_dir, trial)
     n_neurons = table.model.n_layers * table.model.d_mlp
     params = suggest(optuna.trial.FixedTrial(recorded.params), config.space, n_neurons)
     circuit = build_circuit(table, params)
@@ -241,6 +235,22 @@ def reproduce_trial(
         checks=tuple(checks),
         environment=tuple(_environment(meta, model)),
     )
+
+
+def _measured_trial(run_dir: Path, trial: int | None) -> Any:
+    """The study's measured trial `trial` (an optuna `FrozenTrial`; None: the first one).
+
+    Raises:
+        InputError: no such measured trial (the message lists those there are).
+    """
+    optuna = optuna_module()
+    done = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    trials = [t for t in load_study(run_dir).trials if t.state in done and "k" in t.user_attrs]
+    chosen = [t for t in trials if trial is None or t.number == trial][:1]
+    if not chosen:
+        numbers = ", ".join(str(t.number) for t in trials) or "none"
+        raise InputError(f"no measured trial {trial} in '{run_dir}' (measured: {numbers})")
+    return chosen[0]
 
 
 def _pick_point(records: list[dict[str, Any]], point: str | None) -> dict[str, Any]:

@@ -85,9 +85,7 @@ def measure_baselines(
         positive,
         negative,
         batch_size=config.batch_size,
-        chat_template=config.chat_template,
-        system=config.system,
-        template_vars=config.template_vars,
+        **config.rendering.as_kwargs(),
         layout=layout,
         progress=progress,
     )

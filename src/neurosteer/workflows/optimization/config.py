@@ -9,10 +9,12 @@ baseline comparison may change between runs of one folder.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from neurosteer.errors import InputError
+from neurosteer.prompts.rendering import Rendering
 from neurosteer.prompts.template_vars import check_template_vars
 from neurosteer.workflows.optimization.space import SearchSpace
 
@@ -76,10 +78,17 @@ class OptimizeConfig:
     universal_filter: bool = True
     chat_template: bool | None = None
     system: str | None = None
-    template_vars: dict[str, Any] | None = None
+    template_vars: Mapping[str, Any] | None = None
     baselines: bool = True
     baseline_strengths: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0)
     baseline_layer: int | None = None
+
+    @property
+    def rendering(self) -> Rendering:
+        """How every prompt of the run is rendered (`chat_template`, `system`, `template_vars`)."""
+        return Rendering(
+            chat_template=self.chat_template, system=self.system, template_vars=self.template_vars
+        )
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "template_vars", check_template_vars(self.template_vars))

@@ -175,9 +175,7 @@ def _reference(
         prompts,
         max_new_tokens=max_new_tokens,
         batch_size=config.batch_size,
-        chat_template=config.chat_template,
-        system=config.system,
-        template_vars=config.template_vars,
+        **config.rendering.as_kwargs(),
     )
 
 
@@ -203,9 +201,7 @@ def judged_answers(
         strength=strength,
         max_new_tokens=config.max_new_tokens,
         batch_size=config.batch_size,
-        chat_template=config.chat_template,
-        system=config.system,
-        template_vars=config.template_vars,
+        **config.rendering.as_kwargs(),
     )
 
 

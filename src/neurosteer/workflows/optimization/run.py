@@ -239,9 +239,7 @@ def _check_fits(
         model,
         tokenizer,
         sets,
-        chat_template=config.chat_template,
-        system=config.system,
-        template_vars=config.template_vars,
+        **config.rendering.as_kwargs(),
     )
 
 
@@ -360,9 +358,7 @@ def _table(
             universal_filter=config.universal_filter,
             neutral=neutral,
             batch_size=config.batch_size,
-            chat_template=config.chat_template,
-            system=config.system,
-            template_vars=config.template_vars,
+            **config.rendering.as_kwargs(),
             keep_table=True,
             layout=layout,
             progress=progress,

@@ -16,10 +16,12 @@ strengths, seeds) and resource settings (batch size) may change between runs.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from neurosteer.errors import InputError
+from neurosteer.prompts.rendering import Rendering
 from neurosteer.prompts.template_vars import check_template_vars
 
 METHODS = ("cna", "caa", "mlp_output", "direction", "random")
@@ -79,7 +81,7 @@ class SweepConfig:
     judge: str = "sweep"
     chat_template: bool | None = None
     system: str | None = None
-    template_vars: dict[str, Any] | None = None
+    template_vars: Mapping[str, Any] | None = None
     eval_limit: int | None = None
     kl_limit: int | None = 32
     kl_max_new_tokens: int = 32
@@ -95,6 +97,13 @@ class SweepConfig:
     caa_positions: str = "all"
     caa_normalize: bool = False
     random_seeds: tuple[int, ...] = field(default=(0, 1, 2))
+
+    @property
+    def rendering(self) -> Rendering:
+        """How every prompt of the run is rendered (`chat_template`, `system`, `template_vars`)."""
+        return Rendering(
+            chat_template=self.chat_template, system=self.system, template_vars=self.template_vars
+        )
 
     def __post_init__(self) -> None:
         methods = tuple(self.methods)

@@ -159,9 +159,7 @@ def _answers(
             chunk,
             max_new_tokens=min(SCAN_MAX_NEW_TOKENS, config.max_new_tokens),
             batch_size=config.batch_size,
-            chat_template=config.chat_template,
-            system=config.system,
-            template_vars=config.template_vars,
+            **config.rendering.as_kwargs(),
         )
         bar.update(len(chunk))
     return answers

@@ -123,6 +123,26 @@ def run_sweep(
     layout = layout or resolve_layout(model)
     config = _pin_clock(tokenizer, config, run_dir)
     meta = _start_run(model, tokenizer, layout, config, sets, run_dir)
+    fitted = _fit(model, tokenizer, config, sets, run_dir, meta, judge, layout, progress)
+    evaluator = _Evaluator(model, tokenizer, config, judge, sets, mmlu_data)
+    _run_points(run_dir, evaluator, fitted, layout, progress=progress)
+    return read_results(run_dir)
+
+
+@runs_model
+def _fit(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    config: SweepConfig,
+    sets: dict[str, list[str]],
+    run_dir: Path,
+    meta: dict[str, Any],
+    judge: Judge,
+    layout: ModelLayout,
+    progress: bool,
+) -> Fitted:
+    """`fit_methods` on the run's prompt sets, and what was fitted recorded in config.json
+    beside `meta` (checked against what it records when resuming)."""
     fitted = fit_methods(
         model,
         tokenizer,
@@ -136,9 +156,7 @@ def run_sweep(
         progress=progress,
     )
     check_or_write_config(run_dir, {**meta, "fitted": fitted.settings()})
-    evaluator = _Evaluator(model, tokenizer, config, judge, sets, mmlu_data)
-    _run_points(run_dir, evaluator, fitted, layout, progress=progress)
-    return read_results(run_dir)
+    return fitted
 
 
 def _pin_clock(
@@ -301,9 +319,7 @@ class _Evaluator:
                 strength=value,
                 max_new_tokens=config.max_new_tokens,
                 batch_size=config.batch_size,
-                chat_template=config.chat_template,
-                system=config.system,
-                template_vars=config.template_vars,
+                **config.rendering.as_kwargs(),
             )
             report = quality(judged.answers)
             sets[name] = {"n": len(prompts)}
@@ -342,9 +358,7 @@ class _Evaluator:
             strength=strength,
             max_new_tokens=tokens,
             batch_size=self.config.batch_size,
-            chat_template=self.config.chat_template,
-            system=self.config.system,
-            template_vars=self.config.template_vars,
+            **self.config.rendering.as_kwargs(),
         )
         return {
             "first_token": report.first_token,
@@ -389,9 +403,7 @@ def _check_fits(
         model,
         tokenizer,
         {name: (prompts, 1 if name in generated else 0) for name, prompts in sets.items()},
-        chat_template=config.chat_template,
-        system=config.system,
-        template_vars=config.template_vars,
+        **config.rendering.as_kwargs(),
         named=False,
     )
 

@@ -16,7 +16,6 @@ torn last line (a kill during the write itself) is dropped when the file is read
 from __future__ import annotations
 
 import json
-import logging
 import os
 import tempfile
 from collections.abc import Sequence
@@ -27,8 +26,6 @@ from neurosteer import _run_files
 from neurosteer.errors import InputError
 from neurosteer.workflows.run_identity import differences_in_words
 
-logger = logging.getLogger(__name__)
-
 FORMAT = "neurosteer.sweep"
 FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"
@@ -36,6 +33,8 @@ RESULTS_FILE = "results.jsonl"
 ANSWERS_DIR = "answers"
 CIRCUIT_DIR = "circuit.circuit"
 VECTORS_FILE = "vectors.safetensors"
+#: What to do about a run-folder file that cannot be read.
+_FIX = "move it away, or use a new output folder"
 
 PointKey = tuple[str, float, int | None]
 """(method, strength, seed): what identifies one point of a sweep."""
@@ -57,43 +56,21 @@ def answers_name(method: str, strength: float, seed: int | None) -> str:
 
 
 def read_results(run_dir: str | Path) -> list[dict[str, Any]]:
-    """The finished points of a run, in the order they finished (a torn last line is skipped)."""
+    """The finished points of a run, in the order they finished (a torn last line is skipped).
+
+    Raises:
+        InputError: the file is unreadable, or a line is not JSON or not a sweep point (names
+            file:line).
+    """
     file = Path(run_dir) / RESULTS_FILE
     records = []
-    lines = _lines(file)
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            if number == len(lines):  # no newline after it: the write was cut off
-                logger.warning("%s: ignoring a torn last line (an interrupted write)", file)
-                continue
-            raise InputError(
-                f"{file}:{number} is not valid JSON; fix or remove that line"
-            ) from None
+    for number, record in _run_files.json_lines(file, _FIX):
+        if record is _run_files.NOT_JSON:
+            raise InputError(f"{file}:{number} is not valid JSON; fix or remove that line")
         if not isinstance(record, dict) or "method" not in record or "strength" not in record:
             raise InputError(f"{file}:{number} is not a sweep point; fix or remove that line")
         records.append(record)
     return records
-
-
-def _lines(file: Path) -> list[str]:
-    """The lines of a run folder's JSON-lines file ([] when absent).
-
-    Raises:
-        InputError: a folder at its name, an unreadable file, or bytes that are not UTF-8.
-    """
-    fix = "move it away, or use a new output folder"
-    if not _run_files.check_regular(file, fix):
-        return []
-    try:
-        return file.read_bytes().decode("utf-8").split("\n")
-    except OSError as err:
-        raise InputError(f"cannot read '{file}' ({err.strerror or err}); {fix}") from None
-    except UnicodeDecodeError as err:
-        raise InputError(f"'{file}' is not UTF-8 text (byte {err.start}); {fix}") from None
 
 
 def append_result(run_dir: str | Path, record: dict[str, Any]) -> None:
@@ -115,7 +92,7 @@ def read_answers(run_dir: str | Path, name: str) -> list[dict[str, Any]]:
     """
     file = Path(run_dir) / name
     rows = []
-    for number, line in enumerate(_lines(file), start=1):
+    for number, line in enumerate(_run_files.read_lines(file, _FIX), start=1):
         if not line.strip():
             continue
         try:
