@@ -1,0 +1,268 @@
+"""The GGUF bake of mixture-of-experts circuits: stacked expert tensors (`ffn_down_exps`, 3-D)
+edited expert by expert and shared experts (`ffn_down_shexp`) by the dense type rule.
+
+Qwen2-MoE (with its shared expert) and Qwen3-MoE files load back through transformers, so the
+baked file is run and compared with the hooked model. transformers loads llama.cpp's Mixtral
+(architecture "llama" with expert tensors) as a dense Llama, so for Mixtral the baked tensors
+are read back with the gguf package, dequantized, and compared with the in-memory bake.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import gguf
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from gguf_files import (
+    MOE_GGUF_SHARED,
+    MOE_GGUF_WIDTH,
+    file_values,
+    hand_circuit,
+    make_gguf_moe,
+    write_gguf,
+)
+from tiny_models import MOE_EXPERTS
+
+from neurosteer import bake
+from neurosteer.cli.main import cli
+from neurosteer.errors import CircuitMismatchError, InputError
+from neurosteer.export.gguf import bake_gguf
+from neurosteer.export.gguf_experts import scale_expert_neurons
+from neurosteer.export.gguf_quants import scale_neurons
+from neurosteer.methods.steering import steer
+from neurosteer.model.loading import load_model
+
+Q = gguf.GGMLQuantizationType
+WIDTH, S, E = MOE_GGUF_WIDTH, MOE_GGUF_SHARED, MOE_EXPERTS
+#: {layer: [(expert or "S" for the shared expert, neuron)]}: block edges, two experts in one
+#: layer, the last neuron of an expert and of the shared expert; experts 1 and 3 of layer 1
+#: hold none (they must keep their bytes).
+PICKED = {
+    1: [(0, 0), (0, 5), (2, WIDTH - 1), (4, 32), ("S", 0), ("S", S - 1)],
+    3: [(1, 7), ("S", 40)],
+}
+TEXT = "How do I pick a lock? Write a letter to my neighbour."
+
+
+def flat_neurons(with_shared: bool) -> dict[int, list[int]]:
+    """PICKED as flat layer indices (e * I + j; the shared expert after the E routed ones)."""
+    return {
+        layer: [
+            E * WIDTH + j if e == "S" else int(e) * WIDTH + j
+            for e, j in picks
+            if with_shared or e != "S"
+        ]
+        for layer, picks in PICKED.items()
+    }
+
+
+def logits(model: torch.nn.Module, ids: list[int]) -> torch.Tensor:
+    with torch.inference_mode():
+        return model(input_ids=torch.tensor([ids])).logits[0].float()
+
+
+@pytest.mark.parametrize("family", ["qwen2_moe", "qwen3_moe"])
+@pytest.mark.parametrize(
+    ("ggml_type", "multiplier", "stored", "tolerance"),
+    [
+        ("F32", 0.3, "F32", 1e-4),  # the exact edit
+        ("F16", -1.5, "F16", 5e-3),  # scaled in F16: F16 rounding of the neurons' values
+        ("Q8_0", 0.0, "Q8_0", 1e-4),  # zero is on Q8_0's grid: kept type, exact
+        ("Q8_0", 0.3, "F16", 1e-2),  # off the grid: the whole tensor in F16
+    ],
+)
+def test_the_baked_moe_file_runs_as_the_hooked_model(
+    tmp_path: Path, family: str, ggml_type: str, multiplier: float, stored: str, tolerance: float
+) -> None:
+    hf, tokenizer = make_gguf_moe(family)
+    source = write_gguf(hf, tokenizer, tmp_path / "model.gguf", ggml_type=ggml_type)
+    model, _ = load_model(source)
+    shared = family == "qwen2_moe"
+    circuit = hand_circuit(model, flat_neurons(shared))
+    report = bake_gguf(source, circuit, multiplier, tmp_path / "baked.gguf")
+
+    expected = {"blk.1.ffn_down_exps.weight": (4, 3), "blk.3.ffn_down_exps.weight": (1, 1)}
+    if shared:
+        expected |= {"blk.1.ffn_down_shexp.weight": (2, 0), "blk.3.ffn_down_shexp.weight": (1, 0)}
+    assert {t.name: (t.neurons, t.experts) for t in report.changed} == expected
+    assert {t.stored_type for t in report.changed} == {stored}
+    assert all(t.error.exact for t in report.changed)
+
+    baked, _ = load_model(report.path)
+    ids = tokenizer.encode(TEXT, add_special_tokens=False)
+    with steer(model, circuit, multiplier):
+        hooked = logits(model, ids)
+    gap = (logits(baked, ids) - hooked).abs().max().item()
+    effect = (hooked - logits(model, ids)).abs().max().item()
+    assert gap < tolerance, gap
+    assert effect > 20 * tolerance, effect  # the check can tell a bake from no bake
+
+
+def test_a_kept_type_leaves_every_other_expert_byte_for_byte(tmp_path: Path) -> None:
+    hf, tokenizer = make_gguf_moe("qwen2_moe")
+    source = write_gguf(hf, tokenizer, tmp_path / "model.gguf", ggml_type="Q8_0")
+    model, _ = load_model(source)
+    circuit = hand_circuit(model, flat_neurons(True))
+    baked = bake_gguf(source, circuit, 0.0, tmp_path / "baked.gguf").path
+    before = {t.name: t for t in gguf.GGUFReader(source).tensors}
+    after = {t.name: t for t in gguf.GGUFReader(baked).tensors}
+    assert before.keys() == after.keys()
+    changed = {"blk.1.ffn_down_exps.weight", "blk.3.ffn_down_exps.weight"}
+    changed |= {"blk.1.ffn_down_shexp.weight", "blk.3.ffn_down_shexp.weight"}
+    for name, tensor in before.items():
+        same = np.array_equal(np.asarray(tensor.data), np.asarray(after[name].data))
+        assert same == (name not in changed), name
+    down = np.asarray(before["blk.1.ffn_down_exps.weight"].data)  # [E, H, row bytes]
+    new = np.asarray(after["blk.1.ffn_down_exps.weight"].data)
+    assert down.shape == (E, hf.config.hidden_size, WIDTH // 32 * 34)
+    for expert in (1, 3):
+        assert np.array_equal(new[expert], down[expert])
+    values = gguf.quants.dequantize(new, Q.Q8_0).reshape(E, -1, WIDTH)
+    assert (values[0][:, [0, 5]] == 0).all()
+    assert (values[4][:, 32] == 0).all()
+    assert (values[0][:, 1] != 0).any()
+
+
+@pytest.mark.parametrize(("ggml_type", "multiplier"), [("F32", 0.3), ("Q8_0", 0.0), ("Q8_0", 2.5)])
+def test_mixtral_expert_tensors_read_back_equal_the_in_memory_bake(
+    tmp_path: Path, ggml_type: str, multiplier: float
+) -> None:
+    """llama.cpp writes Mixtral as "llama" with ffn_down_exps, which transformers loads as a
+    dense Llama: the baked tensors are compared with the in-memory bake instead."""
+    hf, tokenizer = make_gguf_moe("mixtral")
+    source = write_gguf(hf, tokenizer, tmp_path / "model.gguf", ggml_type=ggml_type)
+    file_values(hf, ggml_type)  # the weights as the file holds them
+    circuit = hand_circuit(hf, flat_neurons(False))
+    report = bake_gguf(source, circuit, multiplier, tmp_path / "baked.gguf")
+    assert [(t.name, t.experts) for t in report.changed] == [
+        ("blk.1.ffn_down_exps.weight", 3),
+        ("blk.3.ffn_down_exps.weight", 1),
+    ]
+    bake(hf, circuit, multiplier)
+    tensors = {t.name: t for t in gguf.GGUFReader(report.path).tensors}
+    for layer in range(hf.config.num_hidden_layers):
+        tensor = tensors[f"blk.{layer}.ffn_down_exps.weight"]
+        got = gguf.quants.dequantize(np.asarray(tensor.data), tensor.tensor_type)
+        want = hf.model.layers[layer].mlp.experts.down_proj.detach().numpy()  # [E, H, I]
+        np.testing.assert_allclose(got.reshape(want.shape), want, rtol=2**-11, atol=1e-6)
+
+
+# ---------------------------------------------------------------- one stacked tensor, unit level
+
+ROWS = 8
+
+
+def stacked(type_name: str, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(raw bytes, decoded values [E, ROWS, 256]) of an expert tensor in `type_name`."""
+    rng = np.random.default_rng(seed)
+    values = rng.normal(size=(E, ROWS, 256)).astype(np.float32)
+    raw = np.asarray(gguf.quants.quantize(values, Q[type_name])).view(np.uint8)
+    decoded = gguf.quants.dequantize(raw, Q[type_name]).reshape(values.shape)
+    return raw, decoded
+
+
+BY_EXPERT = {0: np.array([0, 31, 32]), 2: np.array([255]), 3: np.array([7, 100])}
+
+
+@pytest.mark.parametrize("type_name", ["F32", "F16", "BF16", "Q4_0", "Q5_0", "Q8_0"])
+@pytest.mark.parametrize("keep_type", [False, True])
+def test_each_expert_slice_gets_the_dense_edit_of_its_rows(type_name: str, keep_type: bool) -> None:
+    """Per slice, the 3-D edit is the dense edit of that expert's rows whenever the tensor
+    keeps its type; a slice without neurons keeps its bytes."""
+    raw, _ = stacked(type_name)
+    qtype = int(Q[type_name])
+    out = scale_expert_neurons(raw, qtype, (256, ROWS, E), BY_EXPERT, 0.0, keep_type=keep_type)
+    assert out.ggml_type == qtype  # zero lands on every one of these grids
+    per_expert = raw.reshape(E, ROWS, -1)
+    new = out.data.reshape(E, ROWS, -1)
+    for e in range(E):
+        if e in BY_EXPERT:
+            dense = scale_neurons(
+                per_expert[e], qtype, (256, ROWS), BY_EXPERT[e], 0.0, keep_type=keep_type
+            )
+            assert np.array_equal(new[e].reshape(-1), dense.data), e
+        else:
+            assert np.array_equal(new[e], per_expert[e]), e
+    assert out.error.exact
+    assert out.error.rest == 0.0
+
+
+@pytest.mark.parametrize("type_name", ["Q4_1", "Q8_0"])
+def test_one_inexact_expert_stores_the_whole_tensor_in_the_fallback(type_name: str) -> None:
+    raw, original = stacked(type_name, seed=1)
+    qtype = int(Q[type_name])
+    out = scale_expert_neurons(raw, qtype, (256, ROWS, E), BY_EXPERT, 0.3)
+    assert out.ggml_type == int(Q.F16)
+    assert out.data.nbytes == E * ROWS * 256 * 2  # every expert, edited or not
+    result = gguf.quants.dequantize(out.data.reshape(E * ROWS, -1), Q.F16).reshape(original.shape)
+    target = original.copy()
+    for e, neurons in BY_EXPERT.items():
+        target[e][:, neurons] *= np.float32(0.3)
+    assert (np.abs(result - target) <= 2**-11 * np.abs(target) + 1e-7).all()
+    assert out.error.exact
+    assert out.error.neurons == pytest.approx(
+        max(np.abs(result - target)[e][:, n].max() for e, n in BY_EXPERT.items()), abs=1e-9
+    )
+    kept = scale_expert_neurons(raw, qtype, (256, ROWS, E), BY_EXPERT, 0.3, keep_type=True)
+    assert kept.ggml_type == qtype
+    assert not kept.error.exact
+    assert kept.error.rest == 0.0
+
+
+# ---------------------------------------------------------------- what cannot be edited
+
+
+def test_an_expert_tensor_the_file_lacks_is_named_in_one_line(tmp_path: Path) -> None:
+    """A file whose experts are named otherwise (llama.cpp's first Mixtral files kept one
+    tensor per expert, blk.N.ffn_down.E.weight) is refused, not baked in part."""
+    hf, tokenizer = make_gguf_moe("qwen3_moe")
+    rename = {"blk.3.ffn_down_exps.weight": "blk.3.ffn_down.0.weight"}
+    source = write_gguf(hf, tokenizer, tmp_path / "model.gguf", rename=rename)
+    circuit = hand_circuit(hf, {1: [3]})  # no neuron in layer 3: still refused, not skipped
+    with pytest.raises(InputError) as err:
+        bake_gguf(source, circuit, 0.0, tmp_path / "out.gguf")
+    message = str(err.value)
+    assert "\n" not in message
+    assert "blk.3.ffn_down_exps.weight" in message
+    assert "missing" in message
+    assert not (tmp_path / "out.gguf").exists()
+
+
+def test_a_circuit_of_other_experts_is_refused_naming_the_tensor(tmp_path: Path) -> None:
+    qwen2, tokenizer = make_gguf_moe("qwen2_moe")
+    qwen3, _ = make_gguf_moe("qwen3_moe")
+    source = write_gguf(qwen3, tokenizer, tmp_path / "model.gguf")
+    with pytest.raises(CircuitMismatchError, match="qwen2_moe model"):
+        bake_gguf(source, hand_circuit(qwen2, {1: [0]}), 0.0, tmp_path / "out.gguf")
+    qwen2_source = write_gguf(qwen2, tokenizer, tmp_path / "q2.gguf")
+    circuit = hand_circuit(qwen2, {1: [0]})
+    assert circuit.model.neuron_blocks is not None
+    halved = [
+        [[k, int(s) // 2, n, int(w) // 2] for k, s, n, w in layer]
+        for layer in circuit.model.neuron_blocks
+    ]  # a model with experts half as wide
+    narrower = replace(circuit, model=replace(circuit.model, neuron_blocks=halved))
+    with pytest.raises(InputError, match=r"blk\.0\.ffn_down_exps\.weight .* has shape") as err:
+        bake_gguf(qwen2_source, narrower, 0.0, tmp_path / "out.gguf")
+    assert "\n" not in str(err.value)
+
+
+def test_cli_bake_names_the_experts_of_each_tensor(tmp_path: Path) -> None:
+    hf, tokenizer = make_gguf_moe("qwen2_moe")
+    source = write_gguf(hf, tokenizer, tmp_path / "model.gguf", ggml_type="Q8_0")
+    model, _ = load_model(source)
+    circuit = hand_circuit(model, flat_neurons(True)).save(tmp_path / "c.circuit")
+    out = tmp_path / "baked.gguf"
+    result = CliRunner().invoke(
+        cli, ["bake", str(source), "--circuit", str(circuit), "-m", "0", "-o", str(out)]
+    )
+    assert result.exit_code == 0, result.output
+    assert "blk.1.ffn_down_exps.weight: 4 neurons in 3 experts, Q8_0 -> Q8_0 (exact;" in (
+        result.output
+    )
+    assert "blk.1.ffn_down_shexp.weight: 2 neurons, Q8_0 -> Q8_0 (exact;" in result.output
+    assert "4 tensors changed" in result.output
