@@ -2,8 +2,10 @@
 edited expert by expert and shared experts (`ffn_down_shexp`) by the dense type rule.
 
 Qwen2-MoE (with its shared expert) and Qwen3-MoE files load back through transformers, so the
-baked file is run and compared with the hooked model. transformers loads llama.cpp's Mixtral
-(architecture "llama" with expert tensors) as a dense Llama, so for Mixtral the baked tensors
+baked file is run and compared with the hooked model. transformers does not load the other
+families' GGUF files (it reads llama.cpp's Mixtral, architecture "llama" with expert tensors, as
+a dense Llama, and has no reader for olmoe, deepseek2, qwen35moe; its gpt-oss reader expects
+another layout), so for Mixtral, OLMoE, DeepSeek-V3, gpt-oss and Qwen3.5-MoE the baked tensors
 are read back with the gguf package, dequantized, and compared with the in-memory bake.
 """
 
@@ -18,14 +20,16 @@ import pytest
 import torch
 from click.testing import CliRunner
 from gguf_files import (
+    GGUF_FAMILIES,
     MOE_GGUF_SHARED,
     MOE_GGUF_WIDTH,
-    file_values,
+    _gguf_tensors,
     hand_circuit,
     make_gguf_moe,
     write_gguf,
 )
 from tiny_models import MOE_EXPERTS
+from transformers import PreTrainedModel
 
 from neurosteer import bake
 from neurosteer.cli.main import cli
@@ -34,6 +38,7 @@ from neurosteer.export.gguf import bake_gguf
 from neurosteer.export.gguf_experts import scale_expert_neurons
 from neurosteer.export.gguf_quants import scale_neurons
 from neurosteer.methods.steering import steer
+from neurosteer.model.layout import resolve_layout
 from neurosteer.model.loading import load_model
 
 Q = gguf.GGMLQuantizationType
@@ -127,28 +132,85 @@ def test_a_kept_type_leaves_every_other_expert_byte_for_byte(tmp_path: Path) -> 
     assert (values[0][:, 1] != 0).any()
 
 
+def spread_neurons(model: PreTrainedModel) -> dict[int, list[int]]:
+    """Per layer 0, 1 and 3, each block's first and last neuron, and one of a middle expert."""
+    moe = resolve_layout(model).moe
+    assert moe is not None
+    picked: dict[int, list[int]] = {}
+    for layer in (0, 1, 3):
+        for block in moe.layers[layer].blocks:
+            middle = block.start + block.width * (block.n_experts // 2) + 3
+            ends = {block.start, block.start + block.size - 1, middle}
+            picked.setdefault(layer, []).extend(sorted(ends))
+    return picked
+
+
+def down_tensors(path: Path) -> dict[str, np.ndarray]:
+    """{name: float32 values} of a file's down projections (dense, shared and stacked)."""
+    return {
+        t.name: gguf.quants.dequantize(np.asarray(t.data), t.tensor_type)
+        for t in gguf.GGUFReader(path).tensors
+        if ".ffn_down" in t.name and t.name.endswith(".weight")
+    }
+
+
+@pytest.mark.parametrize(
+    "family", ["mixtral", "olmoe", "deepseek_v3", "gpt_oss", "qwen3_5_moe_text"]
+)
 @pytest.mark.parametrize(("ggml_type", "multiplier"), [("F32", 0.3), ("Q8_0", 0.0), ("Q8_0", 2.5)])
-def test_mixtral_expert_tensors_read_back_equal_the_in_memory_bake(
-    tmp_path: Path, ggml_type: str, multiplier: float
+def test_every_family_bakes_the_neurons_the_in_memory_bake_scales(
+    tmp_path: Path, family: str, ggml_type: str, multiplier: float
 ) -> None:
-    """llama.cpp writes Mixtral as "llama" with ffn_down_exps, which transformers loads as a
-    dense Llama: the baked tensors are compared with the in-memory bake instead."""
-    hf, tokenizer = make_gguf_moe("mixtral")
+    """Families transformers does not load back from GGUF (Mixtral is read as a dense Llama):
+    the baked file's down projections, read with the gguf package, are the source file's with
+    exactly the values the in-memory bake scales (found by baking the HF model) multiplied."""
+    hf, tokenizer = make_gguf_moe(family)
     source = write_gguf(hf, tokenizer, tmp_path / "model.gguf", ggml_type=ggml_type)
-    file_values(hf, ggml_type)  # the weights as the file holds them
-    circuit = hand_circuit(hf, flat_neurons(False))
+    circuit = hand_circuit(hf, spread_neurons(hf))
     report = bake_gguf(source, circuit, multiplier, tmp_path / "baked.gguf")
-    assert [(t.name, t.experts) for t in report.changed] == [
-        ("blk.1.ffn_down_exps.weight", 3),
-        ("blk.3.ffn_down_exps.weight", 1),
-    ]
+    names = gguf.get_tensor_name_map(GGUF_FAMILIES[family], hf.config.num_hidden_layers)
+    before = {name: values.copy() for name, values in _gguf_tensors(hf, names)}  # not views
     bake(hf, circuit, multiplier)
-    tensors = {t.name: t for t in gguf.GGUFReader(report.path).tensors}
-    for layer in range(hf.config.num_hidden_layers):
-        tensor = tensors[f"blk.{layer}.ffn_down_exps.weight"]
-        got = gguf.quants.dequantize(np.asarray(tensor.data), tensor.tensor_type)
-        want = hf.model.layers[layer].mlp.experts.down_proj.detach().numpy()  # [E, H, I]
-        np.testing.assert_allclose(got.reshape(want.shape), want, rtol=2**-11, atol=1e-6)
+    after = dict(_gguf_tensors(hf, names))
+    original, baked = down_tensors(source), down_tensors(report.path)
+    scaled = {name for name in original if not np.array_equal(before[name], after[name])}
+    assert {t.name for t in report.changed} == scaled
+    if family == "deepseek_v3":  # the dense first layer, F16 in the file (width 37)
+        assert "blk.0.ffn_down.weight" in scaled
+    for name, values in original.items():
+        where = before[name] != after[name]
+        assert where.sum() == (
+            where.shape[-2] * sum(t.neurons for t in report.changed if t.name == name)
+        )
+        expected = np.where(
+            where, values.reshape(where.shape) * np.float32(multiplier), values.reshape(where.shape)
+        )
+        got = baked[name].reshape(where.shape)
+        np.testing.assert_allclose(got, expected, rtol=2**-11, atol=1e-6, err_msg=name)
+    assert all(t.error.exact for t in report.changed)
+
+
+def test_mxfp4_experts_are_stored_in_the_fallback() -> None:
+    """gpt-oss ships its experts in MXFP4, whose codes are not edited here: decoded, scaled
+    and stored in F16 (or Q8_0), every expert."""
+    rng = np.random.default_rng(3)
+    values = rng.normal(size=(E, ROWS, 64)).astype(np.float32)
+    raw = np.asarray(gguf.quants.quantize(values, Q.MXFP4)).view(np.uint8)
+    original = gguf.quants.dequantize(raw, Q.MXFP4).reshape(values.shape)
+    by_expert = {1: np.array([0, 63]), 4: np.array([17])}
+    for fallback, qtype in (("F16", Q.F16), ("Q8_0", Q.Q8_0)):
+        out = scale_expert_neurons(
+            raw, int(Q.MXFP4), (64, ROWS, E), by_expert, -1.0, fallback=fallback, keep_type=True
+        )
+        assert out.ggml_type == int(qtype)
+        result = gguf.quants.dequantize(out.data.reshape(E * ROWS, -1), qtype)
+        target = original.copy()
+        for e, neurons in by_expert.items():
+            target[e][:, neurons] *= -1
+        diff = np.abs(result.reshape(target.shape) - target)
+        assert diff.max() <= (2**-11 if fallback == "F16" else 1 / 254) * np.abs(target).max() * 2
+        assert out.error.largest == pytest.approx(diff.max(), abs=1e-9)
+        assert out.error.exact == (fallback == "F16")
 
 
 # ---------------------------------------------------------------- one stacked tensor, unit level
@@ -227,8 +289,8 @@ def test_an_expert_tensor_the_file_lacks_is_named_in_one_line(tmp_path: Path) ->
         bake_gguf(source, circuit, 0.0, tmp_path / "out.gguf")
     message = str(err.value)
     assert "\n" not in message
-    assert "blk.3.ffn_down_exps.weight" in message
-    assert "missing" in message
+    assert message.startswith("cannot edit blk.3.ffn_down_exps.weight in 'model.gguf'")
+    assert "no such tensor" in message
     assert not (tmp_path / "out.gguf").exists()
 
 
@@ -246,7 +308,8 @@ def test_a_circuit_of_other_experts_is_refused_naming_the_tensor(tmp_path: Path)
         for layer in circuit.model.neuron_blocks
     ]  # a model with experts half as wide
     narrower = replace(circuit, model=replace(circuit.model, neuron_blocks=halved))
-    with pytest.raises(InputError, match=r"blk\.0\.ffn_down_exps\.weight .* has shape") as err:
+    shape = r"blk\.0\.ffn_down_exps\.weight .* has ggml shape \(64, 32, 5\)"
+    with pytest.raises(InputError, match=shape) as err:
         bake_gguf(qwen2_source, narrower, 0.0, tmp_path / "out.gguf")
     assert "\n" not in str(err.value)
 

@@ -37,6 +37,11 @@ GGUF_FAMILIES = {
     "qwen2_moe": gguf.MODEL_ARCH.QWEN2MOE,
     "qwen3_moe": gguf.MODEL_ARCH.QWEN3MOE,
     "mixtral": gguf.MODEL_ARCH.LLAMA,  # llama.cpp writes Mixtral as llama with expert tensors
+    # written for the bake's tests only (transformers does not load these architectures back):
+    "olmoe": gguf.MODEL_ARCH.OLMOE,
+    "deepseek_v3": gguf.MODEL_ARCH.DEEPSEEK2,
+    "gpt_oss": gguf.MODEL_ARCH.GPT_OSS,
+    "qwen3_5_moe_text": gguf.MODEL_ARCH.QWEN35MOE,
 }
 #: d_mlp of the quantized test models: whole Q6_K super-blocks (256), and unlike every other size.
 QUANT_D_MLP = 256
@@ -64,7 +69,7 @@ def make_gguf_moe(family: str, seed: int = 0) -> tuple[PreTrainedModel, PreTrain
     the routing llama.cpp computes (Qwen3-MoE: normalized top-k weights)."""
     config = tiny_config(family)
     config.moe_intermediate_size = MOE_GGUF_WIDTH
-    if family == "mixtral":
+    if family in ("mixtral", "olmoe", "gpt_oss"):  # their experts' width
         config.intermediate_size = MOE_GGUF_WIDTH
     if getattr(config, "shared_expert_intermediate_size", None):
         config.shared_expert_intermediate_size = MOE_GGUF_SHARED
@@ -127,22 +132,27 @@ def _gguf_tensors(
     model: PreTrainedModel, names: gguf.TensorNameMap
 ) -> list[tuple[str, np.ndarray]]:
     """(GGUF name, float32 values) of every weight, in llama.cpp's layout: fused experts as
-    `ffn_gate_exps` / `ffn_up_exps` [E, I, H] and `ffn_down_exps` [E, H, I] (numpy order)."""
+    `ffn_gate_exps` / `ffn_up_exps` [E, I, H] and `ffn_down_exps` [E, H, I] (numpy order; a
+    transposed [E, I, H] `down_proj`, as gpt-oss's, is turned; its interleaved gate/up stay one
+    `ffn_gate_up_exps` tensor). Names gguf-py does not map (attention of other kinds) are kept."""
     out = []
     for hf_name, tensor in model.state_dict().items():
         values = tensor.detach().float().numpy()
         base, suffix = hf_name.rsplit(".", 1)
-        if suffix == "gate_up_proj":  # [E, 2I, H]: gate rows first, then up
-            block = names.get_name(f"{base}.down_proj").removesuffix("_down_exps")
+        down = names.get_name(f"{base}.down_proj")
+        turned = bool(getattr(model.get_submodule(base), "is_transposed", False)) if down else False
+        if suffix == "gate_up_proj" and turned:
+            out.append((f"{down.replace('_down_', '_gate_up_')}.weight", values.swapaxes(1, 2)))
+        elif suffix == "gate_up_proj":  # [E, 2I, H]: gate rows first, then up
             half = values.shape[1] // 2
-            out.append((f"{block}_gate_exps.weight", values[:, :half]))
-            out.append((f"{block}_up_exps.weight", values[:, half:]))
+            out.append((f"{down.replace('_down_', '_gate_')}.weight", values[:, :half]))
+            out.append((f"{down.replace('_down_', '_up_')}.weight", values[:, half:]))
         elif suffix == "down_proj":  # fused [E, H, I]
-            out.append((f"{names.get_name(hf_name)}.weight", values))
+            out.append((f"{down}.weight", values.swapaxes(1, 2) if turned else values))
         elif base.endswith("shared_expert_gate"):  # llama.cpp keeps it as a vector [H]
             out.append((f"{names.get_name(base)}.{suffix}", values.reshape(-1)))
         else:
-            out.append((f"{names.get_name(base)}.{suffix}", values))
+            out.append((f"{names.get_name(base) or base}.{suffix}", values))
     return out
 
 

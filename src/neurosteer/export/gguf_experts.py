@@ -99,13 +99,17 @@ def _check_tensor(
     d_model = circuit.model.d_model
     shape = (width, d_model, n_experts) if kind == "routed" else (width, d_model)
     tensor = header.tensor(name)
-    if tensor is None or tuple(tensor.shape) != shape:
-        found = "is missing" if tensor is None else f"has shape {tensor.shape}"
+    if tensor is None:
         raise InputError(
-            f"cannot edit {name} in '{header.path.name}': it {found}, and the circuit's {kind} "
-            f"neurons of layer {layer} need ggml shape {shape}; this file's experts are not "
-            "stored as llama.cpp's ffn_down_exps/ffn_down_shexp, so bake the safetensors "
-            "checkpoint and convert it"
+            f"cannot edit {name} in '{header.path.name}': the file has no such tensor, which "
+            f"holds the circuit's {kind} neurons of layer {layer}; its experts are stored "
+            "otherwise, so bake the safetensors checkpoint and convert it with llama.cpp"
+        )
+    if tuple(tensor.shape) != shape:
+        raise InputError(
+            f"cannot edit {name} in '{header.path.name}': it has ggml shape {tensor.shape} and "
+            f"the circuit's {kind} neurons of layer {layer} need {shape}; the circuit was found "
+            "on another model, so discover one on this file"
         )
 
 
