@@ -26,6 +26,7 @@ from gguf_files import (
     _gguf_tensors,
     hand_circuit,
     make_gguf_moe,
+    make_quant_tiny,
     write_gguf,
 )
 from tiny_models import MOE_EXPERTS
@@ -300,6 +301,9 @@ def test_a_circuit_of_other_experts_is_refused_naming_the_tensor(tmp_path: Path)
     source = write_gguf(qwen3, tokenizer, tmp_path / "model.gguf")
     with pytest.raises(CircuitMismatchError, match="qwen2_moe model"):
         bake_gguf(source, hand_circuit(qwen2, {1: [0]}), 0.0, tmp_path / "out.gguf")
+    dense, _ = make_quant_tiny("qwen2")
+    with pytest.raises(InputError, match="it is a mixture-of-experts model: discover"):
+        bake_gguf(source, hand_circuit(dense, {1: [0]}), 0.0, tmp_path / "out.gguf")
     qwen2_source = write_gguf(qwen2, tokenizer, tmp_path / "q2.gguf")
     circuit = hand_circuit(qwen2, {1: [0]})
     assert circuit.model.neuron_blocks is not None
