@@ -49,18 +49,3 @@ def test_streamed_and_saved_moe_bakes_equal_the_in_memory_bake(family: str, tmp_
             got = baked(**batch).logits
         torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
     assert (expected - base).abs().max() > 0.1
-
-
-def test_gguf_bake_refuses_moe_circuits_in_one_line(tmp_path: Path) -> None:
-    from neurosteer.errors import UnsupportedModelError
-    from neurosteer.export.gguf import bake_gguf
-
-    model, tokenizer = make_tiny("mixtral")
-    circuit = discover(
-        model, tokenizer, POSITIVE_PROMPTS, NEGATIVE_PROMPTS, top_k=3, universal_filter=False
-    )
-    source = tmp_path / "model.gguf"
-    source.write_bytes(b"GGUF")  # refused before the file is read
-    with pytest.raises(UnsupportedModelError, match="ffn_down_exps") as err:
-        bake_gguf(source, circuit, 0.0, tmp_path / "out.gguf")
-    assert "\n" not in str(err.value)

@@ -31,7 +31,18 @@ from neurosteer.methods.circuit import Circuit, CircuitRecipe
 from neurosteer.methods.discovery import model_info
 from neurosteer.model.layout import resolve_layout
 
-GGUF_FAMILIES = {"llama": gguf.MODEL_ARCH.LLAMA, "qwen2": gguf.MODEL_ARCH.QWEN2}
+GGUF_FAMILIES = {
+    "llama": gguf.MODEL_ARCH.LLAMA,
+    "qwen2": gguf.MODEL_ARCH.QWEN2,
+    "qwen2_moe": gguf.MODEL_ARCH.QWEN2MOE,
+    "qwen3_moe": gguf.MODEL_ARCH.QWEN3MOE,
+    "mixtral": gguf.MODEL_ARCH.LLAMA,  # llama.cpp writes Mixtral as llama with expert tensors
+    # written for the bake's tests only (transformers does not load these architectures back):
+    "olmoe": gguf.MODEL_ARCH.OLMOE,
+    "deepseek_v3": gguf.MODEL_ARCH.DEEPSEEK2,
+    "gpt_oss": gguf.MODEL_ARCH.GPT_OSS,
+    "qwen3_5_moe_text": gguf.MODEL_ARCH.QWEN35MOE,
+}
 #: d_mlp of the quantized test models: whole Q6_K super-blocks (256), and unlike every other size.
 QUANT_D_MLP = 256
 REPLACED_TOKEN, MERGED_TOKEN = "~", "\u0120\u0120"
@@ -49,6 +60,30 @@ def make_quant_tiny(family: str, seed: int = 0) -> tuple[PreTrainedModel, PreTra
     return model.eval(), make_tokenizer()
 
 
+#: Expert widths of the MoE test models: whole Q8_0 blocks (32), and unlike every other size.
+MOE_GGUF_WIDTH, MOE_GGUF_SHARED = 64, 96
+
+
+def make_gguf_moe(family: str, seed: int = 0) -> tuple[PreTrainedModel, PreTrainedTokenizerFast]:
+    """A tiny MoE model whose experts split into Q8_0 blocks (width 64, shared expert 96), with
+    the routing llama.cpp computes (Qwen3-MoE: normalized top-k weights)."""
+    config = tiny_config(family)
+    config.moe_intermediate_size = MOE_GGUF_WIDTH
+    if family in ("mixtral", "olmoe", "gpt_oss"):  # their experts' width
+        config.intermediate_size = MOE_GGUF_WIDTH
+    if getattr(config, "shared_expert_intermediate_size", None):
+        config.shared_expert_intermediate_size = MOE_GGUF_SHARED
+    if family == "qwen3_moe":
+        config.norm_topk_prob = True
+    family_seed = seed * 1_000_003 + zlib.crc32(f"gguf-{family}".encode())
+    torch.manual_seed(family_seed)
+    model = AutoModelForCausalLM.from_config(
+        config, attn_implementation="eager", experts_implementation="eager"
+    )
+    _reinit_(model, family_seed, 0.3)
+    return model.eval(), make_tokenizer()
+
+
 def write_gguf(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerFast,
@@ -59,12 +94,14 @@ def write_gguf(
     name: str = "tiny test model",
     token_ids: dict[str, int] | None = None,
     chat_template: str | None = None,
+    rename: dict[str, str] | None = None,
 ) -> Path:
     """Write `model` and `tokenizer` to the GGUF file `path`; returns `path`.
 
     `token_ids` adds `tokenizer.ggml.<key>_token_id` entries (e.g. {"eot": 5, "eom": 6}; "eos"
     replaces the tokenizer's eos);
-    `chat_template` replaces the tokenizer's template in the file.
+    `chat_template` replaces the tokenizer's template in the file;
+    `rename` writes tensors under other names ({GGUF name: name written}).
     """
     config = model.config
     family = config.model_type
@@ -76,21 +113,47 @@ def write_gguf(
     _write_tokenizer(writer, tokenizer, chat_template or tokenizer.chat_template, ids.pop("eos"))
     for key, token in ids.items():
         writer.add_uint32(f"tokenizer.ggml.{key}_token_id", token)
-    for hf_name, tensor in model.state_dict().items():
-        base, suffix = hf_name.rsplit(".", 1)
-        gguf_name = f"{names.get_name(base)}.{suffix}"
-        values = tensor.detach().float().numpy()
-        if family == "llama" and suffix == "weight" and base.endswith(("q_proj", "k_proj")):
-            heads = config.num_attention_heads if "q_proj" in base else config.num_key_value_heads
+    for gguf_name, values in _gguf_tensors(model, names):
+        if arch == gguf.MODEL_ARCH.LLAMA and gguf_name.endswith(("attn_q.weight", "attn_k.weight")):
+            q = gguf_name.endswith("attn_q.weight")
+            heads = config.num_attention_heads if q else config.num_key_value_heads
             values = _permute_for_rope(values, heads)
-        wanted = down_type if down_type is not None and ".ffn_down." in gguf_name else ggml_type
-        data, stored = encode_tensor(values, wanted)
-        writer.add_tensor(gguf_name, data, raw_dtype=stored)
+        is_down = down_type is not None and ".ffn_down" in gguf_name
+        data, stored = encode_tensor(values, down_type if is_down else ggml_type)
+        writer.add_tensor((rename or {}).get(gguf_name, gguf_name), data, raw_dtype=stored)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
     return path
+
+
+def _gguf_tensors(
+    model: PreTrainedModel, names: gguf.TensorNameMap
+) -> list[tuple[str, np.ndarray]]:
+    """(GGUF name, float32 values) of every weight, in llama.cpp's layout: fused experts as
+    `ffn_gate_exps` / `ffn_up_exps` [E, I, H] and `ffn_down_exps` [E, H, I] (numpy order; a
+    transposed [E, I, H] `down_proj`, as gpt-oss's, is turned; its interleaved gate/up stay one
+    `ffn_gate_up_exps` tensor). Names gguf-py does not map (attention of other kinds) are kept."""
+    out = []
+    for hf_name, tensor in model.state_dict().items():
+        values = tensor.detach().float().numpy()
+        base, suffix = hf_name.rsplit(".", 1)
+        down = names.get_name(f"{base}.down_proj")
+        turned = bool(getattr(model.get_submodule(base), "is_transposed", False)) if down else False
+        if suffix == "gate_up_proj" and turned:
+            out.append((f"{down.replace('_down_', '_gate_up_')}.weight", values.swapaxes(1, 2)))
+        elif suffix == "gate_up_proj":  # [E, 2I, H]: gate rows first, then up
+            half = values.shape[1] // 2
+            out.append((f"{down.replace('_down_', '_gate_')}.weight", values[:, :half]))
+            out.append((f"{down.replace('_down_', '_up_')}.weight", values[:, half:]))
+        elif suffix == "down_proj":  # fused [E, H, I]
+            out.append((f"{down}.weight", values.swapaxes(1, 2) if turned else values))
+        elif base.endswith("shared_expert_gate"):  # llama.cpp keeps it as a vector [H]
+            out.append((f"{names.get_name(base)}.{suffix}", values.reshape(-1)))
+        else:
+            out.append((f"{names.get_name(base) or base}.{suffix}", values))
+    return out
 
 
 def _write_metadata(writer: gguf.GGUFWriter, config: Any, name: str) -> None:
@@ -103,7 +166,20 @@ def _write_metadata(writer: gguf.GGUFWriter, config: Any, name: str) -> None:
     writer.add_head_count_kv(config.num_key_value_heads)
     writer.add_layer_norm_rms_eps(config.rms_norm_eps)
     writer.add_rope_freq_base(_rope_theta(config))
-    writer.add_rope_dimension_count(config.hidden_size // config.num_attention_heads)
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    writer.add_rope_dimension_count(head_dim)
+    if head_dim != config.hidden_size // config.num_attention_heads:
+        writer.add_key_length(head_dim)
+        writer.add_value_length(head_dim)
+    experts = getattr(config, "num_experts", None) or getattr(config, "num_local_experts", None)
+    if experts:
+        writer.add_expert_count(experts)
+        writer.add_expert_used_count(config.num_experts_per_tok)
+        width = getattr(config, "moe_intermediate_size", None) or config.intermediate_size
+        writer.add_expert_feed_forward_length(width)
+        shared = getattr(config, "shared_expert_intermediate_size", None)
+        if shared:
+            writer.add_expert_shared_feed_forward_length(shared)
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
 
 
@@ -150,7 +226,8 @@ def encode_tensor(
     if values.shape[-1] % block:
         qtype = gguf.GGMLQuantizationType.F16
     if qtype == gguf.GGMLQuantizationType.Q6_K:
-        return encode_q6_k(values), qtype
+        rows = encode_q6_k(values.reshape(-1, values.shape[-1]))
+        return rows.reshape(*values.shape[:-1], -1), qtype
     return np.asarray(gguf.quants.quantize(values, qtype)), qtype
 
 

@@ -25,14 +25,16 @@ if TYPE_CHECKING:
 
 
 def edit_fidelity(changed: Sequence[ChangedTensor]) -> list[str]:
-    """One line per changed tensor: its types, and the stored edit's distance from the exact
-    one (the neurons' values, the other values of their blocks, the rest of the tensor)."""
+    """One line per changed tensor: its neurons (and experts, for a stacked expert tensor), its
+    types, and the stored edit's distance from the exact one (the neurons' values, the other
+    values of their blocks, the rest of the tensor)."""
     lines = []
     for t in changed:
         e = t.error
         kind = "exact" if e.exact else f"APPROXIMATE, off by {e.relative:.1%} of the edit"
+        where = f" in {t.experts} experts" if t.experts else ""
         lines.append(
-            f"  {t.name}: {t.neurons} neurons, {t.source_type} -> {t.stored_type} ({kind}; "
+            f"  {t.name}: {t.neurons} neurons{where}, {t.source_type} -> {t.stored_type} ({kind}; "
             f"largest error: neurons {e.neurons:.2e}, rest of their blocks {e.blocks:.2e}, "
             f"rest of the tensor {e.rest:.2e}; edit {e.edit:.2e})"
         )

@@ -161,10 +161,10 @@ def check_before_loading(circuit: Circuit, settings: ModelSettings) -> None:
         return
     gguf_file = find_gguf(path)
     if gguf_file is not None:
-        from neurosteer.export.gguf import circuit_tensors
+        from neurosteer.export.gguf import bake_targets
         from neurosteer.model.fingerprint import gguf_header
 
-        circuit_tensors(gguf_header(gguf_file), circuit)
+        bake_targets(gguf_header(gguf_file), circuit)
         circuit.refuse_baked(baked_record(gguf_file), f"'{gguf_file}'", warn=False)
         return
     if settings.trust_remote_code or not (path / "config.json").is_file():

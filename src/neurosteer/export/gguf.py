@@ -2,12 +2,14 @@
 
 The copy is written tensor by tensor, never loading the model: the metadata entries are copied
 byte for byte (an earlier bake's `neurosteer.*` entries are replaced), the provenance is added
-as `neurosteer.*` entries, and every tensor except the down projections of layers with circuit
+as `neurosteer.*` entries, and every tensor except the down projections holding circuit
 neurons is copied byte for byte. Those few are rewritten by `quants.scale_neurons` (same type
 where it holds the edit exactly, otherwise the fallback type, or the same type with an
 approximate edit when asked; see `neurosteer.export.gguf_quants`), and each one's distance from
-the exact edit is reported. Peak memory is about one tensor. The result loads in llama.cpp
-and in transformers like the original.
+the exact edit is reported. Mixture-of-experts circuits edit the stacked expert tensors
+`ffn_down_exps` expert by expert and the shared experts' `ffn_down_shexp` by the same rule
+(`neurosteer.export.gguf_experts`). Peak memory is about one tensor. The result loads in
+llama.cpp and in transformers like the original.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import numpy as np
 from neurosteer._io import atomic_file, check_writable
 from neurosteer._version import __version__
 from neurosteer.errors import CircuitMismatchError, InputError
+from neurosteer.export.gguf_experts import Targets, moe_tensors, scale_expert_neurons
 from neurosteer.export.gguf_quants import (
     FALLBACKS,
     EditError,
@@ -33,7 +36,6 @@ from neurosteer.export.gguf_quants import (
     ScaledTensor,
     scale_neurons,
 )
-from neurosteer.export.moe_streaming import refuse_experts
 from neurosteer.interventions.protocol import check_strength
 from neurosteer.methods.baking import provenance
 from neurosteer.methods.circuit import Circuit, as_circuits
@@ -58,7 +60,9 @@ COPY_CHUNK = 64 * 2**20
 @dataclass(frozen=True)
 class ChangedTensor:
     """One rewritten down projection: its types before and after, and how far the stored edit
-    is from the exact one (`error`; `max_error` is its largest value, in weight units)."""
+    is from the exact one (`error`; `max_error` is its largest value, in weight units).
+    `experts` is the number of experts with circuit neurons in a stacked expert tensor
+    (`ffn_down_exps`); 0 for a 2-D tensor."""
 
     name: str
     source_type: str
@@ -67,6 +71,7 @@ class ChangedTensor:
     requantized_blocks: int
     max_error: float
     error: EditError
+    experts: int = 0
 
 
 @dataclass(frozen=True)
@@ -108,7 +113,8 @@ def bake_gguf(
     and the multiplier as the strength).
 
     Args:
-        source: a .gguf file (any llama.cpp architecture with `blk.N.ffn_down.weight`).
+        source: a .gguf file (any llama.cpp architecture with `blk.N.ffn_down.weight`; for
+            an MoE circuit, `blk.N.ffn_down_exps.weight` and `blk.N.ffn_down_shexp.weight`).
         circuit: a circuit or several (no neuron in two of them); each one's layer count,
             d_mlp and family must match the file.
         strength: the multiplier m written into the weights (0 ablates, 1 leaves them as they
@@ -120,7 +126,8 @@ def bake_gguf(
             approximate (its error is in the report; block types whose codes are known only).
 
     Raises:
-        InputError: not a GGUF file, no down projection for a circuit layer, a non-finite
+        InputError: not a GGUF file, no down projection for a circuit layer (an expert
+            tensor missing or of another shape: the message names it), a non-finite
             multiplier, circuits sharing a neuron, or an output refused by `check_writable`
             (including the source file itself).
         CircuitMismatchError: the circuit was found on a model of another shape or family.
@@ -131,7 +138,6 @@ def bake_gguf(
         [('blk.12.ffn_down.weight', 'F16'), ...]
     """
     circuits = as_circuits(circuit)
-    refuse_experts(circuits)
     multiplier = check_strength(strength, circuits[0].default_strength)
     if fallback not in FALLBACKS:
         raise InputError(f"unknown fallback type {fallback!r}; use one of: {', '.join(FALLBACKS)}")
@@ -150,17 +156,42 @@ def bake_gguf(
     return GGUFBakeReport(path=target, changed=changed, copied=copied, peak_bytes=peak)
 
 
-def _targets(header: GGUFHeader, circuits: Sequence[Circuit]) -> dict[str, np.ndarray]:
-    """The down projections the circuits rewrite (`circuit_tensors`, merged), once the file is
-    known not to be baked with one of them already.
+def _targets(header: GGUFHeader, circuits: Sequence[Circuit]) -> Targets:
+    """The tensors the circuits rewrite (`bake_targets`, merged), once the file is known not to
+    be baked with one of them already.
 
     Raises:
-        InputError, CircuitMismatchError: as `circuit_tensors`, `_merge` and `refuse_baked`.
+        InputError, CircuitMismatchError: as `bake_targets`, `_merge` and `refuse_baked`.
     """
-    targets = _merge([circuit_tensors(header, c) for c in circuits])
+    targets = _merge([bake_targets(header, c) for c in circuits])
     for c in circuits:
         c.refuse_baked(baked_record(header.path), f"'{header.path.name}'")
     return targets
+
+
+def bake_targets(header: GGUFHeader, circuit: Circuit) -> Targets:
+    """{tensor name: {expert: int64 neuron indices}} of the tensors a bake rewrites (a 2-D
+    tensor has the one key 0), after the checks that the circuit fits the file.
+
+    Raises:
+        InputError, CircuitMismatchError: as `circuit_tensors` (dense circuits) or
+            `neurosteer.export.gguf_experts.moe_tensors` (MoE circuits; a missing expert tensor
+            is named), or a circuit of another family.
+    """
+    if circuit.model.neuron_blocks is None:
+        return {name: {0: neurons} for name, neurons in circuit_tensors(header, circuit).items()}
+    _check_family(header, circuit)
+    return moe_tensors(header, circuit)
+
+
+def _check_family(header: GGUFHeader, circuit: Circuit) -> None:
+    info, arch = circuit.model, header.architecture
+    if _family(info.model_type) != _family(arch):
+        raise CircuitMismatchError(
+            f"this circuit was found on a {info.model_type} model ({info.name_or_path}) and "
+            f"'{header.path.name}' is a {arch} model; neuron indices do not carry over between "
+            "families, so discover a circuit on this model"
+        )
 
 
 def circuit_tensors(header: GGUFHeader, circuit: Circuit) -> dict[str, np.ndarray]:
@@ -173,9 +204,16 @@ def circuit_tensors(header: GGUFHeader, circuit: Circuit) -> dict[str, np.ndarra
     n_layers = header.value(f"{arch}.block_count")
     downs = [t for t in header.tensors if t.name.endswith(".ffn_down.weight")]
     if not isinstance(n_layers, int) or not downs:
+        experts = any(t.name.endswith(".ffn_down_exps.weight") for t in header.tensors)
         raise InputError(
             f"'{header.path.name}' has no {arch}.block_count or no blk.N.ffn_down.weight "
-            "tensors; only dense llama.cpp models can be baked"
+            "tensors; "
+            + (
+                "it is a mixture-of-experts model: discover the circuit on it (a dense "
+                "model's circuit does not fit)"
+                if experts
+                else "only llama.cpp models with MLP down projections can be baked"
+            )
         )
     d_mlp = downs[0].shape[0]
     info = circuit.model
@@ -185,12 +223,7 @@ def circuit_tensors(header: GGUFHeader, circuit: Circuit) -> dict[str, np.ndarra
             f"layers x {info.d_mlp} neurons) and does not fit '{header.path.name}' ({arch}, "
             f"{n_layers} layers x {d_mlp} neurons); discover a circuit on this model"
         )
-    if _family(info.model_type) != _family(arch):
-        raise CircuitMismatchError(
-            f"this circuit was found on a {info.model_type} model ({info.name_or_path}) and "
-            f"'{header.path.name}' is a {arch} model; neuron indices do not carry over between "
-            "families, so discover a circuit on this model"
-        )
+    _check_family(header, circuit)
     targets = {}
     for layer, neurons in circuit.by_layer().items():
         name = down_projection_name(layer)
@@ -205,34 +238,40 @@ def circuit_tensors(header: GGUFHeader, circuit: Circuit) -> dict[str, np.ndarra
     return targets
 
 
-def _merge(per_circuit: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    """One {tensor name: neuron indices} for several circuits, which may not share a neuron
-    (hooks would scale a shared neuron twice; one write scales it once)."""
-    merged: dict[str, np.ndarray] = {}
+def _merge(per_circuit: list[Targets]) -> Targets:
+    """One {tensor name: {expert: neuron indices}} for several circuits, which may not share a
+    neuron (hooks would scale a shared neuron twice; one write scales it once)."""
+    merged: Targets = {}
     for targets in per_circuit:
-        for name, neurons in targets.items():
-            both = np.concatenate([merged.get(name, np.empty(0, np.int64)), neurons])
-            if len(np.unique(both)) < len(both):
-                raise InputError(
-                    f"the circuits share neurons in {name}; bake them one at a time, or into "
-                    "one circuit"
-                )
-            merged[name] = both
+        for name, by_expert in targets.items():
+            into = merged.setdefault(name, {})
+            for expert, neurons in by_expert.items():
+                both = np.concatenate([into.get(expert, np.empty(0, np.int64)), neurons])
+                if len(np.unique(both)) < len(both):
+                    raise InputError(
+                        f"the circuits share neurons in {name}; bake them one at a time, or "
+                        "into one circuit"
+                    )
+                into[expert] = both
     return merged
 
 
 def _family(model_type: str) -> str:
     """A model type and a llama.cpp architecture name of the same family compare equal
-    ("gemma3_text" ~ "gemma3", "gpt_neox" ~ "gptneox"; llama.cpp writes Mistral as "llama")."""
+    ("gemma3_text" ~ "gemma3", "gpt_neox" ~ "gptneox", "qwen3_5_moe_text" ~ "qwen35moe";
+    llama.cpp writes Mistral and Mixtral as "llama", DeepSeek-V3 as "deepseek2")."""
     name = model_type.lower().removesuffix("_text").replace("_", "").replace("-", "")
-    return "llama" if name == "mistral" else name
+    return _SAME_ARCHITECTURE.get(name, name)
+
+
+_SAME_ARCHITECTURE = {"mistral": "llama", "mixtral": "llama", "deepseekv3": "deepseek2"}
 
 
 def _write(
     header: GGUFHeader,
     src: mmap.mmap,
     out: BinaryIO,
-    targets: dict[str, np.ndarray],
+    targets: Targets,
     multiplier: float,
     storage: tuple[Fallback, bool],
     extra: list[bytes],
@@ -260,20 +299,12 @@ def _write(
         if tensor.name in targets and multiplier != 1.0:
             # a copy: a view would pin the map open if the rewrite raises
             raw = np.frombuffer(src[start : start + nbytes], dtype=np.uint8)
-            scaled = scale_neurons(
-                raw,
-                tensor.ggml_type,
-                tensor.shape,
-                targets[tensor.name],
-                multiplier,
-                fallback=storage[0],
-                keep_type=storage[1],
-            )
+            scaled = _scale(raw, tensor, targets[tensor.name], multiplier, storage)
             out.write(scaled.data.tobytes())
             values = int(np.prod(tensor.shape))  # at most this many decoded float32 values
             peak = max(peak, nbytes + 4 * values + scaled.data.nbytes)
             placed[tensor.name] = (scaled.ggml_type, offset)
-            changed.append(_record(tensor, len(targets[tensor.name]), scaled))
+            changed.append(_record(tensor, targets[tensor.name], scaled))
             logger.info("%s: %s -> %s", tensor.name, tensor.type_name, type_name(scaled.ggml_type))
         else:
             for at in range(start, start + nbytes, COPY_CHUNK):
@@ -285,15 +316,49 @@ def _write(
     return tuple(sorted(changed, key=lambda c: order[c.name])), peak
 
 
-def _record(tensor: TensorInfo, neurons: int, scaled: ScaledTensor) -> ChangedTensor:
+def _scale(
+    raw: np.ndarray,
+    tensor: TensorInfo,
+    by_expert: dict[int, np.ndarray],
+    multiplier: float,
+    storage: tuple[Fallback, bool],
+) -> ScaledTensor:
+    """The tensor's new bytes: a stacked expert tensor (3-D) expert by expert, else the dense
+    edit of its one set of neurons."""
+    fallback, keep_type = storage
+    if len(tensor.shape) == 3:
+        return scale_expert_neurons(
+            raw,
+            tensor.ggml_type,
+            tensor.shape,
+            by_expert,
+            multiplier,
+            fallback=fallback,
+            keep_type=keep_type,
+        )
+    return scale_neurons(
+        raw,
+        tensor.ggml_type,
+        tensor.shape,
+        by_expert[0],
+        multiplier,
+        fallback=fallback,
+        keep_type=keep_type,
+    )
+
+
+def _record(
+    tensor: TensorInfo, by_expert: dict[int, np.ndarray], scaled: ScaledTensor
+) -> ChangedTensor:
     return ChangedTensor(
         name=tensor.name,
         source_type=tensor.type_name,
         stored_type=type_name(scaled.ggml_type),
-        neurons=neurons,
+        neurons=sum(len(n) for n in by_expert.values()),
         requantized_blocks=scaled.requantized_blocks,
         max_error=scaled.max_error,
         error=scaled.error,
+        experts=len(by_expert) if len(tensor.shape) == 3 else 0,
     )
 
 

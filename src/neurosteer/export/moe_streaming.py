@@ -15,8 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from neurosteer.errors import InputError, UnsupportedModelError
-from neurosteer.methods.circuit import Circuit
+from neurosteer.errors import InputError
 from neurosteer.model.layout import ModelLayout
 from neurosteer.model.moe_layout import NeuronBlock
 
@@ -88,17 +87,3 @@ def _found(name: str | None, what: str) -> str:
             "modules, so bake it in memory instead (without --streaming)"
         )
     return name
-
-
-def refuse_experts(circuits: Sequence[Circuit]) -> None:
-    """Refuse MoE circuits in the GGUF bake, which does not edit expert tensors yet.
-
-    Raises:
-        UnsupportedModelError: a circuit was found on a mixture-of-experts model.
-    """
-    if any(c.model.neuron_blocks is not None for c in circuits):
-        raise UnsupportedModelError(
-            "the GGUF bake does not edit expert tensors (ffn_down_exps, ffn_down_shexp) yet; "
-            "bake the safetensors checkpoint (neurosteer bake, --streaming for big ones) and "
-            "convert the result with llama.cpp's convert_hf_to_gguf.py"
-        )

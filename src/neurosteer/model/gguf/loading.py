@@ -97,6 +97,7 @@ def load_gguf(
         try:
             step("config")
             config = AutoConfig.from_pretrained(folder, gguf_file=name)
+            _expert_widths(config, header)
             step(f"weights (dequantizing to {str(torch_dtype).removeprefix('torch.')})")
             model = AutoModelForCausalLM.from_pretrained(
                 folder, gguf_file=name, config=config, dtype=torch_dtype, **kwargs
@@ -110,6 +111,23 @@ def load_gguf(
     merge_gguf_stop_ids(model, stops, len(tokenizer))
     setattr(model, _SOURCE_ATTRIBUTE, header.identity())
     return model, tokenizer
+
+
+#: llama.cpp's expert widths and the config fields they set (transformers leaves them at the
+#: config class's defaults, so a file whose experts are narrower or wider fails to load).
+_EXPERT_WIDTHS = {
+    "expert_feed_forward_length": "moe_intermediate_size",
+    "expert_shared_feed_forward_length": "shared_expert_intermediate_size",
+}
+
+
+def _expert_widths(config: Any, header: GGUFHeader) -> None:
+    """Set the config's expert widths from the file's `{arch}.expert_*feed_forward_length`,
+    for the config classes that have those fields (Qwen2-MoE, Qwen3-MoE)."""
+    for key, field in _EXPERT_WIDTHS.items():
+        width = header.value(f"{header.architecture}.{key}")
+        if isinstance(width, int) and hasattr(config, field):
+            setattr(config, field, width)
 
 
 @contextmanager
