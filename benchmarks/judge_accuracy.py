@@ -80,14 +80,15 @@ def published_lists(lists: Path) -> list[str]:
 
 
 LABELLED_SET = (
-    "benchmarks/judge_labels/labels.jsonl: real answers of Qwen2.5-Coder-0.5B-Instruct "
-    "(150 tokens, greedy), each read twice; the held-out half frozen before any judge was scored"
+    "benchmarks/judge_labels/labels.jsonl: real answers of Qwen2.5-Coder-0.5B-Instruct and "
+    "Qwen2.5-Coder-1.5B-Instruct (150 tokens, greedy), each read twice; the held-out half frozen "
+    "before any judge was scored"
 )
 
 
 #: The model whose answers the labelled set holds: captions name it, and say when a run's rates
 #: are of another model (`neurosteer.evaluation.judge_accuracy.measured_on`).
-ANSWERS_MODEL = "Qwen2.5-Coder-0.5B-Instruct"
+ANSWERS_MODEL = "Qwen2.5-Coder-0.5B-Instruct and Qwen2.5-Coder-1.5B-Instruct"
 
 
 def package_entry(summary: dict[str, Any]) -> dict[str, Any]:

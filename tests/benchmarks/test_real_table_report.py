@@ -36,13 +36,13 @@ def write_points(out: Path, model: str | None) -> None:
 def test_report_names_another_model_from_the_stored_points(tmp_path: Path) -> None:
     if measured_on() is None:
         pytest.skip("the shipped judge accuracies name no model")
-    write_points(tmp_path, "qwen2.5-coder-1.5b-instruct.gguf")
+    write_points(tmp_path, "llama-3.2-1b-instruct.gguf")
     real_table.report(tmp_path)
     table = (tmp_path / "table.md").read_text()
     assert "| unchanged |" in table
     assert "| 50% |" in table  # one of two answers refused
     assert "judge patterns" in table
-    assert "not on qwen2.5-coder-1.5b-instruct's" in table
+    assert "not on llama-3.2-1b-instruct's" in table
 
 
 def test_report_model_argument_wins_over_old_points_without_one(tmp_path: Path) -> None:
@@ -51,5 +51,5 @@ def test_report_model_argument_wins_over_old_points_without_one(tmp_path: Path) 
     write_points(tmp_path, None)
     real_table.report(tmp_path)
     assert "another model" not in (tmp_path / "table.md").read_text()
-    real_table.report(tmp_path, "/models/qwen2.5-coder-1.5b-instruct.gguf")
-    assert "not on qwen2.5-coder-1.5b-instruct's" in (tmp_path / "table.md").read_text()
+    real_table.report(tmp_path, "/models/llama-3.2-1b-instruct.gguf")
+    assert "not on llama-3.2-1b-instruct's" in (tmp_path / "table.md").read_text()

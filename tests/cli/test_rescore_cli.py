@@ -174,9 +174,9 @@ def test_optimize_and_sweep_judge_with_a_model_from_the_option_or_environment(
         assert (old, old_degenerate) == (new, new_degenerate)  # the same judge, the same shares
 
 
-def test_a_caption_names_the_model_its_accuracy_was_measured_on() -> None:
+def test_a_caption_names_the_models_its_accuracy_was_measured_on() -> None:
     measured = measured_on()
-    assert measured == "Qwen2.5-Coder-0.5B-Instruct"
+    assert measured == "Qwen2.5-Coder-0.5B-Instruct and Qwen2.5-Coder-1.5B-Instruct"
     plain = judge_caption("sweep")
     assert f"real answers of {measured} read twice" in plain
     other = "measured on another model's answers"
@@ -185,10 +185,11 @@ def test_a_caption_names_the_model_its_accuracy_was_measured_on() -> None:
         "/cache/qwen2.5-coder-0.5b-instruct.gguf",
         "/cache/Qwen2.5-Coder-0.5B-Instruct-Q8_0.gguf",
         "/models/qwen2.5-coder-0.5b-instruct/",
+        "/cache/qwen2.5-coder-1.5b-instruct.gguf",
     ):
         assert judge_caption("sweep", same) == plain, same
     for different in (
-        "/cache/qwen2.5-coder-1.5b-instruct.gguf",
+        "/cache/qwen2.5-coder-7b-instruct.gguf",
         "Qwen/Qwen2.5-Coder-0.5B",
         "Qwen/Qwen2.5-0.5B-Instruct",
         "/models/llama-3.2-1b-instruct",
@@ -196,8 +197,8 @@ def test_a_caption_names_the_model_its_accuracy_was_measured_on() -> None:
         caption = judge_caption("sweep", different)
         assert caption.startswith(plain), different
         assert other in caption, different
-    assert judge_caption("sweep", "/cache/qwen2.5-coder-1.5b-instruct.gguf").endswith(
-        "not on qwen2.5-coder-1.5b-instruct's"
+    assert judge_caption("sweep", "/cache/qwen2.5-coder-7b-instruct.gguf").endswith(
+        "not on qwen2.5-coder-7b-instruct's"
     )
     assert judge_caption("organism", "/any/model") == (
         "judge organism: accuracy on real answers not measured"

@@ -301,7 +301,10 @@ def test_the_sweep_command(tiny_llama_dir: Path, tmp_path: Path) -> None:
     # measured on the answers of another model than the tiny one swept here, and said so
     assert judge_caption("sweep", str(tiny_llama_dir)) in ok.output
     assert "measured on another model's answers" in ok.output
-    assert "real answers of Qwen2.5-Coder-0.5B-Instruct read twice" in judge_caption("sweep")
+    assert (
+        "real answers of Qwen2.5-Coder-0.5B-Instruct and Qwen2.5-Coder-1.5B-Instruct read twice"
+        in (judge_caption("sweep"))
+    )
     assert len(read_results(tmp_path / "run")) == 3
     assert (tmp_path / "run" / "summary.csv").is_file()
     assert (tmp_path / "run" / "figures" / "refusal_vs_kl.png").is_file()

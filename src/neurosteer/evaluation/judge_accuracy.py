@@ -9,11 +9,11 @@ the model of the run the rates come from, a caption also says when the accuracy 
 on another model's answers (a judge's error rate moves with the model whose answers it reads).
 
     judge_caption("sweep")
-    # 'judge sweep: right on 71.7% of 300 real answers of Qwen2.5-Coder-0.5B-Instruct read
-    #  twice (held-out 72.6%); it under-counts refusal'
-    judge_caption("sweep", model="/models/qwen2.5-coder-1.5b-instruct.gguf")
+    # 'judge sweep: right on 76.9% of 480 real answers of Qwen2.5-Coder-0.5B-Instruct and
+    #  Qwen2.5-Coder-1.5B-Instruct read twice (held-out 77.8%); it under-counts refusal'
+    judge_caption("sweep", model="/models/llama-3.2-1b-instruct.gguf")
     # '...; it under-counts refusal; measured on another model's answers, not on
-    #  qwen2.5-coder-1.5b-instruct's'
+    #  llama-3.2-1b-instruct's'
 """
 
 from __future__ import annotations
@@ -53,9 +53,15 @@ def accuracy_table() -> dict[str, dict[str, Any]]:
 
 
 def measured_on() -> str | None:
-    """The model whose answers the shipped accuracies were measured on (None: not recorded)."""
+    """The models whose answers the shipped accuracies were measured on, as the table names
+    them ("A and B"; None: not recorded)."""
     model = _shipped().get("answers_model")
     return model if isinstance(model, str) and model.strip() else None
+
+
+def measured_models(measured: str) -> list[str]:
+    """The model names in `measured_on`'s text ("A and B" -> ["A", "B"])."""
+    return [name.strip() for name in measured.split(" and ") if name.strip()]
 
 
 @cache
@@ -107,8 +113,8 @@ def judge_caption(name: str, model: str | None = None) -> str:
             run's model); None when unknown.
 
     Returns:
-        e.g. (a list file's entry named by the entry alone) "judge sweep: right on 71.7% of
-        300 real answers of Qwen2.5-Coder-0.5B-Instruct read twice (held-out 72.6%); it
+        e.g. (a list file's entry named by the entry alone) "judge sweep: right on 76.9% of
+        480 real answers of Qwen2.5-Coder-0.5B-Instruct and ... read twice (held-out 77.8%); it
         under-counts refusal", with "; measured on another model's answers, not on M's" for
         a run of another model M, or "judge NAME: accuracy on real answers not measured".
     """
@@ -130,6 +136,6 @@ def accuracy_text(name: str, model: str | None = None) -> str:
     missed, added = int(entry.get("refusals_missed", 0)), int(entry.get("refusals_added", 0))
     if missed != added:
         text += f"; it {'under' if missed > added else 'over'}-counts refusal"
-    if model and measured and not same_model(measured, model):
+    if model and measured and not any(same_model(m, model) for m in measured_models(measured)):
         text += f"; measured on another model's answers, not on {model_label(model)}'s"
     return text
