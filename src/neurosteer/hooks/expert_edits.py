@@ -81,7 +81,15 @@ def add_row_scalers(
 ) -> None:
     """Multiply neurons of a projection inside an MoE block (a shared expert's or a dense
     layer's down projection) whose input is [T, w] flattened tokens or [batch, seq, w]."""
-    inner = _scaler(neurons, state)
+    add_flat_pre(hooks, site, grid, _scaler(neurons, state))
+
+
+PreHook = Callable[[nn.Module, tuple[Any, ...]], tuple[Any, ...] | None]
+
+
+def add_flat_pre(hooks: HookSet, site: nn.Module, grid: TokenGrid, inner: PreHook) -> None:
+    """Register `inner`, a pre-hook written for [batch, seq, w] inputs, on a projection inside
+    an MoE block whose input may come flattened to [T, w] (reshaped there and back)."""
 
     def hook(module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...] | None:
         x = args[0]

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from neurosteer.hooks.edits import _setter, edit_dtype, float32_strength
-from neurosteer.hooks.expert_edits import RecordedBlock
+from neurosteer.hooks.expert_edits import RecordedBlock, add_flat_pre
 from neurosteer.hooks.experts import TokenGrid, add_expert_tap
 from neurosteer.hooks.hookset import HookSet
 from neurosteer.hooks.positions import EditState
@@ -121,13 +121,4 @@ def add_row_setters(
 ) -> None:
     """`neurosteer.hooks.edits.add_neuron_setters` for a projection inside an MoE block (a
     shared expert's or dense layer's down projection) whose input may be flattened [T, w]."""
-    inner = _setter(neurons, values, state)
-
-    def hook(module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...] | None:
-        x = args[0]
-        if x.dim() == 3:
-            return inner(module, args)
-        out = inner(module, (grid.as_3d(x), *args[1:]))
-        return None if out is None else (out[0].reshape(x.shape), *out[1:])
-
-    hooks.pre(site, hook)
+    add_flat_pre(hooks, site, grid, _setter(neurons, values, state))
