@@ -35,7 +35,9 @@ TOL = 1e-6
 
 @pytest.mark.parametrize(
     ("family", "positions"),
-    [(family, "all") for family in FAMILIES] + [("llama", "last"), ("gpt2", "last")],
+    [(family, "all") for family in FAMILIES]
+    + [("llama", "last"), ("gpt2", "last")]
+    + [(moe, positions) for moe in ("mixtral", "qwen2_moe") for positions in ("all", "last")],
 )
 def test_every_neuron_gives_one_and_no_neuron_zero(family: str, positions: str) -> None:
     model, tokenizer = make_tiny(family)
