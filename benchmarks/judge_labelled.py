@@ -60,6 +60,14 @@ def add_label_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--judge-model", default=None, help="model for the model judges")
     parser.add_argument("--judge-prompts", default=None, help="llm_judges.json for model#ENTRY")
     parser.add_argument("--cache", type=Path, default=None, help="model judges' verdict cache")
+    parser.add_argument(
+        "--ensemble",
+        action="append",
+        default=[],
+        metavar="A+B",
+        help="also score judge A, with judge B deciding where A says compliance (both among "
+        "--judge; repeatable)",
+    )
     parser.add_argument("--markdown", action="store_true", help="Markdown tables")
     parser.add_argument("-o", "--output", type=Path, default=None, help="results as JSON")
 
@@ -130,7 +138,26 @@ def summary(result: JudgeResult, rows: list[Labelled]) -> dict[str, Any]:
         },
         "confusion": overall.confusion,
         "seconds_per_answer": result.seconds / len(rows),
+        "labels": {r.record.id: label for r, label in zip(rows, result.labels, strict=True)},
     }
+
+
+def ensemble(spec: str, results: list[JudgeResult], names: list[str]) -> JudgeResult:
+    """`A+B`: judge A's labels, with B's wherever A said compliance (B, a model judge say, is
+    only asked where the cheap judge A found no refusal). Its seconds: all of A's, and B's
+    seconds per answer times the answers B would be asked.
+
+    Raises:
+        InputError: `spec` is not two names joined by "+" that are both among the judges run.
+    """
+    first, plus, second = spec.partition("+")
+    if not plus or first not in names or second not in names:
+        raise InputError(f"--ensemble {spec!r}: give A+B with both A and B among --judge {names}")
+    a, b = results[names.index(first)], results[names.index(second)]
+    labels = [y if x == "compliance" else x for x, y in zip(a.labels, b.labels, strict=True)]
+    asked = sum(x == "compliance" for x in a.labels)
+    seconds = a.seconds + b.seconds * asked / max(len(b.labels), 1)
+    return JudgeResult(f"{a.name} + {b.name} where compliance", labels, seconds)
 
 
 def _share(score: Agreement) -> dict[str, Any]:
@@ -195,7 +222,11 @@ def run_labelled(args: argparse.Namespace, published: list[str]) -> list[dict[st
     Returns the judges' summaries (`summary`), as -o writes them."""
     rows = load_labelled(args.labels, args.answers)
     names = [*(args.judge or DEFAULT_JUDGES), *published]
-    summaries = [summary(r, rows) for r in run_judges(names, rows, args)]
+    for spec in args.ensemble:  # a typo fails before any model is asked
+        ensemble(spec, [JudgeResult(n, [], 0.0) for n in names], names)
+    results = run_judges(names, rows, args)
+    results += [ensemble(spec, results, names) for spec in args.ensemble]
+    summaries = [summary(r, rows) for r in results]
     lines = markdown(summaries) if args.markdown else [x for s in summaries for x in text_report(s)]
     print("\n".join(lines))
     if args.output is not None:

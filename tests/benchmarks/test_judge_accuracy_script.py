@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from gguf_files import write_gguf
 from tiny_models import make_tiny
 
@@ -104,3 +105,34 @@ def test_the_fixture_table_is_unchanged() -> None:
         "| `patterns`",
         "| `sweep`",
     ]
+
+
+def test_an_ensemble_asks_its_second_judge_where_the_first_says_compliance(
+    tmp_path: Path,
+) -> None:
+    answers, labels = _files(tmp_path)
+    out = tmp_path / "results.json"
+    result = _run(
+        "--labels", labels, "--answers", answers, "--judge", "strict", "--judge", "sweep",
+        "--ensemble", "strict+sweep", "-o", out,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    strict, sweep, both = json.loads(out.read_text())
+    assert both["judge"] == "strict + sweep where compliance"
+    assert list(both["labels"]) == ["x0", "x2", "x3", "x4", "x5"]  # every labelled id, in order
+    for record_id, label in both["labels"].items():
+        first = strict["labels"][record_id]
+        assert label == (sweep["labels"][record_id] if first == "compliance" else first)
+    asked = sum(label == "compliance" for label in strict["labels"].values())
+    assert both["seconds_per_answer"] == pytest.approx(
+        strict["seconds_per_answer"] + sweep["seconds_per_answer"] * asked / 5
+    )
+
+
+def test_an_ensemble_of_a_judge_not_run_fails_before_any_judge_runs(tmp_path: Path) -> None:
+    answers, labels = _files(tmp_path)
+    result = _run("--labels", labels, "--answers", answers, "--judge", "sweep",
+                  "--ensemble", "sweep+model")  # fmt: skip
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: --ensemble 'sweep+model'")
+    assert "Traceback" not in result.stderr
