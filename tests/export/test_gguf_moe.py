@@ -333,3 +333,22 @@ def test_cli_bake_names_the_experts_of_each_tensor(tmp_path: Path) -> None:
     )
     assert "blk.1.ffn_down_shexp.weight: 2 neurons, Q8_0 -> Q8_0 (exact;" in result.output
     assert "4 tensors changed" in result.output
+
+
+def test_a_tokenizer_copied_from_another_file_keeps_every_entry_and_type(tmp_path: Path) -> None:
+    """`write_gguf(tokenizer_from=...)`, which benchmarks/llama_cpp_moe_check.py uses to give a
+    random model Qwen2's real vocabulary: every `tokenizer.*` entry, with its value type."""
+    hf, tokenizer = make_gguf_moe("qwen2_moe")
+    first = write_gguf(hf, tokenizer, tmp_path / "first.gguf", token_ids={"eot": 5})
+    second = write_gguf(hf, None, tmp_path / "second.gguf", tokenizer_from=first)
+
+    def entries(path: Path) -> dict[str, tuple[list[gguf.GGUFValueType], object]]:
+        fields = gguf.GGUFReader(path).fields
+        return {k: (f.types, f.contents()) for k, f in fields.items() if k.startswith("tokenizer.")}
+
+    copied = entries(second)
+    assert copied == entries(first)
+    assert "tokenizer.ggml.eot_token_id" in copied
+    assert len(copied["tokenizer.ggml.tokens"][1]) == hf.config.vocab_size  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="tokenizer_from"):
+        write_gguf(hf, None, tmp_path / "third.gguf")

@@ -86,7 +86,7 @@ def make_gguf_moe(family: str, seed: int = 0) -> tuple[PreTrainedModel, PreTrain
 
 def write_gguf(
     model: PreTrainedModel,
-    tokenizer: PreTrainedTokenizerFast,
+    tokenizer: PreTrainedTokenizerFast | None,
     path: Path,
     *,
     ggml_type: str = "F32",
@@ -95,13 +95,17 @@ def write_gguf(
     token_ids: dict[str, int] | None = None,
     chat_template: str | None = None,
     rename: dict[str, str] | None = None,
+    tokenizer_from: Path | None = None,
 ) -> Path:
     """Write `model` and `tokenizer` to the GGUF file `path`; returns `path`.
 
     `token_ids` adds `tokenizer.ggml.<key>_token_id` entries (e.g. {"eot": 5, "eom": 6}; "eos"
     replaces the tokenizer's eos);
     `chat_template` replaces the tokenizer's template in the file;
-    `rename` writes tensors under other names ({GGUF name: name written}).
+    `rename` writes tensors under other names ({GGUF name: name written});
+    `tokenizer_from` copies every `tokenizer.*` entry of that GGUF file (a real vocabulary, e.g.
+    Qwen2's 151,936 tokens; the model's vocab_size must match) instead of writing `tokenizer`'s
+    (which may then be None), and `token_ids` and `chat_template` are not used.
     """
     config = model.config
     family = config.model_type
@@ -109,10 +113,16 @@ def write_gguf(
     names = gguf.get_tensor_name_map(arch, config.num_hidden_layers)
     writer = gguf.GGUFWriter(str(path), gguf.MODEL_ARCH_NAMES[arch])
     _write_metadata(writer, config, name)
-    ids = {"eos": tokenizer.eos_token_id, **(token_ids or {})}
-    _write_tokenizer(writer, tokenizer, chat_template or tokenizer.chat_template, ids.pop("eos"))
-    for key, token in ids.items():
-        writer.add_uint32(f"tokenizer.ggml.{key}_token_id", token)
+    if tokenizer_from is not None:
+        copy_tokenizer(writer, tokenizer_from)
+    elif tokenizer is None:
+        raise ValueError("write_gguf needs a tokenizer or tokenizer_from")
+    else:
+        ids = {"eos": tokenizer.eos_token_id, **(token_ids or {})}
+        template = chat_template or tokenizer.chat_template
+        _write_tokenizer(writer, tokenizer, template, ids.pop("eos"))
+        for key, token in ids.items():
+            writer.add_uint32(f"tokenizer.ggml.{key}_token_id", token)
     for gguf_name, values in _gguf_tensors(model, names):
         if arch == gguf.MODEL_ARCH.LLAMA and gguf_name.endswith(("attn_q.weight", "attn_k.weight")):
             q = gguf_name.endswith("attn_q.weight")
@@ -207,6 +217,15 @@ def _write_tokenizer(
     writer.add_unk_token_id(tokenizer.unk_token_id)
     writer.add_add_bos_token(False)
     writer.add_chat_template(chat_template)
+
+
+def copy_tokenizer(writer: gguf.GGUFWriter, source: Path) -> None:
+    """Copy every `tokenizer.*` key of the GGUF file `source` (read as metadata: the reader maps
+    the file and no tensor is read) into `writer`, with its stored value types."""
+    for key, field in gguf.GGUFReader(source).fields.items():
+        if key.startswith("tokenizer."):
+            sub_type = field.types[-1] if field.types[0] == gguf.GGUFValueType.ARRAY else None
+            writer.add_key_value(key, field.contents(), field.types[0], sub_type)
 
 
 def _permute_for_rope(weights: np.ndarray, heads: int) -> np.ndarray:
