@@ -183,3 +183,73 @@ def test_layers_count_every_expert() -> None:
     model, _ = _tiny("mixtral")
     layout = resolve_layout(model)
     assert layout.n_neurons == N_LAYERS * MOE_EXPERTS * MOE_WIDTH
+
+
+@pytest.mark.parametrize("family", MOE_FAMILIES)
+@pytest.mark.parametrize("rule", ["weighted", "every"])
+def test_last_block_runs_on_the_last_tokens_alone_with_the_same_values(
+    family: str, rule: str
+) -> None:
+    from neurosteer.hooks import HookSet, StopForward
+    from neurosteer.methods.moe_sites import add_moe_recorders
+    from neurosteer.methods.recording import last_token_index
+
+    model, tokenizer = _tiny(family)
+    layout = resolve_layout(model)
+    batch = _batch(tokenizer, POSITIVE_PROMPTS[:3] + NEGATIVE_PROMPTS[:2])  # left-padded
+    last = lambda: last_token_index(batch["attention_mask"])  # noqa: E731
+    runs: dict[bool, dict[int, torch.Tensor]] = {}
+    widths: list[int] = []
+    final = model.model.layers[-1].mlp
+    for stop in (False, True):
+        got: dict[int, torch.Tensor] = {}
+        with HookSet() as hooks, torch.no_grad():
+            add_moe_recorders(
+                hooks, model, layout, last, got.__setitem__, rule=rule, stop_after_last=stop
+            )
+            hooks.pre(final, lambda _m, args: widths.append(args[0].shape[1]))
+            try:
+                model(**batch, use_cache=False)
+            except StopForward:
+                assert stop
+        runs[stop] = got
+    assert widths == [batch["input_ids"].shape[1], 1]  # the full sequence, then the last tokens
+    for layer in range(N_LAYERS - 1):
+        assert torch.equal(runs[True][layer], runs[False][layer])
+    full, alone = runs[False][N_LAYERS - 1], runs[True][N_LAYERS - 1]
+    assert torch.equal(full == 0, alone == 0)  # the same experts routed at each last token
+    torch.testing.assert_close(alone, full, rtol=1e-5, atol=1e-6)
+    assert torch.count_nonzero(full) > 0
+
+
+def test_discovery_keeps_the_activations_of_neurons_past_the_narrow_layers() -> None:
+    # DeepSeek-V3's dense first layer is narrower than the expert layers, so its model has
+    # fewer neurons (520) than flat indices (4 x 161); the last layer's neurons sit past 520
+    from neurosteer.methods.recording import record_prompt_activations
+    from neurosteer.prompts.render import encode_prompts
+
+    model, tokenizer = _tiny("deepseek_v3")
+    layout = resolve_layout(model)
+    circuit = discover(
+        model,
+        tokenizer,
+        POSITIVE_PROMPTS,
+        NEGATIVE_PROMPTS,
+        top_k=50,
+        skip_layers=(0, 1, 2),
+        universal_filter=False,
+    )
+    flat = circuit.layers * layout.d_mlp + circuit.neurons
+    assert int(flat.max()) >= layout.n_neurons
+    assert circuit.discovery is not None
+    assert circuit.discovery.activations is not None
+    again = record_prompt_activations(
+        model,
+        layout,
+        encode_prompts(tokenizer, POSITIVE_PROMPTS),
+        circuit.layers,
+        circuit.neurons,
+        batch_size=16,
+        pad_id=0,
+    )
+    torch.testing.assert_close(circuit.discovery.activations["positive"], again)

@@ -160,57 +160,108 @@ def add_moe_last_token_recorder(
     real token, once the MoE block `block` has run (zeros past the layer's width, and for
     routed experts as `rule` says); with `stop`, then end the forward pass (`StopForward`).
 
-    Memory: one [batch, d_mlp] float32 buffer per layer and batch; nothing per expert.
+    With `stop` the block runs on the last tokens alone ([batch, 1, H] instead of
+    [batch, seq, H]): nothing after it is computed, and routing, experts and shared experts
+    act on each token by itself, so the recorded values are those of the full block (up to
+    float rounding where a matrix product of one row takes another kernel).
+
+    Memory: one [batch + 1, d_mlp] float32 buffer per layer and batch (the spare row takes
+    the values of the tokens that are not recorded) and, for "weighted", a [batch + 1, experts]
+    table of routing weights; nothing per expert.
     """
-    grid = TokenGrid()
-    held: dict[str, torch.Tensor] = {}
-
-    def before(_module: nn.Module, args: tuple[Any, ...]) -> None:
-        x = args[0]  # [batch, seq, H]
-        grid.batch, grid.seq = int(x.shape[0]), int(x.shape[-2])
-        last = last_index().to(x.device)
-        rows = torch.arange(grid.batch, device=x.device) * grid.seq + last  # flattened rows
-        owner = torch.full((grid.batch * grid.seq,), -1, dtype=torch.long, device=x.device)
-        owner[rows] = torch.arange(grid.batch, device=x.device)
-        held["acts"] = torch.zeros(grid.batch, d_mlp, dtype=torch.float32, device=x.device)
-        held["owner"], held["last"] = owner, last
-        if rule == "every":
-            x_last = x[torch.arange(grid.batch, device=x.device), last]  # [batch, H]
-            for part in parts:
-                if part.fused:
-                    for e in range(part.n_experts):
-                        lo = part.start + e * part.width
-                        h = expert_neurons(part.module, x_last, e)
-                        held["acts"][:, lo : lo + part.width] = h.float()
-
-    def after(_module: nn.Module, _args: tuple[Any, ...], _output: Any) -> None:
-        sink(layer, held.pop("acts"))
-        if stop:
-            raise StopForward
-
-    hooks.pre(block, before)
+    recorder = _BlockRecorder(layer, parts, d_mlp, last_index, sink, rule, stop)
+    hooks.pre(block, recorder.before)
     for part in parts:
         if part.fused:
             if rule != "every":
-                add_expert_tap(hooks, part.module, _routed_taker(part, held, rule))
+                add_expert_tap(hooks, part.module, _routed_taker(part, recorder.held, rule))
         else:
-            hooks.pre(part.module, _linear_taker(part, grid, held))
-    hooks.post(block, after)
+            hooks.pre(part.module, _linear_taker(part, recorder.grid, recorder.held))
+    hooks.post(block, recorder.after)
+
+
+class _BlockRecorder:
+    """The pre- and post-hook of one MoE block for `add_moe_last_token_recorder`, and what
+    they hold for the taps in between (`held`: "acts", "owner", "last", routing weights)."""
+
+    def __init__(
+        self,
+        layer: int,
+        parts: Sequence[RecordedBlock],
+        d_mlp: int,
+        last_index: Callable[[], torch.Tensor],
+        sink: Callable[[int, torch.Tensor], None],
+        rule: RoutingRule,
+        stop: bool,
+    ) -> None:
+        self.layer, self.parts, self.d_mlp, self.rule, self.stop = layer, parts, d_mlp, rule, stop
+        self.last_index, self.sink = last_index, sink
+        self.grid = TokenGrid()
+        self.held: dict[str, torch.Tensor] = {}
+        self.weighted = [p for p in parts if p.fused and rule == "weighted"]
+
+    def before(self, _module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...] | None:
+        x = args[0]  # [batch, seq, H]
+        last = self.last_index().to(x.device)
+        batch = torch.arange(x.shape[0], device=x.device)
+        if self.stop:  # only the last tokens are recorded and nothing after the block runs
+            x, last = x[batch, last].unsqueeze(1), torch.zeros_like(last)
+        n, seq = self.grid.batch, self.grid.seq = int(x.shape[0]), int(x.shape[-2])
+        # the prompt of each flattened row: its index at its last token, else n (a spare row
+        # of "acts" that takes the other rows' values, so that a tap needs no selection)
+        owner = torch.full((n * seq,), n, device=x.device)
+        owner[batch * seq + last] = batch
+        held = self.held
+        held["acts"] = torch.zeros(n + 1, self.d_mlp, dtype=torch.float32, device=x.device)
+        held["owner"], held["last"] = owner, last
+        for part in self.weighted:  # each prompt's routing weight per expert
+            held[_weights_key(part)] = torch.zeros(
+                n + 1, part.n_experts, dtype=torch.float32, device=x.device
+            )
+        if self.rule == "every":
+            _every_expert(self.parts, x[batch, last], held["acts"][:n])
+        return (x, *args[1:]) if self.stop else None
+
+    def after(self, _module: nn.Module, _args: tuple[Any, ...], _output: Any) -> None:
+        n = self.grid.batch
+        acts = self.held.pop("acts")[:n]
+        for part in self.weighted:
+            end = part.start + part.n_experts * part.width
+            experts = acts[:, part.start : end].view(n, part.n_experts, part.width)
+            experts.mul_(self.held.pop(_weights_key(part))[:n, :, None])
+        self.sink(self.layer, acts)
+        if self.stop:
+            raise StopForward
+
+
+def _every_expert(parts: Sequence[RecordedBlock], x_last: torch.Tensor, acts: torch.Tensor) -> None:
+    """Rule "every": each fused expert's neurons computed at the last tokens x_last [batch, H],
+    routed or not, into acts [batch, d_mlp]."""
+    for part in parts:
+        if part.fused:
+            for e in range(part.n_experts):
+                lo = part.start + e * part.width
+                acts[:, lo : lo + part.width] = expert_neurons(part.module, x_last, e).float()
+
+
+def _weights_key(part: RecordedBlock) -> str:
+    return f"weights {part.start}"
 
 
 def _routed_taker(
     part: RecordedBlock, held: dict[str, torch.Tensor], rule: RoutingRule
 ) -> Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], None]:
+    """The tap that copies an expert's neurons at the last tokens into `held["acts"]` (and,
+    for "weighted", their routing weights into the part's [batch + 1, n_experts] table, which
+    the block's post-hook multiplies in): three operations per expert, no selection and no
+    synchronisation; rows off the last tokens land in the spare last row."""
+
     def tap(expert: int, h: torch.Tensor, rows: torch.Tensor, weights: torch.Tensor) -> None:
-        owner = held["owner"][rows]  # [n] prompt of each row, -1 off the last tokens
-        chosen = owner >= 0
-        if not bool(chosen.any()):
-            return
-        values = h[chosen].float()
-        if rule == "weighted":
-            values = values * weights[chosen].float()[:, None]
+        prompts = held["owner"][rows]  # [n]
         lo = part.start + expert * part.width
-        held["acts"][owner[chosen], lo : lo + part.width] = values
+        held["acts"][prompts, lo : lo + part.width] = h.float()
+        if rule == "weighted":
+            held[_weights_key(part)][prompts, expert] = weights.float()
 
     return tap
 
@@ -222,6 +273,6 @@ def _linear_taker(
         x = grid.as_3d(args[0])  # [batch, seq, w]
         rows = torch.arange(x.shape[0], device=x.device)
         values = x[rows, held["last"]].float()
-        held["acts"][:, part.start : part.start + part.width] = values
+        held["acts"][: x.shape[0], part.start : part.start + part.width] = values
 
     return hook

@@ -13,7 +13,8 @@ was in use, unchanged. For a tapped one it runs the eager per-expert loop, with 
 neurons h [n_tokens, I] (the input of its down projection) handed to the taps between the two
 projections, so the model's own routing, gating (gpt-oss's clamped, interleaved SwiGLU
 included), biases and weighting are untouched. With taps that return nothing the result is the
-eager result bit for bit.
+eager result bit for bit: each expert gets the same token rows in the same order, found by one
+stable sort of the expert ids instead of the eager loop's one-hot mask scanned per expert.
 
 Tokens reach the experts flattened ([batch × seq, H], row-major), so a token's position is its
 row modulo the sequence length, which a pre-hook on the MoE block reads (`TokenGrid`).
@@ -61,17 +62,8 @@ def neurosteer_experts_forward(
     taps: list[ExpertTap] = getattr(module, _TAPS, [])
     if not taps:
         return _previous(module)(module, hidden_states, top_k_index, top_k_weights)
-    n_experts = int(_dynamic(module).down_proj.shape[0])
     final = torch.zeros_like(hidden_states)
-    with torch.no_grad():
-        mask = nn.functional.one_hot(top_k_index, num_classes=n_experts + 1).permute(2, 1, 0)
-        hit = torch.greater(mask.sum(dim=(-1, -2)), 0).nonzero()
-    for row in hit:
-        expert = int(row[0])
-        if expert == n_experts:
-            continue
-        top_k_pos, tokens = torch.where(mask[expert])
-        weights = top_k_weights[tokens, top_k_pos]
+    for expert, tokens, weights in _routes(top_k_index, top_k_weights, _n_experts(module)):
         h = expert_neurons(module, hidden_states[tokens], expert)
         for tap in taps:
             new = tap(expert, h, tokens, weights)
@@ -79,6 +71,36 @@ def neurosteer_experts_forward(
         out = _down(module, h, expert) * weights[:, None]
         final.index_add_(0, tokens, out.to(final.dtype))
     return final
+
+
+def _n_experts(module: nn.Module) -> int:
+    return int(_dynamic(module).down_proj.shape[0])
+
+
+def _routes(
+    top_k_index: torch.Tensor, top_k_weights: torch.Tensor, n_experts: int
+) -> list[tuple[int, torch.Tensor, torch.Tensor]]:
+    """(expert, token rows [n] int64, routing weights [n]) of every expert some token is routed
+    to, experts in increasing order; an index of `n_experts` (transformers' "no expert") is
+    skipped.
+
+    The rows come in the order transformers' eager loop takes them (`torch.where` over the
+    expert's [k, T] one-hot mask: by top-k slot, then by token), so every expert computes
+    the same products; one stable sort of the [k × T] expert ids finds them all instead of
+    one mask scan per expert.
+    """
+    flat = top_k_index.t().reshape(-1)  # [k * T]: slot-major, then token
+    order = torch.argsort(flat, stable=True)
+    counts = torch.bincount(flat, minlength=n_experts + 1).tolist()
+    tokens = order % top_k_index.shape[0]
+    weights = top_k_weights.t().reshape(-1)[order]
+    routes = []
+    start = 0
+    for expert, count in enumerate(counts[:n_experts]):
+        if count:
+            routes.append((expert, tokens[start : start + count], weights[start : start + count]))
+        start += count
+    return routes
 
 
 def expert_neurons(module: nn.Module, x: torch.Tensor, expert: int) -> torch.Tensor:

@@ -252,9 +252,10 @@ def _keepers(layout: ModelLayout, ids: dict[str, list[list[int]]]) -> dict[str, 
     """{set: a keeper of every neuron's activation on each prompt} for the positive and
     negative sets, or {} when that would take over `KEEP_IN_PASS_BYTES`."""
     n_prompts = len(ids["positive"]) + len(ids["negative"])
-    if n_prompts * layout.n_neurons * 4 > KEEP_IN_PASS_BYTES:
+    grid = layout.n_layers * layout.d_mlp  # every flat index: an MoE layer may be narrower
+    if n_prompts * grid * 4 > KEEP_IN_PASS_BYTES:
         return {}
-    flat = torch.arange(layout.n_neurons)
+    flat = torch.arange(grid)
     layers, neurons = flat // layout.d_mlp, flat % layout.d_mlp
     return {name: PromptActivations(len(ids[name]), layers, neurons) for name in SETS}
 

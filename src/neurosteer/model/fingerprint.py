@@ -207,16 +207,40 @@ def sample_indices(n: int, k: int) -> torch.Tensor:
 def _params_digest(model: nn.Module) -> str | None:
     """Hex SHA-256 of each parameter's name, shape and sampled values (bfloat16 bits); None
     when a parameter has no values (the meta device)."""
+    named = sorted(model.named_parameters(), key=lambda item: item[0])
+    if any(param.is_meta for _, param in named):
+        return None
     digest = hashlib.sha256()
-    for name, param in sorted(model.named_parameters(), key=lambda item: item[0]):
-        if param.is_meta:
-            return None
-        flat = param.detach().reshape(-1)
-        index = sample_indices(flat.numel(), _VALUES_PER_PARAM).to(flat.device)
-        sample = flat[index].to(torch.bfloat16).view(torch.int16).cpu()
+    for (name, param), sample in zip(named, _sampled_bits([p for _, p in named]), strict=True):
         digest.update(f"{name}\0{tuple(param.shape)}\0".encode())
-        digest.update(sample.numpy().tobytes())
+        digest.update(sample)
     return digest.hexdigest()
+
+
+def _sampled_bits(params: list[nn.Parameter]) -> list[bytes]:
+    """Each parameter's `sample_indices` values as bfloat16 bits (int16 bytes), gathered with
+    one conversion and one copy to the CPU per (device, dtype) instead of per parameter."""
+    groups: dict[tuple[torch.device, torch.dtype], list[int]] = {}
+    for i, param in enumerate(params):
+        groups.setdefault((param.device, param.dtype), []).append(i)
+    out: list[bytes] = [b""] * len(params)
+    for (device, _), members in groups.items():
+        samples = [
+            params[i].detach().reshape(-1)[_device_indices(params[i].numel(), device)]
+            for i in members
+        ]
+        raw = torch.cat(samples).to(torch.bfloat16).view(torch.int16).cpu().numpy().tobytes()
+        start = 0
+        for i, sample in zip(members, samples, strict=True):
+            out[i] = raw[start : start + 2 * sample.numel()]
+            start += 2 * sample.numel()
+    return out
+
+
+@lru_cache(maxsize=512)
+def _device_indices(n: int, device: torch.device) -> torch.Tensor:
+    """`sample_indices(n, _VALUES_PER_PARAM)` on `device` (parameters of one size share it)."""
+    return sample_indices(n, _VALUES_PER_PARAM).to(device)
 
 
 def baked_record(path: Path) -> dict[str, Any] | None:

@@ -39,14 +39,18 @@ def evaluating(model: nn.Module) -> Iterator[None]:
 
     Every pass that measures (discovery, RelP attribution, probes, KL, generation, ...) runs under
     this, through `runs_model`: dropout would give another circuit, probe and KL on each call.
+    A model already in eval mode is left as it is (no pass over its modules' setters).
     """
-    modes = [(module, module.training) for module in model.modules()]
+    training = [module for module in model.modules() if module.training]
+    if not training:  # already in eval mode (the usual case): nothing to switch or give back
+        yield
+        return
     model.eval()
     try:
         yield
     finally:
-        for module, mode in modes:
-            module.training = mode
+        for module in training:
+            module.training = True
 
 
 def runs_model(func: Callable[P, T]) -> Callable[P, T]:
