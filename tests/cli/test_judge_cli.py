@@ -189,3 +189,39 @@ def test_agreement_counts() -> None:
     assert score.confusion["refusal"] == {"refusal": 1, "compliance": 1, "degenerate": 0}
     assert score.recall("refusal") == 0.5
     assert score.recall("degenerate") is None
+
+
+def test_output_piped_into_a_reader_that_leaves_early_stops_quietly(tmp_path: Path) -> None:
+    """`neurosteer judge FILE --json | head -1`: the closed pipe ends the command with the
+    shell's SIGPIPE status and no error message (a user's report printed a BrokenPipeError)."""
+    import os
+    import subprocess
+    import sys
+
+    path = tmp_path / "many.jsonl"
+    record = json.dumps({"prompt": "p", "answer": "I'm sorry, but I can't help with that."})
+    path.write_text((record + "\n") * 20_000)  # --json output far larger than a pipe's buffer
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2] / "src")}
+    code = "import sys; from neurosteer.cli.main import cli; cli(sys.argv[1:])"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, "judge", str(path), "--json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+    )
+    assert proc.stdout is not None
+    assert proc.stderr is not None
+    assert json.loads(proc.stdout.readline())["label"] == "refusal"
+    proc.stdout.close()
+    stderr = proc.stderr.read().decode()
+    assert proc.wait(timeout=300) == 141
+    assert "error" not in stderr, stderr
+    assert "Traceback" not in stderr, stderr
+
+
+def test_one_answer_is_one_answer(tmp_path: Path) -> None:
+    path = tmp_path / "one.jsonl"
+    path.write_text(json.dumps(RECORDS[0]) + "\n")
+    result = CliRunner().invoke(cli, ["judge", str(path)])
+    assert result.exit_code == 0, result.output
+    assert "judge sweep on 1 answer;" in result.output

@@ -90,7 +90,8 @@ def _print_summary(name: str, given: list[Any], labels: list[Any]) -> None:
     from neurosteer.evaluation.judge_scores import agreement
     from neurosteer.evaluation.judges import LABELS, refusal_rates
 
-    click.echo(f"judge {name} on {len(labels)} answers; {accuracy_text(name)}")
+    plural = "answer" if len(labels) == 1 else "answers"
+    click.echo(f"judge {name} on {len(labels)} {plural}; {accuracy_text(name)}")
     for label, share in refusal_rates(labels).items():
         click.echo(f"  {label:<11} {share:6.1%}  ({labels.count(label)})")
     pairs = [(g, x) for g, x in zip(given, labels, strict=True) if g is not None]

@@ -7,6 +7,8 @@ other exception is reported in one line with exit code 1. `--debug` shows traceb
 from __future__ import annotations
 
 import logging
+import os
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,6 +59,9 @@ class _Group(click.Group):
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             ctx.exit(130)
+        except BrokenPipeError:  # the reader of our output left (`| head`): stop quietly
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            ctx.exit(141)  # 128 + SIGPIPE, as a shell reports a command killed by it
         except (click.ClickException, click.exceptions.Exit, click.Abort):
             raise
         except Exception as err:
