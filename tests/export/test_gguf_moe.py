@@ -254,6 +254,18 @@ def test_each_expert_slice_gets_the_dense_edit_of_its_rows(type_name: str, keep_
     assert out.error.rest == 0.0
 
 
+def test_an_unknown_fallback_is_refused_as_by_the_dense_edit() -> None:
+    raw, _ = stacked("Q4_1", seed=1)
+    for scale in (
+        lambda: scale_expert_neurons(raw, int(Q.Q4_1), (256, ROWS, E), BY_EXPERT, 0.3,
+                                     fallback="Q4_0"),  # type: ignore[arg-type]
+        lambda: scale_neurons(raw.reshape(E, ROWS, -1)[0], int(Q.Q4_1), (256, ROWS),
+                              BY_EXPERT[0], 0.3, fallback="Q4_0"),  # type: ignore[arg-type]
+    ):  # fmt: skip
+        with pytest.raises(InputError, match="unknown fallback type 'Q4_0'; use one of: F16, Q8_0"):
+            scale()
+
+
 @pytest.mark.parametrize("type_name", ["Q4_1", "Q8_0"])
 def test_one_inexact_expert_stores_the_whole_tensor_in_the_fallback(type_name: str) -> None:
     raw, original = stacked(type_name, seed=1)

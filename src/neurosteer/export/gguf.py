@@ -30,10 +30,10 @@ from neurosteer._version import __version__
 from neurosteer.errors import CircuitMismatchError, InputError
 from neurosteer.export.gguf_experts import Targets, moe_tensors, scale_expert_neurons
 from neurosteer.export.gguf_quants import (
-    FALLBACKS,
     EditError,
     Fallback,
     ScaledTensor,
+    check_fallback,
     scale_neurons,
 )
 from neurosteer.interventions.protocol import check_strength
@@ -139,8 +139,7 @@ def bake_gguf(
     """
     circuits = as_circuits(circuit)
     multiplier = check_strength(strength, circuits[0].default_strength)
-    if fallback not in FALLBACKS:
-        raise InputError(f"unknown fallback type {fallback!r}; use one of: {', '.join(FALLBACKS)}")
+    check_fallback(fallback)
     target = check_writable(output, force=force, inputs=[source])
     header = read_header(source)
     targets = _targets(header, circuits)

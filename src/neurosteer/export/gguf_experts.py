@@ -33,6 +33,7 @@ from neurosteer.export.gguf_quants import (
     _edit_blocks,
     _fallback,
     _scale_elementwise,
+    check_fallback,
 )
 from neurosteer.methods.circuit import Circuit
 from neurosteer.model.gguf.reader import GGUFHeader
@@ -135,8 +136,10 @@ def scale_expert_neurons(
             between the own type and the fallback is made for the whole tensor.
 
     Raises:
-        InputError: an expert outside [0, E), or a multiplier that overflows the stored type.
+        InputError: an unknown fallback, an expert outside [0, E), or a multiplier that
+            overflows the stored type.
     """
+    check_fallback(fallback)
     n_ff, d_model, n_experts = shape
     if any(not 0 <= e < n_experts for e in by_expert):
         raise InputError(f"an expert index outside the tensor's {n_experts} experts")

@@ -113,6 +113,12 @@ class ScaledTensor:
         return self.error.largest
 
 
+def check_fallback(fallback: str) -> None:
+    """Raise `InputError` unless `fallback` is one of `FALLBACKS`."""
+    if fallback not in FALLBACKS:
+        raise InputError(f"unknown fallback type {fallback!r}; use one of: {', '.join(FALLBACKS)}")
+
+
 def scale_neurons(
     raw: np.ndarray,
     ggml_type: int,
@@ -137,8 +143,7 @@ def scale_neurons(
     Raises:
         InputError: an unknown fallback, or a multiplier that overflows the stored type.
     """
-    if fallback not in FALLBACKS:
-        raise InputError(f"unknown fallback type {fallback!r}; use one of: {', '.join(FALLBACKS)}")
+    check_fallback(fallback)
     n_ff = shape[0]
     rows = int(np.prod(shape[1:], dtype=np.int64))
     table = np.ascontiguousarray(raw).reshape(rows, -1)  # [d_model, bytes per row]
