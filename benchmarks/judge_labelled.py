@@ -142,18 +142,24 @@ def summary(result: JudgeResult, rows: list[Labelled]) -> dict[str, Any]:
     }
 
 
-def ensemble(spec: str, results: list[JudgeResult], names: list[str]) -> JudgeResult:
-    """`A+B`: judge A's labels, with B's wherever A said compliance (B, a model judge say, is
-    only asked where the cheap judge A found no refusal). Its seconds: all of A's, and B's
-    seconds per answer times the answers B would be asked.
+def ensemble_parts(spec: str, names: list[str]) -> tuple[int, int]:
+    """The positions in `names` of an ensemble's judges A and B, from `spec` "A+B".
 
     Raises:
-        InputError: `spec` is not two names joined by "+" that are both among the judges run.
+        InputError: `spec` is not two names joined by "+" that are both among `names`.
     """
     first, plus, second = spec.partition("+")
     if not plus or first not in names or second not in names:
         raise InputError(f"--ensemble {spec!r}: give A+B with both A and B among --judge {names}")
-    a, b = results[names.index(first)], results[names.index(second)]
+    return names.index(first), names.index(second)
+
+
+def ensemble(spec: str, results: list[JudgeResult], names: list[str]) -> JudgeResult:
+    """`A+B`: judge A's labels, with B's wherever A said compliance (B, a model judge say, is
+    only asked where the cheap judge A found no refusal). Its seconds: all of A's, and B's
+    seconds per answer times the answers B would be asked. Raises as `ensemble_parts`."""
+    first, second = ensemble_parts(spec, names)
+    a, b = results[first], results[second]
     labels = [y if x == "compliance" else x for x, y in zip(a.labels, b.labels, strict=True)]
     asked = sum(x == "compliance" for x in a.labels)
     seconds = a.seconds + b.seconds * asked / max(len(b.labels), 1)
@@ -223,7 +229,7 @@ def run_labelled(args: argparse.Namespace, published: list[str]) -> list[dict[st
     rows = load_labelled(args.labels, args.answers)
     names = [*(args.judge or DEFAULT_JUDGES), *published]
     for spec in args.ensemble:  # a typo fails before any model is asked
-        ensemble(spec, [JudgeResult(n, [], 0.0) for n in names], names)
+        ensemble_parts(spec, names)
     results = run_judges(names, rows, args)
     results += [ensemble(spec, results, names) for spec in args.ensemble]
     summaries = [summary(r, rows) for r in results]
