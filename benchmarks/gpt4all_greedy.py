@@ -19,8 +19,8 @@ strictly greedy (GREEDY): temperature 0, which is llama.cpp's argmax sampler, to
 repeat penalty 1 (off). gpt4all's higher-level `GPT4All.generate` applies a repeat penalty of
 1.18 by default and parses no special tokens outside a chat session, which is why it is not
 used. Generation stops at the file's EOS token or after N tokens; the EOS token is not
-reported. gpt4all also stops at its own stop texts ("### Instruction", "### Human", ...),
-holding back the tokens of a partial match, which the answers compared here do not contain.
+reported. gpt4all also stops at its own stop texts ("### Instruction", "### Human", ...); an
+answer cut there would show as a shorter llama.cpp answer in the callers' tables.
 `prompt_ids` are the tokens llama.cpp evaluated for the prompt (its prompt callback), so the
 caller can check that both sides tokenized alike.
 """
