@@ -38,7 +38,6 @@ import gc
 import itertools
 import json
 import resource
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -50,11 +49,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "tests" / "support")]
 
 from gguf_files import hand_circuit, write_gguf  # noqa: E402
+from llama_cpp_common import neurosteer_side, run_engine, table  # noqa: E402
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel  # noqa: E402
 
 from neurosteer.export.gguf import bake_gguf  # noqa: E402
 from neurosteer.methods.circuit import Circuit  # noqa: E402
-from neurosteer.methods.steering import steer  # noqa: E402
 from neurosteer.model.loading import load_model  # noqa: E402
 
 TOKENIZER_GGUF = Path.home() / ".cache" / "neurosteer-models" / "qwen2.5-coder-0.5b-instruct.gguf"
@@ -118,55 +117,6 @@ def random_neurons(seed: int) -> dict[int, list[int]]:
     return picks
 
 
-def neurosteer_greedy(
-    model: PreTrainedModel, prompt_ids: list[int], tokens: int, eos: int
-) -> tuple[list[int], list[float]]:
-    """Greedy tokens (stopping at `eos`, which is not kept) and each step's margin between the
-    best and second-best logit."""
-    with torch.inference_mode():
-        out = model.generate(
-            torch.tensor([prompt_ids]),
-            attention_mask=torch.ones(1, len(prompt_ids), dtype=torch.long),
-            max_new_tokens=tokens,
-            do_sample=False,
-            eos_token_id=eos,
-            pad_token_id=eos,
-            output_logits=True,
-            return_dict_in_generate=True,
-        )
-    answer = out.sequences[0, len(prompt_ids) :].tolist()
-    best = [step[0].topk(2).values for step in out.logits]
-    margins = [float(two[0] - two[1]) for two in best]
-    if eos in answer:
-        answer = answer[: answer.index(eos)]
-    return answer, margins
-
-
-def run_engine(engine_python: str, files: list[Path], tokens: int, threads: int, out: Path) -> Any:
-    """llama.cpp's greedy tokens for every file and prompt (gpt4all_greedy.py's answer)."""
-    job = {
-        "files": [str(f) for f in files],
-        "prompts": PROMPTS,
-        "tokens": tokens,
-        "threads": threads,
-        "n_ctx": 512,
-        "output": str(out),
-    }
-    worker = Path(__file__).with_name("gpt4all_greedy.py")
-    subprocess.run([engine_python, str(worker)], input=json.dumps(job), text=True, check=True)
-    return json.loads(out.read_text())
-
-
-def agreement(a: list[int], b: list[int]) -> int:
-    """How many leading tokens `a` and `b` share."""
-    n = 0
-    for x, y in zip(a, b, strict=False):
-        if x != y:
-            break
-        n += 1
-    return n
-
-
 def build_files(out: Path, args: argparse.Namespace) -> tuple[Any, Any, Circuit, dict[str, Path]]:
     """Write the original F32 file, load it in neurosteer (model, tokenizer), bake the circuit
     at each m; the files are {"original": path, "m=0": path, "m=-1": path}."""
@@ -187,44 +137,6 @@ def build_files(out: Path, args: argparse.Namespace) -> tuple[Any, Any, Circuit,
         report = bake_gguf(original, circuit, m, out / f"baked-m{m:g}.gguf", force=True)
         files[f"m={m:g}"] = Path(report.path)
     return model, tokenizer, circuit, files
-
-
-def neurosteer_side(
-    model: PreTrainedModel, prompt_ids: list[list[int]], circuit: Circuit, tokens: int, eos: int
-) -> dict[str, list[tuple[list[int], list[float]]]]:
-    """{"original": unchanged, "m=0": hooked at m = 0, ...}: per prompt (tokens, margins)."""
-    runs = {"original": [neurosteer_greedy(model, ids, tokens, eos) for ids in prompt_ids]}
-    for m in MULTIPLIERS:
-        with steer(model, circuit, m):
-            runs[f"m={m:g}"] = [neurosteer_greedy(model, ids, tokens, eos) for ids in prompt_ids]
-    return runs
-
-
-def cell(mine: list[int], theirs: list[int], margins: list[float] | None) -> str:
-    """ "k/n" (k leading tokens shared of n), with neurosteer's logit margin where they part."""
-    shared, n = agreement(mine, theirs), max(len(mine), len(theirs))
-    if shared == n or margins is None or shared >= len(margins):
-        return f"{shared}/{n}"
-    return f"{shared}/{n} (margin {margins[shared]:.2g})"
-
-
-def table(llama: dict[str, list[list[int]]], ours: dict[str, Any]) -> list[str]:
-    """The markdown rows: each llama.cpp file against its neurosteer counterpart, then the
-    controls (baked against original, in each engine)."""
-    head = "| pair | " + " | ".join(f"prompt {i + 1}" for i in range(len(PROMPTS))) + " |"
-    lines = [head, "|---|" + "---|" * len(PROMPTS)]
-    for key in llama:
-        name = "original" if key == "original" else f"baked {key}"
-        hooked = "unchanged" if key == "original" else f"hooked {key}"
-        cells = [cell(a, b, mg) for a, (b, mg) in zip(llama[key], ours[key], strict=True)]
-        lines.append(f"| llama.cpp {name} vs neurosteer {hooked} | " + " | ".join(cells) + " |")
-    ns_tokens = {key: [tokens for tokens, _ in runs] for key, runs in ours.items()}
-    for key in [k for k in llama if k != "original"]:
-        for engine, runs in (("llama.cpp", llama), ("neurosteer", ns_tokens)):
-            pairs = zip(runs[key], runs["original"], strict=True)
-            cells = [cell(a, b, None) for a, b in pairs]
-            lines.append(f"| {engine}: {key} vs original | " + " | ".join(cells) + " |")
-    return lines
 
 
 def parse_args() -> argparse.Namespace:
@@ -249,21 +161,18 @@ def main() -> None:
     clock.append(time.perf_counter())
     eos = int(tokenizer.eos_token_id)
     prompt_ids = [tokenizer.encode(p, add_special_tokens=False) for p in PROMPTS]
-    ours = neurosteer_side(model, prompt_ids, circuit, args.tokens, eos)
+    ours = neurosteer_side(model, prompt_ids, circuit, MULTIPLIERS, args.tokens, eos)
     clock.append(time.perf_counter())
     engine = run_engine(
-        args.engine_python, list(files.values()), args.tokens, args.threads, out / "engine.json"
+        args.engine_python, files, PROMPTS, args.tokens, args.threads, out / "engine.json"
     )
     clock.append(time.perf_counter())
     build_s, ours_s, engine_s = (b - a for a, b in itertools.pairwise(clock))
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    llama = {key: [r["tokens"] for r in engine["runs"][str(path)]] for key, path in files.items()}
-    same_prompts = all(
-        [r["prompt_ids"] for r in engine["runs"][str(path)]] == prompt_ids
-        for path in files.values()
-    )
+    llama = engine.tokens
+    same_prompts = engine.same_prompts(prompt_ids)
     lines = [
-        f"engine: {engine['engine']}; neurosteer: transformers float32, the same GGUF file; "
+        f"engine: {engine.engine}; neurosteer: transformers float32, the same GGUF file; "
         f"{len(PROMPTS)} prompts, greedy, {args.tokens} tokens; prompt tokens the same on both "
         f"sides: {same_prompts}\n",
         f"time: {build_s:.0f} s to write, load and bake the files, {ours_s:.0f} s of neurosteer "
@@ -282,7 +191,7 @@ def main() -> None:
     ]
     (out / "llama_cpp_moe.md").write_text("\n".join(lines) + "\n")
     record = {
-        "engine": engine["engine"],
+        "engine": engine.engine,
         "prompts": PROMPTS,
         "prompt_ids": prompt_ids,
         "llama_cpp": llama,
