@@ -216,8 +216,9 @@ def discovery_record(args: argparse.Namespace, model: Any, tokenizer: Any, split
     from neurosteer.model.layout import resolve_layout
 
     saved = Path(args.run_dir) / "discovery.circuit" if args.run_dir else None
-    if args.discovery or (saved is not None and saved.exists()):
-        record = Circuit.load(args.discovery or saved)
+    source = args.discovery or (saved if saved is not None and saved.exists() else None)
+    if source is not None:
+        record = Circuit.load(source)
     else:
         fit = {
             name: load_dataset_prompts(splits, split=f"{name}_train", limit=args.n_fit)
@@ -233,7 +234,7 @@ def discovery_record(args: argparse.Namespace, model: Any, tokenizer: Any, split
             record.save(saved)
     if record.table is None:
         raise SystemExit(
-            f"{args.discovery} has no δ table; give a discovery made with keep_table "
+            f"{source} has no δ table; give a discovery made with keep_table "
             "(real_table.py's discovery.circuit) or leave --discovery out"
         )
     record.check_fits(resolve_layout(model))

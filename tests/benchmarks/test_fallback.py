@@ -7,10 +7,12 @@ from __future__ import annotations
 import csv
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 from organism_helpers import organism
 
 import neurosteer
@@ -155,3 +157,34 @@ def test_refusal_styles_group_first_words() -> None:
     labels = ["refusal", "refusal", "refusal", "compliance"]
     styles = fallback.refusal_styles(answers, labels, 4)
     assert styles == [["i'm sorry but i", 2], ["as an ai language", 1]]
+
+
+def test_without_discovery_one_is_made_once_and_kept(setup: dict[str, Path]) -> None:
+    model, tok = organism()
+    run = setup["root"] / "fresh"
+    args = fallback.parse(["--model", "m", "--n-fit", "8", "--run-dir", str(run)])
+    splits = setup["data"] / "refusal_direction" / "splits"
+    made = fallback.discovery_record(args, model, tok, splits)
+    assert made.table is not None
+    assert made.prompts["positive"].count == 8
+    kept = fallback.discovery_record(args, model, tok, splits)  # read back, not rediscovered
+    assert torch.equal(kept.layers, made.layers)
+    assert kept.prompts == made.prompts
+
+
+def test_a_discovery_without_its_table_is_one_line(setup: dict[str, Path]) -> None:
+    model, tok = organism()
+    bare = neurosteer.Circuit.load(setup["discovery"]).reselect(top_k=4)
+    path = replace(bare, table=None).save(setup["root"] / "bare.circuit")
+    args = fallback.parse(["--model", "m", "--discovery", str(path)])
+    with pytest.raises(SystemExit, match="has no δ table") as err:
+        fallback.discovery_record(args, model, tok, setup["data"])
+    assert "\n" not in str(err.value)
+
+
+def test_no_second_circuit_without_both_kinds_of_answer() -> None:
+    split = {"prompts": ["a", "b"], "answers": ["x", "y"], "labels": ["compliance"] * 2}
+    args = fallback.parse(["--model", "m"])
+    folder = fallback.RunDir(None, {})
+    with pytest.raises(SystemExit, match="0 of 2 answers refuse and 2 comply"):
+        fallback.second_circuit(None, None, None, None, split, 4, args, folder)
