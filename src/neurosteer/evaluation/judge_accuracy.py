@@ -9,8 +9,8 @@ the model of the run the rates come from, a caption also says when the accuracy 
 on another model's answers (a judge's error rate moves with the model whose answers it reads).
 
     judge_caption("sweep")
-    # 'judge sweep: right on 77.4% of 540 real answers of Qwen2.5-Coder-0.5B-Instruct and
-    #  Qwen2.5-Coder-1.5B-Instruct read twice (held-out 78.7%); it under-counts refusal'
+    # 'judge sweep: right on 78.7% of 600 real answers of Qwen2.5-Coder-0.5B-Instruct and
+    #  Qwen2.5-Coder-1.5B-Instruct read twice (held-out 79.8%); it under-counts refusal'
     judge_caption("sweep", model="/models/llama-3.2-1b-instruct.gguf")
     # '...; it under-counts refusal; measured on another model's answers, not on
     #  llama-3.2-1b-instruct's'
@@ -113,8 +113,8 @@ def judge_caption(name: str, model: str | None = None) -> str:
             run's model); None when unknown.
 
     Returns:
-        e.g. (a list file's entry named by the entry alone) "judge sweep: right on 77.4% of
-        540 real answers of Qwen2.5-Coder-0.5B-Instruct and ... read twice (held-out 78.7%); it
+        e.g. (a list file's entry named by the entry alone) "judge sweep: right on 78.7% of
+        600 real answers of Qwen2.5-Coder-0.5B-Instruct and ... read twice (held-out 79.8%); it
         under-counts refusal", with "; measured on another model's answers, not on M's" for
         a run of another model M, or "judge NAME: accuracy on real answers not measured".
     """
