@@ -4,13 +4,20 @@ routing rule (what an unrouted expert's neuron counts at the last token).
 Speed, side by side in one process on a random-init Qwen3-MoE (16 experts, top-2): discovery
 (two prompt sets, universal filter off) vs a plain forward of the same prompts and batches,
 target ≤ 0.85×; greedy generation with an m = 0 circuit hooked vs plain, target ≤ 1.05×.
+A second baseline, the truncated forward, stops the plain forward at the last layer's MLP
+input (no last MLP, final norm or LM head), where discovery stops: "recording_overhead" =
+discovery / truncated is what recording costs, "truncated_ratio" = truncated / plain what the
+model's architecture lets any last-token recorder skip (`moe_bound.py` counts it for real
+models from their configs). Real discovery runs 128 + 128 prompts (docs/real-models.md), so
+time `--prompts 128`, where rendering, selection and the fingerprint are amortized as in use.
 
 Routing rule, on the same model: a circuit is discovered under each rule ("routed", "weighted",
 "every"; see docs/moe.md) and ablated (m = 0) on held-out prompts; the rule whose circuit moves
 the last-token output most is the one whose scores describe what the neurons do there. A random
 circuit of the same size is the floor.
 
-    python benchmarks/bench_moe.py --prompts 32 --repeats 3 --out benchmarks/results-moe-cpu.json
+    cd benchmarks && python bench_moe.py --prompts 128 --batch-size 16 --repeats 3 --threads 1 \
+        --speed-only --clock cpu [--organism]
 
 `--organism` times the MoE organism (`neurosteer organism train --moe`, shipped with the
 package) instead of the random-init model, speed only; `--speed-only` skips the routing rules;
@@ -22,6 +29,7 @@ however long other jobs hold the cores).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import time
 from collections.abc import Callable
@@ -33,7 +41,9 @@ from common import char_tokenizer, emit, prompts
 from transformers import AutoConfig, AutoModelForCausalLM
 
 import neurosteer
+from neurosteer.hooks import HookSet, StopForward
 from neurosteer.methods import moe_sites
+from neurosteer.model.layout import resolve_layout
 from neurosteer.prompts.render import render_prompts
 
 CLOCK: list[Callable[[], float]] = [time.perf_counter]  # --clock cpu: time.process_time
@@ -52,25 +62,27 @@ def side_by_side(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str
     return {name: statistics.median(t) for name, t in times.items()}
 
 
+MOE_SHAPE: dict[str, Any] = {
+    "hidden_size": 256,
+    "intermediate_size": 512,
+    "moe_intermediate_size": 128,
+    "num_experts": 16,
+    "num_experts_per_tok": 2,
+    "num_hidden_layers": 6,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "head_dim": 64,
+    "max_position_embeddings": 1024,
+    "decoder_sparse_step": 1,
+    "tie_word_embeddings": False,
+}
+"""The random-init Qwen3-MoE's config (with `vocab_size`), as `moe_model` builds it."""
+
+
 def moe_model(vocab: int, seed: int = 0) -> Any:
     """A random-init Qwen3-MoE; `vocab` sets the LM head's share of a forward pass (1024: about
     10%, as Qwen3-30B-A3B's 151k x 2048 head is of its ~3B active parameters per token)."""
-    config = AutoConfig.for_model(
-        "qwen3_moe",
-        vocab_size=vocab,
-        hidden_size=256,
-        intermediate_size=512,
-        moe_intermediate_size=128,
-        num_experts=16,
-        num_experts_per_tok=2,
-        num_hidden_layers=6,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=64,
-        max_position_embeddings=1024,
-        decoder_sparse_step=1,
-        tie_word_embeddings=False,
-    )
+    config = AutoConfig.for_model("qwen3_moe", vocab_size=vocab, **MOE_SHAPE)
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config, experts_implementation="eager").eval()
     with torch.no_grad():  # O(1) activations, so that neurons differ clearly
@@ -78,6 +90,28 @@ def moe_model(vocab: int, seed: int = 0) -> Any:
             if p.dim() >= 2:
                 p.normal_(0.0, 0.08)
     return model
+
+
+def truncated(model: Any, batches: list[Any]) -> Callable[[], None]:
+    """The plain forward of `batches` stopped where discovery stops: at the last layer's MLP
+    input (a pre-hook raises), so neither that MLP nor the final norm and LM head run.
+    Discovery / this is what recording costs; this / the plain forward is what the model's
+    architecture lets any last-token recorder skip."""
+    layout = resolve_layout(model)
+    assert layout.moe is not None  # an MoE model
+    last = layout.layer_modules(model)[-1].get_submodule(layout.moe.layers[-1].mlp_path)
+
+    def stop(_module: Any, _args: Any) -> None:
+        raise StopForward
+
+    def run() -> None:
+        with HookSet() as hooks, torch.inference_mode():
+            hooks.pre(last, stop)
+            for b in batches:
+                with contextlib.suppress(StopForward):
+                    model(**b, use_cache=False)
+
+    return run
 
 
 def speed(
@@ -108,7 +142,8 @@ def speed(
             model, tokenizer, pos, neg, universal_filter=False, batch_size=batch_size, top_k=32
         )
 
-    found = side_by_side({"plain_forward": plain, "discovery": discovery}, repeats)
+    fns = {"plain_forward": plain, "truncated_forward": truncated(model, batches)}
+    found = side_by_side({**fns, "discovery": discovery}, repeats)
     circuit = neurosteer.discover(model, tokenizer, pos, neg, universal_filter=False, top_k=32)
     batch = tokenizer(
         render_prompts(tokenizer, prompts(4, offset=99)), return_tensors="pt", padding=True
@@ -127,6 +162,8 @@ def speed(
         **found,
         **gen,
         "discovery_ratio": found["discovery"] / found["plain_forward"],
+        "truncated_ratio": found["truncated_forward"] / found["plain_forward"],
+        "recording_overhead": found["discovery"] / found["truncated_forward"],
         "hooked_generation_ratio": gen["hooked_generate"] / gen["plain_generate"],
     }
 

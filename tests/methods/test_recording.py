@@ -177,3 +177,26 @@ def test_errors_other_than_out_of_memory_are_not_retried(
     finally:
         handle.remove()
     assert all(not m._forward_pre_hooks for m in model.modules())
+
+
+def test_every_activation_keeps_each_prompt_in_its_column_and_refuses_a_missing_one() -> None:
+    from neurosteer.methods.recording import EveryActivation, PromptActivations
+
+    torch.manual_seed(0)
+    acts = torch.randn(2, 5, 3, 4)  # [batch, prompt in batch, layer, neuron]
+    order = [torch.tensor([3, 0, 4]), torch.tensor([1, 2])]  # batches run longest first
+    layers, neurons = torch.tensor([2, 0, 1, 2]), torch.tensor([3, 0, 1, 0])
+    every, chosen = EveryActivation(5, 3, 4), PromptActivations(5, layers, neurons)
+    with pytest.raises(RuntimeError, match="not every prompt"):
+        every.take(layers, neurons)
+    for b, index in enumerate(order):
+        for keeper in (every, chosen):
+            keeper.rows(index)
+            for layer in range(3):
+                keeper.update(layer, acts[b, : len(index), layer])
+    expected = torch.empty(4, 5)
+    for b, index in enumerate(order):
+        for row, prompt in enumerate(index.tolist()):
+            expected[:, prompt] = acts[b, row][layers, neurons]
+    assert torch.equal(every.take(layers, neurons), expected)
+    assert torch.equal(every.take(layers, neurons), chosen.result())

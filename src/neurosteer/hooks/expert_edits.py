@@ -155,6 +155,7 @@ def add_moe_last_token_recorder(
     *,
     rule: RoutingRule,
     stop: bool,
+    rows: LastRows | None = None,
 ) -> None:
     """Hand `sink(layer, acts [batch, d_mlp])` the layer's flat neurons at each prompt's last
     real token, once the MoE block `block` has run (zeros past the layer's width, and for
@@ -165,11 +166,14 @@ def add_moe_last_token_recorder(
     act on each token by itself, so the recorded values are those of the full block (up to
     float rounding where a matrix product of one row takes another kernel).
 
+    `rows`, shared by the recorders of one pass (`last_index` then returns one tensor per
+    batch), finds the token rows once per batch instead of once per layer.
+
     Memory: one [batch + 1, d_mlp] float32 buffer per layer and batch (the spare row takes
     the values of the tokens that are not recorded) and, for "weighted", a [batch + 1, experts]
     table of routing weights; nothing per expert.
     """
-    recorder = _BlockRecorder(layer, parts, d_mlp, last_index, sink, rule, stop)
+    recorder = _BlockRecorder(layer, parts, d_mlp, last_index, sink, rule, stop, rows)
     hooks.pre(block, recorder.before)
     for part in parts:
         if part.fused:
@@ -180,9 +184,61 @@ def add_moe_last_token_recorder(
     hooks.post(block, recorder.after)
 
 
+class LastRows:
+    """What the MoE recorders of one pass derive from the prompts' last-token positions,
+    found once per batch (and device, and block input length) instead of once per layer.
+
+    Args:
+        last_index: the batch's [batch] last-token positions; the same tensor object for every
+            call within a batch (a new object marks a new batch).
+    """
+
+    def __init__(self, last_index: Callable[[], torch.Tensor]) -> None:
+        self.last_index = last_index
+        self._source: torch.Tensor | None = None
+        self._found: dict[tuple[int, int, str, bool], _Rows] = {}
+
+    def find(self, n: int, seq: int, device: torch.device, stop: bool) -> _Rows:
+        """The rows of a block input [n, seq, H] on `device`; with `stop`, the block will run
+        on the last tokens alone (`_Rows.seq` = 1, positions 0)."""
+        source = self.last_index()
+        if source is not self._source:
+            self._source, self._found = source, {}
+        key = (n, seq, str(device), stop)
+        if key not in self._found:
+            at = source.to(device)
+            batch = torch.arange(n, device=device)
+            last = torch.zeros_like(at) if stop else at
+            seq = 1 if stop else seq
+            owner = torch.full((n * seq,), n, device=device)
+            owner[batch * seq + last] = batch
+            self._found[key] = _Rows(batch, at, last, owner)
+        return self._found[key]
+
+
+@dataclass(frozen=True)
+class _Rows:
+    """One batch's rows as a block recorder uses them (all [n] int64 but owner).
+
+    Attributes:
+        batch: 0 .. n − 1.
+        at: each prompt's last real token in the block's input.
+        last: each prompt's recorded position in the tokens the block runs (`at`, or 0 when
+            it runs on the last tokens alone).
+        owner: [n × seq] the prompt of each flattened row at its last token, else n (a spare
+            row of "acts" that takes the other rows' values, so that a tap needs no selection).
+    """
+
+    batch: torch.Tensor
+    at: torch.Tensor
+    last: torch.Tensor
+    owner: torch.Tensor
+
+
 class _BlockRecorder:
     """The pre- and post-hook of one MoE block for `add_moe_last_token_recorder`, and what
-    they hold for the taps in between (`held`: "acts", "owner", "last", routing weights)."""
+    they hold for the taps in between (`held`: "acts", "batch", "owner", "last", routing
+    weights)."""
 
     def __init__(
         self,
@@ -193,27 +249,25 @@ class _BlockRecorder:
         sink: Callable[[int, torch.Tensor], None],
         rule: RoutingRule,
         stop: bool,
+        rows: LastRows | None,
     ) -> None:
         self.layer, self.parts, self.d_mlp, self.rule, self.stop = layer, parts, d_mlp, rule, stop
-        self.last_index, self.sink = last_index, sink
+        self.rows, self.sink = rows or LastRows(last_index), sink
         self.grid = TokenGrid()
         self.held: dict[str, torch.Tensor] = {}
         self.weighted = [p for p in parts if p.fused and rule == "weighted"]
 
     def before(self, _module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...] | None:
         x = args[0]  # [batch, seq, H]
-        last = self.last_index().to(x.device)
-        batch = torch.arange(x.shape[0], device=x.device)
+        rows = self.rows.find(int(x.shape[0]), int(x.shape[-2]), x.device, self.stop)
+        batch, last, owner = rows.batch, rows.last, rows.owner
         if self.stop:  # only the last tokens are recorded and nothing after the block runs
-            x, last = x[batch, last].unsqueeze(1), torch.zeros_like(last)
-        n, seq = self.grid.batch, self.grid.seq = int(x.shape[0]), int(x.shape[-2])
-        # the prompt of each flattened row: its index at its last token, else n (a spare row
-        # of "acts" that takes the other rows' values, so that a tap needs no selection)
-        owner = torch.full((n * seq,), n, device=x.device)
-        owner[batch * seq + last] = batch
+            x = x[batch, rows.at].unsqueeze(1)
+        n = self.grid.batch = int(x.shape[0])
+        self.grid.seq = int(x.shape[-2])
         held = self.held
         held["acts"] = torch.zeros(n + 1, self.d_mlp, dtype=torch.float32, device=x.device)
-        held["owner"], held["last"] = owner, last
+        held["batch"], held["owner"], held["last"] = batch, owner, last
         for part in self.weighted:  # each prompt's routing weight per expert
             held[_weights_key(part)] = torch.zeros(
                 n + 1, part.n_experts, dtype=torch.float32, device=x.device
@@ -271,8 +325,7 @@ def _linear_taker(
 ) -> Callable[[nn.Module, tuple[Any, ...]], None]:
     def hook(_module: nn.Module, args: tuple[Any, ...]) -> None:
         x = grid.as_3d(args[0])  # [batch, seq, w]
-        rows = torch.arange(x.shape[0], device=x.device)
-        values = x[rows, held["last"]].float()
+        values = x[held["batch"], held["last"]].float()
         held["acts"][: x.shape[0], part.start : part.start + part.width] = values
 
     return hook

@@ -23,7 +23,7 @@ from neurosteer.methods.circuit import Circuit, CircuitRecipe, DeltaTable, Model
 from neurosteer.methods.discovery_record import SETS, DiscoveryRecord
 from neurosteer.methods.recording import (
     ActivationStats,
-    PromptActivations,
+    EveryActivation,
     record_prompt_activations,
     record_stats,
     top_activation_frequency,
@@ -248,16 +248,14 @@ def circuit_size(
     return k, tuple(sorted(i % layout.n_layers for i in skip_layers))
 
 
-def _keepers(layout: ModelLayout, ids: dict[str, list[list[int]]]) -> dict[str, PromptActivations]:
+def _keepers(layout: ModelLayout, ids: dict[str, list[list[int]]]) -> dict[str, EveryActivation]:
     """{set: a keeper of every neuron's activation on each prompt} for the positive and
     negative sets, or {} when that would take over `KEEP_IN_PASS_BYTES`."""
     n_prompts = len(ids["positive"]) + len(ids["negative"])
     grid = layout.n_layers * layout.d_mlp  # every flat index: an MoE layer may be narrower
     if n_prompts * grid * 4 > KEEP_IN_PASS_BYTES:
         return {}
-    flat = torch.arange(grid)
-    layers, neurons = flat // layout.d_mlp, flat % layout.d_mlp
-    return {name: PromptActivations(len(ids[name]), layers, neurons) for name in SETS}
+    return {name: EveryActivation(len(ids[name]), layout.n_layers, layout.d_mlp) for name in SETS}
 
 
 def _discovery_record(
@@ -266,7 +264,7 @@ def _discovery_record(
     circuit: Circuit,
     sets: dict[str, list[str]],
     ids: dict[str, list[list[int]]],
-    keep: dict[str, PromptActivations],
+    keep: dict[str, EveryActivation],
     options: dict[str, Any],
 ) -> DiscoveryRecord:
     """The prompts, the circuit neurons' [k, n] activations on each set (from `keep`, else
@@ -275,7 +273,7 @@ def _discovery_record(
     activations = {}
     for name in SETS:
         if name in keep:
-            activations[name] = keep[name].result()[layers * layout.d_mlp + neurons].clone()
+            activations[name] = keep[name].take(layers, neurons)
         else:
             activations[name] = record_prompt_activations(
                 model,
@@ -295,7 +293,7 @@ def _record(
     layout: ModelLayout,
     ids: dict[str, list[list[int]]],
     options: dict[str, Any],
-    keep: dict[str, PromptActivations],
+    keep: dict[str, EveryActivation],
 ) -> tuple[ActivationStats, ActivationStats, torch.Tensor]:
     """Last-token statistics of the positive and negative sets (each prompt's activations
     into `keep` too, for the sets it holds), and the [n_layers, d_mlp] bool universal mask

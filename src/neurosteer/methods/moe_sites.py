@@ -20,6 +20,7 @@ from neurosteer.errors import UnsupportedModelError
 from neurosteer.hooks import EditState, HookSet
 from neurosteer.hooks.edits import scale_values
 from neurosteer.hooks.expert_edits import (
+    LastRows,
     RecordedBlock,
     RoutingRule,
     add_expert_scalers,
@@ -233,7 +234,8 @@ def add_moe_recorders(
     rule: RoutingRule | None = None,
     stop_after_last: bool = True,
 ) -> None:
-    """Record every layer's flat neurons [batch, d_mlp] at the prompts' last real tokens.
+    """Record every layer's flat neurons [batch, d_mlp] at the prompts' last real tokens
+    (`last_index()`: the same [batch] tensor for every layer of one batch).
 
     Raises:
         UnsupportedModelError: a layer keeps its experts as separate modules (their token rows
@@ -242,6 +244,7 @@ def add_moe_recorders(
     moe = _moe(layout)
     layers = layout.layer_modules(model)
     final = len(layers) - 1
+    rows = LastRows(last_index)
     for i, (layer, spec) in enumerate(zip(layers, moe.layers, strict=True)):
         parts = _recorded(layout, i, layer, spec.blocks)
         block = layer.get_submodule(spec.mlp_path)
@@ -255,4 +258,5 @@ def add_moe_recorders(
             sink,
             rule=DEFAULT_RULE if rule is None else rule,  # read at call time (benchmarks vary it)
             stop=stop_after_last and i == final,
+            rows=rows,
         )

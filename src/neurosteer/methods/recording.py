@@ -120,6 +120,43 @@ class PromptActivations:
         return self.values
 
 
+class EveryActivation:
+    """Each prompt's last-token activation of every neuron, in the prompts' own order: what
+    `PromptActivations` keeps for the full [n_layers × d_mlp] grid, with one copy per layer
+    and batch instead of a selection.
+
+    Args:
+        n_prompts: the prompts that will be run.
+        n_layers, d_mlp: the grid (an MoE layer narrower than d_mlp has zeros past its width).
+
+    Memory: n_prompts × n_layers × d_mlp float32 (discovery keeps one per set while it fits
+    `KEEP_IN_PASS_BYTES`).
+    """
+
+    def __init__(self, n_prompts: int, n_layers: int, d_mlp: int) -> None:
+        self.values = torch.full((n_prompts, n_layers, d_mlp), float("nan"))
+        self._index: torch.Tensor | None = None
+
+    def rows(self, index: torch.Tensor) -> None:
+        """The prompt index of each row of the batch whose layers come next ([batch])."""
+        self._index = index.cpu()
+
+    def update(self, layer: int, acts: torch.Tensor) -> None:
+        """Keep `layer`'s [batch, d_mlp] activations in the columns of their prompts."""
+        assert self._index is not None  # rows() runs before every batch's layers
+        self.values[self._index, layer] = acts.detach().float().cpu()
+
+    def take(self, layers: torch.Tensor, neurons: torch.Tensor) -> torch.Tensor:
+        """[k, n_prompts] float32 of the k neurons ([k] `layers` and `neurons`), a copy.
+
+        Raises:
+            RuntimeError: a prompt was not recorded (a pass that did not run them all).
+        """
+        if bool(self.values.isnan().any()):
+            raise RuntimeError("not every prompt was recorded at every kept neuron")
+        return self.values[:, layers.long(), neurons.long()].T.contiguous()
+
+
 class TopActivationCounter:
     """Counts, per neuron, how many prompts put it among their top-k by |activation|.
 
@@ -237,15 +274,17 @@ class _PassState:
         self.on_rows = on_rows
         self.on_layer, self.on_batch_end = on_layer, on_batch_end
         self.pending: dict[int, torch.Tensor] = {}  # {layer: [batch, width]}
-        self.mask: torch.Tensor | None = None  # [batch, seq] of the batch in flight
+        self.last: torch.Tensor | None = None  # [batch] last real tokens of the batch in flight
 
     def last_index(self) -> torch.Tensor:
-        assert self.mask is not None  # the hooks run only inside attempt()
-        return last_token_index(self.mask)
+        """The batch's [batch] last-token positions: one tensor for every layer's hooks (found
+        once per batch, so hooks may cache what they derive from it by identity)."""
+        assert self.last is not None  # the hooks run only inside attempt()
+        return self.last
 
     def attempt(self, batch: Batch) -> None:
         """One forward pass, stopped after the last recorded layer (may be retried)."""
-        self.mask = batch.attention_mask
+        self.last = last_token_index(batch.attention_mask)
         self.pending.clear()  # a retried batch starts over
         ids, mask = batch.input_ids.to(self.device), batch.attention_mask.to(self.device)
         with contextlib.suppress(StopForward):
@@ -273,7 +312,7 @@ def record_stats(
     pad_id: int,
     progress: bool = False,
     desc: str = "recording",
-    keep: PromptActivations | None = None,
+    keep: PromptActivations | EveryActivation | None = None,
 ) -> ActivationStats:
     """Mean and variance of every neuron at the last prompt token over a prompt set; with
     `keep`, also each prompt's activation of the neurons it names, in the same pass."""
