@@ -50,3 +50,20 @@ def test_discover_inspect_generate_bake_and_sweep_on_a_moe_folder(tmp_path: Path
     args += ["--max-new-tokens", "2", "--kl-limit", "1", "--kl-tokens", "1", "--eval-limit", "2"]
     _ok(args)
     assert (run / "config.json").is_file()
+
+
+@pytest.mark.parametrize(
+    ("flags", "model_type"),
+    [([], "llama"), (["--base"], "llama"), (["--moe"], "qwen2_moe")],
+)
+def test_organism_path_prints_a_model_folder(flags: list[str], model_type: str) -> None:
+    folder = Path(_ok(["organism", "path", *flags]).output.strip())
+    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    assert config["model_type"] == model_type
+    assert ("base" in folder.parts) == ("--base" in flags)
+
+
+def test_organism_path_of_the_moe_base_names_the_command_that_rebuilds_it() -> None:
+    result = CliRunner().invoke(cli, ["organism", "path", "--moe", "--base"])
+    assert result.exit_code == 2
+    assert "organism train --moe" in result.output
