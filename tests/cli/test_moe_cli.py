@@ -67,3 +67,16 @@ def test_organism_path_of_the_moe_base_names_the_command_that_rebuilds_it() -> N
     result = CliRunner().invoke(cli, ["organism", "path", "--moe", "--base"])
     assert result.exit_code == 2
     assert "organism train --moe" in result.output
+
+
+def test_inspect_header_names_the_shared_expert_and_dense_layers() -> None:
+    from neurosteer.cli.render import _total
+    from neurosteer.methods.circuit import ModelInfo
+
+    moe_layer: list[list[int | str]] = [["routed", 0, 8, 64], ["shared", 512, 1, 128]]
+    dense_layer: list[list[int | str]] = [["dense", 0, 1, 256]]
+    info = ModelInfo(
+        "m", "qwen2_moe", "Qwen2MoeForCausalLM", 3, 640, 32, "model.layers", "mlp", "h",
+        neuron_blocks=[dense_layer, moe_layer, moe_layer],
+    )  # fmt: skip
+    assert _total(info) == "1536 in 3 layers (routed: 8 experts x 64, shared: 128, dense: 256)"
