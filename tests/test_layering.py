@@ -19,7 +19,8 @@ import pytest
 SRC = Path(__file__).resolve().parents[1] / "src"
 
 #: folder under neurosteer/ -> rank; "" is the top-level modules (the leaves), "__init__" the
-#: package's front door (`neurosteer/__init__.py`, which names the public API).
+#: package's front door (`neurosteer/__init__.py`, which names the public API, and
+#: `neurosteer/__main__.py`, which runs the command line for `python -m neurosteer`).
 LAYERS: dict[str, int] = {
     "": 0,
     "prompts": 1,
@@ -70,7 +71,7 @@ def imported_modules(name: str, file: Path, modules: dict[str, Path]) -> set[str
 def layer_of(name: str, modules: dict[str, Path]) -> str:
     """The folder that gives `name` its layer ("" for a top-level module)."""
     parts = name.split(".")
-    if len(parts) == 1:
+    if len(parts) == 1 or parts[1:] == ["__main__"]:
         return "__init__"
     if len(parts) == 2 and modules[name].name != "__init__.py":
         return ""

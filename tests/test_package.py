@@ -22,3 +22,11 @@ def test_cli_help_does_not_import_torch() -> None:
     code = "import sys, neurosteer.cli.main; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_python_dash_m_runs_the_command_line() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "neurosteer", "--help"], capture_output=True, text=True, check=True
+    )
+    assert "Usage: neurosteer" in out.stdout
+    assert "discover" in out.stdout

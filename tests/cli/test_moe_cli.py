@@ -50,3 +50,33 @@ def test_discover_inspect_generate_bake_and_sweep_on_a_moe_folder(tmp_path: Path
     args += ["--max-new-tokens", "2", "--kl-limit", "1", "--kl-tokens", "1", "--eval-limit", "2"]
     _ok(args)
     assert (run / "config.json").is_file()
+
+
+@pytest.mark.parametrize(
+    ("flags", "model_type"),
+    [([], "llama"), (["--base"], "llama"), (["--moe"], "qwen2_moe")],
+)
+def test_organism_path_prints_a_model_folder(flags: list[str], model_type: str) -> None:
+    folder = Path(_ok(["organism", "path", *flags]).output.strip())
+    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    assert config["model_type"] == model_type
+    assert ("base" in folder.parts) == ("--base" in flags)
+
+
+def test_organism_path_of_the_moe_base_names_the_command_that_rebuilds_it() -> None:
+    result = CliRunner().invoke(cli, ["organism", "path", "--moe", "--base"])
+    assert result.exit_code == 2
+    assert "organism train --moe" in result.output
+
+
+def test_inspect_header_names_the_shared_expert_and_dense_layers() -> None:
+    from neurosteer.cli.render import _total
+    from neurosteer.methods.circuit import ModelInfo
+
+    moe_layer: list[list[int | str]] = [["routed", 0, 8, 64], ["shared", 512, 1, 128]]
+    dense_layer: list[list[int | str]] = [["dense", 0, 1, 256]]
+    info = ModelInfo(
+        "m", "qwen2_moe", "Qwen2MoeForCausalLM", 3, 640, 32, "model.layers", "mlp", "h",
+        neuron_blocks=[dense_layer, moe_layer, moe_layer],
+    )  # fmt: skip
+    assert _total(info) == "1536 in 3 layers (routed: 8 experts x 64, shared: 128, dense: 256)"

@@ -5,6 +5,7 @@ experts, dense first layers, gpt-oss's transposed, biased and clamped experts)."
 from __future__ import annotations
 
 import copy
+import dataclasses
 from functools import cache
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerFast
 
 from conftest import NEGATIVE_PROMPTS, POSITIVE_PROMPTS
 from neurosteer import Circuit, bake, discover, render_prompts, resolve_layout, steer
+from neurosteer.errors import CircuitMismatchError
 from neurosteer.hooks import count_hooks
 from neurosteer.hooks.experts import expert_neurons
 
@@ -253,3 +255,34 @@ def test_discovery_keeps_the_activations_of_neurons_past_the_narrow_layers() -> 
         pad_id=0,
     )
     torch.testing.assert_close(circuit.discovery.activations["positive"], again)
+
+
+@pytest.mark.parametrize(
+    ("layer", "neuron", "expected"),
+    [
+        (0, 40, "neuron 40 of layer 0, which has 37 neurons (dense 37)"),
+        (1, 999, f"neuron 999 of layer 1, which has {(MOE_EXPERTS + 2) * MOE_WIDTH} neurons "),
+    ],
+)
+def test_an_index_past_its_layer_names_the_layer_its_width_and_the_fix(
+    layer: int, neuron: int, expected: str
+) -> None:
+    model, _ = _tiny("deepseek_v3")
+    good = _circuit("deepseek_v3")
+    bad = dataclasses.replace(
+        good,
+        layers=torch.tensor([layer]),
+        neurons=torch.tensor([neuron]),
+        delta=good.delta[:1],
+        positive_mean=good.positive_mean[:1],
+        negative_mean=good.negative_mean[:1],
+        discovery=None,
+    )
+    with pytest.raises(CircuitMismatchError) as caught:
+        bad.check_fits(resolve_layout(model))
+    message = str(caught.value)
+    assert expected in message
+    assert "discover it again on this model" in message
+    assert "\n" not in message
+    if layer == 1:
+        assert f"(routed {MOE_EXPERTS} experts x {MOE_WIDTH} + shared {2 * MOE_WIDTH})" in message

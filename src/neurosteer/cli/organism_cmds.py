@@ -1,4 +1,5 @@
-"""CLI commands for the built-in organism: `neurosteer demo` and `neurosteer organism train`."""
+"""CLI commands for the built-in organism: `neurosteer demo` and `neurosteer organism train`,
+`export` and `path`."""
 
 from __future__ import annotations
 
@@ -217,3 +218,23 @@ def export_command(out: Path, n_eval: int, force: bool) -> None:
     for item in sorted(folder.rglob("*")):
         if item.is_file():
             console.print(str(item))
+
+
+@organism_group.command("path")
+@click.option("--moe", is_flag=True, help="The mixture-of-experts twin instead of the dense pair.")
+@click.option("--base", is_flag=True, help="The helpful base model instead of the instruct model.")
+def path_command(moe: bool, base: bool) -> None:
+    """Print the folder of a shipped organism model, to pass as MODEL to the other commands.
+
+    `neurosteer discover $(neurosteer organism path --moe) -p ... -n ...` runs on the MoE twin.
+    The MoE base is not shipped: `--moe --base` fails and names the command that rebuilds it.
+    """
+    from neurosteer.workflows.organism.paths import BASE_DIR, INSTRUCT_DIR, MOE_INSTRUCT_DIR
+
+    if moe and base:
+        raise InputError(
+            "the MoE organism's base model is not shipped; rebuild it with "
+            "`neurosteer organism train --moe -o DIR` and use DIR/base"
+        )
+    folder = MOE_INSTRUCT_DIR if moe else BASE_DIR if base else INSTRUCT_DIR
+    click.echo(str(folder))

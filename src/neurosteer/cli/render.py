@@ -49,15 +49,18 @@ def print_circuit_summary(circuit: Circuit, *, top: int, settings: bool = False)
 
 
 def _total(info: ModelInfo) -> str:
-    """ "28 x 8960" for a dense model; "756 in 4 layers (routed: 5 experts x 23)" for an MoE
-    model (its shared experts and dense layers counted in the total)."""
+    """ "28 x 8960" for a dense model; "3840 in 6 layers (routed: 8 experts x 64, shared: 128)"
+    for an MoE model ("dense: W" names the width of its layers without experts, if any)."""
     if info.neuron_blocks is None:
         return f"{info.n_layers} x {info.d_mlp}"
-    routed = {
-        (int(b[2]), int(b[3])) for layer in info.neuron_blocks for b in layer if b[0] == "routed"
-    }
-    per = ", ".join(f"{e} experts x {w}" for e, w in sorted(routed))
-    return f"{int(info.valid_mask().sum())} in {info.n_layers} layers (routed: {per})"
+    blocks = [b for layer in info.neuron_blocks for b in layer]
+    routed = {(int(b[2]), int(b[3])) for b in blocks if b[0] == "routed"}
+    parts = [f"routed: {', '.join(f'{e} experts x {w}' for e, w in sorted(routed))}"]
+    for kind in ("shared", "dense"):
+        widths = sorted({int(b[2]) * int(b[3]) for b in blocks if b[0] == kind})
+        if widths:
+            parts.append(f"{kind}: {'/'.join(str(w) for w in widths)}")
+    return f"{int(info.valid_mask().sum())} in {info.n_layers} layers ({', '.join(parts)})"
 
 
 def _expert_table(circuit: Circuit) -> Table:

@@ -49,6 +49,7 @@ from neurosteer.model.gguf.reader import (
     read_header,
     type_name,
 )
+from neurosteer.model.moe_layout import index_outside_message
 
 logger = logging.getLogger(__name__)
 
@@ -232,7 +233,7 @@ def circuit_tensors(header: GGUFHeader, circuit: Circuit) -> dict[str, np.ndarra
                 f"'{header.path.name}' has no down projection {name} of {d_mlp} x d_model values"
             )
         if len(neurons) and int(neurons.max()) >= d_mlp:
-            raise CircuitMismatchError("this circuit holds neuron indices outside the model")
+            raise CircuitMismatchError(index_outside_message(layer, int(neurons.max()), d_mlp))
         targets[name] = neurons.numpy().astype(np.int64)
     return targets
 

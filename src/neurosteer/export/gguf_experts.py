@@ -37,6 +37,7 @@ from neurosteer.export.gguf_quants import (
 )
 from neurosteer.methods.circuit import Circuit
 from neurosteer.model.gguf.reader import GGUFHeader
+from neurosteer.model.moe_layout import index_outside_message
 
 #: {tensor name: {expert: int64 neuron indices}}; a 2-D tensor has the one key 0.
 Targets = dict[str, dict[int, np.ndarray]]
@@ -86,7 +87,8 @@ def moe_tensors(header: GGUFHeader, circuit: Circuit) -> Targets:
                     for e in np.unique(experts)
                 }
         if len(flat) and int(flat.max()) >= end:
-            raise CircuitMismatchError("this circuit holds neuron indices outside the model")
+            message = index_outside_message(layer, int(flat.max()), end, blocks[layer])
+            raise CircuitMismatchError(message)
     return targets
 
 

@@ -70,7 +70,7 @@ from neurosteer.methods.selection import (
 from neurosteer.model.fingerprint import WeightsFingerprint, baked_on, mark_baked, same_weights
 from neurosteer.model.gguf.reader import FileIdentity
 from neurosteer.model.layout import ModelLayout, resolve_layout
-from neurosteer.model.moe_layout import describe_neuron
+from neurosteer.model.moe_layout import describe_neuron, index_outside_message
 
 logger = logging.getLogger(__name__)
 
@@ -454,6 +454,23 @@ class Circuit(HookedIntervention):
                 "--layers-path/--site) to use the circuit's own paths"
             )
 
+    def _check_indices(self, layout: ModelLayout) -> None:
+        """Raise CircuitMismatchError naming the first neuron past its layer's width."""
+        if int(self.layers.max()) >= layout.n_layers:
+            raise CircuitMismatchError(
+                f"this circuit holds layer {int(self.layers.max())} but the model has "
+                f"{layout.n_layers} layers; the circuit file is damaged or from another model: "
+                "discover it again on this model"
+            )
+        widths = layout.moe.widths if layout.moe is not None else (layout.d_mlp,) * layout.n_layers
+        table = layout.moe.table() if layout.moe is not None else None
+        for layer, neuron in zip(self.layers.tolist(), self.neurons.tolist(), strict=True):
+            if neuron >= widths[layer]:
+                blocks = table[layer] if table is not None else None
+                raise CircuitMismatchError(
+                    index_outside_message(layer, neuron, widths[layer], blocks)
+                )
+
     def _check_shape(self, layout: ModelLayout) -> None:
         if (layout.n_layers, layout.d_mlp) != (self.model.n_layers, self.model.d_mlp):
             raise CircuitMismatchError(
@@ -462,10 +479,8 @@ class Circuit(HookedIntervention):
                 f"this model ({layout.model_type}, {layout.n_layers} layers x {layout.d_mlp} "
                 "neurons); discover a circuit on this model"
             )
-        if len(self) and (
-            int(self.layers.max()) >= layout.n_layers or int(self.neurons.max()) >= layout.d_mlp
-        ):
-            raise CircuitMismatchError("this circuit holds neuron indices outside the model")
+        if len(self):
+            self._check_indices(layout)
         if layout.model_type != self.model.model_type:
             raise CircuitMismatchError(
                 f"this circuit was found on a {self.model.model_type} model "

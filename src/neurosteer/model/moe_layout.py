@@ -141,6 +141,27 @@ def describe_neuron(table: list[list[list[int | str]]], layer: int, neuron: int)
     raise IndexError(f"neuron {neuron} is outside layer {layer}'s blocks")
 
 
+def index_outside_message(
+    layer: int, index: int, width: int, blocks: list[list[int | str]] | None = None
+) -> str:
+    """The one-line error for a circuit's neuron index past its layer's width, e.g. "this
+    circuit holds neuron 650 of layer 5, which has 640 neurons (routed 8 experts x 64 +
+    shared 128); ...". `blocks` is the layer's row of a `MoeLayout.table` (None: dense)."""
+    split = ""
+    if blocks:
+        parts = [
+            f"routed {b[2]} experts x {b[3]}"
+            if b[0] == "routed"
+            else f"{b[0]} {int(b[2]) * int(b[3])}"
+            for b in blocks
+        ]
+        split = f" ({' + '.join(parts)})"
+    return (
+        f"this circuit holds neuron {index} of layer {layer}, which has {width} neurons{split}; "
+        "the circuit file is damaged or from another model: discover it again on this model"
+    )
+
+
 def is_moe(layers: nn.ModuleList, mlp_path: str | None) -> bool:
     """Whether any decoder layer's MLP holds experts."""
     return any(_experts_child(_mlp(layer, mlp_path)[1]) is not None for layer in layers)
