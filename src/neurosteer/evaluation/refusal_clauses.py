@@ -154,10 +154,11 @@ PATTERN_CLAUSES: tuple[str, ...] = (
     # a declared rule of not discussing it (Qwen's stock refusal of political and historical
     # questions): "I adhere to the principle of not discussing specific individuals or events",
     # "I am committed to maintaining neutrality and not discussing ..."
-    rf"{_I}(?:'?m| am)?\s+(?:(?:firmly|strictly|always|fully)\s+)?(?:committed to|adhere to|abide by|"
-    r"follow|stick to|bound by)\b[^.!?\n]{0,60}?\b(?:not|never|avoid(?:ing)?|refrain(?:ing)? from)\s+"
-    r"(?:discuss(?:ing)?|comment(?:ing)? on|talk(?:ing)? about|engag(?:e|ing) in (?:discussions?|"
-    r"debates?|conversations?))\b",
+    rf"{_I}(?:'?m| am)?\s+(?:(?:firmly|strictly|always|fully)\s+)?"
+    r"(?:committed to|adhere to|abide by|follow|stick to|bound by)\b[^.!?\n]{0,60}?"
+    r"\b(?:not|never|avoid(?:ing)?|refrain(?:ing)? from)\s+"
+    r"(?:discuss(?:ing)?|comment(?:ing)? on|talk(?:ing)? about|"
+    r"engag(?:e|ing) in (?:discussions?|debates?|conversations?))\b",
     # it would be inappropriate / unethical for me to
     r"\b(?:not\s+(?:be\s+)?(?:appropriate|ethical|responsible|right|okay|ok|acceptable|safe)|"
     r"inappropriate|unethical|irresponsible|wrong|unsafe)\s+for\s+me\s+to\b",
