@@ -260,7 +260,10 @@ def test_check_fits_other_shape(
 
 def test_check_fits_indices_outside_the_model(without_table: Circuit, tiny_llama: Model) -> None:
     broken = replace(without_table, neurons=without_table.neurons + D_MLP)
-    with pytest.raises(CircuitMismatchError, match="outside the model"):
+    with pytest.raises(
+        CircuitMismatchError,
+        match=r"holds neuron \d+ of layer \d+, which has \d+ neurons.*discover it again",
+    ):
         broken.check_fits(resolve_layout(tiny_llama[0]))
 
 
