@@ -463,13 +463,12 @@ class Circuit(HookedIntervention):
                 "discover it again on this model"
             )
         widths = layout.moe.widths if layout.moe is not None else (layout.d_mlp,) * layout.n_layers
-        table = layout.moe.table() if layout.moe is not None else None
-        for layer, neuron in zip(self.layers.tolist(), self.neurons.tolist(), strict=True):
-            if neuron >= widths[layer]:
-                blocks = table[layer] if table is not None else None
-                raise CircuitMismatchError(
-                    index_outside_message(layer, neuron, widths[layer], blocks)
-                )
+        past = (self.neurons >= torch.tensor(widths)[self.layers]).nonzero()
+        if len(past):
+            i = int(past[0])
+            layer, neuron = int(self.layers[i]), int(self.neurons[i])
+            blocks = layout.moe.table()[layer] if layout.moe is not None else None
+            raise CircuitMismatchError(index_outside_message(layer, neuron, widths[layer], blocks))
 
     def _check_shape(self, layout: ModelLayout) -> None:
         if (layout.n_layers, layout.d_mlp) != (self.model.n_layers, self.model.d_mlp):
