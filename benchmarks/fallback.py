@@ -125,17 +125,22 @@ class RunDir:
             path.write_text(json.dumps(value, indent=1) + "\n")
 
     def rows(self) -> dict[str, dict[str, Any]]:
+        """{arm: its row} of arms.jsonl (the package's run-file reader: a last line cut off by
+        a kill is skipped, and cut by the next `append`)."""
+        from neurosteer import _run_files
+
         path = self.file("arms.jsonl")
-        if path is None or not path.exists():
+        if path is None:
             return {}
-        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-        return {row["arm"]: row for row in rows}
+        fix = "delete it to measure the arms again"
+        return {row["arm"]: row for row in _run_files.read_json_lines(path, fix)}
 
     def append(self, row: dict[str, Any]) -> None:
+        from neurosteer import _run_files
+
         path = self.file("arms.jsonl")
         if path is not None:
-            with path.open("a") as f:
-                f.write(json.dumps(row) + "\n")
+            _run_files.append_json_line(path, row)
 
 
 def log(message: str) -> None:
@@ -163,7 +168,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     record = discovery_record(args, model, tokenizer, splits)
     base = base_circuit(args, record, model)
     k2 = args.second_k or len(base)
-    folder = RunDir(args.run_dir, run_settings(args, record, base, k2))
+    settings = run_settings(args, record, base, k2)
+    folder = RunDir(args.run_dir, settings)
     judge = run_judge(args.judge, args.run_dir, judge_model=args.judge_model)
     split = steered_split(model, tokenizer, base, prompts, judge, args, folder)
     second, raw_overlap = second_circuit(model, tokenizer, record, base, split, k2, args, folder)
@@ -178,7 +184,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "judge": args.judge,
         "judge_caption": judge_caption(args.judge, args.model),
         "phrase_judge": isinstance(judge, PhraseJudge),
-        "settings": run_settings(args, record, base, k2),
+        "settings": settings,
         "split": split_summary(split, args.style_words),
         "second": second_summary(second, base, targets["raised"], raw_overlap),
         "arms": [done[name] for name in ARMS],
