@@ -307,17 +307,32 @@ def _env(cache: Path) -> dict[str, str]:
     return env
 
 
+MAIN = "neurosteer.cli.main"
+
+
+def _fork_on_a_terminal(argv: list[str], env: dict[str, str]) -> tuple[int, int]:
+    """Run `argv` on a new pseudo-terminal as a terminal's foreground job: (its pid, the
+    terminal's fd). Ctrl-C is made SIGINT's default action first: a job that a
+    non-interactive shell started in the background (`cmd &`, as a CI script may run pytest)
+    inherits SIGINT ignored, and Python then leaves it ignored, so no Ctrl-C would arrive."""
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: become the command
+        try:
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            os.execve(argv[0], argv, env)
+        finally:
+            os._exit(127)
+    return pid, fd
+
+
 class Terminal:
     """`neurosteer ARGS` on a pseudo-terminal (its controlling terminal), read and typed into."""
 
-    def __init__(self, args: list[str], env: dict[str, str]) -> None:
-        pid, fd = pty.fork()
-        if pid == 0:  # the child: become the command
-            try:
-                os.execve(sys.executable, [sys.executable, "-m", "neurosteer.cli.main", *args], env)
-            finally:
-                os._exit(127)
-        self.pid, self.fd, self.output, self.prompts = pid, fd, "", 0
+    def __init__(
+        self, args: list[str], env: dict[str, str], run: tuple[str, ...] = ("-m", MAIN)
+    ) -> None:
+        self.pid, self.fd = _fork_on_a_terminal([sys.executable, *run, *args], env)
+        self.output, self.prompts = "", 0
 
     @classmethod
     def attach(cls, pid: int, fd: int) -> Terminal:
@@ -364,6 +379,7 @@ class Terminal:
             time.sleep(0.1)
         os.kill(self.pid, signal.SIGKILL)
         os.waitpid(self.pid, 0)
+        os.close(self.fd)
         raise AssertionError(f"the chat did not exit; it shows:\n{self.output}")
 
 
@@ -484,20 +500,36 @@ def test_organism_chat_through_a_terminal(organism_case: OrganismCase, tmp_path:
     assert history[-3:] == ["/help", f"/save {transcript}", "/quit"]
 
 
+# `neurosteer` whose replies come at most one token per SLOW_TOKEN s, so that a Ctrl-C typed
+# after the first few tokens lands while the reply is still being generated
+SLOW_TOKEN = 0.2
+WITH_SLOW_REPLIES = f"""
+import runpy, time
+from neurosteer.workflows import chat
+put = chat._Streamer.put
+def slow_put(self, value):
+    put(self, value)
+    time.sleep({SLOW_TOKEN})
+chat._Streamer.put = slow_put
+runpy.run_module("{MAIN}", run_name="__main__")
+"""
+
+
 def test_ctrl_c_in_a_terminal_stops_the_reply_and_ctrl_d_leaves(
     tiny_llama_dir: Path, tmp_path: Path
 ) -> None:
-    story = "Tell me a story."  # the tiny llama's greedy answer runs past 480 tokens
+    story = "Tell me a story."  # the tiny llama's greedy answer: 18 characters, at least 3.6 s
     not_a_folder = tmp_path / "cache"
     not_a_folder.write_text("a file where the cache folder would go")
     terminal = Terminal(
-        ["chat", str(tiny_llama_dir), "--max-new-tokens", "480"], _env(not_a_folder)
+        ["chat", str(tiny_llama_dir)], _env(not_a_folder), run=("-c", WITH_SLOW_REPLIES)
     )
     try:
         terminal.next_prompt()
         terminal.type(story + "\n")
+        terminal.wait_for(lambda: terminal.output.endswith(story + "\n"))  # the echo
         shown = len(terminal.output)
-        terminal.wait_for(lambda: len(terminal.output) > shown + len(story) + 5)  # streaming
+        terminal.wait_for(lambda: len(terminal.output) >= shown + 3)  # the reply streams
         terminal.type("\x03")  # Ctrl-C
         terminal.next_prompt()  # the session goes on
         assert " [stopped]\nyou> " in terminal.output
@@ -567,20 +599,14 @@ def test_a_ctrl_c_the_prompt_missed_is_still_seen(tiny_llama_dir: Path, tmp_path
 
     thread_file = tmp_path / "thread"
     env = _env(tmp_path / "cache") | {"IDLE_THREAD": str(thread_file)}
-    pid, fd = pty.fork()
-    if pid == 0:
-        try:
-            args = ["-c", WITH_AN_IDLE_THREAD, "chat", str(tiny_llama_dir)]
-            os.execve(sys.executable, [sys.executable, *args], env)
-        finally:
-            os._exit(127)
-    terminal = Terminal.attach(pid, fd)
+    argv = [sys.executable, "-c", WITH_AN_IDLE_THREAD, "chat", str(tiny_llama_dir)]
+    terminal = Terminal.attach(*_fork_on_a_terminal(argv, env))
     try:
         terminal.next_prompt()
         terminal.type("partly typed")
         terminal.wait_for(lambda: terminal.output.endswith("partly typed"))
         tgkill = ctypes.CDLL(None, use_errno=True).tgkill
-        assert tgkill(pid, int(thread_file.read_text()), signal.SIGINT) == 0
+        assert tgkill(terminal.pid, int(thread_file.read_text()), signal.SIGINT) == 0
         terminal.next_prompt(timeout=20.0)  # the line is dropped and a prompt comes, unasked
         terminal.type("\x04")
     finally:
