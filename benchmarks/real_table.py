@@ -170,11 +170,19 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         action="append",
         default=[],
         metavar="KEY",
-        help="also score MMLU (5-shot) at the point with this key; the unchanged model is "
+        help="also score MMLU at the point with this key; the unchanged model is "
         "scored first (repeatable; needs the `eval` extra)",
     )
     parser.add_argument(
         "--mmlu-limit", type=int, default=4, help="MMLU questions per subject (default 4)"
+    )
+    parser.add_argument(
+        "--mmlu-shots",
+        type=int,
+        default=5,
+        help="dev questions shown before each question (default 5, the paper's); other counts "
+        "are kept apart, in OUT/mmlu-Nshot.jsonl (0-shot prompts are a fifth as long: the 1.5B's "
+        "5-shot scoring takes hours on 2 cores)",
     )
     parser.add_argument(
         "--mmlu-batch-size",
@@ -219,7 +227,7 @@ def run(args: argparse.Namespace, out: Path) -> None:
     every = {point.key: point for point in [*extra, *plan()]}
     wanted = args.only or [""]
     todo = [p for p in every.values() if p.key not in done and any(w in p.key for w in wanted)]
-    mmlu_todo = mmlu_plan(args.mmlu, every, read_mmlu(out))
+    mmlu_todo = mmlu_plan(args.mmlu, every, read_mmlu(out, args.mmlu_shots))
     if not todo and not mmlu_todo:
         return
     started = time.perf_counter()
@@ -333,7 +341,7 @@ def run(args: argparse.Namespace, out: Path) -> None:
             model,
             tokenizer,
             data / "mmlu",
-            n_shot=5,
+            n_shot=args.mmlu_shots,
             limit=args.mmlu_limit,
             batch_size=args.mmlu_batch_size,
             intervention=target,
@@ -345,10 +353,14 @@ def run(args: argparse.Namespace, out: Path) -> None:
             "n": result.n,
             "seconds": time.perf_counter() - started,
         }
-        with (out / "mmlu.jsonl").open("a") as f:
+        with mmlu_path(out, args.mmlu_shots).open("a") as f:
             f.write(json.dumps(row) + "\n")
         seconds = row["seconds"]
-        log(out, f"MMLU at {point.key}: {result.accuracy:.1%} of {result.n}, {seconds:.0f} s")
+        log(
+            out,
+            f"MMLU ({args.mmlu_shots}-shot) at {point.key}: {result.accuracy:.1%} of {result.n}, "
+            f"{seconds:.0f} s",
+        )
 
 
 def check_batching(
@@ -390,8 +402,22 @@ def read_points(out: Path) -> dict[str, dict[str, Any]]:
     return read_rows(out / "points.jsonl")
 
 
-def read_mmlu(out: Path) -> dict[str, dict[str, Any]]:
-    return read_rows(out / "mmlu.jsonl")
+def mmlu_path(out: Path, shots: int) -> Path:
+    """Where MMLU scores with `shots` dev questions live (5-shot in mmlu.jsonl, as before)."""
+    return out / ("mmlu.jsonl" if shots == 5 else f"mmlu-{shots}shot.jsonl")
+
+
+def read_mmlu(out: Path, shots: int = 5) -> dict[str, dict[str, Any]]:
+    return read_rows(mmlu_path(out, shots))
+
+
+def mmlu_scores(out: Path) -> dict[int, dict[str, dict[str, Any]]]:
+    """Every MMLU protocol scored in `out`, by number of shots (5 first, then the others)."""
+    found = {5: read_mmlu(out)}
+    for path in sorted(out.glob("mmlu-*shot.jsonl")):
+        shots = int(path.name.removeprefix("mmlu-").removesuffix("shot.jsonl"))
+        found[shots] = read_rows(path)
+    return {shots: rows for shots, rows in found.items() if rows}
 
 
 def read_rows(path: Path) -> dict[str, dict[str, Any]]:
@@ -422,15 +448,19 @@ def report(out: Path, model: str | None = None) -> None:
     for row in rows:
         for name in ("harmful", "benign"):
             row[name] = refusal_rates([judge.label(a) for a in row[f"{name}_answers"]])
-    mmlu = read_mmlu(out)
+    mmlu = mmlu_scores(out)
+    heads = [f"MMLU {shots}-shot" for shots in mmlu if shots != 5]
     lines = [
         "| point | neurons | harmful refused | degenerate | distinct-4 | benign refused "
-        "| KL first | KL mean | MMLU | s |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        f"| KL first | KL mean | MMLU | {''.join(h + ' | ' for h in heads)}s |",
+        "|---|---|---|---|---|---|---|---|---|---|" + "---|" * len(heads),
     ]
     for row in rows:
         distinct4 = quality(row["harmful_answers"]).mean_distinct4
-        scored = f"{mmlu[row['key']]['accuracy']:.1%}" if row["key"] in mmlu else ""
+        scores = [mmlu.get(5, {}).get(row["key"])] + [
+            mmlu[shots].get(row["key"]) for shots in mmlu if shots != 5
+        ]
+        scored = " | ".join(f"{s['accuracy']:.1%}" if s else "" for s in scores)
         lines.append(
             f"| {row['key']} | {row.get('neurons', '')} | {row['harmful']['refusal']:.0%} | "
             f"{row['harmful']['degenerate']:.0%} | {distinct4:.3f} | "
@@ -449,9 +479,12 @@ def report(out: Path, model: str | None = None) -> None:
         f"{settings['n_fit']} + {settings['n_fit']} refusal-direction train prompts; "
         f"{settings.get('dtype', 'float32')}."
     )
-    if mmlu:
-        n = next(iter(mmlu.values()))["n"]
-        lines.append(f"MMLU: the shared subset, 5-shot, {n} questions, scored by lm-eval.")
+    for shots, scored_rows in mmlu.items():
+        n = next(iter(scored_rows.values()))["n"]
+        lines.append(
+            f"MMLU{'' if shots == 5 else f' {shots}-shot'}: the shared subset, {shots}-shot, "
+            f"{n} questions, scored by lm-eval."
+        )
     (out / "table.md").write_text("\n".join(lines) + "\n")
     plot(rows, out / "refusal_vs_kl.png")
     print("\n".join(lines))

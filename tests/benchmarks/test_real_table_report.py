@@ -53,3 +53,31 @@ def test_report_model_argument_wins_over_old_points_without_one(tmp_path: Path) 
     assert "another model" not in (tmp_path / "table.md").read_text()
     real_table.report(tmp_path, "/models/llama-3.2-1b-instruct.gguf")
     assert "not on llama-3.2-1b-instruct's" in (tmp_path / "table.md").read_text()
+
+
+def test_report_keeps_each_mmlu_protocol_in_its_own_column(tmp_path: Path) -> None:
+    write_points(tmp_path, None)
+    rows = {5: 0.625, 0: 0.5}
+    for shots, accuracy in rows.items():
+        row = {"key": "unchanged", "accuracy": accuracy, "n": 8, "seconds": 1.0}
+        real_table.mmlu_path(tmp_path, shots).write_text(json.dumps(row) + "\n")
+    assert real_table.mmlu_path(tmp_path, 5).name == "mmlu.jsonl"  # older runs' file
+    assert set(real_table.read_mmlu(tmp_path, 0)) == {"unchanged"}
+    real_table.report(tmp_path)
+    lines = (tmp_path / "table.md").read_text().splitlines()
+    header = [cell.strip() for cell in lines[0].split("|")]
+    row = [cell.strip() for cell in lines[2].split("|")]
+    assert len(header) == len(row) == len(lines[1].split("|"))
+    assert row[header.index("MMLU")] == "62.5%"
+    assert row[header.index("MMLU 0-shot")] == "50.0%"
+    assert any(line.startswith("MMLU 0-shot: the shared subset, 0-shot, 8") for line in lines)
+
+
+def test_mmlu_plan_scores_the_unchanged_model_first_and_skips_what_is_scored() -> None:
+    points = {key: object() for key in ("unchanged", "cna top1600 both m=0", "direction s=1")}
+    plan = real_table.mmlu_plan(["direction s=1", "cna top1600 both m=0"], points, {})  # type: ignore[arg-type]
+    assert plan == [points["unchanged"], points["direction s=1"], points["cna top1600 both m=0"]]
+    done = {"unchanged": {}, "direction s=1": {}}
+    assert real_table.mmlu_plan(["direction s=1"], points, done) == []  # type: ignore[arg-type]
+    with pytest.raises(SystemExit, match="no point is called 'cna 9%'"):
+        real_table.mmlu_plan(["cna 9%"], points, {})  # type: ignore[arg-type]
