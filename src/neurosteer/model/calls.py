@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import traceback
 from pathlib import Path
 from types import TracebackType
 from typing import Any, cast
@@ -103,11 +104,8 @@ def _ours(file: str) -> bool:
 
 
 def _files(tb: TracebackType | None) -> list[str]:
-    files = []
-    while tb is not None:
-        files.append(tb.tb_frame.f_code.co_filename)
-        tb = tb.tb_next
-    return files
+    """The source files of a traceback's frames, outermost first."""
+    return [frame.f_code.co_filename for frame, _line in traceback.walk_tb(tb)]
 
 
 def _chain_passed_ours(err: BaseException) -> bool:
