@@ -42,6 +42,7 @@ _EXPORTS = {
     "CircuitMismatchError": "neurosteer.errors",
     "InputError": "neurosteer.errors",
     "ModelLoadError": "neurosteer.errors",
+    "ModelRunError": "neurosteer.errors",
     "NeurosteerError": "neurosteer.errors",
     "UnsupportedModelError": "neurosteer.errors",
     "generate": "neurosteer.evaluation.generation",
@@ -77,6 +78,7 @@ __all__ = [
     "MLPOutputSteering",
     "ModelLayout",
     "ModelLoadError",
+    "ModelRunError",
     "NeurosteerError",
     "OptimizeConfig",
     "RelPRules",
@@ -120,6 +122,7 @@ if TYPE_CHECKING:
         CircuitMismatchError,
         InputError,
         ModelLoadError,
+        ModelRunError,
         NeurosteerError,
         UnsupportedModelError,
     )

@@ -34,3 +34,8 @@ class CircuitFormatError(NeurosteerError):
 class CircuitLayoutError(CircuitMismatchError, InputError):
     """A circuit's recorded layer/site paths do not resolve on the model, or a layout given
     for it uses other paths."""
+
+
+class ModelRunError(NeurosteerError):
+    """The model's own code (its transformers/torch forward pass or `generate`) raised while
+    neurosteer ran it; the original exception is chained as `__cause__`."""

@@ -80,3 +80,34 @@ def test_inspect_header_names_the_shared_expert_and_dense_layers() -> None:
         neuron_blocks=[dense_layer, moe_layer, moe_layer],
     )  # fmt: skip
     assert _total(info) == "1536 in 3 layers (routed: 8 experts x 64, shared: 128, dense: 256)"
+
+
+def _one_error_line(args: list[object]) -> str:
+    result = CliRunner().invoke(cli, [str(a) for a in args])
+    assert result.exit_code == 2, (result.output, result.exception)
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.output
+    return lines[0]
+
+
+@pytest.mark.parametrize("family", ["qwen3_moe", "mixtral"])
+def test_site_down_proj_on_a_moe_folder_names_the_mlp_block(tmp_path: Path, family: str) -> None:
+    model = save_tiny(family, tmp_path / family)
+    generate = ["generate", model, "--max-new-tokens", "2", "Hi"]
+    line = _one_error_line([*generate, "--site", "mlp.down_proj"])
+    assert line.startswith(f"error: 'mlp.down_proj' is not a neuron site of this {family} model")
+    assert "is a mixture of experts" in line
+    assert "in 'mlp.experts'" in line
+    assert line.endswith("leave site_path (--site) out, or pass 'mlp'")
+    assert "--layers-path/--site" not in line  # the old advice named the option that failed
+    _ok([*generate, "--site", "mlp"])  # the advice works
+
+
+def test_a_moe_site_on_a_dense_folder_names_its_down_projection(tiny_llama_dir: Path) -> None:
+    line = _one_error_line(
+        ["generate", tiny_llama_dir, "--max-new-tokens", "2", "--site", "mlp.experts", "Hi"]
+    )
+    assert line.startswith("error: no module 'mlp.experts' in a decoder layer of this llama model")
+    assert "its MLP 'mlp' (LlamaMLP) is dense, with no experts" in line
+    assert line.endswith("leave site_path (--site) out to use it, or pass 'mlp.down_proj'")

@@ -11,6 +11,7 @@ from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerFast
 
 from neurosteer import render_prompts, resolve_layout
+from neurosteer.errors import ModelRunError
 from neurosteer.methods.recording import RunningStats, record_stats, run_last_token_pass
 from neurosteer.prompts.render import tokenize_rendered
 
@@ -170,10 +171,12 @@ def test_errors_other_than_out_of_memory_are_not_retried(
 
     handle = layout.layer_modules(model)[1].register_forward_pre_hook(broken)
     try:
-        with pytest.raises(RuntimeError, match="shape mismatch"):
+        # a hook not of neurosteer's making fails inside the forward: the model's failure
+        with pytest.raises(ModelRunError, match="RuntimeError: shape mismatch") as caught:
             record_stats(
                 model, layout, _token_ids(tiny_llama[1], positive_prompts), batch_size=8, pad_id=0
             )
+        assert isinstance(caught.value.__cause__, RuntimeError)
     finally:
         handle.remove()
     assert all(not m._forward_pre_hooks for m in model.modules())

@@ -94,3 +94,69 @@ class _Opaque(nn.Module):
 def test_unknown_layout_names_the_model_and_the_override() -> None:
     with pytest.raises(UnsupportedModelError, match=r"_Opaque.*site_path"):
         resolve_layout(_Opaque())
+
+
+#: site overrides that name something other than an MoE model's MLP block: the dense down
+#: projection (which an MoE block lacks, or DeepSeek-V3 has only in its dense first layer), the
+#: experts' module and their fused tensor, and a shared expert's projection (which would leave
+#: the routed experts out)
+_NOT_MOE_SITES = ("mlp.down_proj", "mlp.experts", "mlp.experts.down_proj")
+
+
+@pytest.mark.parametrize("family", MOE_FAMILIES)
+def test_a_dense_site_on_a_moe_model_names_the_block_instead(family: str) -> None:
+    model, _ = make_tiny(family)
+    width, shared, dense = _MOE_SHAPES[family]
+    shared_site = {"qwen2_moe": "mlp.shared_expert.down_proj"}.get(family)
+    for site in (*_NOT_MOE_SITES, *([shared_site] if shared_site else [])):
+        with pytest.raises(UnsupportedModelError) as caught:
+            resolve_layout(model, site_path=site)
+        message = str(caught.value)
+        assert "\n" not in message
+        assert message.startswith(f"'{site}' is not a neuron site of this {family} model")
+        assert "is a mixture of experts with no single down projection" in message
+        assert f"routed: {MOE_EXPERTS} experts x {width} in 'mlp.experts'" in message
+        assert (" at 'mlp.shared_" in message) == bool(shared)
+        assert ("), while layer 0 is dense, at 'mlp.down_proj';" in message) == bool(dense)
+        # a circuit's layout error quotes the message up to its first semicolon
+        blocks_end = message.rindex(" at 'mlp.shared_" if shared else " in 'mlp.experts'")
+        assert message.index(";") > blocks_end
+        assert message.endswith("leave site_path (--site) out, or pass 'mlp'")
+        assert "pass the paths yourself" not in message  # no advice that points back at it
+    # the advice works: the block it names gives the layout found without an override
+    assert resolve_layout(model, site_path="mlp") == resolve_layout(model)
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2", "gpt_neox"])
+@pytest.mark.parametrize("site", ["mlp.experts", "block_sparse_moe", "mlp"])
+def test_a_moe_site_on_a_dense_model_names_its_projection(family: str, site: str) -> None:
+    model, _ = make_tiny(family)
+    truth = SITES[family].site_path
+    with pytest.raises(UnsupportedModelError) as caught:
+        resolve_layout(model, site_path=site)
+    message = str(caught.value)
+    assert f"'{site}'" in message
+    assert f"this {family} model" in message
+    mlp = type(model.get_submodule(f"{SITES[family].layers_path}.0.mlp")).__name__
+    assert f"its MLP 'mlp' ({mlp}) is dense, with no experts" in message
+    assert f"its neuron site is '{truth}' ({D_MLP} neurons)" in message
+    assert message.endswith(f"leave site_path (--site) out to use it, or pass '{truth}'")
+    assert "pass the paths yourself" not in message
+    assert resolve_layout(model, site_path=truth) == resolve_layout(model)
+
+
+def test_a_wrong_layers_path_names_the_layers_found_without_it(
+    tiny_llama: tuple[PreTrainedModel, PreTrainedTokenizerFast],
+) -> None:
+    model, _ = tiny_llama
+    advice = (
+        "; its decoder layers are 'model.layers': leave layers_path (--layers-path) out to use "
+        "them, or pass 'model.layers'"
+    )
+    for path, problem in [
+        ("model.blocks", "no module 'model.blocks' (decoder layers) in this llama model"),
+        ("model.norm", "'model.norm' in this llama model is not a non-empty list of layers"),
+    ]:
+        with pytest.raises(UnsupportedModelError) as caught:
+            resolve_layout(model, layers_path=path)
+        assert str(caught.value) == problem + advice

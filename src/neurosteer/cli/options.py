@@ -82,7 +82,8 @@ def model_options(fn: F) -> F:
             "--site",
             "site_path",
             default=None,
-            help="Override: path from a layer to the MLP output projection.",
+            help="Override: path from a layer to the MLP output projection (e.g. mlp.down_proj); "
+            "for a mixture-of-experts model, to the MLP block holding the experts (e.g. mlp).",
         ),
     ]
     for option in reversed(options):

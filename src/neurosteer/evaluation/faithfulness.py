@@ -43,6 +43,7 @@ from neurosteer.errors import InputError
 from neurosteer.hooks.positions import Positions
 from neurosteer.methods.circuit import Circuit
 from neurosteer.methods.mean_ablation import AblationPositions, MeanAblation, mean_activations
+from neurosteer.model.calls import model_forward
 from neurosteer.model.layout import ModelLayout
 from neurosteer.model.runtime import (
     forward_takes,
@@ -291,7 +292,8 @@ class _Measure:
 
         def attempt(batch: Batch) -> torch.Tensor:
             ids, mask = batch.input_ids.to(device), batch.attention_mask.to(device)
-            out = self.model(**model_inputs(self.model, ids, mask), use_cache=False, **self.keep)
+            inputs = model_inputs(self.model, ids, mask)
+            out = model_forward(self.model, **inputs, use_cache=False, **self.keep)
             logits = out.logits[:, -1, :].float().cpu()  # [batch, vocab]
             rows = torch.arange(logits.shape[0])
             metric = logits[rows, self.targets[batch.index]]

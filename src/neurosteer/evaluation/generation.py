@@ -19,6 +19,7 @@ from transformers.generation.streamers import BaseStreamer
 
 from neurosteer.errors import InputError
 from neurosteer.evaluation.greedy_loop import greedy_drop_finished, plain_greedy
+from neurosteer.model.calls import model_generate
 from neurosteer.model.runtime import input_device, pad_id, run_batches, runs_model
 from neurosteer.model.stop_tokens import stop_token_ids
 from neurosteer.prompts.render import Batch, context_limit, encode_for_model, new_token_budgets
@@ -146,7 +147,8 @@ def greedy_batch(
         return greedy_drop_finished(model, batch, max_new_tokens, pad_id, ends, streamer=streamer)
     device = input_device(model)
     stops = {"eos_token_id": list(stop_ids)} if stop_ids else {}
-    return model.generate(  # type: ignore[operator]
+    return model_generate(
+        model,
         input_ids=batch.input_ids.to(device),
         attention_mask=batch.attention_mask.to(device),
         max_new_tokens=max_new_tokens,

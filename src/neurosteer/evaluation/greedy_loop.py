@@ -19,6 +19,7 @@ import torch
 from transformers import DynamicCache, GenerationConfig, PreTrainedModel
 from transformers.generation.streamers import BaseStreamer
 
+from neurosteer.model.calls import model_forward
 from neurosteer.model.runtime import forward_takes, input_device, model_inputs, runs_model
 from neurosteer.prompts.render import Batch
 
@@ -124,5 +125,5 @@ def _forward(
     extra: dict[str, object] = {cache_name: cache, "use_cache": True}
     if forward_takes(model, "logits_to_keep"):
         extra["logits_to_keep"] = 1
-    output = model(**inputs, **extra)
+    output = model_forward(model, **inputs, **extra)
     return output.logits[:, -1].float()

@@ -31,6 +31,7 @@ from neurosteer._io import atomic_file
 from neurosteer.errors import InputError
 from neurosteer.evaluation.generation import greedy_batch
 from neurosteer.interventions.protocol import Intervention
+from neurosteer.model.calls import model_forward
 from neurosteer.model.runtime import forward_takes, input_device, model_inputs, pad_id, runs_model
 from neurosteer.model.stop_tokens import stop_token_ids
 from neurosteer.prompts.render import (
@@ -444,7 +445,8 @@ def _continuation_logits(
     """float32 logits [batch, n_new, vocab] that predicted each continuation token (see
     `_continuation_logprobs`)."""
     extra = {"logits_to_keep": n_new + 1} if forward_takes(model, "logits_to_keep") else {}
-    return model(**inputs, use_cache=False, **extra).logits[:, -n_new - 1 : -1].float()
+    logits = model_forward(model, **inputs, use_cache=False, **extra).logits
+    return logits[:, -n_new - 1 : -1].float()
 
 
 def _continuation_mask(new: torch.Tensor, stop_ids: Sequence[int]) -> torch.Tensor:

@@ -32,6 +32,7 @@ from neurosteer.errors import InputError
 from neurosteer.evaluation.judge_cache import VerdictCache, shared_judge_model, verdict_key
 from neurosteer.evaluation.judges import Label, check_pairs
 from neurosteer.evaluation.quality import is_degenerate
+from neurosteer.model.calls import model_forward
 from neurosteer.model.fingerprint import weights_fingerprint
 from neurosteer.model.runtime import (
     evaluating,
@@ -332,7 +333,8 @@ class ModelJudge:
                 self.model, batch.input_ids.to(device), batch.attention_mask.to(device)
             )
             # left padding: every row's last real token is at -1; logits [batch, vocab]
-            logits = self.model(**inputs, **keep, use_cache=False).logits[:, -1].float()
+            out = model_forward(self.model, **inputs, **keep, use_cache=False)
+            logits = out.logits[:, -1].float()
             logp = torch.log_softmax(logits, dim=-1)
             margin = logp[:, yes_ids].logsumexp(-1) - logp[:, no_ids].logsumexp(-1)
             return margin.sigmoid().cpu()  # [batch]

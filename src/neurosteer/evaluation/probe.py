@@ -32,6 +32,7 @@ from neurosteer.evaluation.refusal import JudgedAnswers
 from neurosteer.hooks.positions import Positions
 from neurosteer.interventions.protocol import check_strength
 from neurosteer.methods.steering import Steerable, steer
+from neurosteer.model.calls import model_forward
 from neurosteer.model.layout import ModelLayout
 from neurosteer.model.runtime import (
     forward_takes,
@@ -344,7 +345,7 @@ def _last_probs(model: PreTrainedModel, batch: Batch, device: torch.device) -> t
     left-padded, so that is the last column."""
     inputs = model_inputs(model, batch.input_ids.to(device), batch.attention_mask.to(device))
     extra = {"logits_to_keep": 1} if forward_takes(model, "logits_to_keep") else {}
-    logits = model(**inputs, use_cache=False, **extra).logits[:, -1]
+    logits = model_forward(model, **inputs, use_cache=False, **extra).logits[:, -1]
     return torch.softmax(logits.float(), dim=-1).cpu()
 
 

@@ -30,6 +30,7 @@ from neurosteer.hooks.recorders import add_token_recorders
 from neurosteer.interventions.protocol import HookedIntervention, Installer
 from neurosteer.methods.moe_sites import add_moe_sums, moe_setter_installer
 from neurosteer.methods.recording import RunningStats, record_stats
+from neurosteer.model.calls import model_forward
 from neurosteer.model.layout import ModelLayout, resolve_layout
 from neurosteer.model.runtime import input_device, model_inputs, run_batches, runs_model
 from neurosteer.prompts.render import Batch
@@ -102,7 +103,7 @@ def mean_activations(
         pending.clear()
         current[:] = [batch.attention_mask.bool()]
         ids, mask = batch.input_ids.to(device), batch.attention_mask.to(device)
-        model(**model_inputs(model, ids, mask), use_cache=False)
+        model_forward(model, **model_inputs(model, ids, mask), use_cache=False)
 
     def finish(_batch: Batch, _: None) -> None:
         for layer in sorted(pending):
@@ -139,7 +140,7 @@ def _moe_means(
         mask = batch.attention_mask.bool()  # left padding: the last column is every last token
         chosen[:] = [mask if positions == "all" else _last_column(mask)]
         ids, attention = batch.input_ids.to(device), batch.attention_mask.to(device)
-        model(**model_inputs(model, ids, attention), use_cache=False)
+        model_forward(model, **model_inputs(model, ids, attention), use_cache=False)
 
     def finish(_batch: Batch, _: None) -> None:
         sums.add_(pending[0])

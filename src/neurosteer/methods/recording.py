@@ -21,6 +21,7 @@ from transformers import PreTrainedModel
 
 from neurosteer.hooks import HookSet, StopForward, add_last_token_recorders
 from neurosteer.methods.moe_sites import add_moe_recorders
+from neurosteer.model.calls import model_forward
 from neurosteer.model.layout import ModelLayout
 from neurosteer.model.runtime import input_device, model_inputs, run_batches, runs_model
 from neurosteer.prompts.render import Batch
@@ -288,7 +289,7 @@ class _PassState:
         self.pending.clear()  # a retried batch starts over
         ids, mask = batch.input_ids.to(self.device), batch.attention_mask.to(self.device)
         with contextlib.suppress(StopForward):
-            self.model(**model_inputs(self.model, ids, mask), use_cache=False)
+            model_forward(self.model, **model_inputs(self.model, ids, mask), use_cache=False)
 
     def finish(self, batch: Batch, _: None) -> None:
         """Hand the finished batch's activations over, once."""

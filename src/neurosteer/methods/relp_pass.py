@@ -29,6 +29,7 @@ from neurosteer.hooks.relevance import (
     detached_attention,
 )
 from neurosteer.methods.relp_moe import MoeRelevance
+from neurosteer.model.calls import model_forward
 from neurosteer.model.layout import ModelLayout
 from neurosteer.model.runtime import forward_takes, input_device, model_inputs
 from neurosteer.prompts.render import Batch
@@ -216,7 +217,8 @@ class RelPPass:
         ids, mask = batch.input_ids.to(device), batch.attention_mask.to(device)
         before = self.counter[0] if self.counter is not None else 0
         with torch.enable_grad():
-            out = self.model(**model_inputs(self.model, ids, mask), use_cache=False, **self.keep)
+            inputs = model_inputs(self.model, ids, mask)
+            out = model_forward(self.model, **inputs, use_cache=False, **self.keep)
             self._check_attention(before)
             logits = out.logits[:, -1, :].float()  # [batch, vocab]
             rows = torch.arange(logits.shape[0], device=logits.device)

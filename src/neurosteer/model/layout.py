@@ -23,7 +23,8 @@ from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from neurosteer.errors import UnsupportedModelError
-from neurosteer.model.moe_layout import MoeLayout, is_moe, resolve_moe
+from neurosteer.model.moe_layout import MoeLayout, is_moe, linear_shape, resolve_moe
+from neurosteer.model.site_advice import dense_site_advice, moe_site_message
 
 Orientation = Literal["columns", "rows"]
 
@@ -103,10 +104,14 @@ def resolve_layout(
     Args:
         model: a loaded model (any `PreTrainedModel` with decoder layers).
         layers_path: override for the decoder-layer list, e.g. "model.layers".
-        site_path: override for the output projection inside one layer, e.g. "mlp.down_proj".
+        site_path: override for the neuron site inside one layer: a dense model's MLP output
+            projection (e.g. "mlp.down_proj"), or a mixture-of-experts model's MLP block (e.g.
+            "mlp"), whose experts' own down projections are then found.
 
     Raises:
-        UnsupportedModelError: the layout cannot be found, or the MLP is a mixture of experts.
+        UnsupportedModelError: the layout cannot be found, or an override does not fit the
+            model (e.g. a down projection named on an MoE model); the message names the path
+            this model has.
 
     Example:
         >>> layout = resolve_layout(model)
@@ -117,20 +122,24 @@ def resolve_layout(
     text_config = config.get_text_config() if config is not None else None
     model_type = str(getattr(text_config, "model_type", None) or type(model).__name__)
 
+    expected = _config_layer_count(text_config)
     if layers_path is None:
-        layers_path = _find_layers(model, _config_layer_count(text_config), model_type)
-    layers = _get_checked(model, layers_path, model_type, "decoder layers")
-    if not isinstance(layers, nn.ModuleList) or len(layers) == 0:
-        raise UnsupportedModelError(
-            f"'{layers_path}' in this {model_type} model is not a non-empty list of layers; "
-            + _OVERRIDE_HINT
-        )
+        layers_path = _find_layers(model, expected, model_type)
+        layers = _get(model, layers_path)
+    else:
+        layers = _given_layers(model, layers_path, model_type, expected)
+    assert isinstance(layers, nn.ModuleList)
+    hidden = _config_hidden_size(text_config)
+    if site_path is not None and not is_moe(layers, site_path) and is_moe(layers, None):
+        raise UnsupportedModelError(moe_site_message(layers, site_path, model_type, hidden))
     if is_moe(layers, site_path):
         return _moe_layout(layers, layers_path, model_type, text_config, site_path)
     first = layers[0]
     if site_path is None:
-        site_path = _find_site(first, model_type, _config_hidden_size(text_config))
-    site = _get_checked(first, site_path, model_type, "MLP output projection")
+        site_path = _find_site(first, model_type, hidden)
+        site = _get(first, site_path)
+    else:
+        site = _given_site(first, site_path, model_type, hidden)
     d_mlp, d_model, orientation = _site_shape(site, model_type, site_path)
     return ModelLayout(
         model_type=model_type,
@@ -147,13 +156,58 @@ def _get(root: nn.Module, path: str) -> nn.Module:
     return root.get_submodule(path) if path else root
 
 
-def _get_checked(root: nn.Module, path: str, model_type: str, what: str) -> nn.Module:
+def _given_layers(
+    model: nn.Module, path: str, model_type: str, expected: int | None
+) -> nn.ModuleList:
+    """The decoder-layer list at the path the caller gave.
+
+    Raises:
+        UnsupportedModelError: no such module, or not a non-empty `nn.ModuleList`; the message
+            names the layers this model has (found without the override), if any.
+    """
     try:
-        return _get(root, path)
+        layers = _get(model, path)
     except AttributeError:
-        raise UnsupportedModelError(
-            f"no module '{path}' ({what}) in this {model_type} model; " + _OVERRIDE_HINT
-        ) from None
+        problem = f"no module '{path}' (decoder layers) in this {model_type} model"
+    else:
+        if isinstance(layers, nn.ModuleList) and len(layers) > 0:
+            return layers
+        problem = f"'{path}' in this {model_type} model is not a non-empty list of layers"
+    try:
+        found = _find_layers(model, expected, model_type)
+    except UnsupportedModelError:
+        advice = "none are found without it either; name them as print(model) shows them"
+    else:
+        advice = (
+            f"its decoder layers are '{found}': leave layers_path (--layers-path) out to use "
+            f"them, or pass '{found}'"
+        )
+    raise UnsupportedModelError(f"{problem}; {advice}")
+
+
+def _given_site(layer: nn.Module, path: str, model_type: str, hidden: int | None) -> nn.Module:
+    """The module at the site path the caller gave, inside `layer`.
+
+    Raises:
+        UnsupportedModelError: no such module, or not a linear projection; the message names
+            the site this model has (found without the override), not the override again.
+    """
+    try:
+        site = _get(layer, path)
+    except AttributeError:
+        problem = f"no module '{path}' in a decoder layer of this {model_type} model"
+    else:
+        if linear_shape(site) is not None:
+            return site
+        problem = (
+            f"'{path}' in this {model_type} model is a {type(site).__name__}, not a linear "
+            "projection"
+        )
+    try:
+        found: str | None = _find_site(layer, model_type, hidden)
+    except UnsupportedModelError:
+        found = None
+    raise UnsupportedModelError(f"{problem}; {dense_site_advice(layer, found)}")
 
 
 def _config_layer_count(text_config: object) -> int | None:

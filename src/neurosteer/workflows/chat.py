@@ -23,6 +23,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from transformers.generation.streamers import BaseStreamer
 
 from neurosteer.errors import InputError
+from neurosteer.model.calls import model_generate
 from neurosteer.model.runtime import input_device, pad_id, runs_model
 from neurosteer.model.stop_tokens import stop_token_ids
 from neurosteer.prompts.render import context_limit, tokenize_rendered
@@ -225,7 +226,8 @@ def stream_reply(
     streamer = _Streamer(tokenizer, write)
     try:
         with torch.inference_mode():
-            model.generate(  # type: ignore[operator]
+            model_generate(
+                model,
                 input_ids=ids,
                 attention_mask=torch.ones_like(ids),
                 max_new_tokens=budget,
