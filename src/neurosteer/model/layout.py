@@ -20,7 +20,6 @@ from typing import Literal
 
 import torch
 from torch import nn
-from transformers.pytorch_utils import Conv1D
 
 from neurosteer.errors import UnsupportedModelError
 from neurosteer.model.moe_layout import MoeLayout, is_moe, linear_shape, resolve_moe
@@ -130,17 +129,17 @@ def resolve_layout(
         layers = _given_layers(model, layers_path, model_type, expected)
     assert isinstance(layers, nn.ModuleList)
     hidden = _config_hidden_size(text_config)
-    if site_path is not None and not is_moe(layers, site_path) and is_moe(layers, None):
-        raise UnsupportedModelError(moe_site_message(layers, site_path, model_type, hidden))
     if is_moe(layers, site_path):
         return _moe_layout(layers, layers_path, model_type, text_config, site_path)
+    if site_path is not None and is_moe(layers, None):  # a dense site named on an MoE model
+        raise UnsupportedModelError(moe_site_message(layers, site_path, model_type, hidden))
     first = layers[0]
     if site_path is None:
         site_path = _find_site(first, model_type, hidden)
         site = _get(first, site_path)
     else:
         site = _given_site(first, site_path, model_type, hidden)
-    d_mlp, d_model, orientation = _site_shape(site, model_type, site_path)
+    d_mlp, d_model, orientation = _site_shape(site)
     return ModelLayout(
         model_type=model_type,
         layers_path=layers_path,
@@ -291,8 +290,7 @@ def _find_site(layer: nn.Module, model_type: str, hidden: int | None) -> str:
     projections = [
         name
         for name, child in mlp.named_children()
-        if isinstance(child, (nn.Linear, Conv1D))
-        and (hidden is None or _site_shape(child, model_type, name)[1] == hidden)
+        if (shape := linear_shape(child)) is not None and (hidden is None or shape[1] == hidden)
     ]
     if not projections:
         raise UnsupportedModelError(
@@ -303,16 +301,13 @@ def _find_site(layer: nn.Module, model_type: str, hidden: int | None) -> str:
     return f"{mlp_name}.{projections[-1]}"
 
 
-def _site_shape(site: nn.Module, model_type: str, path: str) -> tuple[int, int, Orientation]:
-    if isinstance(site, Conv1D):
-        d_in, d_out = site.weight.shape  # Conv1D stores [in, out]
-        return int(d_in), int(d_out), "rows"
-    if isinstance(site, nn.Linear):
-        return site.in_features, site.out_features, "columns"
-    raise UnsupportedModelError(
-        f"'{path}' in this {model_type} model is a {type(site).__name__}, not a linear "
-        "projection; " + _OVERRIDE_HINT
-    )
+def _site_shape(site: nn.Module) -> tuple[int, int, Orientation]:
+    """(input width, output width, orientation) of a site its caller has found to be linear
+    (`_find_site`, `_given_site`)."""
+    shape = linear_shape(site)
+    assert shape is not None, f"{type(site).__name__} is not a linear projection"
+    d_in, d_out, is_conv1d = shape
+    return d_in, d_out, "rows" if is_conv1d else "columns"
 
 
 _ATTN_NAME = re.compile(r"^(self_attn|attn|attention|self_attention)$", re.IGNORECASE)
@@ -360,9 +355,8 @@ def residual_writers(model: nn.Module, layout: ModelLayout) -> ResidualWriters:
         attn = layer.get_submodule(attn_name)
         outs = [
             child
-            for name, child in attn.named_children()
-            if isinstance(child, (nn.Linear, Conv1D))
-            and _site_shape(child, layout.model_type, name)[1] == layout.d_model
+            for child in attn.children()
+            if (shape := linear_shape(child)) is not None and shape[1] == layout.d_model
         ]
         if not outs:
             raise UnsupportedModelError(
