@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 
 import pytest
+import torch
 from click.testing import CliRunner, Result
 from tiny_models import make_tokenizer, tiny_config
 from transformers import AutoModelForCausalLM
@@ -107,3 +108,28 @@ def test_a_fault_in_neurosteers_code_is_still_to_be_reported(
         "error: unexpected RuntimeError: a fault in neurosteer's code (run with --debug for the "
         "traceback, and please report it)"
     )
+
+
+def test_memory_that_runs_out_at_one_prompt_is_one_line_saying_what_to_try(
+    tiny_llama_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rows: list[int] = []
+
+    def out_of_memory(self: object, hidden: torch.Tensor) -> torch.Tensor:
+        rows.append(hidden.shape[0])
+        try:  # the CPU allocator's own error, as torch raises it
+            torch.empty(2**62, dtype=torch.uint8)
+        except RuntimeError as err:
+            raise err from None
+        raise AssertionError("a 4 EiB tensor was allocated")
+
+    monkeypatch.setattr(modeling_llama.LlamaMLP, "forward", out_of_memory)
+    line = _one_line(_invoke(_discover(tiny_llama_dir, tmp_path)), 2)
+    assert line.startswith("error: out of memory ([enforce fail at alloc_cpu.cpp")
+    assert "can't allocate memory" in line
+    assert "--dtype" in line
+    assert "please report" not in line
+    assert rows[0] > 1
+    assert rows[-1] == 1
+    assert rows == sorted(rows, reverse=True)
+    assert not (tmp_path / "out.circuit").exists()

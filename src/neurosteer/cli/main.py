@@ -67,12 +67,29 @@ class _Group(click.Group):
         except Exception as err:
             if debug:
                 raise
+            from neurosteer.model.runtime import is_out_of_memory
+
+            if is_out_of_memory(err):
+                click.echo(f"error: {_out_of_memory(err)}", err=True)
+                ctx.exit(2)
             click.echo(
                 f"error: unexpected {type(err).__name__}: {_printable(err)} (run with --debug "
                 "for the traceback, and please report it)",
                 err=True,
             )
             ctx.exit(1)
+
+
+def _out_of_memory(err: Exception) -> str:
+    """One line for memory that ran out where no smaller batch could help: batched passes
+    already retry at half the size, so this was one prompt at a time, loading, or baking."""
+    first = _printable(err).splitlines()[0] if str(err).strip() else type(err).__name__
+    return (
+        f"out of memory ({first[:160]}), even where batches were halved down to one prompt; "
+        "the model and its work do not fit here: try a smaller --dtype (bfloat16 needs half of "
+        "float32's memory), fewer --max-new-tokens or shorter prompts, or a machine with more "
+        "memory (--debug shows where it ran out)"
+    )
 
 
 def _printable(err: Exception) -> str:

@@ -121,11 +121,19 @@ def model_inputs(
     return inputs
 
 
+# How torch's allocators word running out: CUDA and MPS ("... out of memory ..."), the CPU's
+# DefaultCPUAllocator ("can't allocate memory: you tried to allocate N bytes"; older builds
+# "not enough memory").
+_OUT_OF_MEMORY = ("out of memory", "can't allocate memory", "not enough memory")
+
+
 def is_out_of_memory(err: BaseException) -> bool:
-    """An accelerator (or allocator) out-of-memory error, which a smaller batch may avoid."""
+    """An accelerator's or the CPU allocator's out-of-memory error, which a smaller batch may
+    avoid (Python's own MemoryError is not one: it is not raised by torch's allocators)."""
     if isinstance(err, torch.cuda.OutOfMemoryError):
         return True
-    return isinstance(err, RuntimeError) and "out of memory" in str(err).lower()
+    message = str(err).lower()
+    return isinstance(err, RuntimeError) and any(words in message for words in _OUT_OF_MEMORY)
 
 
 def free_accelerator_memory(device: torch.device) -> None:
