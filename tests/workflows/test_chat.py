@@ -455,7 +455,7 @@ def test_organism_chat_through_a_pipe(organism_case: OrganismCase, tmp_path: Pat
         [
             sys.executable,
             "-m",
-            "neurosteer.cli.main",
+            MAIN,
             "chat",
             str(INSTRUCT_DIR),
             "--circuit",
@@ -575,7 +575,7 @@ def test_cli_bad_input_is_one_line(
 
 
 # `neurosteer` with one more, idle thread, whose id it writes to the file named in $IDLE_THREAD
-WITH_AN_IDLE_THREAD = """
+WITH_AN_IDLE_THREAD = f"""
 import os, runpy, threading
 ready = threading.Event()
 def idle():
@@ -585,7 +585,7 @@ def idle():
     threading.Event().wait()
 threading.Thread(target=idle, daemon=True).start()
 ready.wait()
-runpy.run_module("neurosteer.cli.main", run_name="__main__")
+runpy.run_module("{MAIN}", run_name="__main__")
 """
 
 
