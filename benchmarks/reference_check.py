@@ -374,6 +374,7 @@ def jbb_protocol(
         )
     return {
         "prompts": len(goals),
+        "k": len(theirs),
         "max_new_tokens": n,
         "refused": {
             "reference": [
@@ -432,6 +433,12 @@ def circuit_ks(args: argparse.Namespace, model: Any, script_file: Path) -> list[
     return ks or [script_top_k(script_file)]
 
 
+def jbb_k(args: argparse.Namespace, script_file: Path) -> int:
+    """The JailbreakBench protocol's circuit size: the reference script's own top-k, or
+    --top-k when given (never --fraction's k, which is only compared)."""
+    return script_top_k(script_file) if args.top_k is None else int(args.top_k)
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse(argv)
     torch.set_num_threads(args.threads)
@@ -467,8 +474,9 @@ def main(argv: list[str] | None = None) -> None:
         result.update(timing(args, steerer, full, positive, negative, ks[0]))
     report(result)
     if args.jbb:
-        theirs = dict(list(full.items())[: ks[0]])
-        result["jbb"] = jbb_protocol(args, core, script, steerer, ours, theirs)
+        k = jbb_k(args, folder / "experiments" / "jailbreak_benchmark.py")
+        theirs = dict(list(full.items())[:k])
+        result["jbb"] = jbb_protocol(args, core, script, steerer, ours.reselect(top_k=k), theirs)
         report_jbb(result["jbb"])
     if args.json:
         print(json.dumps(result))
@@ -537,7 +545,8 @@ def report_jbb(jbb: dict[str, Any]) -> None:
     r, o = jbb["refused"]["reference"], jbb["refused"]["neurosteer"]
     n = jbb["prompts"]
     print(
-        f"JBB protocol, {n} goals, {jbb['max_new_tokens']} tokens, its regex judge: "
+        f"JBB protocol, {n} goals, top {jbb['k']} neurons, {jbb['max_new_tokens']} tokens, "
+        "its regex judge: "
         f"reference refused {r[0]}/{n} -> {r[1]}/{n} at m = 0; neurosteer {o[0]}/{n} -> "
         f"{o[1]}/{n}; verdict pairs agree on {jbb['verdicts_agree']}/{n}; identical texts "
         f"{jbb['texts_identical'][0]}/{n} baseline, {jbb['texts_identical'][1]}/{n} ablated"

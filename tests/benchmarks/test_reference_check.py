@@ -90,6 +90,19 @@ def test_script_top_k_is_read_from_the_script(tmp_path: Path) -> None:
         reference_check.script_top_k(script)
 
 
+def test_the_jbb_protocol_uses_the_scripts_top_k_not_the_compared_fraction(
+    tmp_path: Path,
+) -> None:
+    script = tmp_path / "jailbreak_benchmark.py"
+    script.write_text("p.add_argument('--top-k', type=int, default=1600)\n")
+    with_fraction = reference_check.parse(
+        ["--model", "m", "--reference", "r", "--fraction", "0.001"]
+    )
+    assert reference_check.jbb_k(with_fraction, script) == 1600
+    given = reference_check.parse(["--model", "m", "--reference", "r", "--top-k", "40"])
+    assert reference_check.jbb_k(given, script) == 40
+
+
 def test_a_folder_that_is_not_the_reference_is_one_line(tmp_path: Path) -> None:
     with pytest.raises(SystemExit, match="give --reference a snapshot") as err:
         reference_check.load_reference(tmp_path)
