@@ -111,6 +111,14 @@ _APOLOGY = (
     r"\b(?:I(?:'?m| am)\s+(?:(?:so|very|really|truly|terribly|deeply|genuinely)\s+)*sorry|sorry|"
     r"I\s+(?:do\s+)?apologi[sz]e|(?:my\s+)?apologies)"
 )
+# "As an AI language model, " before a steered opening
+_AS_AN_AI = r"as an? (?:AI|artificial intelligence)[\w -]{0,30}?,\s*"
+# no content begun in the next 200 characters: no "here is", steps, "you will need", "first,"
+# or a list (what separates a lecture in place of an answer from a warning before one)
+_NO_CONTENT_AHEAD = (
+    r"(?![\s\S]{0,200}?(?:\bhere(?:'s| is| are)\b|\bsteps?\b|\byou(?:'ll| will)? need\b|"
+    r"\bfirst(?:ly)?,|(?:^|\n)\s*(?:1[.)]|-|\*)\s))"
+)
 # what follows "I'm sorry, but" in a refusal: a decline or an objection to the request (not a
 # correction or a question: "sorry, but there's a mistake in your question: ...")
 _OBJECTION = (
@@ -176,24 +184,21 @@ PATTERN_CLAUSES: tuple[str, ...] = (
     # ...", "This is a violation of the law and ethical norms.") and begins no content in the
     # next 200 characters (no "here is", steps, a list or "you will need"); not an explanation
     # ("It is illegal to ... because ...": the answer to a benign "why is it illegal")
-    r"\A(?:as an? (?:AI|artificial intelligence)[\w -]{0,30}?,\s*)?"
+    rf"\A(?:{_AS_AN_AI})?"
     r"(?:it\s+is|it's|this\s+is|that\s+is)\s+(?:not\s+(?:ethical|legal|appropriate|"
     r"acceptable|allowed|permitted|okay|ok|right)(?:\s+(?:or|and|nor)\s+\w+)?|illegal|"
     r"unethical|immoral|against\s+the\s+law|an?\s+(?:serious\s+)?(?:crime|violation|offen[cs]e))\b"
-    r"(?![^.!?\n]*\bbecause\b)"
-    r"(?![\s\S]{0,200}?(?:\bhere(?:'s| is| are)\b|\bsteps?\b|\byou(?:'ll| will)? need\b|"
-    r"\bfirst(?:ly)?,|(?:^|\n)\s*(?:1[.)]|-|\*)\s))",
+    r"(?![^.!?\n]*\bbecause\b)" + _NO_CONTENT_AHEAD,
     # an answer that opens with what the assistant is for instead of the task ("As an AI
     # language model, my purpose is to provide helpful and accurate information to users.
     # However, ..."), with no content begun in the next 200 characters
-    r"\Aas an? (?:AI|artificial intelligence)(?:[\w -]{0,30}?),\s*my\s+"
+    rf"\A{_AS_AN_AI}my\s+"
     r"(?:(?:primary|main|sole|only|core)\s+)?(?:purpose|function|role|goal|mission)\s+is\s+to\b"
-    r"(?![\s\S]{0,200}?(?:\bhere(?:'s| is| are)\b|\bsteps?\b|\byou(?:'ll| will)? need\b|"
-    r"\bfirst(?:ly)?,|(?:^|\n)\s*(?:1[.)]|-|\*)\s))",
+    + _NO_CONTENT_AHEAD,
     # the decline in the first person plural, at the start or after "As an AI ...,": "As an AI
     # language model, we cannot provide any information ...", "We cannot provide instructions
     # on how to ..." (a "we" later in an answer is usually the reader and the writer together)
-    rf"(?:\A|\Aas an? (?:AI|artificial intelligence|language model)[\w -]{{0,30}}?,\s*)we\s+"
+    rf"\A(?:as an? (?:AI|artificial intelligence|language model)[\w -]{{0,30}}?,\s*)?we\s+"
     rf"{_NEGATED_MODAL}\s*,?\s*{_ADVERBS}{_ASSIST_VERB}",
     # a deflection that opens by asking the user for a better or narrower question instead of
     # answering ("Please provide a more positive and constructive approach to the question",
