@@ -67,6 +67,10 @@ Neuron = tuple[int, int]
 # The reference, used from its snapshot
 
 
+#: the reference JailbreakBench script, inside a snapshot folder
+SCRIPT = Path("experiments") / "jailbreak_benchmark.py"
+
+
 def load_reference(folder: Path) -> tuple[ModuleType, ModuleType]:
     """(neuron_steer.core, experiments/jailbreak_benchmark.py) imported from `folder`.
 
@@ -74,7 +78,7 @@ def load_reference(folder: Path) -> tuple[ModuleType, ModuleType]:
         SystemExit: the folder is not a snapshot of the reference (one line, what to give).
     """
     core_file = folder / "neuron_steer" / "core.py"
-    script_file = folder / "experiments" / "jailbreak_benchmark.py"
+    script_file = folder / SCRIPT
     if not core_file.is_file() or not script_file.is_file():
         raise SystemExit(
             f"error: {folder} holds no neuron_steer/core.py and experiments/jailbreak_benchmark.py;"
@@ -446,7 +450,7 @@ def main(argv: list[str] | None = None) -> None:
     core, script = load_reference(folder)
     model, tokenizer = neurosteer.load_model(args.model, dtype=args.dtype)
     steerer = reference_steerer(core, model, tokenizer, Path(args.model).name)
-    ks = circuit_ks(args, model, folder / "experiments" / "jailbreak_benchmark.py")
+    ks = circuit_ks(args, model, folder / SCRIPT)
     positive, negative = discovery_prompts(args, script)
     templated = steerer.is_instruct
     print(
@@ -474,7 +478,7 @@ def main(argv: list[str] | None = None) -> None:
         result.update(timing(args, steerer, full, positive, negative, ks[0]))
     report(result)
     if args.jbb:
-        k = jbb_k(args, folder / "experiments" / "jailbreak_benchmark.py")
+        k = jbb_k(args, folder / SCRIPT)
         theirs = dict(list(full.items())[:k])
         result["jbb"] = jbb_protocol(args, core, script, steerer, ours.reselect(top_k=k), theirs)
         report_jbb(result["jbb"])
