@@ -71,8 +71,7 @@ def plan() -> Iterator[Point]:
     yield top_k(TOP_K, True, 0.0)
     yield top_k(TOP_K, False, -1.0)
     for m in CURVE_MULTIPLIERS:  # the strength curve of the paper's default, m from 1 to -2
-        if m != -1.0 and m != -0.5:
-            yield cna(0.001, False, m)
+        yield cna(0.001, False, m)
     for alpha in CURVE_ALPHAS:
         if alpha not in CAA_ALPHAS:
             yield Point(f"caa alpha={alpha:g}", "caa", {}, alpha)
@@ -91,6 +90,10 @@ def plan() -> Iterator[Point]:
                 curve = fraction == 0.001 and not positive_only and m in CURVE_MULTIPLIERS
                 if (fraction, positive_only, m) not in [*first, (0.001, False, 0.0)] and not curve:
                     yield cna(fraction, positive_only, m)
+    for positive_only in (False, True):  # the reference's k over the same m grid
+        for m in MULTIPLIERS:
+            if (positive_only, m) not in [(False, 0.0), (True, 0.0), (False, -1.0)]:
+                yield top_k(TOP_K, positive_only, m)
     for seed in RANDOM_SEEDS[1:]:
         yield Point(f"random 0.1% seed={seed} m=0", "random", {"seed": seed}, 0.0)
 
@@ -158,7 +161,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         "--only",
         action="append",
         default=[],
-        help="run only points whose key contains this (repeatable: any of them)",
+        help="run only this point, or every point whose key contains this (repeatable)",
     )
     parser.add_argument(
         "--dtype",
@@ -225,8 +228,7 @@ def run(args: argparse.Namespace, out: Path) -> None:
     done = read_points(out)
     extra = [file_point(spec) for spec in args.circuit]
     every = {point.key: point for point in [*extra, *plan()]}
-    wanted = args.only or [""]
-    todo = [p for p in every.values() if p.key not in done and any(w in p.key for w in wanted)]
+    todo = [p for p in every.values() if p.key not in done and wanted(p.key, args.only, set(every))]
     mmlu_todo = mmlu_plan(args.mmlu, every, read_mmlu(out, args.mmlu_shots))
     if not todo and not mmlu_todo:
         return
@@ -385,6 +387,13 @@ def check_batching(
         f"one prompt at a time: same {len(base)} neurons: {same}; largest δ difference "
         f"{delta:.2e}; {time.perf_counter() - started:.0f} s",
     )
+
+
+def wanted(key: str, only: list[str], keys: set[str]) -> bool:
+    """Whether `--only` asks for this point: a value that is one of `keys` names that point
+    alone, any other value every key containing it (none given: every point)."""
+    exact = [w for w in only if w in keys]
+    return not only or key in exact or any(w in key for w in only if w not in keys)
 
 
 def mmlu_plan(keys: list[str], every: dict[str, Point], done: dict[str, Any]) -> list[Point]:

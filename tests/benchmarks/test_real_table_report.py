@@ -81,3 +81,28 @@ def test_mmlu_plan_scores_the_unchanged_model_first_and_skips_what_is_scored() -
     assert real_table.mmlu_plan(["direction s=1"], points, done) == []  # type: ignore[arg-type]
     with pytest.raises(SystemExit, match="no point is called 'cna 9%'"):
         real_table.mmlu_plan(["cna 9%"], points, {})  # type: ignore[arg-type]
+
+
+def test_plan_holds_the_issues_grid_once_each() -> None:
+    keys = [point.key for point in real_table.plan()]
+    assert len(keys) == len(set(keys))
+    curve = [f"cna 0.1% both m={m:g}" for m in (0.5, 0, -0.5, -1, -1.5, -2)]
+    caa = [f"caa alpha={a:g}" for a in (-0.5, -1, -1.5, -2, -2.5, -3)]
+    grid = [
+        f"cna {size} {sign} m={m:g}"
+        for size in ("0.1%", "top1600")
+        for sign in ("both", "positive")
+        for m in (0, -0.5, -1)
+    ]
+    missing = [key for key in [*curve, *caa, *grid] if key not in keys]
+    assert missing == []
+    assert keys[0] == "unchanged"
+
+
+def test_only_names_one_point_by_its_key_and_many_by_a_part_of_it() -> None:
+    keys = {"cna 0.1% both m=-1", "cna 0.1% both m=-1.5", "caa alpha=-1", "caa alpha=-1.5"}
+    picked = {key for key in keys if real_table.wanted(key, ["cna 0.1% both m=-1"], keys)}
+    assert picked == {"cna 0.1% both m=-1"}
+    picked = {key for key in keys if real_table.wanted(key, ["alpha=-1"], keys)}
+    assert picked == {"caa alpha=-1", "caa alpha=-1.5"}
+    assert all(real_table.wanted(key, [], keys) for key in keys)
