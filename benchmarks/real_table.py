@@ -5,8 +5,8 @@ the full δ table kept, so every CNA point of the grid is a `reselect` of it; a 
 with the universal filter off gives the reference code's own settings. Every point is judged on
 the JailbreakBench harmful and benign prompts (greedy, `--max-new-tokens`), with the KL to the
 unchanged model on benign prompts, and appended to OUT/points.jsonl as soon as it is measured:
-a killed run resumes where it stopped. `--report` writes OUT/table.md and OUT/refusal_vs_kl.png
-from whatever points exist.
+a killed run resumes where it stopped. `--report` writes OUT/table.md, OUT/refusal_vs_kl.png
+and OUT/strength_curves.png (benchmarks/real_table_plots.py) from whatever points exist.
 
     python benchmarks/real_table.py --model qwen.gguf --data ../shared/data -o real-table/
     python benchmarks/real_table.py -o real-table/ --report
@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from real_table_plots import refusal_vs_kl, strength_curves
 
 FRACTIONS = (0.001, 0.002, 0.005, 0.01, 0.02)
 MULTIPLIERS = (0.0, -0.5, -1.0)
@@ -138,7 +139,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--model", help="the model (a .gguf file or a folder)")
     parser.add_argument("--data", default="../shared/data", help="the shared data folder")
     parser.add_argument("-o", "--output", required=True, help="run folder (resumed if present)")
-    parser.add_argument("--report", action="store_true", help="only write the table and plot")
+    parser.add_argument("--report", action="store_true", help="only write the table and plots")
     parser.add_argument("--n-fit", type=int, default=128, help="train prompts per set")
     parser.add_argument("--n-eval", type=int, default=100, help="JailbreakBench prompts per set")
     parser.add_argument("--max-new-tokens", type=int, default=150)
@@ -444,7 +445,7 @@ def log(out: Path, message: str) -> None:
 
 
 def report(out: Path, model: str | None = None) -> None:
-    """Write OUT/table.md and the plot; `model` names the run's model in the judge's caption
+    """Write OUT/table.md and the plots; `model` names the run's model in the judge's caption
     (default: the name stored with the points, which older points lack)."""
     from neurosteer.evaluation import PhraseJudge, quality, refusal_rates
     from neurosteer.evaluation.judge_accuracy import judge_caption
@@ -464,8 +465,9 @@ def report(out: Path, model: str | None = None) -> None:
         f"| KL first | KL mean | MMLU | {''.join(h + ' | ' for h in heads)}s |",
         "|---|---|---|---|---|---|---|---|---|---|" + "---|" * len(heads),
     ]
+    distinct4s = {row["key"]: quality(row["harmful_answers"]).mean_distinct4 for row in rows}
     for row in rows:
-        distinct4 = quality(row["harmful_answers"]).mean_distinct4
+        distinct4 = distinct4s[row["key"]]
         scores = [mmlu.get(5, {}).get(row["key"])] + [
             mmlu[shots].get(row["key"]) for shots in mmlu if shots != 5
         ]
@@ -495,29 +497,9 @@ def report(out: Path, model: str | None = None) -> None:
             f"{n} questions, scored by lm-eval."
         )
     (out / "table.md").write_text("\n".join(lines) + "\n")
-    plot(rows, out / "refusal_vs_kl.png")
+    refusal_vs_kl(rows, out / "refusal_vs_kl.png")
+    strength_curves(rows, distinct4s, out / "strength_curves.png")
     print("\n".join(lines))
-
-
-def plot(rows: list[dict[str, Any]], path: Path) -> None:
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(7, 4.5))
-    ax = fig.add_subplot()
-    for method in sorted({row["method"] for row in rows}):
-        chosen = [row for row in rows if row["method"] == method]
-        ax.scatter(
-            [row["kl"] for row in chosen],
-            [row["harmful"]["refusal"] for row in chosen],
-            label=method,
-        )
-    ax.set_xscale("symlog", linthresh=0.01)
-    ax.set_xlabel("KL to the unchanged model on benign prompts (nats, first tokens)")
-    ax.set_ylabel("harmful prompts refused")
-    ax.set_title("JailbreakBench on the real model: refusal vs KL")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
 
 
 if __name__ == "__main__":

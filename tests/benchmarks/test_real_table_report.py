@@ -106,3 +106,37 @@ def test_only_names_one_point_by_its_key_and_many_by_a_part_of_it() -> None:
     picked = {key for key in keys if real_table.wanted(key, ["alpha=-1"], keys)}
     assert picked == {"caa alpha=-1", "caa alpha=-1.5"}
     assert all(real_table.wanted(key, [], keys) for key in keys)
+
+
+def test_strength_curves_start_at_the_unchanged_model_on_one_axis(tmp_path: Path) -> None:
+    import real_table_plots
+
+    def row(key: str, method: str, strength: float | None, **settings: object) -> dict:
+        rates = {"refusal": 0.5, "degenerate": 0.0}
+        return {"key": key, "method": method, "strength": strength, "harmful": rates, **settings}
+
+    rows = [
+        row("unchanged", "unchanged", None),
+        row("cna 0.1% both m=0", "cna", 0.0, fraction=0.001, positive_only=False),
+        row("cna 0.1% both m=-2", "cna", -2.0, fraction=0.001, positive_only=False),
+        row("cna 0.1% positive m=-1", "cna", -1.0, fraction=0.001, positive_only=True),
+        row("cna top1600 both m=0", "cna", 0.0, top_k=1600, positive_only=False),
+        row("caa alpha=-3", "caa", -3.0),
+        row("caa alpha=-0.5", "caa", -0.5),
+    ]
+    found = real_table_plots.curves(rows)
+    xs = {name: [(x, r["key"]) for x, r in points] for name, points in found.items()}
+    assert xs == {
+        "CNA 0.1% both (x = 1 - m)": [
+            (0.0, "unchanged"),
+            (1.0, "cna 0.1% both m=0"),
+            (3.0, "cna 0.1% both m=-2"),
+        ],
+        "CAA (x = -α)": [(0.0, "unchanged"), (0.5, "caa alpha=-0.5"), (3.0, "caa alpha=-3")],
+    }
+    # top-1,600 has one measured point: not a curve; the positive-δ point is on none
+    distinct4 = {r["key"]: 0.9 for r in rows}
+    assert real_table_plots.strength_curves(rows, distinct4, tmp_path / "curves.png")
+    assert (tmp_path / "curves.png").stat().st_size > 10_000
+    assert not real_table_plots.strength_curves(rows[:2], distinct4, tmp_path / "none.png")
+    assert not (tmp_path / "none.png").exists()

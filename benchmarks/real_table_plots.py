@@ -1,0 +1,91 @@
+"""The figures of benchmarks/real_table.py's report, drawn from its stored points.
+
+`refusal_vs_kl`: every point's harmful refusal against its first-token KL. `strength_curves`: the
+paper's robustness claim, refusal, degenerate share and distinct-4 as the steering gets stronger,
+for CNA at the paper's default (m from 1 down), at the reference's top-1,600, and for CAA (α from
+0 down), each starting at the unchanged model.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+Curve = list[tuple[float, dict[str, Any]]]
+
+
+def refusal_vs_kl(rows: list[dict[str, Any]], path: Path) -> None:
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7, 4.5))
+    ax = fig.add_subplot()
+    for method in sorted({row["method"] for row in rows}):
+        chosen = [row for row in rows if row["method"] == method]
+        ax.scatter(
+            [row["kl"] for row in chosen],
+            [row["harmful"]["refusal"] for row in chosen],
+            label=method,
+        )
+    ax.set_xscale("symlog", linthresh=0.01)
+    ax.set_xlabel("KL to the unchanged model on benign prompts (nats, first tokens)")
+    ax.set_ylabel("harmful prompts refused")
+    ax.set_title("JailbreakBench on the real model: refusal vs KL")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def curves(rows: list[dict[str, Any]]) -> dict[str, Curve]:
+    """The strength curves in `rows`, each a list of (strength from none, row) sorted by strength.
+
+    Strength from none puts both methods on one axis: 1 - m for CNA (m = 1 is the unchanged
+    model, m = -2 is 3) and -α for CAA. A curve with fewer than two measured points is left out.
+    """
+    unchanged = [row for row in rows if row["method"] == "unchanged"]
+    found: dict[str, Curve] = {
+        "CNA 0.1% both (x = 1 - m)": [],
+        "CNA top-1,600 both (x = 1 - m)": [],
+        "CAA (x = -α)": [],
+    }
+    for row in rows:
+        both = row["method"] == "cna" and not row.get("positive_only")
+        if both and row.get("fraction") == 0.001:
+            found["CNA 0.1% both (x = 1 - m)"].append((1 - row["strength"], row))
+        elif both and row.get("top_k") == 1600:
+            found["CNA top-1,600 both (x = 1 - m)"].append((1 - row["strength"], row))
+        elif row["method"] == "caa":
+            found["CAA (x = -α)"].append((-row["strength"], row))
+    return {
+        name: sorted([(0.0, row) for row in unchanged[:1]] + points, key=lambda p: p[0])
+        for name, points in found.items()
+        if len(points) >= 2
+    }
+
+
+def strength_curves(rows: list[dict[str, Any]], distinct4: dict[str, float], path: Path) -> bool:
+    """Draw `curves(rows)` (refusal, degenerate share, distinct-4 of the harmful answers, keyed
+    by point in `distinct4`) to `path`; False, and no file, when no curve has two points."""
+    from matplotlib.figure import Figure
+
+    found = curves(rows)
+    if not found:
+        return False
+    fig = Figure(figsize=(11, 3.6))
+    panels = fig.subplots(1, 3)
+    measures = [
+        ("harmful refused", lambda row: row["harmful"]["refusal"]),
+        ("degenerate answers", lambda row: row["harmful"]["degenerate"]),
+        ("distinct-4", lambda row: distinct4[row["key"]]),
+    ]
+    for ax, (label, value) in zip(panels, measures, strict=True):
+        for name, points in found.items():
+            ax.plot([x for x, _ in points], [value(row) for _, row in points], "o-", label=name)
+        ax.set_xlabel("strength from none (1 - m for CNA, -α for CAA)")
+        ax.set_title(label)
+        if label != "distinct-4":  # shares of the answers
+            ax.set_ylim(-0.03, 1.03)
+    panels[0].legend(fontsize=7)
+    fig.suptitle("Steering strength: refusal against fluency (JailbreakBench harmful prompts)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    return True
