@@ -355,6 +355,7 @@ def run(args: argparse.Namespace, out: Path) -> None:
             "accuracy": result.accuracy,
             "n": result.n,
             "seconds": time.perf_counter() - started,
+            "correct": {subject: list(right) for subject, right in result.correct.items()},
         }
         with mmlu_path(out, args.mmlu_shots).open("a") as f:
             f.write(json.dumps(row) + "\n")
@@ -430,6 +431,20 @@ def mmlu_scores(out: Path) -> dict[int, dict[str, dict[str, Any]]]:
     return {shots: rows for shots, rows in found.items() if rows}
 
 
+def mmlu_cell(score: dict[str, Any] | None, mmlu: dict[int, Any], shots: int) -> str:
+    """An MMLU accuracy, with its paired difference from the unchanged model's on the same
+    questions (points, 95%) where both runs stored which questions they got right."""
+    from neurosteer.evaluation import paired_difference
+
+    if not score:
+        return ""
+    base = mmlu.get(shots, {}).get("unchanged")
+    if score["key"] == "unchanged" or not base or "correct" not in score or "correct" not in base:
+        return f"{score['accuracy']:.1%}"
+    delta, half = paired_difference(score["correct"], base["correct"])
+    return f"{score['accuracy']:.1%} ({100 * delta:+.1f} ± {100 * half:.1f})"
+
+
 def read_rows(path: Path) -> dict[str, dict[str, Any]]:
     """JSON lines keyed by their `key` (a later line for the same key wins)."""
     if not path.exists():
@@ -468,10 +483,10 @@ def report(out: Path, model: str | None = None) -> None:
     distinct4s = {row["key"]: quality(row["harmful_answers"]).mean_distinct4 for row in rows}
     for row in rows:
         distinct4 = distinct4s[row["key"]]
-        scores = [mmlu.get(5, {}).get(row["key"])] + [
-            mmlu[shots].get(row["key"]) for shots in mmlu if shots != 5
-        ]
-        scored = " | ".join(f"{s['accuracy']:.1%}" if s else "" for s in scores)
+        columns = [5, *(shots for shots in mmlu if shots != 5)]
+        scored = " | ".join(
+            mmlu_cell(mmlu.get(shots, {}).get(row["key"]), mmlu, shots) for shots in columns
+        )
         lines.append(
             f"| {row['key']} | {row.get('neurons', '')} | {row['harmful']['refusal']:.0%} | "
             f"{row['harmful']['degenerate']:.0%} | {distinct4:.3f} | "
@@ -494,7 +509,8 @@ def report(out: Path, model: str | None = None) -> None:
         n = next(iter(scored_rows.values()))["n"]
         lines.append(
             f"MMLU{'' if shots == 5 else f' {shots}-shot'}: the shared subset, {shots}-shot, "
-            f"{n} questions, scored by lm-eval."
+            f"{n} questions, scored by lm-eval; in brackets the paired difference from the "
+            "unchanged model on the same questions, points, 95%."
         )
     (out / "table.md").write_text("\n".join(lines) + "\n")
     refusal_vs_kl(rows, out / "refusal_vs_kl.png")

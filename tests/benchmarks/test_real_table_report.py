@@ -140,3 +140,22 @@ def test_strength_curves_start_at_the_unchanged_model_on_one_axis(tmp_path: Path
     assert (tmp_path / "curves.png").stat().st_size > 10_000
     assert not real_table_plots.strength_curves(rows[:2], distinct4, tmp_path / "none.png")
     assert not (tmp_path / "none.png").exists()
+
+
+def test_report_gives_mmlu_as_a_paired_difference_from_the_unchanged_model(tmp_path: Path) -> None:
+    write_points(tmp_path, None)
+    points = tmp_path / "points.jsonl"
+    steered = json.loads(points.read_text()) | {"key": "direction s=1", "method": "direction"}
+    points.write_text(points.read_text() + json.dumps(steered) + "\n")
+    base = {"x": [True] * 30 + [False] * 70}
+    one_more = {"x": [True] * 31 + [False] * 69}
+    rows = [
+        {"key": "unchanged", "accuracy": 0.30, "n": 100, "seconds": 1.0, "correct": base},
+        {"key": "direction s=1", "accuracy": 0.31, "n": 100, "seconds": 1.0, "correct": one_more},
+    ]
+    real_table.mmlu_path(tmp_path, 0).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    real_table.report(tmp_path)
+    table = (tmp_path / "table.md").read_text()
+    assert "| 30.0% |" in table
+    assert "| 31.0% (+1.0 ± 2.0) |" in table
+    assert "paired difference" in table

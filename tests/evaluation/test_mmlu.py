@@ -23,7 +23,13 @@ from transformers import LlamaTokenizerFast, PreTrainedModel, PreTrainedTokenize
 
 from interventions import CircuitIntervention, HookIntervention
 from neurosteer import InputError, discover, steer
-from neurosteer.evaluation import MMLUResult, load_mmlu, mmlu_accuracy, mmlu_sweep
+from neurosteer.evaluation import (
+    MMLUResult,
+    load_mmlu,
+    mmlu_accuracy,
+    mmlu_sweep,
+    paired_difference,
+)
 from neurosteer.hooks import count_hooks
 
 Pair = tuple[PreTrainedModel, PreTrainedTokenizerFast]
@@ -453,3 +459,18 @@ def test_a_context_already_starting_with_bos_keeps_exactly_one(tiny_llama: Pair)
     assert lm.tok_encode("Hi") == [BOS_ID, *plain]
     assert lm.tok_encode(f"{BOS}Hi") == [BOS_ID, *plain]
     assert lm.tok_encode("Hi", add_special_tokens=False) == plain  # explicit requests stand
+
+
+def test_paired_difference_is_narrow_when_runs_agree_and_wide_when_they_do_not() -> None:
+    base = {"a": [True] * 60 + [False] * 40, "b": [True, False] * 50}
+    same_but_one = {"a": [False] + [True] * 59 + [False] * 40, "b": [True, False] * 50}
+    delta, half = paired_difference(same_but_one, base)
+    assert delta == pytest.approx(-1 / 200)
+    assert 0 < half < 0.015  # one flip in 200: the interval is well under 2 points
+    # the same accuracy reached by answering other questions right: a wide interval around 0
+    shuffled = {"a": [False] * 40 + [True] * 60, "b": [False, True] * 50}
+    delta, half = paired_difference(shuffled, base)
+    assert delta == 0
+    assert half > 0.1
+    with pytest.raises(InputError, match="different questions"):
+        paired_difference({"a": [True]}, base)

@@ -35,7 +35,13 @@ from neurosteer.evaluation.judges import (
     refusal_rates,
 )
 from neurosteer.evaluation.kl import KLReport, kl_to_reference
-from neurosteer.evaluation.mmlu import MMLUResult, MMLUSweep, mmlu_accuracy, mmlu_sweep
+from neurosteer.evaluation.mmlu import (
+    MMLUResult,
+    MMLUSweep,
+    mmlu_accuracy,
+    mmlu_sweep,
+    paired_difference,
+)
 from neurosteer.evaluation.mmlu_data import MMLUData, MMLUQuestion, load_mmlu
 from neurosteer.evaluation.model_judge import (
     JudgePrompt,
@@ -85,6 +91,7 @@ __all__ = [
     "measure_refusal",
     "mmlu_accuracy",
     "mmlu_sweep",
+    "paired_difference",
     "quality",
     "refusal_rates",
 ]
