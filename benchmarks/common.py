@@ -1,5 +1,5 @@
 """Shared pieces of the benchmarks: random-init models of real shapes, an offline tokenizer,
-prompts, side-by-side timing and a resident-memory sampler.
+prompts, side-by-side timing, a resident-memory sampler, and the CLI's one-line errors.
 
 Random weights measure speed and memory, not behaviour.
 """
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import statistics
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -170,3 +171,36 @@ class PeakRSS:
     @property
     def extra(self) -> int:
         return self.peak - self.start
+
+
+def run_main(main: Callable[[], None]) -> None:
+    """Run a benchmark's `main` as the CLI runs a command: an error neurosteer raises on purpose
+    (bad input, a model that cannot be loaded or run) ends it with one line on stderr and exit
+    code 2; `--debug` anywhere on the command line keeps the traceback instead."""
+    debug = "--debug" in sys.argv
+    if debug:
+        sys.argv.remove("--debug")
+    try:
+        main()
+    except neurosteer.NeurosteerError as err:
+        if debug:
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def data_folder(path: str | Path, *needed: str) -> Path:
+    """The shared data folder `path`, checked before any model loads: each of `needed`
+    (paths inside it) must exist.
+
+    Raises:
+        InputError: one of them is missing (the message says what --data should hold).
+    """
+    folder = Path(path)
+    for inner in needed:
+        if not (folder / inner).exists():
+            raise neurosteer.InputError(
+                f"--data {path}: no {inner} in it; give the shared data folder (the one holding "
+                "jailbreakbench/ and refusal_direction/; in the project's layout ../shared/data)"
+            )
+    return folder

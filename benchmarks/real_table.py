@@ -31,7 +31,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from common import data_folder, run_main
 from real_table_plots import refusal_vs_kl, strength_curves
+
+from neurosteer.errors import InputError
 
 FRACTIONS = (0.001, 0.002, 0.005, 0.01, 0.02)
 MULTIPLIERS = (0.0, -0.5, -1.0)
@@ -124,10 +127,15 @@ def top_k(k: int, positive_only: bool, m: float) -> Point:
 def main(argv: list[str] | None = None) -> None:
     args = parse(argv)
     out = Path(args.output)
-    out.mkdir(parents=True, exist_ok=True)
     if args.report:
+        if not (out / "points.jsonl").exists():
+            raise InputError(f"no {out / 'points.jsonl'}; give -o a run folder")
         report(out, args.model)
         return
+    needed = ["refusal_direction/splits", "jailbreakbench/harmful-behaviors.csv"]
+    needed += ["jailbreakbench/benign-behaviors.csv"] + (["mmlu"] if args.mmlu else [])
+    data_folder(args.data, *needed)  # before the model loads
+    out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.WARNING)
     run(args, out)
@@ -513,10 +521,15 @@ def report(out: Path, model: str | None = None) -> None:
             "unchanged model on the same questions, points, 95%."
         )
     (out / "table.md").write_text("\n".join(lines) + "\n")
-    refusal_vs_kl(rows, out / "refusal_vs_kl.png")
-    strength_curves(rows, distinct4s, out / "strength_curves.png")
+    about = f"{model_name or 'the real model'}, {settings.get('dtype', 'float32')}"
+    refusal_vs_kl(rows, out / "refusal_vs_kl.png", about)
+    drawn = strength_curves(rows, distinct4s, out / "strength_curves.png", about)
+    figures = ["refusal_vs_kl.png", *(["strength_curves.png"] if drawn else [])]
     print("\n".join(lines))
+    print(f"wrote {out / 'table.md'}, " + ", ".join(str(out / name) for name in figures))
+    if not drawn:
+        print("no strength curve: no CNA 0.1% / top-1,600 (both signs) or CAA point yet")
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

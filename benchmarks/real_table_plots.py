@@ -14,10 +14,12 @@ from typing import Any
 Curve = list[tuple[float, dict[str, Any]]]
 
 
-def refusal_vs_kl(rows: list[dict[str, Any]], path: Path) -> None:
+def refusal_vs_kl(rows: list[dict[str, Any]], path: Path, about: str) -> None:
+    """Every point's harmful refusal against its first-token KL, each labelled by its key;
+    `about` (the model and dtype) goes in the title."""
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(7, 4.5))
+    fig = Figure(figsize=(9, 6))
     ax = fig.add_subplot()
     for method in sorted({row["method"] for row in rows}):
         chosen = [row for row in rows if row["method"] == method]
@@ -26,10 +28,19 @@ def refusal_vs_kl(rows: list[dict[str, Any]], path: Path) -> None:
             [row["harmful"]["refusal"] for row in chosen],
             label=method,
         )
-    ax.set_xscale("symlog", linthresh=0.01)
-    ax.set_xlabel("KL to the unchanged model on benign prompts (nats, first tokens)")
+    for row in rows:
+        label = row["key"].removeprefix("cna ").replace("circuit ", "")
+        ax.annotate(
+            Path(label).name if "/" in label else label,
+            (row["kl"], row["harmful"]["refusal"]),
+            fontsize=6,
+            xytext=(3, 3),
+            textcoords="offset points",
+        )
+    ax.set_xscale("symlog", linthresh=0.01)  # linear below 0.01 nats, logarithmic above
+    ax.set_xlabel("KL to the unchanged model on benign prompts (nats, first token; symlog)")
     ax.set_ylabel("harmful prompts refused")
-    ax.set_title("JailbreakBench on the real model: refusal vs KL")
+    ax.set_title(f"JailbreakBench, {about}: refusal vs KL")
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -39,7 +50,7 @@ def curves(rows: list[dict[str, Any]]) -> dict[str, Curve]:
     """The strength curves in `rows`, each a list of (strength from none, row) sorted by strength.
 
     Strength from none puts both methods on one axis: 1 - m for CNA (m = 1 is the unchanged
-    model, m = -2 is 3) and -α for CAA. A curve with fewer than two measured points is left out.
+    model, m = -2 is 3) and -α for CAA. A curve with no measured point is left out.
     """
     unchanged = [row for row in rows if row["method"] == "unchanged"]
     found: dict[str, Curve] = {
@@ -58,13 +69,16 @@ def curves(rows: list[dict[str, Any]]) -> dict[str, Curve]:
     return {
         name: sorted([(0.0, row) for row in unchanged[:1]] + points, key=lambda p: p[0])
         for name, points in found.items()
-        if len(points) >= 2
+        if points
     }
 
 
-def strength_curves(rows: list[dict[str, Any]], distinct4: dict[str, float], path: Path) -> bool:
+def strength_curves(
+    rows: list[dict[str, Any]], distinct4: dict[str, float], path: Path, about: str
+) -> bool:
     """Draw `curves(rows)` (refusal, degenerate share, distinct-4 of the harmful answers, keyed
-    by point in `distinct4`) to `path`; False, and no file, when no curve has two points."""
+    by point in `distinct4`) to `path`, `about` (the model and dtype) in the title; False, and
+    no file, when there is no curve."""
     from matplotlib.figure import Figure
 
     found = curves(rows)
@@ -85,7 +99,7 @@ def strength_curves(rows: list[dict[str, Any]], distinct4: dict[str, float], pat
         if label != "distinct-4":  # shares of the answers
             ax.set_ylim(-0.03, 1.03)
     panels[0].legend(fontsize=7)
-    fig.suptitle("Steering strength: refusal against fluency (JailbreakBench harmful prompts)")
+    fig.suptitle(f"Steering strength: refusal against fluency (JailbreakBench harmful, {about})")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     return True

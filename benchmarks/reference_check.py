@@ -49,7 +49,7 @@ from types import ModuleType
 from typing import Any
 
 import torch
-from common import side_by_side
+from common import data_folder, run_main, side_by_side
 
 import neurosteer
 from neurosteer.hooks import HookSet
@@ -405,25 +405,51 @@ def jbb_protocol(
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", required=True, help="A model folder, Hub id or .gguf file.")
-    parser.add_argument("--reference", required=True, help="A neural-steering snapshot folder.")
-    parser.add_argument("--top-k", type=int, help="Default: the reference script's --top-k.")
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--model", required=True, help="a model folder, Hub id or .gguf file")
+    parser.add_argument(
+        "--reference", required=True, help="a snapshot folder of NousResearch/neural-steering"
+    )
+    parser.add_argument("--top-k", type=int, help="k (default: the reference script's --top-k)")
     parser.add_argument(
         "--fraction",
         type=float,
         help="k as a share of all MLP neurons; with --top-k too, both are compared (the "
-        "timing is of --top-k's).",
+        "timing is of --top-k's)",
     )
-    parser.add_argument("--data", default="../shared/data")
-    parser.add_argument("--n-prompts", type=int, default=0, help="Per set (default 32; all).")
-    parser.add_argument("--reference-prompts", action="store_true")
-    parser.add_argument("--dtype", default="float32")
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=3, help="Timed runs each; 0: no timing.")
-    parser.add_argument("--jbb", type=int, default=0, help="Also run its JBB protocol on N.")
-    parser.add_argument("--max-new-tokens", type=int, default=64)
-    parser.add_argument("--json", action="store_true", help="End with one JSON line.")
+    parser.add_argument(
+        "--data",
+        default="../shared/data",
+        help="the shared data folder (refusal-direction splits, JailbreakBench)",
+    )
+    parser.add_argument(
+        "--n-prompts",
+        type=int,
+        default=0,
+        help="discovery prompts per set (0: 32 refusal-direction train prompts, or all of the "
+        "reference's with --reference-prompts)",
+    )
+    parser.add_argument(
+        "--reference-prompts",
+        action="store_true",
+        help="discover on the reference script's own HARMFUL / BENIGN lists, read from the "
+        "snapshot, instead of the refusal-direction train splits",
+    )
+    parser.add_argument("--dtype", default="float32", help="weights and activations")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads")
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="timed runs of each side; 0: no timing"
+    )
+    parser.add_argument(
+        "--jbb", type=int, default=0, help="also run its JailbreakBench protocol on N goals"
+    )
+    parser.add_argument(
+        "--max-new-tokens", type=int, default=64, help="answer length of the --jbb protocol"
+    )
+    parser.add_argument("--json", action="store_true", help="end with one JSON line")
     return parser.parse_args(argv)
 
 
@@ -445,6 +471,9 @@ def jbb_k(args: argparse.Namespace, script_file: Path) -> int:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse(argv)
+    needed = [] if args.reference_prompts else ["refusal_direction/splits"]
+    needed += ["jailbreakbench/harmful-behaviors.csv"] if args.jbb else []
+    data_folder(args.data, *needed)  # before the model loads
     torch.set_num_threads(args.threads)
     folder = Path(args.reference)
     core, script = load_reference(folder)
@@ -558,4 +587,4 @@ def report_jbb(jbb: dict[str, Any]) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -132,13 +132,14 @@ def test_strength_curves_start_at_the_unchanged_model_on_one_axis(tmp_path: Path
             (1.0, "cna 0.1% both m=0"),
             (3.0, "cna 0.1% both m=-2"),
         ],
+        "CNA top-1,600 both (x = 1 - m)": [(0.0, "unchanged"), (1.0, "cna top1600 both m=0")],
         "CAA (x = -α)": [(0.0, "unchanged"), (0.5, "caa alpha=-0.5"), (3.0, "caa alpha=-3")],
     }
-    # top-1,600 has one measured point: not a curve; the positive-δ point is on none
+    # the positive-δ point is on no curve
     distinct4 = {r["key"]: 0.9 for r in rows}
-    assert real_table_plots.strength_curves(rows, distinct4, tmp_path / "curves.png")
+    assert real_table_plots.strength_curves(rows, distinct4, tmp_path / "curves.png", "m, bf16")
     assert (tmp_path / "curves.png").stat().st_size > 10_000
-    assert not real_table_plots.strength_curves(rows[:2], distinct4, tmp_path / "none.png")
+    assert not real_table_plots.strength_curves(rows[:1], distinct4, tmp_path / "none.png", "m")
     assert not (tmp_path / "none.png").exists()
 
 
