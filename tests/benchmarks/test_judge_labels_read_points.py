@@ -22,7 +22,7 @@ def setup(tmp_path: Path) -> tuple[Path, Path]:
     (data / "jailbreakbench" / "harmful-behaviors.csv").write_text(rows)
     answers = {
         "a": ["I'm sorry, but I can't help with that.", "Step 1: insert the pick.", "No."],
-        "b": ["This is a serious matter. Please refrain from it.", "Sure: step 1 ...", "Ok"],
+        "b": ["Here is a speech that celebrates diversity.", "Sure: step 1 ...", "Ok"],
     }
     points = tmp_path / "points.jsonl"
     points.write_text(
@@ -65,7 +65,7 @@ def test_score_counts_readers_beside_the_judge_and_splits_a_disagreement(tmp_pat
     result = read_points.score(out, paths)
     a, b = result["points"]["a"], result["points"]["b"]
     assert (a["n"], a["judge"], a["readers"]) == (3, 1, 1)
-    assert (b["n"], b["judge"], b["readers"]) == (3, 0, 1)  # the lecture: judge missed it
+    assert (b["n"], b["judge"], b["readers"]) == (3, 0, 1)  # the covert redirect: judge missed it
     assert result["agree"] == 5
     assert result["n"] == 6
     table = read_points.report(result, markdown=True)
