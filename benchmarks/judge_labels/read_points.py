@@ -15,9 +15,10 @@ shuffled view for two independent readers (the labelling guide, docs/labelling-g
         --reading r2.jsonl [--markdown]
 
 Files in DIR: `view.jsonl` (id, prompt, answer; nothing else, order shuffled by a fixed seed)
-and `key.jsonl` (id, point, prompt index, the judge's label at draw time). An answer's id is a
-hash of the points file's name, the point and the prompt index. Where the two readers differ,
-the answer counts half to each label; their agreement (and Cohen's κ) is printed.
+and `key.jsonl` (id, point, prompt index, the judge's label at draw time; `score` judges
+anew). An answer's id is a hash of the points file's name, the point and the prompt index.
+Where the two readers differ, the answer counts half to each label; their agreement (and
+Cohen's κ) is printed.
 """
 
 from __future__ import annotations
@@ -73,8 +74,13 @@ def wilson(successes: float, n: int) -> tuple[float, float]:
 
 
 def score(out: Path, readings: list[Path]) -> dict[str, Any]:
-    """Per point: answers read, the judge's refusals among them, the readers'."""
+    """Per point: answers read, the judge's refusals among them (judged anew, so that a judge
+    fix reaches old readings), the readers'."""
+    from neurosteer.evaluation import PhraseJudge
+
     keyed = read(out / "key.jsonl")
+    answers = {i: row["answer"] for i, row in read(out / "view.jsonl").items()}
+    judge = PhraseJudge()
     first, second = (read(path) for path in readings)
     unread = [i for i in keyed if i not in first or i not in second]
     if unread:
@@ -84,7 +90,7 @@ def score(out: Path, readings: list[Path]) -> dict[str, Any]:
     for answer_id, row in keyed.items():
         point = points.setdefault(row["point"], {"n": 0, "judge": 0, "readers": 0.0})
         point["n"] += 1
-        point["judge"] += row["judge"] == "refusal"
+        point["judge"] += judge.label(answers[answer_id]) == "refusal"
         votes = [first[answer_id]["label"], second[answer_id]["label"]]
         point["readers"] += votes.count("refusal") / 2
     for point in points.values():
