@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.report:
         if not (out / "points.jsonl").exists():
             raise InputError(f"no {out / 'points.jsonl'}; give -o a run folder")
-        report(out, args.model)
+        report(out, args.model, args.readings)
         return
     needed = ["refusal_direction/splits", "jailbreakbench/harmful-behaviors.csv"]
     needed += ["jailbreakbench/benign-behaviors.csv"] + (["mmlu"] if args.mmlu else [])
@@ -148,6 +148,13 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--data", default="../shared/data", help="the shared data folder")
     parser.add_argument("-o", "--output", required=True, help="run folder (resumed if present)")
     parser.add_argument("--report", action="store_true", help="only write the table and plots")
+    parser.add_argument(
+        "--readings",
+        action="append",
+        default=[],
+        help="a judge_labels/read_points.py folder: its readers' rates join the strength "
+        "curves (repeatable; --report)",
+    )
     parser.add_argument("--n-fit", type=int, default=128, help="train prompts per set")
     parser.add_argument("--n-eval", type=int, default=100, help="JailbreakBench prompts per set")
     parser.add_argument("--max-new-tokens", type=int, default=150)
@@ -439,6 +446,24 @@ def mmlu_scores(out: Path) -> dict[int, dict[str, dict[str, Any]]]:
     return {shots: rows for shots, rows in found.items() if rows}
 
 
+def read_shares(folders: list[str]) -> dict[str, tuple[float, float, float]]:
+    """{point: (readers' refusal share, low, high)} from `judge_labels/read_points.py` folders
+    (each holding view.jsonl, key.jsonl and reading-r1/-r2.jsonl)."""
+    if not folders:
+        return {}
+    sys.path.insert(0, str(Path(__file__).resolve().parent / "judge_labels"))
+    import read_points
+
+    shares = {}
+    for folder in map(Path, folders):
+        scored = read_points.score(
+            folder, [folder / "reading-r1.jsonl", folder / "reading-r2.jsonl"]
+        )
+        for key, p in scored["points"].items():
+            shares[key] = (p["readers"] / p["n"], p["low"], p["high"])
+    return shares
+
+
 def mmlu_cell(score: dict[str, Any] | None, mmlu: dict[int, Any], shots: int) -> str:
     """An MMLU accuracy, with its paired difference from the unchanged model's on the same
     questions (points, 95%) where both runs stored which questions they got right."""
@@ -467,7 +492,7 @@ def log(out: Path, message: str) -> None:
         f.write(message + "\n")
 
 
-def report(out: Path, model: str | None = None) -> None:
+def report(out: Path, model: str | None = None, readings: list[str] | None = None) -> None:
     """Write OUT/table.md and the plots; `model` names the run's model in the judge's caption
     (default: the name stored with the points, which older points lack)."""
     from neurosteer.evaluation import PhraseJudge, quality, refusal_rates
@@ -523,7 +548,8 @@ def report(out: Path, model: str | None = None) -> None:
     (out / "table.md").write_text("\n".join(lines) + "\n")
     about = f"{model_name or 'the real model'}, {settings.get('dtype', 'float32')}"
     refusal_vs_kl(rows, out / "refusal_vs_kl.png", about)
-    drawn = strength_curves(rows, distinct4s, out / "strength_curves.png", about)
+    read = read_shares(readings or [])
+    drawn = strength_curves(rows, distinct4s, out / "strength_curves.png", about, read)
     figures = ["refusal_vs_kl.png", *(["strength_curves.png"] if drawn else [])]
     print("\n".join(lines))
     print(f"wrote {out / 'table.md'}, " + ", ".join(str(out / name) for name in figures))

@@ -74,11 +74,16 @@ def curves(rows: list[dict[str, Any]]) -> dict[str, Curve]:
 
 
 def strength_curves(
-    rows: list[dict[str, Any]], distinct4: dict[str, float], path: Path, about: str
+    rows: list[dict[str, Any]],
+    distinct4: dict[str, float],
+    path: Path,
+    about: str,
+    read: dict[str, tuple[float, float, float]] | None = None,
 ) -> bool:
     """Draw `curves(rows)` (refusal, degenerate share, distinct-4 of the harmful answers, keyed
     by point in `distinct4`) to `path`, `about` (the model and dtype) in the title; False, and
-    no file, when there is no curve."""
+    no file, when there is no curve. `read` ({point: (share, low, high)}, readers' refusal
+    rates with their interval) adds each curve's read points to the refusal panel, dashed."""
     from matplotlib.figure import Figure
 
     found = curves(rows)
@@ -98,7 +103,29 @@ def strength_curves(
         ax.set_title(label)
         if label != "distinct-4":  # shares of the answers
             ax.set_ylim(-0.03, 1.03)
-    panels[0].legend(fontsize=7)
+    for index, (name, points) in enumerate(found.items()):
+        seen = [(x, read[row["key"]]) for x, row in points if read and row["key"] in read]
+        if len(seen) < 2:
+            continue
+        shares = [share for _, (share, _, _) in seen]
+        errors = [
+            [s - low for s, (_, low, _) in zip(shares, [r for _, r in seen], strict=True)],
+            [high - s for s, (_, _, high) in zip(shares, [r for _, r in seen], strict=True)],
+        ]
+        panels[0].errorbar(
+            [x for x, _ in seen],
+            shares,
+            yerr=errors,
+            fmt="s--",
+            color=f"C{index}",
+            alpha=0.6,
+            capsize=2,
+            label=f"{name}, read",
+        )
+    panels[0].set_title(
+        "harmful refused (solid: judge; dashed: readers)" if read else "harmful refused"
+    )
+    panels[0].legend(fontsize=6)
     fig.suptitle(f"Steering strength: refusal against fluency (JailbreakBench harmful, {about})")
     fig.tight_layout()
     fig.savefig(path, dpi=120)

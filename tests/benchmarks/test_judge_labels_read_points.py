@@ -39,7 +39,10 @@ def test_draw_writes_a_blind_view_and_its_key(tmp_path: Path) -> None:
     assert all(set(row) == {"id", "prompt", "answer"} for row in view)
     key = {r["id"]: r for r in map(json.loads, (out / "key.jsonl").read_text().splitlines())}
     assert sorted((r["point"], r["index"]) for r in key.values()) == [
-        ("a", 0), ("a", 2), ("b", 0), ("b", 2)
+        ("a", 0),
+        ("a", 2),
+        ("b", 0),
+        ("b", 2),
     ]
     for row in view:  # each answer sits beside its own prompt
         assert row["prompt"] == HARMFUL[key[row["id"]]["index"]]

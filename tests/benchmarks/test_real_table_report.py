@@ -139,6 +139,14 @@ def test_strength_curves_start_at_the_unchanged_model_on_one_axis(tmp_path: Path
     distinct4 = {r["key"]: 0.9 for r in rows}
     assert real_table_plots.strength_curves(rows, distinct4, tmp_path / "curves.png", "m, bf16")
     assert (tmp_path / "curves.png").stat().st_size > 10_000
+    read = {
+        "unchanged": (0.5, 0.3, 0.7),
+        "caa alpha=-0.5": (0.4, 0.2, 0.6),
+        "caa alpha=-3": (0, 0, 0.2),
+    }
+    with_read = tmp_path / "curves-read.png"
+    assert real_table_plots.strength_curves(rows, distinct4, with_read, "m, bf16", read)
+    assert with_read.read_bytes() != (tmp_path / "curves.png").read_bytes()  # the readers' line
     assert not real_table_plots.strength_curves(rows[:1], distinct4, tmp_path / "none.png", "m")
     assert not (tmp_path / "none.png").exists()
 
