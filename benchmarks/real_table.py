@@ -244,7 +244,8 @@ def run(args: argparse.Namespace, out: Path) -> None:
     done = read_points(out)
     extra = [file_point(spec) for spec in args.circuit]
     every = {point.key: point for point in [*extra, *plan()]}
-    todo = [p for p in every.values() if p.key not in done and wanted(p.key, args.only, set(every))]
+    keys = set(every)
+    todo = [p for p in every.values() if p.key not in done and wanted(p.key, args.only, keys)]
     mmlu_todo = mmlu_plan(args.mmlu, every, read_mmlu(out, args.mmlu_shots))
     if not todo and not mmlu_todo:
         return

@@ -108,14 +108,12 @@ def strength_curves(
         if len(seen) < 2:
             continue
         shares = [share for _, (share, _, _) in seen]
-        errors = [
-            [s - low for s, (_, low, _) in zip(shares, [r for _, r in seen], strict=True)],
-            [high - s for s, (_, _, high) in zip(shares, [r for _, r in seen], strict=True)],
-        ]
+        below = [share - low for _, (share, low, _) in seen]
+        above = [high - share for _, (share, _, high) in seen]
         panels[0].errorbar(
             [x for x, _ in seen],
             shares,
-            yerr=errors,
+            yerr=[below, above],
             fmt="s--",
             color=f"C{index}",
             alpha=0.6,
